@@ -1,0 +1,20 @@
+//! Process plumbing shared by Prism's binaries, so each binary only wires adapters together.
+//!
+//! - [`logging`]: tracing subscriber set up from `[log]` (text or JSON lines).
+//! - [`metric_names`]: every metric name Prism exports, in one place; dashboards, alert
+//!   rules and their tests refer to these.
+//! - [`telemetry`]: the Prometheus recorder and its upkeep.
+//! - [`health`]: [`Health`], the named readiness checks behind `/readyz`.
+//! - [`http`]: the operations router (`/metrics`, `/healthz`, `/readyz`) and serving it.
+//! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
+//! - [`service`]: the `main` of the long-running binaries: configuration, logging, exit codes.
+
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metric_names;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use health::Health;

@@ -1,0 +1,68 @@
+//! Every metric Prism exports, named `prism_<component>_<name>_<unit>[_total]`. Labels are
+//! bounded sets (projection, group, topic, partition, command, route, outcome, reason): never an
+//! aggregate ID or anything else taken from event data.
+//!
+//! The Grafana dashboard and the alert rules in `ops/` refer to these names; a test checks
+//! that every name they use is exported by a running process.
+
+// ---- prism-commands -------------------------------------------------------------------
+
+/// Counter: commands handled. Labels: `command`, `outcome` (accepted, rejected, invalid,
+/// not_found, conflict, replayed, error).
+pub const COMMANDS_REQUESTS: &str = "prism_commands_requests_total";
+/// Histogram: command handling time. Labels: `command`.
+pub const COMMANDS_REQUEST_DURATION: &str = "prism_commands_request_duration_seconds";
+/// Gauge: events in the outbox not yet acknowledged by the broker.
+pub const COMMANDS_OUTBOX_BACKLOG: &str = "prism_commands_outbox_backlog_events";
+/// Gauge: age of the oldest unpublished outbox entry.
+pub const COMMANDS_OUTBOX_OLDEST_AGE: &str = "prism_commands_outbox_oldest_age_seconds";
+/// Counter: events published by the relay.
+pub const COMMANDS_OUTBOX_PUBLISHED: &str = "prism_commands_outbox_published_total";
+/// Counter: relay publish attempts that failed and will be retried. Labels: `reason`.
+pub const COMMANDS_OUTBOX_PUBLISH_ERRORS: &str = "prism_commands_outbox_publish_errors_total";
+
+// ---- prism-projector ------------------------------------------------------------------
+
+/// Counter: events applied to a read model. Labels: `projection`.
+pub const PROJECTOR_EVENTS_APPLIED: &str = "prism_projector_events_applied_total";
+/// Counter: events skipped. Labels: `projection`, `reason` (duplicate).
+pub const PROJECTOR_EVENTS_SKIPPED: &str = "prism_projector_events_skipped_total";
+/// Counter: events dead-lettered. Labels: `projection`, `kind` (the error kind; `parked`
+/// for events waiting behind another).
+pub const PROJECTOR_EVENTS_DEAD_LETTERED: &str = "prism_projector_events_dead_lettered_total";
+/// Counter: version gaps detected. Labels: `projection`, `policy`.
+pub const PROJECTOR_VERSION_GAPS: &str = "prism_projector_version_gaps_total";
+/// Histogram: time from a batch's first message to its offsets being stored. Labels:
+/// `group`.
+pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_seconds";
+/// Histogram: messages per batch. Labels: `group`.
+pub const PROJECTOR_BATCH_SIZE: &str = "prism_projector_batch_size_events";
+/// Counter: rebalance callbacks. Labels: `group`, `kind` (assign, revoke).
+pub const PROJECTOR_REBALANCES: &str = "prism_projector_rebalances_total";
+/// Gauge: partitions currently assigned. Labels: `group`.
+pub const PROJECTOR_ASSIGNED_PARTITIONS: &str = "prism_projector_assigned_partitions";
+/// Gauge: messages between the committed position and the high watermark. Labels:
+/// `group`, `topic`, `partition`.
+pub const PROJECTOR_LAG_MESSAGES: &str = "prism_projector_consumer_lag_messages";
+/// Gauge: age of the oldest unconsumed event (0 when caught up). Labels: `group`,
+/// `topic`, `partition`.
+pub const PROJECTOR_LAG_SECONDS: &str = "prism_projector_consumer_lag_seconds";
+/// Counter: transient failures that paused a partition for a retry. Labels: `group`,
+/// `dependency` (postgres, redis, kafka).
+pub const PROJECTOR_TRANSIENT_ERRORS: &str = "prism_projector_transient_errors_total";
+/// Gauge: Unix time of the last batch that landed. Labels: `group`.
+pub const PROJECTOR_LAST_PROGRESS: &str = "prism_projector_last_progress_timestamp_seconds";
+
+// ---- prism-query ----------------------------------------------------------------------
+
+/// Counter: HTTP requests. Labels: `route`, `status`.
+pub const QUERY_REQUESTS: &str = "prism_query_requests_total";
+/// Histogram: request latency. Labels: `route`.
+pub const QUERY_REQUEST_DURATION: &str = "prism_query_request_duration_seconds";
+/// Counter: cache lookups. Labels: `read_model`, `result` (hit, miss).
+pub const QUERY_CACHE_LOOKUPS: &str = "prism_query_cache_lookups_total";
+/// Counter: read-your-writes waits that timed out. Labels: `read_model`.
+pub const QUERY_STALE_RESPONSES: &str = "prism_query_stale_responses_total";
+/// Counter: reads that went to PostgreSQL (cache misses, read-your-writes re-checks, lists).
+/// Labels: `read_model`.
+pub const QUERY_POSTGRES_READS: &str = "prism_query_postgres_reads_total";
