@@ -1,0 +1,214 @@
+//! The librdkafka context: rebalance callbacks (start and stop partition workers, commit on
+//! revocation) and statistics (lag per partition).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::settings::ConsumerSettings;
+use super::worker::{self, WorkerChannels};
+use super::{BatchHandler, PartitionId};
+
+/// An offset that landed: everything before `next_offset` in `partition` is durable.
+#[derive(Debug)]
+pub(super) struct Landed {
+    pub partition: PartitionId,
+    pub next_offset: i64,
+}
+
+/// The poll thread's handle on one partition's worker.
+pub(super) struct WorkerHandle {
+    /// Messages for the worker, in offset order.
+    pub messages: mpsc::UnboundedSender<OwnedMessage>,
+    /// Messages sent but not yet taken into a batch (flow control).
+    pub buffered: Arc<AtomicUsize>,
+    /// Timestamp (ms) of the oldest message seen and not yet landed; 0 when none.
+    pub oldest_pending_ms: Arc<AtomicI64>,
+    /// Whether the partition is paused because the worker fell behind.
+    pub paused: bool,
+    stop: watch::Sender<bool>,
+    join: JoinHandle<()>,
+}
+
+/// State shared by the poll thread and the callbacks (which run on the poll thread too).
+pub(super) struct Shared<H> {
+    pub handler: Arc<H>,
+    pub settings: ConsumerSettings,
+    pub runtime: tokio::runtime::Handle,
+    pub workers: Mutex<HashMap<PartitionId, WorkerHandle>>,
+    pub landed_tx: Sender<Landed>,
+    pub landed_rx: Mutex<Receiver<Landed>>,
+}
+
+impl<H> Shared<H> {
+    pub fn workers(&self) -> MutexGuard<'_, HashMap<PartitionId, WorkerHandle>> {
+        self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<H: BatchHandler> Shared<H> {
+    fn start_worker(&self, partition: PartitionId) -> WorkerHandle {
+        let (messages, receiver) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let buffered = Arc::new(AtomicUsize::new(0));
+        let oldest_pending_ms = Arc::new(AtomicI64::new(0));
+        let channels = WorkerChannels {
+            messages: receiver,
+            buffered: buffered.clone(),
+            oldest_pending_ms: oldest_pending_ms.clone(),
+            stop: stop_rx,
+            landed: self.landed_tx.clone(),
+        };
+        let join =
+            self.runtime.spawn(worker::run(partition, self.handler.clone(), self.settings.clone(), channels));
+        WorkerHandle { messages, buffered, oldest_pending_ms, paused: false, stop, join }
+    }
+
+    /// Stops the workers of `partitions` and waits for them: an in-flight batch finishes or
+    /// is aborted after the shutdown deadline. Runs on the poll thread, never on a runtime
+    /// thread, so blocking here is allowed.
+    pub fn stop_workers(&self, partitions: &[PartitionId]) {
+        let stopping: Vec<WorkerHandle> = {
+            let mut workers = self.workers();
+            partitions.iter().filter_map(|p| workers.remove(p)).collect()
+        };
+        for worker in &stopping {
+            let _ = worker.stop.send(true);
+        }
+        for worker in stopping {
+            let _ = self.runtime.block_on(worker.join);
+        }
+    }
+
+    /// Stores the offsets workers reported as landed.
+    pub fn store_landed(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
+        let landed: Vec<Landed> = {
+            let receiver = self.landed_rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            receiver.try_iter().collect()
+        };
+        if landed.is_empty() {
+            return;
+        }
+        let mut latest: HashMap<PartitionId, i64> = HashMap::new();
+        for l in landed {
+            let entry = latest.entry(l.partition).or_insert(l.next_offset);
+            *entry = (*entry).max(l.next_offset);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (partition, offset) in &latest {
+            let _ = tpl.add_partition_offset(&partition.topic, partition.partition, Offset::Offset(*offset));
+        }
+        if let Err(err) = consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile refuses the store: its new owner re-reads from
+            // the last commit, and the version gate makes that harmless.
+            tracing::debug!(error = %err, "storing landed offsets");
+        }
+    }
+
+    /// Commits every stored offset and waits for the broker's answer.
+    pub fn commit_now(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, group = %self.settings.group_id, "committing offsets failed")
+            }
+        }
+    }
+}
+
+/// The context handed to librdkafka.
+pub(super) struct RuntimeContext<H> {
+    pub shared: Arc<Shared<H>>,
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
+    tpl.elements()
+        .iter()
+        .map(|e| PartitionId { topic: e.topic().to_owned(), partition: e.partition() })
+        .collect()
+}
+
+impl<H: BatchHandler> ClientContext for RuntimeContext<H> {
+    fn stats(&self, statistics: Statistics) {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let workers = self.shared.workers();
+        for (topic_name, topic) in &statistics.topics {
+            for (number, partition) in &topic.partitions {
+                let id = PartitionId { topic: topic_name.clone(), partition: *number };
+                let Some(worker) = workers.get(&id) else { continue };
+                let lag = if partition.consumer_lag_stored >= 0 {
+                    partition.consumer_lag_stored
+                } else {
+                    partition.consumer_lag
+                };
+                if lag < 0 {
+                    continue;
+                }
+                let oldest = worker.oldest_pending_ms.load(Ordering::Relaxed);
+                let seconds =
+                    if lag == 0 || oldest == 0 { 0.0 } else { (now_ms - oldest).max(0) as f64 / 1000.0 };
+                self.shared.handler.on_lag(&id, lag, seconds);
+            }
+        }
+    }
+}
+
+impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked = partitions_of(tpl);
+            self.shared.stop_workers(&revoked);
+            self.shared.store_landed(consumer);
+            self.shared.commit_now(consumer);
+            let total = self.shared.workers().len();
+            tracing::info!(group = %self.shared.settings.group_id, revoked = revoked.len(), held = total, "partitions revoked");
+            self.shared.handler.on_rebalance(&[], &revoked, total);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let mut added = Vec::new();
+                let total = {
+                    let mut workers = self.shared.workers();
+                    for partition in partitions_of(tpl) {
+                        if !workers.contains_key(&partition) {
+                            workers.insert(partition.clone(), self.shared.start_worker(partition.clone()));
+                            added.push(partition);
+                        }
+                    }
+                    workers.len()
+                };
+                tracing::info!(group = %self.shared.settings.group_id, assigned = added.len(), held = total, "partitions assigned");
+                self.shared.handler.on_rebalance(&added, &[], total);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(err) => {
+                tracing::warn!(group = %self.shared.settings.group_id, error = %err, "rebalance error")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            if err.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
+                tracing::warn!(group = %self.shared.settings.group_id, error = %err, "offset commit failed; it is retried with the next one");
+            }
+        }
+    }
+}
+
+/// The poll interval librdkafka should assume for the main queue.
+pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(100);

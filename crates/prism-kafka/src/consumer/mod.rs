@@ -1,0 +1,116 @@
+//! The consumer runtime: one consumer group member that processes its partitions
+//! concurrently, each in offset order, in bounded batches, and marks offsets for commit only
+//! after a batch's effects have landed.
+//!
+//! Structure:
+//! - a dedicated poll thread owns the librdkafka consumer: it polls, routes each message to
+//!   its partition's worker, pauses partitions whose worker falls behind (and resumes them),
+//!   stores the offsets workers report as landed, and serves rebalance callbacks;
+//! - one tokio task per assigned partition ([`worker`]) collects batches (up to
+//!   `batch_max_messages`, or whatever arrived within `batch_max_wait`) and hands each to the
+//!   [`BatchHandler`], retrying transient failures with capped exponential backoff — never
+//!   skipping a batch;
+//! - offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`: librdkafka
+//!   commits periodically only what this runtime stored, and the runtime stores an offset only
+//!   after the handler returned `Ok` for every message before it (invariant 1). On revocation
+//!   and shutdown the runtime commits synchronously.
+//!
+//! Revocation (cooperative rebalancing hands over only the partitions that move): the
+//! callback stops the affected workers, lets an in-flight batch finish (or aborts it after
+//! `shutdown_deadline`), stores what landed, commits, and only then returns, so the partition
+//! is released with nothing of it still being written.
+//!
+//! - [`settings`]: the [`ConsumerSettings`] of a member.
+//! - [`context`]: the librdkafka context with the rebalance and statistics callbacks.
+//! - [`worker`]: the per-partition task.
+
+mod context;
+mod poll;
+pub mod settings;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::OwnedMessage;
+
+pub use settings::ConsumerSettings;
+
+use crate::error::KafkaError;
+
+/// A topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// A failure that waiting can cure: the batch is retried, the partition waits.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{dependency} unavailable: {detail}")]
+pub struct TransientError {
+    /// What failed: `postgres`, `redis`, `kafka`, … (a bounded metric label).
+    pub dependency: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+/// What the runtime reports as it goes, for metrics and readiness. Every method has an
+/// empty default.
+pub trait ConsumerObserver: Send + Sync + 'static {
+    /// Partitions were assigned (`added`) or revoked (`removed`); `total` now held.
+    fn on_rebalance(&self, _added: &[PartitionId], _removed: &[PartitionId], _total: usize) {}
+    /// A batch landed.
+    fn on_batch(&self, _partition: &PartitionId, _messages: usize, _elapsed: Duration) {}
+    /// A batch failed transiently and will be retried after `backoff`.
+    fn on_transient(&self, _partition: &PartitionId, _error: &TransientError, _backoff: Duration) {}
+    /// Lag of a partition: messages between the landed position and the high watermark,
+    /// and the age of the oldest message not yet landed (0 when caught up).
+    fn on_lag(&self, _partition: &PartitionId, _messages: i64, _seconds: f64) {}
+}
+
+/// Processes the batches of one consumer. Every effect of a batch must be durable when
+/// `handle` returns `Ok`: the runtime then stores its offsets. Permanent problems with
+/// individual messages are the handler's to settle (e.g. by dead-lettering them) before
+/// returning `Ok`.
+pub trait BatchHandler: ConsumerObserver {
+    /// Handles one batch of one partition, in offset order.
+    fn handle<'a>(
+        &'a self,
+        partition: &'a PartitionId,
+        messages: &'a [OwnedMessage],
+    ) -> impl Future<Output = Result<(), TransientError>> + Send + 'a;
+}
+
+/// A running consumer group member.
+#[derive(Debug)]
+pub struct ConsumerRuntime {
+    poll: poll::PollThread,
+}
+
+impl ConsumerRuntime {
+    /// Joins the group and starts consuming. Must be called inside a tokio runtime.
+    pub fn start<H: BatchHandler>(settings: ConsumerSettings, handler: Arc<H>) -> Result<Self, KafkaError> {
+        Ok(Self { poll: poll::PollThread::start(settings, handler)? })
+    }
+
+    /// Stops consuming: in-flight batches finish (or are aborted after the shutdown
+    /// deadline), landed offsets are committed, and the member leaves the group.
+    pub async fn shutdown(self) {
+        self.poll.stop().await;
+    }
+
+    /// Resolves if the consumer stops by itself (a fatal error), with the reason.
+    pub async fn stopped(&mut self) -> String {
+        self.poll.stopped().await
+    }
+}

@@ -1,0 +1,190 @@
+//! The poll thread: owns the librdkafka consumer, routes messages to partition workers,
+//! applies flow control, stores landed offsets, and runs the shutdown sequence.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::TopicPartitionList;
+use tokio::sync::oneshot;
+
+use super::context::{RuntimeContext, Shared, POLL_INTERVAL};
+use super::settings::ConsumerSettings;
+use super::{BatchHandler, PartitionId};
+use crate::client::base_client_config;
+use crate::error::KafkaError;
+
+/// Handle on the running poll thread.
+#[derive(Debug)]
+pub(super) struct PollThread {
+    stop: Arc<AtomicBool>,
+    finished: Option<oneshot::Receiver<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PollThread {
+    pub fn start<H: BatchHandler>(settings: ConsumerSettings, handler: Arc<H>) -> Result<Self, KafkaError> {
+        let (landed_tx, landed_rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared {
+            handler,
+            settings: settings.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            workers: Mutex::new(HashMap::new()),
+            landed_tx,
+            landed_rx: Mutex::new(landed_rx),
+        });
+        let mut client = base_client_config(&settings.kafka, &settings.role);
+        client
+            .set("group.id", &settings.group_id)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            // Offsets are committed automatically, but only those this runtime stored after
+            // the writes landed (see the module header).
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", settings.commit_interval.as_millis().to_string())
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (settings.session_timeout.as_millis() / 3).max(100).to_string())
+            .set("max.poll.interval.ms", "300000")
+            .set("statistics.interval.ms", "5000")
+            // Fetch sizes stay at librdkafka's defaults (1 MB per partition per request, grown
+            // automatically for a larger message): bigger fetches only delay the group
+            // coordinator on brokers that serve both from one storage queue.
+            .set("queued.max.messages.kbytes", "16384");
+        if let Some(instance) = &settings.group_instance_id {
+            client.set("group.instance.id", instance);
+        }
+        let consumer: BaseConsumer<RuntimeContext<H>> =
+            client.create_with_context(RuntimeContext { shared: shared.clone() })?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (finished_tx, finished) = oneshot::channel();
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("poll-{}", settings.group_id))
+            .spawn(move || {
+                let reason = poll_loop(&consumer, &shared, &thread_stop);
+                shut_down(consumer, &shared);
+                let _ = finished_tx.send(reason);
+            })
+            .map_err(|e| KafkaError::Topic {
+                topic: settings.group_id.clone(),
+                detail: format!("cannot start poll thread: {e}"),
+            })?;
+        Ok(Self { stop, finished: Some(finished), thread: Some(thread) })
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(finished) = self.finished.take() {
+            let _ = finished.await;
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    pub async fn stopped(&mut self) -> String {
+        match self.finished.as_mut() {
+            Some(finished) => finished.await.unwrap_or_else(|_| "poll thread ended".into()),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Polls until asked to stop or a fatal error; returns why it stopped.
+fn poll_loop<H: BatchHandler>(
+    consumer: &BaseConsumer<RuntimeContext<H>>,
+    shared: &Shared<H>,
+    stop: &AtomicBool,
+) -> String {
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(message)) => dispatch(shared, message.detach()),
+            Some(Err(err)) => {
+                let fatal = consumer.client().fatal_error();
+                if let Some((code, reason)) = fatal {
+                    return format!("fatal consumer error {code}: {reason}");
+                }
+                tracing::warn!(group = %shared.settings.group_id, error = %err, "consumer error");
+            }
+            None => {}
+        }
+        shared.store_landed(consumer);
+        flow_control(consumer, shared);
+    }
+    "stopped".into()
+}
+
+fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: rdkafka::message::OwnedMessage) {
+    let partition = PartitionId { topic: message.topic().to_owned(), partition: message.partition() };
+    let workers = shared.workers();
+    let Some(worker) = workers.get(&partition) else {
+        // Only possible for a message fetched just before its partition was revoked: the
+        // next owner reads it again from the committed offset.
+        tracing::debug!(%partition, offset = message.offset(), "message for a partition without worker dropped");
+        return;
+    };
+    let timestamp = message.timestamp().to_millis().unwrap_or(0);
+    let _ = worker.oldest_pending_ms.compare_exchange(
+        0,
+        timestamp,
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    worker.buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if worker.messages.send(message).is_err() {
+        tracing::debug!(%partition, "worker gone; message dropped");
+    }
+}
+
+/// Pauses partitions whose worker has too much waiting, resumes them once it caught up.
+/// Paused, librdkafka stops fetching for the partition; resumed, it fetches from after the
+/// last message it handed over, so no message is lost or repeated.
+fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, shared: &Shared<H>) {
+    let high = shared.settings.max_buffered_per_partition.max(1);
+    let low = high / 4;
+    let mut to_pause = TopicPartitionList::new();
+    let mut to_resume = TopicPartitionList::new();
+    {
+        let mut workers = shared.workers();
+        for (partition, worker) in workers.iter_mut() {
+            let buffered = worker.buffered.load(Ordering::Relaxed);
+            if !worker.paused && buffered >= high {
+                to_pause.add_partition(&partition.topic, partition.partition);
+                worker.paused = true;
+            } else if worker.paused && buffered <= low {
+                to_resume.add_partition(&partition.topic, partition.partition);
+                worker.paused = false;
+            }
+        }
+    }
+    if to_pause.count() > 0 {
+        if let Err(err) = consumer.pause(&to_pause) {
+            tracing::debug!(error = %err, "pausing partitions");
+        }
+    }
+    if to_resume.count() > 0 {
+        if let Err(err) = consumer.resume(&to_resume) {
+            tracing::debug!(error = %err, "resuming partitions");
+        }
+    }
+}
+
+/// Stops every worker (in-flight batches finish or are aborted at the deadline), commits
+/// what landed, and leaves the group.
+fn shut_down<H: BatchHandler>(consumer: BaseConsumer<RuntimeContext<H>>, shared: &Shared<H>) {
+    let partitions: Vec<PartitionId> = shared.workers().keys().cloned().collect();
+    shared.stop_workers(&partitions);
+    shared.store_landed(&consumer);
+    shared.commit_now(&consumer);
+    shared.handler.on_rebalance(&[], &partitions, 0);
+    consumer.unsubscribe();
+    // Dropping closes the consumer: it leaves the group (dynamic members) and serves the
+    // final revocation, which finds nothing left to stop.
+    drop(consumer);
+}

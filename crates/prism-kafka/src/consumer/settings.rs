@@ -1,0 +1,38 @@
+//! [`ConsumerSettings`]: one consumer group member's shape.
+
+use std::time::Duration;
+
+use prism_config::KafkaConfig;
+
+/// How one consumer behaves.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Brokers and security.
+    pub kafka: KafkaConfig,
+    /// Client id suffix (e.g. `projector-order_summary_g1`).
+    pub role: String,
+    /// The consumer group.
+    pub group_id: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Static membership id (`group.instance.id`), so a restarted member gets its partitions
+    /// back without a rebalance.
+    pub group_instance_id: Option<String>,
+    /// Most messages per batch.
+    pub batch_max_messages: usize,
+    /// Longest wait for a batch to fill once its first message arrived.
+    pub batch_max_wait: Duration,
+    /// How often librdkafka commits the stored offsets.
+    pub commit_interval: Duration,
+    /// Group session timeout.
+    pub session_timeout: Duration,
+    /// How long an in-flight batch may run on after revocation or shutdown before it is
+    /// aborted.
+    pub shutdown_deadline: Duration,
+    /// First retry delay after a transient failure.
+    pub retry_initial_backoff: Duration,
+    /// Longest retry delay.
+    pub retry_max_backoff: Duration,
+    /// Messages buffered for one partition above which it is paused.
+    pub max_buffered_per_partition: usize,
+}
