@@ -1,0 +1,307 @@
+//! The projector's batch handler: decode → apply in PostgreSQL (gate, fold, write, dead
+//! letters) → write the cache → copy dead letters to their topic. Only then does the consumer
+//! runtime store the offsets.
+//!
+//! Every failure here is transient from the partition's point of view (PostgreSQL, Redis or
+//! the broker away): the runtime retries the whole batch. That is safe because the
+//! PostgreSQL step is idempotent (the gate turns the retried events into duplicates) and
+//! still returns the cache entries and the unpublished dead letters, so the later steps are
+//! simply done again.
+//!
+//! A permanent PostgreSQL error (the database refuses data, not an outage) is pinned to one
+//! message by bisecting the batch; that message is dead-lettered and the rest proceed.
+//!
+//! Following a blue/green switch (`projector.generation = 0`): after every batch's
+//! transaction the handler re-reads the active generations of its read models. When one
+//! changed while the batch ran, the batch may have landed in the old generation only, so it is
+//! reported as a transient failure and retried — from the same offsets — against the new
+//! generation (its events already there are skipped as duplicates by the version gate). The
+//! offsets of a batch are therefore stored only after it landed in the generation that was
+//! active when its transaction committed; with `prismctl rebuild`'s switch (both generations
+//! equal at the switch) the new generation misses no event and sees no gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::counter;
+use prism_cache::{Cache, Entry};
+use prism_events::{AggregateType, Limits};
+use prism_kafka::consumer::{BatchHandler, ConsumerObserver, PartitionId, TransientError};
+use prism_kafka::EventProducer;
+use prism_projections::{GapPolicy, ProjectionInstance};
+use prism_runtime::metric_names as m;
+use prism_store::projection::{self, BatchOutcome, SourceMessage};
+use prism_store::Database;
+use rdkafka::message::OwnedMessage;
+
+use crate::decode::decode;
+use crate::observe::Progress;
+
+/// Everything the group member's batches need.
+#[derive(Debug)]
+pub struct ProjectionHandler {
+    /// The read models (at their generations) this member maintains, in a fixed order.
+    pub instances: Vec<ProjectionInstance>,
+    /// `Some` when this member follows the active generation (`projector.generation = 0`):
+    /// the instances currently active, updated when a batch finds that a switch happened.
+    pub follow_active: Option<std::sync::Mutex<Vec<ProjectionInstance>>>,
+    /// What to do about version gaps.
+    pub policy: GapPolicy,
+    /// Decode bounds.
+    pub limits: Limits,
+    /// Topic prefix, to tell which aggregate type a topic carries.
+    pub topic_prefix: String,
+    /// Prefix of every cache key (`redis.key_prefix`).
+    pub key_prefix: String,
+    /// PostgreSQL.
+    pub db: Database,
+    /// Redis.
+    pub cache: Cache,
+    /// Producer for the dead-letter topics.
+    pub producer: EventProducer,
+    /// Metrics and readiness state.
+    pub progress: Arc<Progress>,
+}
+
+fn transient(dependency: &'static str, error: impl std::fmt::Display) -> TransientError {
+    TransientError { dependency, detail: error.to_string() }
+}
+
+impl ProjectionHandler {
+    /// The instances batches are applied to now.
+    fn current_instances(&self) -> Vec<ProjectionInstance> {
+        match &self.follow_active {
+            Some(current) => current.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone()),
+            None => self.instances.clone(),
+        }
+    }
+
+    /// When following the active generation: fails (transiently, so the batch is retried) if
+    /// any of `used` is no longer its projection's active generation, after recording the new
+    /// ones for the retry.
+    async fn ensure_still_active(&self, used: &[ProjectionInstance]) -> Result<(), TransientError> {
+        let Some(current) = &self.follow_active else { return Ok(()) };
+        if used.is_empty() {
+            return Ok(());
+        }
+        let projections: Vec<_> = used.iter().map(|i| i.projection).collect();
+        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
+        let active = prism_store::rebuild::active_generations(&**client, &projections)
+            .await
+            .map_err(|e| transient("postgres", e))?;
+        let switched: Vec<(ProjectionInstance, ProjectionInstance)> = used
+            .iter()
+            .filter_map(|u| active.iter().find(|a| a.projection == u.projection && a != &u).map(|a| (*u, *a)))
+            .collect();
+        if switched.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
+            for instance in current.iter_mut() {
+                if let Some((_, to)) =
+                    switched.iter().find(|(from, _)| from.projection == instance.projection)
+                {
+                    *instance = *to;
+                }
+            }
+        }
+        let detail: Vec<String> = switched.iter().map(|(from, to)| format!("{from} -> {to}")).collect();
+        tracing::info!(switched = ?detail, "active generation switched; applying the batch to the new generation");
+        Err(transient(
+            "postgres",
+            format!("active generation switched ({}); retrying the batch", detail.join(", ")),
+        ))
+    }
+
+    /// Applies the batch to `instances` in PostgreSQL, isolating messages the database refuses.
+    async fn apply(
+        &self,
+        instances: &[ProjectionInstance],
+        partition: &PartitionId,
+        messages: &[SourceMessage],
+    ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, TransientError> {
+        let mut outcomes = Vec::new();
+        // Slices still to apply, in offset order (last pushed is next).
+        let mut pending: Vec<&[SourceMessage]> = vec![messages];
+        while let Some(slice) = pending.pop() {
+            let result = projection::apply_batch(
+                &self.db,
+                instances,
+                self.policy,
+                &partition.topic,
+                partition.partition,
+                slice,
+            )
+            .await;
+            match result {
+                Ok(applied) => outcomes.extend(applied),
+                Err(err) if err.is_transient() => return Err(transient("postgres", err)),
+                Err(err) => {
+                    // A retired generation's table may be gone: retry on the active one
+                    // rather than dead-letter anything.
+                    self.ensure_still_active(instances).await?;
+                    if slice.len() == 1 {
+                        outcomes.extend(self.isolate(instances, partition, &slice[0]).await?);
+                    } else {
+                        tracing::warn!(%partition, messages = slice.len(), error = %err, "database refused a batch; bisecting");
+                        let (left, right) = slice.split_at(slice.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// One message the database refused: apply it to each instance on its own, and
+    /// dead-letter it for the instances that still refuse it.
+    async fn isolate(
+        &self,
+        instances: &[ProjectionInstance],
+        partition: &PartitionId,
+        message: &SourceMessage,
+    ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, TransientError> {
+        let mut outcomes = Vec::new();
+        for &instance in instances {
+            let single = std::slice::from_ref(message);
+            match projection::apply_batch(
+                &self.db,
+                &[instance],
+                self.policy,
+                &partition.topic,
+                partition.partition,
+                single,
+            )
+            .await
+            {
+                Ok(applied) => outcomes.extend(applied),
+                Err(err) if err.is_transient() => return Err(transient("postgres", err)),
+                Err(err) => {
+                    tracing::error!(%partition, offset = message.offset, projection = %instance, error = %err, "database refused an event; dead-lettering it");
+                    let unpublished = projection::dead_letter_one(
+                        &self.db,
+                        instance,
+                        &partition.topic,
+                        partition.partition,
+                        message,
+                        &err,
+                    )
+                    .await
+                    .map_err(|e| transient("postgres", e))?;
+                    let outcome = BatchOutcome {
+                        dead_lettered: vec![("rejected_by_database".into(), 1)],
+                        unpublished_dead_letters: unpublished,
+                        ..Default::default()
+                    };
+                    outcomes.push((instance, outcome));
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn write_cache(
+        &self,
+        instance: ProjectionInstance,
+        outcome: &BatchOutcome,
+    ) -> Result<(), TransientError> {
+        let Some(prefix) = instance.cache_prefix(&self.key_prefix) else { return Ok(()) };
+        if outcome.cache_entries.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = outcome.cache_entries.iter().map(|e| format!("{prefix}{}", e.id)).collect();
+        let entries: Vec<Entry<'_>> = outcome
+            .cache_entries
+            .iter()
+            .zip(&keys)
+            .map(|(e, key)| Entry { key, revision: e.revision, document: &e.document })
+            .collect();
+        self.cache.put_if_newer(&entries).await.map_err(|e| transient("redis", e))?;
+        Ok(())
+    }
+
+    async fn publish_dead_letters(&self, outcome: &BatchOutcome) -> Result<(), TransientError> {
+        if outcome.unpublished_dead_letters.is_empty() {
+            return Ok(());
+        }
+        crate::dead_letters::publish(&self.producer, &outcome.unpublished_dead_letters)
+            .await
+            .map_err(|e| transient("kafka", e))?;
+        let ids: Vec<i64> = outcome.unpublished_dead_letters.iter().map(|r| r.id).collect();
+        projection::mark_dead_letters_published(&self.db, &ids).await.map_err(|e| transient("postgres", e))
+    }
+
+    fn count(&self, instance: ProjectionInstance, outcome: &BatchOutcome) {
+        let label = instance.id();
+        counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => label.clone()).increment(outcome.applied);
+        if outcome.duplicates > 0 {
+            counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => "duplicate")
+                .increment(outcome.duplicates);
+        }
+        if outcome.applied_across_gap > 0 {
+            counter!(m::PROJECTOR_VERSION_GAPS, "projection" => label.clone(), "policy" => "apply")
+                .increment(outcome.applied_across_gap);
+        }
+        for (kind, count) in &outcome.dead_lettered {
+            if kind == "version_gap" {
+                counter!(m::PROJECTOR_VERSION_GAPS, "projection" => label.clone(), "policy" => "dead_letter")
+                    .increment(*count);
+            }
+            counter!(m::PROJECTOR_EVENTS_DEAD_LETTERED, "projection" => label.clone(), "kind" => kind.clone())
+                .increment(*count);
+        }
+    }
+}
+
+impl ConsumerObserver for ProjectionHandler {
+    fn on_rebalance(&self, added: &[PartitionId], removed: &[PartitionId], total: usize) {
+        self.progress.rebalanced(added, removed, total);
+    }
+
+    fn on_batch(&self, _partition: &PartitionId, messages: usize, elapsed: Duration) {
+        self.progress.batch_landed(messages, elapsed);
+    }
+
+    fn on_transient(&self, _partition: &PartitionId, error: &TransientError, _backoff: Duration) {
+        self.progress.transient(error);
+    }
+
+    fn on_lag(&self, partition: &PartitionId, messages: i64, seconds: f64) {
+        self.progress.lag(partition, messages, seconds);
+    }
+}
+
+impl BatchHandler for ProjectionHandler {
+    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+        let Some(topic_type) = AggregateType::from_topic(&partition.topic, &self.topic_prefix) else {
+            // Subscriptions name only event topics; a stray topic is a deployment error worth
+            // waiting on rather than dead-lettering everything in it.
+            return Err(transient(
+                "kafka",
+                format!("{} is not an event topic of this deployment", partition.topic),
+            ));
+        };
+        let instances: Vec<ProjectionInstance> = self
+            .current_instances()
+            .into_iter()
+            .filter(|i| i.projection.sources().contains(&topic_type))
+            .collect();
+        let decoded: Vec<SourceMessage> =
+            messages.iter().map(|m| decode(m, topic_type, &self.limits)).collect();
+        let outcomes = self.apply(&instances, partition, &decoded).await?;
+        // Landed in the generation that is still active? Otherwise retry against the new one.
+        self.ensure_still_active(&instances).await?;
+        // Counted once the transaction committed: a retry after a cache or broker failure
+        // finds these events again as duplicates, and must not count them as applied twice.
+        for (instance, outcome) in &outcomes {
+            self.count(*instance, outcome);
+        }
+        for (instance, outcome) in &outcomes {
+            self.write_cache(*instance, outcome).await?;
+            self.publish_dead_letters(outcome).await?;
+        }
+        Ok(())
+    }
+}

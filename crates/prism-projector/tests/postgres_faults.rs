@@ -1,0 +1,82 @@
+//! PostgreSQL failing under a running projector, on a private server: backends terminated in
+//! the middle of batches, the server restarted, and the server refusing writes for a while.
+//! Transient failures wait and retry; no offset is committed for a batch that did not land
+//! (invariant 1); in the end every row and cache entry equals the oracle.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{dead_letter_counts, InProcess};
+use prism_testkit::kafka::{committed_offsets, producer, publish_events};
+use prism_testkit::oracle::CacheCheck;
+use prism_testkit::private::PrivatePostgres;
+use prism_testkit::workload::Workload;
+use prism_testkit::{Services, TestEnv};
+
+async fn terminate_projector_backends(admin: &tokio_postgres::Client) -> u64 {
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'prism-projector'",
+            &[],
+        )
+        .await
+        .map_or(0, |rows| rows.len() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outages_and_refused_writes_delay_but_never_lose() {
+    prism_testkit::init_logging();
+    let mut postgres = PrivatePostgres::start().await.expect("private PostgreSQL");
+    let services = Services { postgres: postgres.url(), ..Services::from_env() };
+    let env = TestEnv::on(services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
+        .await
+        .expect("test environment");
+    let producer = producer(&env.config).expect("producer");
+    let events = Workload::generate(41, 9_000);
+    let chunks: Vec<&[prism_events::Event]> = events.chunks(3_000).collect();
+    let projector = InProcess::start(env.config.clone());
+
+    // 1. Backends killed again and again while batches are in flight.
+    publish_events(&producer, env.topic_prefix(), chunks[0]).await.expect("publish");
+    let admin = env.pg().await.expect("admin connection");
+    let mut terminated = 0;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        terminated += terminate_projector_backends(&admin).await;
+    }
+    assert!(terminated > 0, "the projector's connections were terminated");
+
+    // 2. The server restarted.
+    publish_events(&producer, env.topic_prefix(), chunks[1]).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    postgres.restart().await.expect("restart PostgreSQL");
+
+    // 3. The server refusing writes: nothing may be committed while it does.
+    env.wait_for_oracle(&events[..6_000], CacheCheck::Complete, Duration::from_secs(120))
+        .await
+        .expect("caught up after the outages");
+    let admin = env.pg().await.expect("admin connection after restart");
+    // Two statements: ALTER SYSTEM may not share a transaction.
+    admin.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.expect("read-only");
+    admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
+    terminate_projector_backends(&admin).await;
+    let group = prism_projector::group_id(&env.config);
+    let topics = env.event_topics();
+    let before = committed_offsets(&env.config, &group, &topics).await.expect("committed");
+    publish_events(&producer, env.topic_prefix(), chunks[2]).await.expect("publish");
+    let refused_since = Instant::now();
+    while refused_since.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = committed_offsets(&env.config, &group, &topics).await.expect("committed");
+        assert_eq!(now, before, "offsets moved while PostgreSQL refused every write");
+    }
+    admin.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.expect("writable again");
+    admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
+
+    let summary =
+        env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+    eprintln!("{summary:?}");
+    assert!(dead_letter_counts(&env).await.is_empty(), "outages never dead-letter valid events");
+    projector.stop().await;
+}
