@@ -1,0 +1,253 @@
+//! The one PostgreSQL `LISTEN` connection of the process, and the signals it fans out.
+//!
+//! Projectors `pg_notify(applied_channel, '<projection>_g<N>')` in the transaction of every
+//! batch, so the notification arrives exactly when the batch's rows become visible. This
+//! module keeps one dedicated connection (not a pooled one: a pooled connection would stop
+//! listening when it is returned) listening on that channel and on `generations_channel`,
+//! and turns each notification into a bump of a per-projection [`tokio::sync::watch`]
+//! counter. A request waiting for a version subscribes to its projection's counter and
+//! re-reads only when it moves: no polling, and one connection however many requests wait.
+//!
+//! Notifications sent while the connection is down are lost, so every (re)connect bumps
+//! every counter and reloads the active generations: waiters re-check once and nothing
+//! waits for a notification that will never come.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use prism_config::PostgresConfig;
+use prism_projections::ProjectionName;
+use prism_runtime::Health;
+use prism_store::read_models::{applied_channel, generations_channel};
+use prism_store::{Database, StoreError};
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, Notification};
+
+use crate::generations::ActiveGenerations;
+
+/// The readiness check this module maintains.
+pub const HEALTH_CHECK: &str = "notifications";
+/// First and longest pause before reconnecting the listener.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Generations are also reloaded this often, in case a switch's notification was lost.
+const GENERATIONS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Per projection, a counter bumped whenever a batch of it may have landed. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppliedSignals {
+    /// One counter per projection; all exist from the start, so subscribing never races
+    /// with creation.
+    senders: Arc<BTreeMap<ProjectionName, watch::Sender<u64>>>,
+}
+
+impl Default for AppliedSignals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AppliedSignals {
+    /// A counter at zero per projection.
+    pub fn new() -> Self {
+        Self {
+            senders: Arc::new(ProjectionName::ALL.into_iter().map(|p| (p, watch::channel(0).0)).collect()),
+        }
+    }
+
+    /// A receiver that sees every bump after this call (the current value counts as seen).
+    pub fn subscribe(&self, projection: ProjectionName) -> Option<watch::Receiver<u64>> {
+        self.senders.get(&projection).map(watch::Sender::subscribe)
+    }
+
+    /// Wakes the waiters of `projection`.
+    pub fn bump(&self, projection: ProjectionName) {
+        if let Some(sender) = self.senders.get(&projection) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every waiter (after a reconnect: notifications may have been missed).
+    pub fn bump_all(&self) {
+        for projection in ProjectionName::ALL {
+            self.bump(projection);
+        }
+    }
+
+    /// Handles an applied-channel payload, `<projection>_g<N>`. An unreadable payload wakes
+    /// everyone: an extra re-check is cheap, a missed one costs a stale answer.
+    pub fn on_applied(&self, payload: &str) {
+        match projection_of_instance(payload) {
+            Some(projection) => self.bump(projection),
+            None => self.bump_all(),
+        }
+    }
+}
+
+/// The projection of an instance id such as `order_summary_g2`.
+pub fn projection_of_instance(id: &str) -> Option<ProjectionName> {
+    let (name, generation) = id.rsplit_once("_g")?;
+    if generation.is_empty() || !generation.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// What the listener task needs.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// How to open the dedicated connection.
+    pub postgres: PostgresConfig,
+    /// For reloading generations.
+    pub db: Database,
+    /// Updated on switches.
+    pub generations: ActiveGenerations,
+    /// Bumped on applied batches.
+    pub signals: AppliedSignals,
+    /// Where the connection's state is reported.
+    pub health: Health,
+}
+
+impl Listener {
+    /// Listens until `stop` turns true, reconnecting with capped backoff.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = RECONNECT_INITIAL;
+        loop {
+            let outcome = self.session(&mut stop, &mut backoff).await;
+            if *stop.borrow() {
+                return;
+            }
+            let detail = match outcome {
+                Ok(()) => "the listening connection closed".to_owned(),
+                Err(err) => format!("the listening connection failed: {err}"),
+            };
+            tracing::warn!(detail = %detail, retry_in_ms = backoff.as_millis() as u64, "notification listener down");
+            self.health.set(HEALTH_CHECK, false, detail);
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// One connection's life: connect, LISTEN, resynchronise, dispatch until it ends.
+    async fn session(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Duration,
+    ) -> Result<(), StoreError> {
+        let config = prism_store::pool::client_config(&self.postgres, "prism-query-listener")?;
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (tx, mut notifications) = mpsc::unbounded_channel::<Notification>();
+        // The connection object delivers notifications only while it is polled; this task
+        // polls it and forwards them, and ends when the connection does.
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(notification)) => {
+                        if tx.send(notification).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(())
+        });
+        let applied = applied_channel(self.db.schema());
+        let switched = generations_channel(self.db.schema());
+        // Channel names are built from the schema, which configuration checks is a plain
+        // lowercase identifier; quoting keeps them exact.
+        let listening = client.batch_execute(&format!("LISTEN \"{applied}\"; LISTEN \"{switched}\";")).await;
+        if let Err(err) = listening {
+            driver.abort();
+            return Err(err.into());
+        }
+        // Listening from here on: anything that landed before is visible to a re-read, so
+        // wake every waiter once and pick up any switch missed while disconnected.
+        if let Err(err) = self.generations.reload(&self.db).await {
+            tracing::warn!(error = %err, "reloading active generations failed");
+        }
+        self.signals.bump_all();
+        self.health.set(HEALTH_CHECK, true, "listening");
+        *backoff = RECONNECT_INITIAL;
+        tracing::info!(channel = %applied, "listening for applied batches");
+
+        let mut refresh = tokio::time::interval(GENERATIONS_REFRESH);
+        refresh.tick().await;
+        let ended = loop {
+            tokio::select! {
+                notification = notifications.recv() => match notification {
+                    Some(notification) if notification.channel() == applied => {
+                        self.signals.on_applied(notification.payload());
+                    }
+                    Some(_) => self.refresh_generations().await,
+                    None => break true,
+                },
+                _ = refresh.tick() => self.refresh_generations().await,
+                // The guard `wait_for` returns is not Send; drop it inside the branch future.
+                _ = async { let _ = stop.wait_for(|stopped| *stopped).await; } => break false,
+            }
+        };
+        drop(client);
+        if !ended {
+            driver.abort();
+            return Ok(());
+        }
+        match driver.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(err) => Err(StoreError::Unreachable { target: "listener".into(), detail: err.to_string() }),
+        }
+    }
+
+    /// Reloads generations; projections that switched wake their waiters (they now read
+    /// another generation).
+    async fn refresh_generations(&self) {
+        match self.generations.reload(&self.db).await {
+            Ok(changed) => {
+                for projection in changed {
+                    tracing::info!(projection = %projection, instance = ?self.generations.instance(projection).map(|i| i.id()), "active generation switched");
+                    self.signals.bump(projection);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "reloading active generations failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_their_projection() {
+        assert_eq!(projection_of_instance("order_summary_g1"), Some(ProjectionName::OrderSummary));
+        assert_eq!(
+            projection_of_instance("product_sales_daily_g12"),
+            Some(ProjectionName::ProductSalesDaily)
+        );
+        assert_eq!(projection_of_instance("order_summary"), None);
+        assert_eq!(projection_of_instance("order_summary_gx"), None);
+        assert_eq!(projection_of_instance("orders_g1"), None);
+    }
+
+    #[tokio::test]
+    async fn a_bump_wakes_only_its_projection_and_garbage_wakes_all() {
+        let signals = AppliedSignals::new();
+        let mut orders = signals.subscribe(ProjectionName::OrderSummary).expect("orders");
+        let carts = signals.subscribe(ProjectionName::CartView).expect("carts");
+        signals.on_applied("order_summary_g1");
+        assert!(orders.has_changed().expect("open"));
+        assert!(!carts.has_changed().expect("open"));
+        orders.borrow_and_update();
+        signals.on_applied("???");
+        assert!(orders.has_changed().expect("open"));
+        assert!(carts.has_changed().expect("open"));
+    }
+}
