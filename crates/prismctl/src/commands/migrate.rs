@@ -1,0 +1,74 @@
+//! `prismctl migrate`: create the database and schema if missing, apply migrations.
+
+use anyhow::Context;
+use prism_config::PrismConfig;
+use prism_store::pool::client_config;
+use prism_store::MIGRATIONS;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use super::POSTGRES_HINT;
+
+pub async fn run(config: &PrismConfig) -> anyhow::Result<()> {
+    let pg = client_config(&config.postgres, "prismctl-migrate")?;
+    let mut client = match connect(&pg).await {
+        Err(err) if err.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            create_database(&pg).await?;
+            connect(&pg).await?
+        }
+        other => other.with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?,
+    };
+    let report = prism_store::migrate(&mut client, &config.postgres.schema)
+        .await
+        .context("migration failed; nothing was changed")?;
+    let instances = prism_store::read_models::ensure_active(&mut client)
+        .await
+        .context("creating the read-model tables of the active generations")?;
+    for version in &report.applied {
+        let name = MIGRATIONS.iter().find(|m| m.version == *version).map_or("?", |m| m.name);
+        println!("applied  {version:04} {name}");
+    }
+    println!(
+        "schema {} is at migration {:04} ({} applied now, {} already there)",
+        config.postgres.schema,
+        MIGRATIONS.last().map_or(0, |m| m.version),
+        report.applied.len(),
+        report.already_applied.len()
+    );
+    let names: Vec<String> = instances.iter().map(|i| i.id()).collect();
+    println!("read models active: {}", names.join(", "));
+    Ok(())
+}
+
+async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = pg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the configured database from the server's maintenance database, so a fresh
+/// server needs no manual step.
+async fn create_database(pg: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let name = pg.get_dbname().context("postgres.url names no database")?.to_owned();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        anyhow::bail!(
+            "database `{name}` does not exist and its name is not a plain identifier; create it by hand"
+        );
+    }
+    let mut maintenance = pg.clone();
+    maintenance.dbname("postgres");
+    let client = connect(&maintenance).await.with_context(|| {
+        format!("database `{name}` does not exist and the maintenance database is unreachable")
+    })?;
+    match client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await {
+        Ok(()) => println!("created  database {name}"),
+        // Created concurrently by another migrate: fine.
+        Err(err) if err.code() == Some(&SqlState::DUPLICATE_DATABASE) => {}
+        Err(err) => return Err(err).with_context(|| format!("cannot create database `{name}`")),
+    }
+    Ok(())
+}

@@ -1,0 +1,676 @@
+//! `prismctl rebuild <projection> --mode in-place|blue-green`: rebuild one read model from
+//! the event topics (DESIGN.md §6).
+//!
+//! **In place** (the read model is empty while it replays; workers must be stopped):
+//! check the projector group has no members (Apache Kafka answers DescribeGroups; Tansu 0.6
+//! with `sqlite://` does not, so there the operator confirms with `--assume-group-empty`),
+//! commit the earliest offsets of the projection's source topics for the projector group from
+//! outside the group (assign + commit, never subscribe: Apache Kafka refuses such a commit
+//! while the group has members, which is a second guard), clear the projection's current
+//! generation (table, gate rows, dead letters, parked aggregates) and its Redis keys, then
+//! report the group's lag shrinking until it has caught up (`--no-wait` returns at once).
+//! Offsets are reset before anything is cleared: if clearing fails, the replay only meets
+//! duplicates; the other order could leave an empty read model that nothing refills. The
+//! projector group consumes every read model's topics, so the other read models fed by the
+//! same topics see the events again: their version gate skips them as duplicates.
+//!
+//! **Blue/green** (the active generation keeps serving throughout): register generation N+1
+//! as `building` and create its table; run a projector in this process with
+//! `projector.generation = N+1`, `projector.group = prism.rebuild.<projection>.g<N+1>` and only
+//! this projection, from the earliest offsets, until its committed offsets reach the end
+//! offsets seen when it started; then switch at a common position
+//! (`prism_store::rebuild::switch`: under a share lock on the gate and both tables, every
+//! aggregate's last applied version equal in both generations, counts and checksums equal,
+//! then view + registry + `NOTIFY` in the same transaction), retrying briefly while live
+//! traffic keeps one side ahead. Live projector workers (`projector.generation = 0`) follow
+//! the switch at their next batch: a batch that landed in the old generation while the switch
+//! committed is applied again to the new one (duplicates skipped), so the live group simply
+//! continues from its own offsets, and no offsets are copied between groups. After
+//! `--retire-grace` the old generation is retired: table dropped, gate rows and parked
+//! aggregates deleted, open dead letters discarded, Redis keys deleted. The rebuild group's
+//! committed offsets stay on the broker (Tansu 0.6 cannot delete groups; on Apache Kafka
+//! `kafka-consumer-groups --delete` removes it).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use prism_cache::Cache;
+use prism_config::PrismConfig;
+use prism_kafka::admin::{self, GroupMembership, OutsideCommit, PartitionOffsets};
+use prism_projections::{ProjectionInstance, ProjectionName};
+use prism_store::rebuild::{self as store, SwitchOutcome};
+use prism_store::Database;
+
+use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
+
+/// Arguments of `prismctl rebuild`.
+#[derive(Debug, Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct RebuildArgs {
+    /// The read model to rebuild: order_summary, product_catalog, cart_view, user_profile or
+    /// product_sales_daily.
+    #[arg(value_parser = parse_projection)]
+    pub projection: ProjectionName,
+    /// in-place: clear and replay the active generation (workers stopped, read model empty
+    /// meanwhile). blue-green: build a new generation beside the serving one, verify, switch.
+    #[arg(long, value_enum)]
+    pub mode: RebuildMode,
+    /// Print the plan and the current positions; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    /// In place: proceed although the broker cannot say whether the projector group has
+    /// members (Tansu 0.6 cannot). You assert the workers are stopped.
+    #[arg(long)]
+    pub assume_group_empty: bool,
+    /// In place: return after the reset instead of reporting progress until caught up.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Give up waiting (catch-up, switch) after this many seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Blue/green: seconds between the switch and dropping the old generation, so batches of
+    /// live workers that started before the switch have finished.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub retire_grace: u64,
+    /// Blue/green: drop generations left `building` by an earlier rebuild that did not finish.
+    #[arg(long)]
+    pub abandon_previous: bool,
+    /// Blue/green: switch even when the new generation's rows differ from the old one's at the
+    /// common position (the rebuild is meant to change the model, e.g. after a fold was fixed).
+    /// Without it a difference stops the rebuild before the switch.
+    #[arg(long)]
+    pub allow_changes: bool,
+}
+
+/// What `prismctl rebuild --help` adds after the options.
+const AFTER_HELP: &str = "\
+In place: stop the projector workers first. The projector group's offsets on the projection's
+source topics are reset to the earliest, then its table, gate rows, dead letters, parked
+aggregates and Redis keys are cleared; start the workers and the command reports the lag until
+they have caught up. The group consumes every read model's topics: the other read models fed by
+the same topics receive those events again and skip them as duplicates (version gate).
+
+Blue/green: the serving generation keeps serving. A new generation is built in this process
+under its own group (prism.rebuild.<projection>.g<N>), then switched to in one transaction at a
+common position: both generations have applied the same version of every aggregate, and their
+row counts and checksums are equal (or --allow-changes). Live workers follow the switch at their
+next batch and continue from their own offsets. The old generation is dropped after
+--retire-grace. The rebuild group's offsets stay on the broker.";
+
+/// How to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebuildMode {
+    /// Clear the active generation and replay into it.
+    InPlace,
+    /// Build a new generation, verify it, switch atomically, retire the old one.
+    BlueGreen,
+}
+
+fn parse_projection(s: &str) -> Result<ProjectionName, String> {
+    s.parse().map_err(|e: prism_projections::projection::UnknownProjection| e.to_string())
+}
+
+/// Broker and database requests give up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often progress is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs `prismctl rebuild`.
+pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> {
+    let db = Database::connect(&config.postgres, "prismctl-rebuild")
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?;
+    let client = db.client().await?;
+    let active =
+        prism_store::read_models::active_generation(&**client, args.projection).await?.with_context(
+            || format!("{} has no active generation: run `prismctl migrate` first", args.projection),
+        )?;
+    drop(client);
+    let active = ProjectionInstance::new(args.projection, active);
+    match args.mode {
+        RebuildMode::InPlace => in_place(config, &db, active, &args).await,
+        RebuildMode::BlueGreen => blue_green(config, &db, active, &args).await,
+    }
+}
+
+/// The event topics `projection` is built from.
+fn source_topics(config: &PrismConfig, projection: ProjectionName) -> Vec<String> {
+    projection.sources().iter().map(|t| t.topic(&config.topics.prefix)).collect()
+}
+
+async fn offsets(
+    config: &PrismConfig,
+    group: &str,
+    topics: &[String],
+) -> anyhow::Result<Vec<PartitionOffsets>> {
+    admin::group_offsets(&config.kafka, group, topics, REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("reading the offsets of group {group} ({KAFKA_HINT})"))
+}
+
+/// Messages between the group's position and the end, over all partitions.
+fn lag(offsets: &[PartitionOffsets]) -> i64 {
+    offsets.iter().map(|p| (p.high - p.committed.unwrap_or(p.low).max(p.low)).max(0)).sum()
+}
+
+/// Messages in the partitions (high watermarks summed; topics here are never compacted).
+fn end_total(offsets: &[PartitionOffsets]) -> i64 {
+    offsets.iter().map(|p| p.high).sum()
+}
+
+fn committed_total(offsets: &[PartitionOffsets]) -> i64 {
+    offsets.iter().map(|p| p.committed.unwrap_or(0)).sum()
+}
+
+/// Whether `offsets` has reached `target` ((topic, partition) -> offset) everywhere.
+fn reached(offsets: &[PartitionOffsets], target: &BTreeMap<(String, i32), i64>) -> bool {
+    target.iter().all(|((topic, partition), end)| {
+        offsets
+            .iter()
+            .find(|p| &p.topic == topic && p.partition == *partition)
+            .is_some_and(|p| p.committed.unwrap_or(p.low).max(p.low) >= *end)
+    })
+}
+
+/// Prints `group`'s progress every [`PROGRESS_EVERY`] until its committed offsets reach
+/// `target`; `Ok(None)` then, `Ok(Some(lag))` at `deadline`. `check` runs before each look
+/// (e.g. to fail when the projector doing the work has died).
+async fn follow_progress(
+    config: &PrismConfig,
+    group: &str,
+    topics: &[String],
+    target: &BTreeMap<(String, i32), i64>,
+    deadline: Instant,
+    label: &str,
+    mut check: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Option<i64>> {
+    let mut last_print = Instant::now() - PROGRESS_EVERY;
+    loop {
+        check()?;
+        let now = offsets(config, group, topics).await?;
+        let done = reached(&now, target);
+        if done || last_print.elapsed() >= PROGRESS_EVERY {
+            println!(
+                "progress: {label} committed {} of {} messages, lag {}",
+                committed_total(&now),
+                end_total(&now),
+                lag(&now)
+            );
+            last_print = Instant::now();
+        }
+        if done {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Some(lag(&now)));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn ends(offsets: &[PartitionOffsets]) -> BTreeMap<(String, i32), i64> {
+    offsets.iter().map(|p| ((p.topic.clone(), p.partition), p.high)).collect()
+}
+
+async fn connect_cache(config: &PrismConfig) -> anyhow::Result<Cache> {
+    Cache::connect(&config.redis).await.with_context(|| format!("cannot connect to Redis ({REDIS_HINT})"))
+}
+
+/// Deletes `instance`'s Redis keys; returns how many there were (0 for uncached read models).
+async fn delete_cache(
+    cache: &Cache,
+    config: &PrismConfig,
+    instance: ProjectionInstance,
+) -> anyhow::Result<u64> {
+    match instance.cache_prefix(&config.redis.key_prefix) {
+        Some(prefix) => cache
+            .delete_prefix(&prefix)
+            .await
+            .with_context(|| format!("deleting the Redis keys under {prefix}")),
+        None => Ok(0),
+    }
+}
+
+async fn in_place(
+    config: &PrismConfig,
+    db: &Database,
+    instance: ProjectionInstance,
+    args: &RebuildArgs,
+) -> anyhow::Result<()> {
+    let group = prism_projector::group_id(config);
+    let topics = source_topics(config, instance.projection);
+    let cache_prefix = instance.cache_prefix(&config.redis.key_prefix);
+    println!("rebuild {} in place (generation {})", instance.projection, instance);
+    println!("  1. check that the projector group {group} has no members (its workers must be stopped)");
+    println!("  2. reset {group} to the earliest offsets of {}", topics.join(", "));
+    println!(
+        "     (the group consumes every read model's topics: the other read models fed by these topics \
+         receive their events again and skip them as duplicates, by their version gate)"
+    );
+    println!("  3. clear table {instance}, its gate rows, dead letters and parked aggregates");
+    match &cache_prefix {
+        Some(prefix) => println!("  4. delete the Redis keys under {prefix}"),
+        None => println!("  4. (not cached: no Redis keys)"),
+    }
+    println!(
+        "  5. start the workers again; {}",
+        if args.no_wait {
+            "returns at once (--no-wait)"
+        } else {
+            "reports the group's lag until it has caught up"
+        }
+    );
+    let before = offsets(config, &group, &topics).await?;
+    for p in &before {
+        println!(
+            "     {}[{}]: committed {} of {}..{}",
+            p.topic,
+            p.partition,
+            p.committed.map_or("-".into(), |c| c.to_string()),
+            p.low,
+            p.high
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    let building = store::building_generations(&**db.client().await?, instance.projection).await?;
+    if !building.is_empty() {
+        bail!(
+            "{} has generation(s) {building:?} in state building: a blue/green rebuild is running or did not \
+             finish. Let it finish, or drop them with `prismctl rebuild {} --mode blue-green \
+             --abandon-previous`, before rebuilding in place",
+            instance.projection,
+            instance.projection
+        );
+    }
+    confirm(
+        &format!("rebuild {} in place, emptying it until the replay is done?", instance.projection),
+        args.yes,
+    )?;
+
+    let membership = admin::group_membership(&config.kafka, &group, REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("asking the broker about group {group} ({KAFKA_HINT})"))?;
+    match membership {
+        GroupMembership::Empty { state } => println!("group {group} has no members (state {state})"),
+        GroupMembership::Active { state, members } => bail!(
+            "group {group} has {} active member(s) (state {state}): {}. Stop the projector workers first: \
+             a running worker would keep writing and committing its own offsets over the reset",
+            members.len(),
+            members.join(", ")
+        ),
+        GroupMembership::Unknown { detail } if args.assume_group_empty => println!(
+            "the broker cannot say whether {group} has members ({detail}); proceeding because of \
+             --assume-group-empty"
+        ),
+        GroupMembership::Unknown { detail } => bail!(
+            "the broker cannot say whether group {group} has members ({detail}). Stop the projector \
+             workers, then run again with --assume-group-empty: resetting offsets under running workers \
+             would be overwritten by their next commit, leaving the cleared read model unfilled"
+        ),
+    }
+
+    // Offsets first, then clearing: see the module documentation.
+    let earliest: Vec<(String, i32, i64)> =
+        before.iter().map(|p| (p.topic.clone(), p.partition, p.low)).collect();
+    match admin::commit_offsets_outside_group(&config.kafka, &group, &earliest, REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("resetting the offsets of {group} ({KAFKA_HINT})"))?
+    {
+        OutsideCommit::Committed => println!(
+            "reset {group} to the earliest offsets on {} partition(s) of {}",
+            earliest.len(),
+            topics.join(", ")
+        ),
+        OutsideCommit::RefusedGroupActive { code } => bail!(
+            "the broker refused the reset because group {group} has live members ({code}): stop the \
+             projector workers first. Nothing was cleared"
+        ),
+    }
+    let mut client = db.client().await?;
+    let cleared = store::clear_instance(&mut client, instance).await.with_context(|| {
+        format!("clearing {instance} (the offsets are already reset; run again to finish)")
+    })?;
+    drop(client);
+    println!(
+        "cleared {instance}: {} rows, {} gate rows, {} dead letters, {} parked aggregates",
+        cleared.rows, cleared.gate_rows, cleared.dead_letters, cleared.parked
+    );
+    let cache = connect_cache(config).await?;
+    let keys = delete_cache(&cache, config, instance).await?;
+    if let Some(prefix) = &cache_prefix {
+        println!("deleted {keys} Redis keys under {prefix}");
+    }
+    if args.no_wait {
+        println!("start the projector workers; they replay {} from the beginning", topics.join(", "));
+        return Ok(());
+    }
+
+    let target = ends(&offsets(config, &group, &topics).await?);
+    println!(
+        "waiting for the projector workers (group {group}) to replay up to the end offsets seen now \
+         (start them if they are stopped)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    if let Some(lag) = follow_progress(config, &group, &topics, &target, deadline, &group, || Ok(())).await? {
+        bail!(
+            "the projector group {group} has not caught up after {}s (lag {lag}): are the workers running?",
+            args.timeout
+        );
+    }
+    let client = db.client().await?;
+    let sum = store::checksum(&**client, instance).await?;
+    println!("caught up: {instance} checksum {sum}");
+    Ok(())
+}
+
+/// A projector running in this process (the rebuild's builder).
+struct Builder(prism_projector::Embedded);
+
+impl Builder {
+    fn start(config: &PrismConfig, instance: ProjectionInstance, group: &str) -> Self {
+        let mut build = config.clone();
+        build.projector.generation = instance.generation;
+        build.projector.group = group.to_owned();
+        build.projector.projections = vec![instance.projection.as_str().to_owned()];
+        Self(prism_projector::Embedded::start(build))
+    }
+
+    /// Fails when the projector stopped by itself.
+    fn check(&mut self) -> anyhow::Result<()> {
+        if self.0.is_finished() {
+            bail!("the rebuild projector stopped unexpectedly; see its log (run with --verbose)");
+        }
+        Ok(())
+    }
+
+    /// Stops it cleanly (in-flight batches finish, offsets are committed).
+    async fn stop(self) -> anyhow::Result<()> {
+        self.0.stop(Duration::from_secs(60)).await.context("the rebuild projector")
+    }
+}
+
+async fn blue_green(
+    config: &PrismConfig,
+    db: &Database,
+    old: ProjectionInstance,
+    args: &RebuildArgs,
+) -> anyhow::Result<()> {
+    let projection = old.projection;
+    let live_group = prism_projector::group_id(config);
+    let topics = source_topics(config, projection);
+    let client = db.client().await?;
+    let abandoned = store::building_generations(&**client, projection).await?;
+    let max_generation: i32 = client
+        .query_one(
+            "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
+            &[&projection.as_str()],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let next = ProjectionInstance::new(projection, max_generation.unsigned_abs() + 1);
+    let build_group_name = format!("prism.rebuild.{projection}.g{}", next.generation);
+    let build_group = format!("{}{build_group_name}", config.topics.prefix);
+    println!("rebuild {projection} blue/green: {old} keeps serving while {next} is built");
+    if !abandoned.is_empty() {
+        println!(
+            "  0. generation(s) {abandoned:?} were left building by an unfinished rebuild: {}",
+            if args.abandon_previous {
+                "they are dropped first (--abandon-previous)"
+            } else {
+                "pass --abandon-previous to drop them"
+            }
+        );
+    }
+    println!("  1. register {next} as building and create its table");
+    println!(
+        "  2. build it with a projector in this process: group {build_group}, from the earliest offsets of {}, \
+         until it reaches the end offsets seen when it starts",
+        topics.join(", ")
+    );
+    println!(
+        "  3. verify at a common position and switch: under a share lock on the gate and both tables, \
+         every aggregate's last applied version must be equal in {old} and {next} (retried while live \
+         traffic keeps one side ahead); then row counts and checksums must be equal (unless \
+         --allow-changes); then the view \
+         {projection}, the registry and a NOTIFY switch in that transaction. Live workers follow at their next batch"
+    );
+    println!(
+        "  4. after {}s: drop {old}, its gate rows and parked aggregates, discard its open dead letters{}",
+        args.retire_grace,
+        old.cache_prefix(&config.redis.key_prefix)
+            .map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
+    );
+    println!("     the offsets of {build_group} stay on the broker (Tansu 0.6 cannot delete groups)");
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    if !abandoned.is_empty() && !args.abandon_previous {
+        bail!(
+            "{projection} has generation(s) {abandoned:?} in state building (a rebuild in progress or one that \
+             did not finish). Make sure no other rebuild runs, then pass --abandon-previous to drop them"
+        );
+    }
+    confirm(&format!("rebuild {projection} blue/green?"), args.yes)?;
+    let cache = connect_cache(config).await?;
+    for generation in abandoned {
+        let instance = ProjectionInstance::new(projection, generation);
+        let mut client = db.client().await?;
+        let retired = store::retire_instance(&mut client, instance, REQUEST_TIMEOUT).await?;
+        let keys = delete_cache(&cache, config, instance).await?;
+        println!("dropped abandoned {instance}: {retired:?}, {keys} Redis keys");
+    }
+
+    let mut client = db.client().await?;
+    let (old, new) = store::allocate_generation(&mut client, projection).await?;
+    drop(client);
+    if new != next {
+        bail!("another rebuild allocated {next} meanwhile; {new} was registered instead and left building");
+    }
+    println!("registered {new} (building), table created");
+    let mut builder = Builder::start(config, new, &build_group_name);
+    let result =
+        build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builder, args).await;
+    let stopped = builder.stop().await;
+    let (old_sum, new_sum) = match result {
+        Ok(sums) => sums,
+        Err(err) => {
+            let err = match stopped {
+                Err(stop) => err.context(format!("{stop:#}")),
+                Ok(()) => err,
+            };
+            return Err(err.context(format!(
+                "{new} was not switched to and stays building; {old} still serves. Run again with \
+                 --abandon-previous to start over"
+            )));
+        }
+    };
+    stopped?;
+    if old_sum != new_sum {
+        println!("the rebuilt model differs from the one it replaces (--allow-changes)");
+    }
+    println!("switched: {old} ({old_sum}) -> {new} ({new_sum})");
+    println!("checksum {new}: {new_sum}");
+
+    println!(
+        "retiring {old} in {}s (batches of live workers started before the switch finish first)",
+        args.retire_grace
+    );
+    tokio::time::sleep(Duration::from_secs(args.retire_grace)).await;
+    let mut client = db.client().await?;
+    let retired = store::retire_instance(&mut client, old, REQUEST_TIMEOUT)
+        .await
+        .with_context(|| format!("retiring {old} (the switch is done; run the retire again later)"))?;
+    let keys = delete_cache(&cache, config, old).await?;
+    println!(
+        "retired {old}: table dropped {}, {} gate rows, {} parked aggregates, {} open dead letters discarded, {keys} Redis keys deleted",
+        retired.table_dropped, retired.gate_rows, retired.parked, retired.dead_letters_discarded
+    );
+    println!("the rebuild group {build_group} keeps its committed offsets on the broker (not deleted)");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_and_switch(
+    config: &PrismConfig,
+    db: &Database,
+    old: ProjectionInstance,
+    new: ProjectionInstance,
+    live_group: &str,
+    build_group: &str,
+    topics: &[String],
+    builder: &mut Builder,
+    args: &RebuildArgs,
+) -> anyhow::Result<(store::Checksum, store::Checksum)> {
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let target = ends(&offsets(config, build_group, topics).await?);
+    let started = Instant::now();
+    let label = format!("building {new}:");
+    if let Some(lag) =
+        follow_progress(config, build_group, topics, &target, deadline, &label, || builder.check()).await?
+    {
+        bail!("{new} has not caught up after {}s (lag {lag})", args.timeout);
+    }
+    println!(
+        "caught up with the end offsets in {:.1}s; verifying at a common position",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut last_print = Instant::now();
+    let mut attempts = 0u32;
+    let verify_started = Instant::now();
+    loop {
+        builder.check()?;
+        attempts += 1;
+        let mut client = db.client().await?;
+        let outcome =
+            store::switch(&mut client, db.schema(), old, new, Duration::from_secs(5), args.allow_changes)
+                .await;
+        drop(client);
+        match outcome {
+            Ok(SwitchOutcome::Switched { old: old_sum, new: new_sum }) => {
+                let live = offsets(config, live_group, topics).await?;
+                let build = offsets(config, build_group, topics).await?;
+                println!("common position reached after {attempts} attempt(s): both generations applied the same versions of every aggregate");
+                println!(
+                    "committed offsets after the switch: live group {live_group} {} / rebuild group {build_group} {} (of {} at the end)",
+                    committed_total(&live),
+                    committed_total(&build),
+                    live.iter().map(|p| p.high).sum::<i64>()
+                );
+                return Ok((old_sum, new_sum));
+            }
+            Ok(SwitchOutcome::Mismatch { old: old_sum, new: new_sum }) => bail!(
+                "verification failed at a common position: {old} has {old_sum}, {new} has {new_sum}; \
+                 the rebuilt model differs from the serving one. If the rebuild is meant to change it \
+                 (a fixed fold, a repaired table), run again with --allow-changes --abandon-previous"
+            ),
+            Ok(SwitchOutcome::NotAtCommonPosition { new_behind, new_ahead }) => {
+                if last_print.elapsed() >= PROGRESS_EVERY {
+                    let live = offsets(config, live_group, topics).await?;
+                    let build = offsets(config, build_group, topics).await?;
+                    println!(
+                        "waiting for a common position: {new} behind on {new_behind} and ahead on {new_ahead} aggregate(s); \
+                         committed: live {} / rebuild {}{}",
+                        committed_total(&live),
+                        committed_total(&build),
+                        if new_ahead > 0 && verify_started.elapsed() > Duration::from_secs(30) {
+                            " (still ahead after 30s: are the live projector workers running?)"
+                        } else {
+                            ""
+                        }
+                    );
+                    last_print = Instant::now();
+                }
+            }
+            Err(err) if err.sql_state() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                println!("switch attempt {attempts}: tables busy (lock timeout); retrying");
+            }
+            Err(err) => return Err(err).context("switching generations"),
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "no common position within {}s: live traffic kept {old} and {new} apart, or the live projector \
+                 workers are not running",
+                args.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<RebuildArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("prismctl").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Rebuild(args) => Ok(args),
+            other => panic!("not a rebuild: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_rebuild() {
+        let args = parse(&["rebuild", "order_summary", "--mode", "in-place"]).expect("parses");
+        assert_eq!((args.projection, args.mode), (ProjectionName::OrderSummary, RebuildMode::InPlace));
+        assert!(!args.dry_run && !args.yes && !args.assume_group_empty && !args.no_wait);
+        let args = parse(&[
+            "rebuild",
+            "user_profile",
+            "--mode",
+            "blue-green",
+            "--dry-run",
+            "--yes",
+            "--timeout",
+            "30",
+            "--retire-grace",
+            "0",
+            "--abandon-previous",
+            "--allow-changes",
+        ])
+        .expect("parses");
+        assert_eq!((args.projection, args.mode), (ProjectionName::UserProfile, RebuildMode::BlueGreen));
+        assert!(args.dry_run && args.yes && args.abandon_previous && args.allow_changes);
+        assert_eq!((args.timeout, args.retire_grace), (30, 0));
+    }
+
+    #[test]
+    fn rejects_bad_rebuild_arguments() {
+        assert!(parse(&["rebuild", "orders", "--mode", "in-place"]).is_err(), "unknown projection");
+        assert!(parse(&["rebuild", "order_summary"]).is_err(), "mode is required");
+        assert!(parse(&["rebuild", "order_summary", "--mode", "sideways"]).is_err());
+        assert!(parse(&["rebuild", "--mode", "in-place"]).is_err(), "projection is required");
+        assert!(parse(&["rebuild", "order_summary", "--mode", "in-place", "--timeout", "x"]).is_err());
+    }
+
+    #[test]
+    fn lag_and_reached_compare_committed_with_ends() {
+        let p = |partition, low, high, committed| PartitionOffsets {
+            topic: "t".into(),
+            partition,
+            low,
+            high,
+            committed,
+        };
+        let now = vec![p(0, 0, 10, Some(4)), p(1, 2, 5, None)];
+        assert_eq!(lag(&now), 6 + 3);
+        let target: BTreeMap<(String, i32), i64> = [(("t".into(), 0), 4), (("t".into(), 1), 2)].into();
+        assert!(reached(&now, &target));
+        let target: BTreeMap<(String, i32), i64> = [(("t".into(), 0), 5)].into();
+        assert!(!reached(&now, &target));
+    }
+}

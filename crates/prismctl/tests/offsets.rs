@@ -1,0 +1,213 @@
+//! `prismctl lag` and `prismctl offsets reset` against the real broker, PostgreSQL and Redis:
+//! a dry run changes nothing; on a broker that cannot describe groups (Tansu) an execute is
+//! refused until the operator asserts the group is empty; after a reset to the earliest offsets
+//! a restarted projector replays everything and the read models still equal the oracle, the
+//! replayed events counted as skipped duplicates. Lag reads zero when caught up and the whole
+//! backlog, with its age, after the reset.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{duplicates_skipped, prismctl, wait_caught_up};
+use prism_projector::Embedded;
+use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
+use prism_testkit::oracle::CacheCheck;
+use prism_testkit::workload::Workload;
+use prism_testkit::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
+    prism_testkit::init_logging();
+    let env = TestEnv::new().await.expect("test environment");
+    let events = Workload::generate(61, 1_500);
+    let producer = producer(&env.config).expect("producer");
+    publish_events(&producer, env.topic_prefix(), &events).await.expect("publish");
+
+    let projector = Embedded::start(env.config.clone());
+    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+    wait_caught_up(&env, Duration::from_secs(60)).await;
+
+    // Caught up: no lag, zero seconds.
+    let lag = prismctl(&env, &["lag", "--output", "json"]).await;
+    assert!(lag.ok(), "lag runs");
+    let group = &lag.json()["groups"][0];
+    assert_eq!(group["group"], prism_kafka::admin::projector_group_id(&env.config));
+    assert_eq!(group["total_lag_messages"], 0);
+    assert_eq!(group["catch_up"], "caught up");
+    assert_eq!(group["partitions"].as_array().map(Vec::len), Some(16), "4 topics of 4 partitions");
+    projector.stop(Duration::from_secs(30)).await.expect("the projector exits cleanly");
+
+    let topics = env.event_topics();
+    let ends = end_offsets(&env.config, &topics).await.expect("ends");
+    let group_id = prism_kafka::admin::projector_group_id(&env.config);
+    let before = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
+
+    // Dry run: the plan, nothing committed.
+    let dry = prismctl(&env, &["offsets", "reset", "--to-earliest"]).await;
+    assert!(dry.ok());
+    for ((topic, partition), end) in &ends {
+        assert!(
+            dry.stdout.contains(&format!("{topic} {partition} {end} -> 0")),
+            "plan line for {topic}/{partition}"
+        );
+    }
+    assert!(dry.stdout.contains("dry run"));
+    assert_eq!(committed_offsets(&env.config, &group_id, &topics).await.expect("committed"), before);
+
+    // Tansu cannot describe groups: refused, with the way forward.
+    let refused = prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes"]).await;
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("--assume-group-empty"), "says how to proceed: {}", refused.stderr);
+    assert!(refused.stderr.contains("scale"), "says to stop the workers: {}", refused.stderr);
+    assert_eq!(committed_offsets(&env.config, &group_id, &topics).await.expect("committed"), before);
+
+    // One partition only, by shifting back: only it moves.
+    let order_topic = prism_events::AggregateType::Order.topic(env.topic_prefix());
+    let one = format!("{order_topic}:1");
+    let shifted = prismctl(
+        &env,
+        &[
+            "offsets",
+            "reset",
+            "--shift-by",
+            "-3",
+            "--topic",
+            &one,
+            "--execute",
+            "--yes",
+            "--assume-group-empty",
+        ],
+    )
+    .await;
+    assert!(shifted.ok());
+    let after_shift = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
+    for (tp, offset) in &after_shift {
+        let was = before.get(tp).copied().unwrap_or(0);
+        let expected = if tp == &(order_topic.clone(), 1) { (was - 3).max(0) } else { was };
+        assert_eq!(*offset, expected, "{tp:?}");
+    }
+
+    // Everything back to the start.
+    let reset =
+        prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes", "--assume-group-empty"])
+            .await;
+    assert!(reset.ok());
+    let committed = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
+    assert!(committed.values().all(|o| *o == 0), "all at the earliest offset: {committed:?}");
+
+    // The whole backlog is lag now, and it is as old as its first events.
+    let lag = prismctl(&env, &["lag", "--output", "json"]).await;
+    let group = &lag.json()["groups"][0];
+    let total: i64 = ends.values().sum();
+    assert_eq!(group["total_lag_messages"], total);
+    assert!(group["max_lag_seconds"].as_f64().is_some_and(|s| s > 0.0), "lag in seconds: {group}");
+    let text = prismctl(&env, &["lag"]).await;
+    assert!(text.ok() && text.stdout.contains("LAG-SECONDS") && text.stdout.contains("n/a"));
+
+    // Replay: equal to the oracle, nothing applied twice, the replay counted as duplicates.
+    let skipped_before = duplicates_skipped();
+    let projector = Embedded::start(env.config.clone());
+    wait_caught_up(&env, Duration::from_secs(120)).await;
+    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(30))
+        .await
+        .expect("oracle after replay");
+    let skipped = duplicates_skipped() - skipped_before;
+    assert!(skipped >= events.len() as f64, "every replayed event skipped as a duplicate: {skipped}");
+
+    // Watching while caught up: estimates from successive refreshes.
+    let watch = prismctl(&env, &["lag", "--watch", "1", "--count", "2", "--output", "json"]).await;
+    assert!(watch.ok());
+    assert_eq!(watch.stdout.lines().count(), 2, "one document per refresh");
+    assert_eq!(watch.json()["groups"][0]["catch_up"], "caught up");
+    projector.stop(Duration::from_secs(30)).await.expect("the projector exits cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_names_what_is_wrong() {
+    let env = TestEnv::new().await.expect("test environment");
+    let unknown = prismctl(&env, &["offsets", "reset", "--to-latest", "--topic", "no.such.topic"]).await;
+    assert_eq!(unknown.code, Some(1));
+    assert!(
+        unknown.stderr.contains("no.such.topic") && unknown.stderr.contains("does not exist"),
+        "{}",
+        unknown.stderr
+    );
+    let order_topic = prism_events::AggregateType::Order.topic(env.topic_prefix());
+    let partition = format!("{order_topic}:9");
+    let missing = prismctl(&env, &["offsets", "reset", "--to-latest", "--topic", &partition]).await;
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stderr.contains("no partition 9"), "{}", missing.stderr);
+
+    let mut vars = env.env_vars.clone();
+    vars.retain(|(k, _)| k != "PRISM__KAFKA__BOOTSTRAP_SERVERS" && k != "PRISM__KAFKA__REQUEST_TIMEOUT_MS");
+    vars.push(("PRISM__KAFKA__BOOTSTRAP_SERVERS".into(), "127.0.0.1:1".into()));
+    vars.push(("PRISM__KAFKA__REQUEST_TIMEOUT_MS".into(), "2000".into()));
+    let down = common::prismctl_with(&vars, &["lag"]).await;
+    assert_eq!(down.code, Some(1));
+    assert!(down.stderr.contains("ops/dev-stack up"), "names how to start the broker: {}", down.stderr);
+}
+
+/// While a member is live, the broker at hand never lets prismctl conclude the group is empty:
+/// Kafka describes it as active, Tansu cannot describe it (Unknown), and on Tansu an outside
+/// commit is not refused either, which is why `--assume-group-empty` is required there. (The
+/// Kafka refusal of that commit is covered in `offsets_mock.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_member_is_never_taken_for_an_empty_group() {
+    use prism_kafka::admin::{
+        commit_offsets_outside_group, group_membership, GroupMembership, OutsideCommit,
+    };
+    use rdkafka::consumer::Consumer;
+
+    let env = TestEnv::new().await.expect("test environment");
+    let group = env.group("live");
+    let topic = prism_events::AggregateType::Order.topic(env.topic_prefix());
+    let member = prism_testkit::kafka::consumer(&env.config, &group, &[]).expect("consumer");
+    member.subscribe(&[&topic]).expect("subscribe");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let assigned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keep = {
+        let (stop, assigned) = (stop.clone(), assigned.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = member.poll(Duration::from_millis(100));
+                if member.assignment().map(|a| a.count()).unwrap_or(0) > 0 {
+                    assigned.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !assigned.load(std::sync::atomic::Ordering::Relaxed) {
+        assert!(tokio::time::Instant::now() < deadline, "the member never got its partitions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let timeout = Duration::from_secs(10);
+    let membership = group_membership(&env.config.kafka, &group, timeout).await.expect("membership");
+    assert!(
+        !matches!(membership, GroupMembership::Empty { .. }),
+        "a live group reported empty: {membership:?}"
+    );
+
+    let refused = prismctl(
+        &env,
+        &["offsets", "reset", "--to-earliest", "--topic", &topic, "--group", &group, "--execute", "--yes"],
+    )
+    .await;
+    assert_eq!(refused.code, Some(1), "refused while the member is live");
+
+    // What the broker does with an outside commit while the member is live.
+    let outcome = commit_offsets_outside_group(&env.config.kafka, &group, &[(topic.clone(), 0, 0)], timeout)
+        .await
+        .expect("commit answered");
+    match (&membership, &outcome) {
+        // Tansu 0.6: cannot describe the group and stores the commit anyway.
+        (GroupMembership::Unknown { .. }, OutsideCommit::Committed) => {}
+        // Apache Kafka: describes the members and refuses the commit.
+        (GroupMembership::Active { .. }, OutsideCommit::RefusedGroupActive { .. }) => {}
+        other => panic!("unexpected broker behaviour: {other:?}"),
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    keep.join().expect("member thread");
+}
