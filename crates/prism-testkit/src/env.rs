@@ -124,11 +124,45 @@ impl TestEnv {
             match outcome {
                 Ok(summary) => return Ok(summary),
                 Err(diff) if tokio::time::Instant::now() >= deadline => {
-                    anyhow::bail!("read models still differ from the oracle after {timeout:?}:\n{diff}")
+                    let positions = self.group_positions(events).await;
+                    anyhow::bail!(
+                        "read models still differ from the oracle after {timeout:?}:\n{diff}\n{positions}"
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         }
+    }
+
+    /// Where the projector group stands on every event partition, against what was produced:
+    /// tells a stalled consumer (committed below the end) from a broker that lost or reused
+    /// offsets (fewer messages in the log than events produced) when the oracle check fails.
+    async fn group_positions(&self, events: &[prism_events::Event]) -> String {
+        use std::fmt::Write as _;
+        let group = prism_kafka::admin::projector_group_id(&self.config);
+        let offsets = match prism_kafka::admin::group_offsets(
+            &self.config.kafka,
+            &group,
+            &self.event_topics(),
+            Duration::from_secs(10),
+        )
+        .await
+        {
+            Ok(offsets) => offsets,
+            Err(err) => return format!("group {group}: offsets unavailable: {err}"),
+        };
+        let mut out = format!("group {group} (topic partition: low..high, committed):\n");
+        for topic in self.event_topics() {
+            let produced =
+                events.iter().filter(|e| e.meta.aggregate_type.topic(self.topic_prefix()) == topic).count();
+            let in_log: i64 = offsets.iter().filter(|p| p.topic == topic).map(|p| p.high - p.low).sum();
+            let _ = writeln!(out, "  {topic}: {produced} events produced, {in_log} messages in the log");
+            for p in offsets.iter().filter(|p| p.topic == topic) {
+                let committed = p.committed.map_or("none".to_owned(), |c| c.to_string());
+                let _ = writeln!(out, "    {}: {}..{}, committed {committed}", p.partition, p.low, p.high);
+            }
+        }
+        out
     }
 
     /// The event topic of every aggregate type in this environment.

@@ -57,8 +57,12 @@ impl Services {
                 bail!("PRISM_TEST_DATABASE `{}` is not a plain identifier", self.database);
             }
             if let Err(err) = client.batch_execute(&format!("CREATE DATABASE {}", self.database)).await {
-                // Another test process created it first.
-                if err.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                // Another test process created it first: PostgreSQL reports that as a
+                // duplicate database, or, when both ran at once, as a unique violation on
+                // its catalog.
+                use tokio_postgres::error::SqlState;
+                if !matches!(err.code(), Some(c) if *c == SqlState::DUPLICATE_DATABASE || *c == SqlState::UNIQUE_VIOLATION)
+                {
                     return Err(err).context("creating the test database");
                 }
             }
@@ -127,4 +131,33 @@ pub async fn connect_pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a fresh machine the first tests of a run all find the test database missing at
+    /// once; every one of them must go on, whoever's `CREATE DATABASE` won.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_checks_all_find_the_test_database() {
+        let database = format!("prism_create_race_{:08x}", rand::random::<u32>());
+        let services = Services { database: database.clone(), ..Services::from_env() };
+        let checks: Vec<_> = (0..6)
+            .map(|_| {
+                let services = services.clone();
+                tokio::spawn(async move { services.check_postgres().await })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for check in checks {
+            if let Err(err) = check.await.expect("check task") {
+                failures.push(format!("{err:#}"));
+            }
+        }
+        let maintenance = format!("{}/postgres", services.postgres.trim_end_matches('/'));
+        let client = connect_pg(&maintenance).await.expect("PostgreSQL (start it with `ops/dev-stack up`)");
+        client.batch_execute(&format!("DROP DATABASE IF EXISTS {database}")).await.expect("drop");
+        assert!(failures.is_empty(), "concurrent checks failed: {failures:?}");
+    }
 }
