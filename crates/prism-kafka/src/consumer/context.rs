@@ -177,7 +177,7 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let mut added = Vec::new();
@@ -191,6 +191,19 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
                     }
                     workers.len()
                 };
+                // librdkafka keeps an application pause across unassignment: a partition
+                // paused by flow control, revoked (or lost) and later assigned back would
+                // never be fetched again. Its new worker starts unpaused, so must the
+                // partition.
+                if !added.is_empty() {
+                    let mut resume = TopicPartitionList::new();
+                    for partition in &added {
+                        resume.add_partition(&partition.topic, partition.partition);
+                    }
+                    if let Err(err) = consumer.resume(&resume) {
+                        tracing::warn!(group = %self.shared.settings.group_id, error = %err, "resuming assigned partitions");
+                    }
+                }
                 tracing::info!(group = %self.shared.settings.group_id, assigned = added.len(), held = total, "partitions assigned");
                 self.shared.handler.on_rebalance(&added, &[], total);
             }

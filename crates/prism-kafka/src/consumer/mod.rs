@@ -15,6 +15,11 @@
 //!   after the handler returned `Ok` for every message before it (invariant 1). On revocation
 //!   and shutdown the runtime commits synchronously.
 //!
+//! Flow control: a partition whose worker has `max_buffered_per_partition` messages waiting is
+//! paused, and resumed once the worker caught up. librdkafka keeps such a pause across
+//! unassignment, so every newly assigned partition is resumed explicitly: its new worker
+//! starts with nothing buffered.
+//!
 //! Revocation (cooperative rebalancing hands over only the partitions that move): the
 //! callback stops the affected workers, lets an in-flight batch finish (or aborts it after
 //! `shutdown_deadline`), stores what landed, commits, and only then returns, so the partition
