@@ -151,7 +151,7 @@ impl PrivateTansu {
         let binary = find_binary(
             "tansu",
             &[home.join(".cargo/bin")],
-            "install it with `cargo install tansu --version 0.6.0 --locked --features libsql,dynostore` (or run `ops/dev-stack up`)",
+            "install it with `ops/dev-stack up` (or `cargo install tansu --version 0.6.0 --locked --features libsql`)",
         )?;
         let mut broker = Self { port: free_port()?, child: None, binary, dir: ScratchDir::new("tansu")? };
         broker.launch().await?;
