@@ -120,6 +120,26 @@ async fn wait_for_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<b
     Ok(false)
 }
 
+/// Asks a server process to stop with SIGTERM, killing it if it has not exited in time.
+async fn terminate_process(child: Option<Child>) -> anyhow::Result<()> {
+    let Some(mut child) = child else { return Ok(()) };
+    signal(child.id(), "TERM");
+    if wait_for_exit(&mut child, STOP_TIMEOUT).await? {
+        Ok(())
+    } else {
+        kill_process(Some(child))
+    }
+}
+
+/// Kills a server process (SIGKILL) and reaps it.
+fn kill_process(child: Option<Child>) -> anyhow::Result<()> {
+    if let Some(mut child) = child {
+        child.kill()?;
+        child.wait()?;
+    }
+    Ok(())
+}
+
 fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -190,23 +210,12 @@ impl PrivateTansu {
 
     /// Stops the broker gracefully (SIGTERM), killing it if it does not exit in time.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                child.kill()?;
-                child.wait()?;
-            }
-        }
-        Ok(())
+        terminate_process(self.child.take()).await
     }
 
     /// Kills the broker (SIGKILL).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        kill_process(self.child.take())
     }
 
     /// Starts the broker again on the same port with the same data (stopping it first if it
@@ -219,10 +228,7 @@ impl PrivateTansu {
 
 impl Drop for PrivateTansu {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = kill_process(self.child.take());
     }
 }
 
@@ -341,8 +347,7 @@ impl PrivatePostgres {
             }
             if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
                 self.kill_postmaster();
-                child.kill()?;
-                child.wait()?;
+                kill_process(Some(child))?;
             }
         }
         Ok(())
@@ -353,8 +358,7 @@ impl PrivatePostgres {
         self.kill_postmaster();
         if let Some(mut child) = self.child.take() {
             if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                child.kill()?;
-                child.wait()?;
+                kill_process(Some(child))?;
             }
         }
         Ok(())
@@ -381,10 +385,7 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.kill_postmaster();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = kill_process(self.child.take());
     }
 }
 
@@ -468,23 +469,12 @@ impl PrivateRedis {
 
     /// Stops the server gracefully (SIGTERM).
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                child.kill()?;
-                child.wait()?;
-            }
-        }
-        Ok(())
+        terminate_process(self.child.take()).await
     }
 
     /// Kills the server (SIGKILL).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        kill_process(self.child.take())
     }
 
     /// Starts the server again on the same port (its data is not persisted).
@@ -496,10 +486,7 @@ impl PrivateRedis {
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = kill_process(self.child.take());
     }
 }
 
