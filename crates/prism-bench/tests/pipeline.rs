@@ -6,56 +6,15 @@
 //! version read back through the query API is never older than the command's. Then one
 //! corrupted row makes `verify` fail, naming it.
 
+mod common;
+
 use std::time::Duration;
 
 use prism_bench::load::{self, LoadConfig};
 use prism_bench::verify::{self, VerifyConfig};
-use prism_config::PrismConfig;
+use common::Service;
 use prism_testkit::TestEnv;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// An HTTP service of this process on a free port.
-struct Service {
-    base: String,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    async fn start<F, Fut>(config: PrismConfig, serve: F) -> Self
-    where
-        F: FnOnce(PrismConfig, tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(config, listener, stopped));
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready =
-                http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
-            if ready {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{base} not ready after 30s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Self { base, stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("stops within 30s")
-            .expect("task")
-            .expect("clean exit");
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_main_job_converges_to_the_fold_of_the_event_store() {

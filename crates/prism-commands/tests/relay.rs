@@ -13,7 +13,7 @@ use common::{consume_events, outbox_rows, stored_events, verify_delivery, wait_f
 use prism_events::events::{UserProfileChanged, UserRegistered};
 use prism_events::{AggregateType, DomainEvent, Event, EventMeta};
 use prism_store::{EventStore, StreamAppend};
-use prism_testkit::private::PrivateTansu;
+use prism_testkit::private::PrivateKafka;
 use prism_testkit::TestEnv;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -96,7 +96,7 @@ fn spawn_relay(env: &TestEnv, overrides: &[(&str, &str)]) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_delays_but_loses_nothing() {
     // Declared before the environment so the environment's cleanup still finds it running.
-    let mut broker = PrivateTansu::start().await.expect("private broker");
+    let mut broker = PrivateKafka::start().await.expect("private broker");
     let bootstrap = broker.bootstrap_servers();
     let env = TestEnv::with_overrides(&[
         ("PRISM__KAFKA__BOOTSTRAP_SERVERS", bootstrap.as_str()),

@@ -90,6 +90,9 @@ pub struct KafkaConfig {
     pub ssl_ca_location: String,
     /// Upper bound for one admin or metadata request.
     pub request_timeout_ms: u64,
+    /// The consumer group rebalance protocol the projector workers (and every other group
+    /// member Prism runs) speak.
+    pub group_protocol: GroupProtocol,
     /// Extra librdkafka properties passed through verbatim.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -113,6 +116,28 @@ impl SecurityProtocol {
             Self::Ssl => "ssl",
             Self::SaslPlaintext => "sasl_plaintext",
             Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+/// librdkafka's `group.protocol`: how a consumer group assigns partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic protocol: members join, the group leader assigns (cooperative-sticky),
+    /// session and heartbeat timeouts are the client's.
+    Classic,
+    /// KIP-848: the broker assigns partitions incrementally and owns the session and
+    /// heartbeat timeouts (`group.consumer.*` broker or group settings). Needs Kafka 4.0+.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The value librdkafka expects.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Consumer => "consumer",
         }
     }
 }

@@ -11,6 +11,9 @@ pub enum KafkaError {
     /// The broker refused a topic operation.
     #[error("topic {topic}: {detail}")]
     Topic { topic: String, detail: String },
+    /// The broker refused a consumer-group operation.
+    #[error("consumer group {group}: {detail}")]
+    Group { group: String, detail: String },
     /// Any other client error.
     #[error("Kafka: {0}")]
     Client(#[from] RdKafkaError),
@@ -22,7 +25,7 @@ impl KafkaError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
-            Self::Topic { .. } => false,
+            Self::Topic { .. } | Self::Group { .. } => false,
             Self::Client(err) => is_transient_code(err.rdkafka_error_code()),
         }
     }

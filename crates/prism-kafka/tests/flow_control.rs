@@ -1,8 +1,10 @@
-//! Flow control across rebalances, against the real broker: a member whose workers fall behind
-//! pauses their partitions; when such a partition moves to another member and later comes
-//! back, it must be fetched again. (librdkafka keeps an application pause across
-//! unassignment, so a runtime that forgot to lift it would leave the partition unconsumed
-//! for good, with its lag growing.)
+//! Flow control across rebalances, against the real broker and under both group protocols: a
+//! member whose workers fall behind pauses their partitions; when such a partition moves to
+//! another member and later comes back, it must be fetched again. (librdkafka keeps an
+//! application pause across unassignment, so a runtime that forgot to lift it would leave the
+//! partition unconsumed for good, with its lag growing.) The second member handles one batch
+//! of each partition it takes and then stalls, so the first must handle the rest of those
+//! partitions after they came back: it cannot pass by the second draining them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,17 +16,19 @@ use prism_kafka::consumer::{
     BatchHandler, ConsumerObserver, ConsumerRuntime, ConsumerSettings, PartitionId, TransientError,
 };
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer};
-use prism_testkit::TestEnv;
+use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 
 const MESSAGES: usize = 2_000;
 
 /// Records every offset it handles; while `held`, every batch waits (the member falls
-/// behind, so its partitions get paused).
+/// behind, so its partitions get paused). With `one_batch_each`, a second batch of a
+/// partition waits for good (until the member stops and aborts it).
 #[derive(Default)]
 struct Recorder {
     held: AtomicBool,
+    one_batch_each: bool,
     handled: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
 }
 
@@ -32,7 +36,8 @@ impl ConsumerObserver for Recorder {}
 
 impl BatchHandler for Recorder {
     async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
-        while self.held.load(Ordering::SeqCst) {
+        let stall = self.one_batch_each && self.handled.lock().expect("lock").contains_key(&partition.partition);
+        while stall || self.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut handled = self.handled.lock().expect("lock");
@@ -74,10 +79,11 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_paused_partition_that_moves_away_and_back_is_fetched_again() {
+group_protocol_tests!(a_paused_partition_that_moves_away_and_back_is_fetched_again => paused_partition_comes_back);
+
+async fn paused_partition_comes_back(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::with_overrides(&[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
+    let env = TestEnv::for_protocol(protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
     let topic = AggregateType::Order.topic(env.topic_prefix());
     let group = env.group("flow-control");
 
@@ -107,7 +113,7 @@ async fn a_paused_partition_that_moves_away_and_back_is_fetched_again() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // Member B joins and takes some of them over, then leaves: they go back to A.
-    let b = Arc::new(Recorder::default());
+    let b = Arc::new(Recorder { one_batch_each: true, ..Default::default() });
     let member_b = ConsumerRuntime::start(settings(&env, &topic, &group), b.clone()).expect("member B");
     wait_until("member B handled messages", Duration::from_secs(60), || b.partitions_handled() > 0).await;
     member_b.shutdown().await;
@@ -129,6 +135,20 @@ async fn a_paused_partition_that_moves_away_and_back_is_fetched_again() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     member_a.shutdown().await;
+
+    // A handled nothing before B left (it was held, and a held batch is aborted on
+    // revocation before it records anything), so whatever A handled of a partition B had
+    // taken, it handled after that partition came back. It must have handled the rest of it.
+    let from_b = b.handled.lock().expect("lock").clone();
+    assert!(!from_b.is_empty(), "B took partitions over");
+    for (partition, offsets) in &from_b {
+        let b_last = offsets.iter().max().copied().unwrap_or(-1);
+        let a_after = a.handled.lock().expect("lock").get(partition).and_then(|o| o.iter().max().copied());
+        assert!(
+            a_after.is_some_and(|a_last| a_last > b_last),
+            "partition {partition} came back to A, but A never handled an offset after B's last ({b_last}): {a_after:?}"
+        );
+    }
 
     // Every offset was handled by one member or the other.
     for ((_, partition), end) in &ends {

@@ -271,6 +271,10 @@ impl ConsumerObserver for ProjectionHandler {
     fn on_lag(&self, partition: &PartitionId, messages: i64, seconds: f64) {
         self.progress.lag(partition, messages, seconds);
     }
+
+    fn on_commit(&self, error: Option<&str>) {
+        self.progress.committed(error);
+    }
 }
 
 impl BatchHandler for ProjectionHandler {

@@ -39,6 +39,9 @@ impl Progress {
         for kind in ["assign", "revoke"] {
             counter!(m::PROJECTOR_REBALANCES, "group" => label.to_owned(), "kind" => kind).absolute(0);
         }
+        for outcome in ["ok", "failed"] {
+            counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => label.to_owned(), "outcome" => outcome).absolute(0);
+        }
         gauge!(m::PROJECTOR_ASSIGNED_PARTITIONS, "group" => label.to_owned()).set(0.0);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         gauge!(m::PROJECTOR_LAST_PROGRESS, "group" => label.to_owned()).set(now);
@@ -97,6 +100,14 @@ impl Progress {
         *self.last_progress.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         gauge!(m::PROJECTOR_LAST_PROGRESS, "group" => self.label.clone()).set(now);
+    }
+
+    /// An offset commit finished (`error`: why it failed). A failed commit loses nothing: the
+    /// stored offsets go with the next one, and until then a new owner of the partition
+    /// re-reads events the version gate skips.
+    pub fn committed(&self, error: Option<&str>) {
+        let outcome = if error.is_some() { "failed" } else { "ok" };
+        counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => self.label.clone(), "outcome" => outcome).increment(1);
     }
 
     pub fn transient(&self, error: &TransientError) {

@@ -1,6 +1,6 @@
 //! The broker restarted, gracefully and with SIGKILL, under running projectors (a private
-//! Tansu with durable storage): consumption pauses and resumes from the committed offsets,
-//! and every row and cache entry ends equal to the oracle.
+//! Kafka node of the test's own), under both group protocols: consumption pauses and resumes
+//! from the committed offsets, and every row and cache entry ends equal to the oracle.
 
 mod common;
 
@@ -9,16 +9,21 @@ use std::time::Duration;
 use common::{dead_letter_counts, InProcess};
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::private::PrivateTansu;
+use prism_testkit::private::PrivateKafka;
 use prism_testkit::workload::Workload;
-use prism_testkit::{Services, TestEnv};
+use prism_testkit::{group_protocol_tests, GroupProtocol, Services, TestEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
+group_protocol_tests!(a_broker_restart_mid_run_loses_and_duplicates_nothing => broker_restarts);
+
+async fn broker_restarts(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let mut broker = PrivateTansu::start().await.expect("private broker");
+    let mut broker = PrivateKafka::start().await.expect("private broker");
     let services = Services { kafka: broker.bootstrap_servers(), ..Services::from_env() };
-    let env = TestEnv::on(services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
+    let protocol = protocol.as_librdkafka();
+    let env = TestEnv::on(
+        services,
+        &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500"), ("PRISM__KAFKA__GROUP_PROTOCOL", protocol)],
+    )
         .await
         .expect("test environment");
     let events = Workload::generate(61, 6_000);

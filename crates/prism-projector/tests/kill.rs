@@ -1,7 +1,7 @@
 //! Workers killed with SIGKILL again and again while tens of thousands of events flow, with
-//! three workers in the group (a fourth joins after the kills): nothing is lost, nothing
-//! applied twice, every row and cache entry ends equal to the oracle, and nothing is
-//! dead-lettered.
+//! three workers in the group, under both group protocols: nothing is lost, nothing applied
+//! twice, every row and cache entry ends equal to the oracle, and nothing is dead-lettered.
+//! A killed member's partitions reach the survivors once its session expires.
 
 mod common;
 
@@ -11,13 +11,14 @@ use common::WorkerProcess;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::workload::Workload;
-use prism_testkit::TestEnv;
+use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 use rand::Rng;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
+group_protocol_tests!(workers_killed_again_and_again_lose_and_duplicate_nothing => killed_again_and_again);
+
+async fn killed_again_and_again(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
     let events = Workload::generate(11, 20_000);
 
     let mut workers: Vec<WorkerProcess> =
@@ -46,13 +47,6 @@ async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
         workers[victim] = WorkerProcess::spawn(&env, &name, &[]);
     }
     publisher.await.expect("publisher");
-    // The development broker (Tansu 0.6) has been seen to keep a SIGKILLed member in the group
-    // past its session timeout, with partitions assigned to it and so to no one alive (Apache
-    // Kafka expels it). A member joining once every killed member's session has expired makes
-    // its coordinator re-form the group without them. It is also the scale-up a deployment
-    // does after a crash, so the test keeps it on every broker.
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    workers.push(WorkerProcess::spawn(&env, "w3-late", &[]));
     eprintln!("{kills} kills in {:?}", started.elapsed());
 
     let summary = env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(240)).await;

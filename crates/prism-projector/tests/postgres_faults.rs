@@ -1,7 +1,8 @@
 //! PostgreSQL failing under a running projector, on a private server: backends terminated in
 //! the middle of batches, the server restarted, and the server refusing writes for a while.
 //! Transient failures wait and retry; no offset is committed for a batch that did not land
-//! (invariant 1); in the end every row and cache entry equals the oracle.
+//! (invariant 1); in the end every row and cache entry equals the oracle. Under both group
+//! protocols.
 
 mod common;
 
@@ -12,7 +13,7 @@ use prism_testkit::kafka::{committed_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivatePostgres;
 use prism_testkit::workload::Workload;
-use prism_testkit::{Services, TestEnv};
+use prism_testkit::{group_protocol_tests, GroupProtocol, Services, TestEnv};
 
 async fn terminate_projector_backends(admin: &tokio_postgres::Client) -> u64 {
     admin
@@ -24,12 +25,17 @@ async fn terminate_projector_backends(admin: &tokio_postgres::Client) -> u64 {
         .map_or(0, |rows| rows.len() as u64)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_outages_and_refused_writes_delay_but_never_lose() {
+group_protocol_tests!(postgres_outages_and_refused_writes_delay_but_never_lose => postgres_outages);
+
+async fn postgres_outages(protocol: GroupProtocol) {
     prism_testkit::init_logging();
     let mut postgres = PrivatePostgres::start().await.expect("private PostgreSQL");
     let services = Services { postgres: postgres.url(), ..Services::from_env() };
-    let env = TestEnv::on(services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
+    let protocol = protocol.as_librdkafka();
+    let env = TestEnv::on(
+        services,
+        &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500"), ("PRISM__KAFKA__GROUP_PROTOCOL", protocol)],
+    )
         .await
         .expect("test environment");
     let producer = producer(&env.config).expect("producer");

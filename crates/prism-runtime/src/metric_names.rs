@@ -39,6 +39,10 @@ pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_secon
 pub const PROJECTOR_BATCH_SIZE: &str = "prism_projector_batch_size_events";
 /// Counter: rebalance callbacks. Labels: `group`, `kind` (assign, revoke).
 pub const PROJECTOR_REBALANCES: &str = "prism_projector_rebalances_total";
+/// Counter: offset commits answered by the broker. Labels: `group`, `outcome` (ok, failed;
+/// failures are logged with the broker's reason, e.g. a stale member epoch during a KIP-848
+/// reconciliation, and their offsets go with the next commit).
+pub const PROJECTOR_OFFSET_COMMITS: &str = "prism_projector_offset_commits_total";
 /// Gauge: partitions currently assigned. Labels: `group`.
 pub const PROJECTOR_ASSIGNED_PARTITIONS: &str = "prism_projector_assigned_partitions";
 /// Gauge: messages between the committed position and the high watermark. Labels:

@@ -4,15 +4,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use prism_config::{ConfigSources, PrismConfig};
+use prism_config::{ConfigSources, GroupProtocol, PrismConfig};
 use prism_store::Database;
 use rand::Rng;
 
 use crate::services::Services;
 
 /// One test's own topics, schema and key prefix, with Prism's migrations applied and its
-/// topics created. Dropping it removes the schema and keys; its topics stay (see
-/// [`remove_everything`]).
+/// topics created. Dropping it removes the schema, keys, topics and consumer groups.
 #[derive(Debug)]
 pub struct TestEnv {
     /// Random name of this environment, e.g. `t3fa9c0b1d2`.
@@ -35,6 +34,14 @@ impl TestEnv {
     /// An environment with four partitions per event topic.
     pub async fn new() -> anyhow::Result<Self> {
         Self::with_overrides(&[]).await
+    }
+
+    /// An environment whose consumer groups speak `protocol` (`kafka.group_protocol`), with
+    /// extra `PRISM__*` overrides.
+    pub async fn for_protocol(protocol: GroupProtocol, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut all = vec![("PRISM__KAFKA__GROUP_PROTOCOL", protocol.as_librdkafka())];
+        all.extend_from_slice(overrides);
+        Self::with_overrides(&all).await
     }
 
     /// An environment with extra `PRISM__*` overrides, e.g.
@@ -175,8 +182,7 @@ impl TestEnv {
         &self.config.topics.prefix
     }
 
-    /// A consumer group name unique to this environment (Tansu keeps a group's protocol
-    /// after it empties, so tests never reuse one).
+    /// A consumer group name unique to this environment (removed with it).
     pub fn group(&self, name: &str) -> String {
         format!("{}{name}", self.config.topics.prefix)
     }
@@ -203,15 +209,60 @@ impl Drop for TestEnv {
     }
 }
 
-/// Drops the schema and the Redis keys. Topics stay: with Tansu 0.6 (the development broker)
-/// deleting one topic deletes every topic of the broker, and deleting a topic under a fetch
-/// panics its storage engine. Neither is Kafka behaviour; Prism itself never deletes topics.
+/// Drops the schema, the Redis keys, the topics and the consumer groups of one environment.
 async fn remove_everything(config: &PrismConfig, db: &Database) {
     if let Ok(client) = db.client().await {
         let _ =
             client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", config.postgres.schema)).await;
     }
     let _ = delete_keys(&config.redis.url, &config.redis.key_prefix).await;
+    if let Err(err) = delete_topics_and_groups(config).await {
+        tracing::debug!(error = %err, "removing a test's topics and groups");
+    }
+}
+
+/// Deletes every topic and consumer group whose name starts with the environment's prefix,
+/// so a long-lived development broker does not fill up with test leftovers.
+async fn delete_topics_and_groups(config: &PrismConfig) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let prefix = config.topics.prefix.clone();
+    anyhow::ensure!(!prefix.is_empty(), "refusing to delete the topics of an environment without a prefix");
+    let kafka = config.kafka.clone();
+    let (topics, groups) = tokio::task::spawn_blocking({
+        let prefix = prefix.clone();
+        move || -> anyhow::Result<(Vec<String>, Vec<String>)> {
+            let consumer: BaseConsumer = prism_kafka::base_client_config(&kafka, "test-cleanup").create()?;
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            let topics = metadata
+                .topics()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .filter(|name| name.starts_with(&prefix))
+                .collect();
+            let groups = consumer
+                .fetch_group_list(None, Duration::from_secs(10))
+                .map(|list| {
+                    list.groups().iter().map(|g| g.name().to_owned()).filter(|g| g.starts_with(&prefix)).collect()
+                })
+                .unwrap_or_default();
+            Ok((topics, groups))
+        }
+    })
+    .await??;
+    let admin: AdminClient<DefaultClientContext> =
+        prism_kafka::base_client_config(&config.kafka, "test-cleanup").create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if !groups.is_empty() {
+        let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+        admin.delete_groups(&names, &options).await?;
+    }
+    if !topics.is_empty() {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        admin.delete_topics(&names, &options).await?;
+    }
+    Ok(())
 }
 
 /// Deletes every Redis key under `prefix`.

@@ -96,15 +96,18 @@ pub async fn publish_events(
     Ok(positions)
 }
 
-/// A consumer in `group` with manual commits, starting at the earliest offset.
+/// A consumer in `group` with manual commits, starting at the earliest offset, speaking the
+/// configured group protocol (`kafka.group_protocol`).
 pub fn consumer(config: &PrismConfig, group: &str, extra: &[(&str, &str)]) -> anyhow::Result<BaseConsumer> {
     let mut client: ClientConfig = prism_kafka::base_client_config(&config.kafka, "test-consumer");
     client
         .set("group.id", group)
+        .set("group.protocol", config.kafka.group_protocol.as_librdkafka())
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000");
+        .set("auto.offset.reset", "earliest");
+    if config.kafka.group_protocol == prism_config::GroupProtocol::Classic {
+        client.set("session.timeout.ms", "10000").set("heartbeat.interval.ms", "1000");
+    }
     for (key, value) in extra {
         client.set(*key, *value);
     }
@@ -168,6 +171,30 @@ pub async fn end_offsets(
                 for p in t.partitions() {
                     let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
                     out.insert((topic.clone(), p.id()), high);
+                }
+            }
+        }
+        anyhow::Ok(out)
+    })
+    .await?
+}
+
+/// The node leading every partition of `topics` (`-1` while it has none), and the partition's
+/// high watermark: what a fault test needs to pick the busiest broker.
+pub async fn leaders(
+    config: &PrismConfig,
+    topics: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<(String, i32), (i32, i64)>> {
+    let consumer = consumer(config, "prism-test-leaders", &[])?;
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::collections::BTreeMap::new();
+        for topic in &topics {
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (_, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+                    out.insert((topic.clone(), p.id()), (p.leader(), high));
                 }
             }
         }

@@ -6,7 +6,8 @@
 //! - [`env`]: [`TestEnv`], one per test: its own topic prefix, PostgreSQL schema and Redis
 //!   key prefix, migrated and with topics created, removed again when the test ends.
 //! - [`kafka`]: producing and consuming raw messages in tests.
-//! - [`private`]: a broker, PostgreSQL or Redis of one test's own, to stop, kill and restart.
+//! - [`private`]: a Kafka broker or three-node cluster, PostgreSQL or Redis of one test's own,
+//!   to stop, kill and restart.
 //! - [`oracle`]: the fold oracle — every read-model row and cache entry compared with an
 //!   independent in-memory fold of the produced events.
 //! - [`workload`]: realistic event streams generated through the real aggregates.
@@ -22,6 +23,28 @@ pub mod services;
 pub mod workload;
 
 pub use env::TestEnv;
+pub use prism_config::GroupProtocol;
+
+/// Defines a group test once per consumer group protocol: `group_protocol_tests!(name =>
+/// scenario)` makes `name::classic` and `name::consumer`, each calling `scenario(protocol)`
+/// (an `async fn(GroupProtocol)`), so every guarantee is checked under the classic protocol
+/// and under KIP-848.
+#[macro_export]
+macro_rules! group_protocol_tests {
+    ($name:ident => $scenario:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn classic() {
+                super::$scenario($crate::GroupProtocol::Classic).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn consumer() {
+                super::$scenario($crate::GroupProtocol::Consumer).await
+            }
+        }
+    };
+}
 
 /// Sends the tests' tracing output to the test harness (shown for failing tests).
 /// `RUST_LOG` sets the filter (default `warn`). Safe to call from every test.

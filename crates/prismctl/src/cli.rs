@@ -124,7 +124,6 @@ mod tests {
             "g",
             "--execute",
             "--yes",
-            "--assume-group-empty",
         ])
         .expect("parses")
         .command
@@ -139,7 +138,7 @@ mod tests {
                 TopicSelection { topic: "cart.events".into(), partitions: None },
             ]
         );
-        assert!(args.execute && args.yes && args.assume_group_empty);
+        assert!(args.execute && args.yes);
         assert_eq!(args.group.as_deref(), Some("g"));
 
         let Command::Offsets { command: OffsetsCommand::Reset(args) } =
@@ -167,8 +166,8 @@ mod tests {
         assert!(parse(&["offsets", "reset", "--to-earliest", "--topic", "a:x"]).is_err());
         assert!(parse(&["offsets", "reset", "--to-earliest", "--topic", "bad topic"]).is_err());
         assert!(
-            parse(&["offsets", "reset", "--to-earliest", "--assume-group-empty"]).is_err(),
-            "needs --execute"
+            parse(&["offsets", "reset", "--to-earliest", "--execute", "--assume-group-empty"]).is_err(),
+            "no way around the live-member check"
         );
         assert!(parse(&["offsets", "reset", "--to-earliest", "--yes"]).is_err(), "needs --execute");
     }

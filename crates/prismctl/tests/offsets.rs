@@ -1,9 +1,9 @@
-//! `prismctl lag` and `prismctl offsets reset` against the real broker, PostgreSQL and Redis:
-//! a dry run changes nothing; on a broker that cannot describe groups (Tansu) an execute is
-//! refused until the operator asserts the group is empty; after a reset to the earliest offsets
-//! a restarted projector replays everything and the read models still equal the oracle, the
-//! replayed events counted as skipped duplicates. Lag reads zero when caught up and the whole
-//! backlog, with its age, after the reset.
+//! `prismctl lag` and `prismctl offsets reset` against the real broker, PostgreSQL and Redis,
+//! under both group protocols: a dry run changes nothing; an execute is refused while the
+//! projector runs (the group has live members) and succeeds once it stopped; after a reset to
+//! the earliest offsets a restarted projector replays everything and the read models still
+//! equal the oracle, the replayed events counted as skipped duplicates. Lag reads zero when
+//! caught up and the whole backlog, with its age, after the reset.
 
 mod common;
 
@@ -14,12 +14,13 @@ use prism_projector::Embedded;
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::workload::Workload;
-use prism_testkit::TestEnv;
+use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
+group_protocol_tests!(reset_to_earliest_replays_without_double_applying_and_lag_follows => reset_and_replay);
+
+async fn reset_and_replay(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
     let events = Workload::generate(61, 1_500);
     let producer = producer(&env.config).expect("producer");
     publish_events(&producer, env.topic_prefix(), &events).await.expect("publish");
@@ -36,12 +37,12 @@ async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
     assert_eq!(group["total_lag_messages"], 0);
     assert_eq!(group["catch_up"], "caught up");
     assert_eq!(group["partitions"].as_array().map(Vec::len), Some(16), "4 topics of 4 partitions");
-    projector.stop(Duration::from_secs(30)).await.expect("the projector exits cleanly");
 
     let topics = env.event_topics();
     let ends = end_offsets(&env.config, &topics).await.expect("ends");
     let group_id = prism_kafka::admin::projector_group_id(&env.config);
     let before = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
+    assert_eq!(before, ends, "caught up: committed at the end of every partition");
 
     // Dry run: the plan, nothing committed.
     let dry = prismctl(&env, &["offsets", "reset", "--to-earliest"]).await;
@@ -55,12 +56,16 @@ async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
     assert!(dry.stdout.contains("dry run"));
     assert_eq!(committed_offsets(&env.config, &group_id, &topics).await.expect("committed"), before);
 
-    // Tansu cannot describe groups: refused, with the way forward.
+    // The projector is running: the group has a live member, so the reset is refused, names
+    // the member and says what to do; nothing changes.
     let refused = prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes"]).await;
-    assert_eq!(refused.code, Some(1));
-    assert!(refused.stderr.contains("--assume-group-empty"), "says how to proceed: {}", refused.stderr);
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(refused.stderr.contains("1 active member"), "names the live member: {}", refused.stderr);
     assert!(refused.stderr.contains("scale"), "says to stop the workers: {}", refused.stderr);
     assert_eq!(committed_offsets(&env.config, &group_id, &topics).await.expect("committed"), before);
+
+    // Stopped, the worker leaves the group: the same reset goes through (below).
+    projector.stop(Duration::from_secs(30)).await.expect("the projector exits cleanly");
 
     // One partition only, by shifting back: only it moves.
     let order_topic = prism_events::AggregateType::Order.topic(env.topic_prefix());
@@ -76,11 +81,10 @@ async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
             &one,
             "--execute",
             "--yes",
-            "--assume-group-empty",
         ],
     )
     .await;
-    assert!(shifted.ok());
+    assert!(shifted.ok(), "{}", shifted.stderr);
     let after_shift = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
     for (tp, offset) in &after_shift {
         let was = before.get(tp).copied().unwrap_or(0);
@@ -89,10 +93,8 @@ async fn reset_to_earliest_replays_without_double_applying_and_lag_follows() {
     }
 
     // Everything back to the start.
-    let reset =
-        prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes", "--assume-group-empty"])
-            .await;
-    assert!(reset.ok());
+    let reset = prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes"]).await;
+    assert!(reset.ok(), "{}", reset.stderr);
     let committed = committed_offsets(&env.config, &group_id, &topics).await.expect("committed");
     assert!(committed.values().all(|o| *o == 0), "all at the earliest offset: {committed:?}");
 
@@ -148,18 +150,18 @@ async fn reset_names_what_is_wrong() {
     assert!(down.stderr.contains("ops/dev-stack up"), "names how to start the broker: {}", down.stderr);
 }
 
-/// While a member is live, the broker at hand never lets prismctl conclude the group is empty:
-/// Kafka describes it as active, Tansu cannot describe it (Unknown), and on Tansu an outside
-/// commit is not refused either, which is why `--assume-group-empty` is required there. (The
-/// Kafka refusal of that commit is covered in `offsets_mock.rs`.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_member_is_never_taken_for_an_empty_group() {
+/// While a member is live, Kafka describes its group as active (DescribeGroups) and refuses
+/// an offset commit made from outside it; prismctl refuses the reset and changes nothing. Under
+/// both group protocols.
+group_protocol_tests!(a_live_member_is_never_taken_for_an_empty_group => live_member_blocks_reset);
+
+async fn live_member_blocks_reset(protocol: GroupProtocol) {
     use prism_kafka::admin::{
         commit_offsets_outside_group, group_membership, GroupMembership, OutsideCommit,
     };
     use rdkafka::consumer::Consumer;
 
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
     let group = env.group("live");
     let topic = prism_events::AggregateType::Order.topic(env.topic_prefix());
     let member = prism_testkit::kafka::consumer(&env.config, &group, &[]).expect("consumer");
@@ -185,29 +187,24 @@ async fn a_live_member_is_never_taken_for_an_empty_group() {
 
     let timeout = Duration::from_secs(10);
     let membership = group_membership(&env.config.kafka, &group, timeout).await.expect("membership");
-    assert!(
-        !matches!(membership, GroupMembership::Empty { .. }),
-        "a live group reported empty: {membership:?}"
-    );
+    assert!(matches!(membership, GroupMembership::Active { .. }), "a live group must be described as active: {membership:?}");
 
+    let before = committed_offsets(&env.config, &group, std::slice::from_ref(&topic)).await.expect("committed");
     let refused = prismctl(
         &env,
         &["offsets", "reset", "--to-earliest", "--topic", &topic, "--group", &group, "--execute", "--yes"],
     )
     .await;
-    assert_eq!(refused.code, Some(1), "refused while the member is live");
+    assert_eq!(refused.code, Some(1), "refused while the member is live: {}", refused.stdout);
+    assert!(refused.stderr.contains("active member"), "{}", refused.stderr);
 
-    // What the broker does with an outside commit while the member is live.
+    // The broker itself is the second guard: an outside commit is refused while the member lives.
     let outcome = commit_offsets_outside_group(&env.config.kafka, &group, &[(topic.clone(), 0, 0)], timeout)
         .await
         .expect("commit answered");
-    match (&membership, &outcome) {
-        // Tansu 0.6: cannot describe the group and stores the commit anyway.
-        (GroupMembership::Unknown { .. }, OutsideCommit::Committed) => {}
-        // Apache Kafka: describes the members and refuses the commit.
-        (GroupMembership::Active { .. }, OutsideCommit::RefusedGroupActive { .. }) => {}
-        other => panic!("unexpected broker behaviour: {other:?}"),
-    }
+    assert!(matches!(outcome, OutsideCommit::RefusedGroupActive { .. }), "{outcome:?}");
+    let after = committed_offsets(&env.config, &group, std::slice::from_ref(&topic)).await.expect("committed");
+    assert_eq!(after, before, "nothing changed while the member was live");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     keep.join().expect("member thread");
 }

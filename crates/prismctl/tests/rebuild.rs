@@ -196,6 +196,17 @@ async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_
     let publisher = traffic(&env, events.clone(), initial, stop_traffic.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // While a worker runs, an in-place rebuild is refused before anything is cleared.
+    let (refused_ok, refused) =
+        run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--yes", "--no-wait"]).await;
+    assert!(!refused_ok && refused.contains("active member"), "{refused}");
+    let still_corrupt: i64 = pg
+        .query_one("SELECT count(*) FROM order_summary_g1 WHERE status = 'corrupted'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(still_corrupt as u64, corrupted, "a refused rebuild changes nothing");
+
     // Workers stopped, traffic keeps flowing; the rebuild waits for them to come back.
     live.stop().await;
     let (dry_ok, dry) =
@@ -219,7 +230,6 @@ async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_
             "order_summary",
             "--mode",
             "in-place",
-            "--assume-group-empty",
             "--yes",
             "--timeout",
             "240",
@@ -269,11 +279,8 @@ async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_
 
     // Again, without waiting: the same events give the same checksum.
     live.stop().await;
-    let (ok, output) = run_prismctl(
-        &env,
-        &["rebuild", "order_summary", "--mode", "in-place", "--assume-group-empty", "--yes", "--no-wait"],
-    )
-    .await;
+    let (ok, output) =
+        run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--yes", "--no-wait"]).await;
     assert!(ok, "{output}");
     assert!(output.contains(&format!("cleared order_summary_g1: {} rows", after_first.rows)), "{output}");
     assert_eq!(

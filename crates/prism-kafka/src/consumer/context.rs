@@ -125,11 +125,29 @@ impl<H: BatchHandler> Shared<H> {
             }
         }
     }
+
+    /// Reports a finished commit to the handler (the synchronous ones above come back
+    /// through librdkafka's commit callback as well).
+    fn report_commit(&self, result: &rdkafka::error::KafkaResult<()>) {
+        match result {
+            Ok(()) => self.handler.on_commit(None),
+            Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(err) => {
+                let code = err.rdkafka_error_code().map_or_else(|| "Unknown".to_owned(), |c| format!("{c:?}"));
+                self.handler.on_commit(Some(&code));
+            }
+        }
+    }
 }
 
 /// The context handed to librdkafka.
 pub(super) struct RuntimeContext<H> {
     pub shared: Arc<Shared<H>>,
+}
+
+/// `topic/0 topic/3 …`, for log lines an operator greps.
+fn list(partitions: &[PartitionId]) -> String {
+    partitions.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<PartitionId> {
@@ -172,7 +190,13 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
             self.shared.store_landed(consumer);
             self.shared.commit_now(consumer);
             let total = self.shared.workers().len();
-            tracing::info!(group = %self.shared.settings.group_id, revoked = revoked.len(), held = total, "partitions revoked");
+            tracing::info!(
+                group = %self.shared.settings.group_id,
+                revoked = revoked.len(),
+                held = total,
+                partitions = %list(&revoked),
+                "partitions revoked"
+            );
             self.shared.handler.on_rebalance(&[], &revoked, total);
         }
     }
@@ -204,7 +228,13 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
                         tracing::warn!(group = %self.shared.settings.group_id, error = %err, "resuming assigned partitions");
                     }
                 }
-                tracing::info!(group = %self.shared.settings.group_id, assigned = added.len(), held = total, "partitions assigned");
+                tracing::info!(
+                    group = %self.shared.settings.group_id,
+                    assigned = added.len(),
+                    held = total,
+                    partitions = %list(&added),
+                    "partitions assigned"
+                );
                 self.shared.handler.on_rebalance(&added, &[], total);
             }
             Rebalance::Revoke(_) => {}
@@ -215,6 +245,7 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
     }
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        self.shared.report_commit(&result);
         if let Err(err) = result {
             if err.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::NoOffset) {
                 tracing::warn!(group = %self.shared.settings.group_id, error = %err, "offset commit failed; it is retried with the next one");

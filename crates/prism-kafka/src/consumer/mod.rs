@@ -81,6 +81,11 @@ pub trait ConsumerObserver: Send + Sync + 'static {
     /// Lag of a partition: messages between the landed position and the high watermark,
     /// and the age of the oldest message not yet landed (0 when caught up).
     fn on_lag(&self, _partition: &PartitionId, _messages: i64, _seconds: f64) {}
+    /// An offset commit finished: `None` when the broker stored the offsets, otherwise the
+    /// broker's or librdkafka's error code (e.g. `StaleMemberEpoch` while a KIP-848 group
+    /// reconciles). A failed commit is not retried as such: the offsets stay stored and the
+    /// next commit carries them.
+    fn on_commit(&self, _error: Option<&str>) {}
 }
 
 /// Processes the batches of one consumer. Every effect of a batch must be durable when

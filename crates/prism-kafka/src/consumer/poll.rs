@@ -38,21 +38,19 @@ impl PollThread {
         let mut client = base_client_config(&settings.kafka, &settings.role);
         client
             .set("group.id", &settings.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
             // Offsets are committed automatically, but only those this runtime stored after
             // the writes landed (see the module header).
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", settings.commit_interval.as_millis().to_string())
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (settings.session_timeout.as_millis() / 3).max(100).to_string())
             .set("max.poll.interval.ms", "300000")
             .set("statistics.interval.ms", "5000")
             // Fetch sizes stay at librdkafka's defaults (1 MB per partition per request, grown
             // automatically for a larger message): bigger fetches only delay the group
             // coordinator on brokers that serve both from one storage queue.
             .set("queued.max.messages.kbytes", "16384");
+        group_protocol_settings(&mut client, &settings);
         if let Some(instance) = &settings.group_instance_id {
             client.set("group.instance.id", instance);
         }
@@ -93,6 +91,23 @@ impl PollThread {
             Some(finished) => finished.await.unwrap_or_else(|_| "poll thread ended".into()),
             None => std::future::pending().await,
         }
+    }
+}
+
+/// The group protocol and what belongs to it. Under the classic protocol the member owns its
+/// session and heartbeat and the assignor runs in the group leader (cooperative-sticky, so a
+/// rebalance moves only the partitions that change owner). Under KIP-848 the broker owns all
+/// three and librdkafka refuses them; the broker's assignment is incremental as well.
+fn group_protocol_settings(client: &mut rdkafka::ClientConfig, settings: &ConsumerSettings) {
+    client.set("group.protocol", settings.kafka.group_protocol.as_librdkafka());
+    match settings.kafka.group_protocol {
+        prism_config::GroupProtocol::Classic => {
+            client
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+                .set("heartbeat.interval.ms", (settings.session_timeout.as_millis() / 3).max(100).to_string());
+        }
+        prism_config::GroupProtocol::Consumer => {}
     }
 }
 

@@ -24,7 +24,7 @@ pub struct ConsumerSettings {
     pub batch_max_wait: Duration,
     /// How often librdkafka commits the stored offsets.
     pub commit_interval: Duration,
-    /// Group session timeout.
+    /// Group session timeout under the classic protocol (under KIP-848 the broker's).
     pub session_timeout: Duration,
     /// How long an in-flight batch may run on after revocation or shutdown before it is
     /// aborted.

@@ -22,6 +22,8 @@ pub struct WorkerProcess {
     pub name: String,
     child: Child,
     log: PathBuf,
+    /// Where its /metrics, /healthz and /readyz answer.
+    listen: String,
 }
 
 impl WorkerProcess {
@@ -29,10 +31,15 @@ impl WorkerProcess {
     pub fn spawn(env: &TestEnv, name: &str, extra: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!("prism-{}-{name}.log", env.id));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_prism-projector"));
         command
             .envs(env.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("PRISM__PROJECTOR__LISTEN", "127.0.0.1:0")
+            .env("PRISM__PROJECTOR__LISTEN", &listen)
             .env("PRISM__LOG__FILTER", "warn,prism_projector=info,prism_kafka=info")
             .envs(FAST_FAILOVER.iter().copied())
             .envs(extra.iter().copied())
@@ -41,7 +48,32 @@ impl WorkerProcess {
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
         let child = command.spawn().expect("prism-projector starts");
-        Self { name: name.to_owned(), child, log }
+        Self { name: name.to_owned(), child, log, listen }
+    }
+
+    /// The sum of every sample of the metric `name` whose labels contain `label` (e.g.
+    /// `reason="duplicate"`), from the worker's /metrics; 0 when it exports none yet.
+    pub async fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.listen);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            match reqwest::get(&url).await {
+                Ok(answer) => break answer.text().await.expect("metrics body"),
+                Err(err) if tokio::time::Instant::now() > deadline => {
+                    panic!("{}: /metrics unreachable at {url}: {err}\n{}", self.name, self.log_tail())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Events this worker skipped as already applied (all projections).
+    pub async fn duplicates_skipped(&self) -> f64 {
+        self.metric_sum("prism_projector_events_skipped_total", "reason=\"duplicate\"").await
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -61,6 +93,11 @@ impl WorkerProcess {
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the worker logged so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The last lines the worker logged.

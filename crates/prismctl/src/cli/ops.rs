@@ -69,11 +69,6 @@ pub struct ResetArgs {
     /// Do not ask for confirmation before committing.
     #[arg(long, short = 'y', requires = "execute")]
     pub yes: bool,
-    /// Proceed when the broker cannot say whether the group has members (DescribeGroups
-    /// unsupported or failing, as on Tansu 0.6): you assert every worker of the group is
-    /// stopped.
-    #[arg(long, requires = "execute")]
-    pub assume_group_empty: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

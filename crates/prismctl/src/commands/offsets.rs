@@ -5,17 +5,12 @@
 //! subscribes, so no live member is rebalanced).
 //!
 //! A reset while workers are running would be overwritten by their next commit, so it is
-//! refused while the group has active members:
-//! - the broker is asked first (DescribeGroups). Apache Kafka answers; members → refused.
-//! - when the broker cannot answer (Tansu 0.6 on `sqlite://` fails DescribeGroups; librdkafka's
-//!   mock cluster does not implement it), there is no safe way left to look: joining the group
-//!   to look would rebalance the live members, and Tansu 0.6 accepts an outside offset commit
-//!   even while members are active (its OffsetCommit handler does not check member id or
-//!   generation). So the operator must stop the workers and say so with
-//!   `--assume-group-empty`.
-//! - the commit itself is the last guard on Kafka: it carries generation -1 and no member id,
-//!   which Kafka refuses (`UNKNOWN_MEMBER_ID`, `ILLEGAL_GENERATION`, `REBALANCE_IN_PROGRESS`)
-//!   while the group is not empty; that refusal is reported as active members.
+//! refused while the group has live members, with two guards:
+//! - the broker is asked first (librdkafka's DescribeConsumerGroups, which describes classic
+//!   and KIP-848 groups alike): members → refused, naming them;
+//! - the commit itself is the last guard: it carries no member id and generation -1, which
+//!   Kafka refuses (`UNKNOWN_MEMBER_ID`, `ILLEGAL_GENERATION`, `REBALANCE_IN_PROGRESS`) while
+//!   the group is not empty — a member that joined after the first look still stops it.
 //!
 //! Replays after a reset never double-apply: the version gate skips versions already applied.
 
@@ -120,16 +115,11 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
             members.join(", ")
         ),
         GroupMembership::Empty { state } => tracing::info!(group, state, "group has no members"),
-        GroupMembership::Unknown { detail } if !args.assume_group_empty => bail!(
-            "cannot tell whether group {group} has active members: the broker did not answer DescribeGroups \
-             ({detail}). Apache Kafka answers it; Tansu 0.6 (the development broker) does not, and it also \
-             accepts offset commits while members are active, so a running worker could silently overwrite \
-             the reset. Stop every projector worker of the group (scale the deployment to 0), then run this \
-             again with --assume-group-empty."
+        GroupMembership::Unknown { detail } => bail!(
+            "cannot tell whether group {group} has active members: the broker did not describe it ({detail}). \
+             Nothing was changed. Check that the broker is reachable and that this user may describe the \
+             group, then run this again."
         ),
-        GroupMembership::Unknown { detail } => {
-            tracing::warn!(group, detail, "membership unknown; proceeding on --assume-group-empty");
-        }
     }
     confirm(&format!("commit {} offset(s) for group {group}?", moves.len()), args.yes)?;
     let commits: Vec<(String, i32, i64)> =

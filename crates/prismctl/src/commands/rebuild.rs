@@ -2,9 +2,7 @@
 //! the event topics (DESIGN.md §6).
 //!
 //! **In place** (the read model is empty while it replays; workers must be stopped):
-//! check the projector group has no members (Apache Kafka answers DescribeGroups; Tansu 0.6
-//! with `sqlite://` does not, so there the operator confirms with `--assume-group-empty`),
-//! commit the earliest offsets of the projection's source topics for the projector group from
+//! check the projector group has no members (DescribeConsumerGroups, either protocol), commit the earliest offsets of the projection's source topics for the projector group from
 //! outside the group (assign + commit, never subscribe: Apache Kafka refuses such a commit
 //! while the group has members, which is a second guard), clear the projection's current
 //! generation (table, gate rows, dead letters, parked aggregates) and its Redis keys, then
@@ -27,9 +25,8 @@
 //! committed is applied again to the new one (duplicates skipped), so the live group simply
 //! continues from its own offsets, and no offsets are copied between groups. After
 //! `--retire-grace` the old generation is retired: table dropped, gate rows and parked
-//! aggregates deleted, open dead letters discarded, Redis keys deleted. The rebuild group's
-//! committed offsets stay on the broker (Tansu 0.6 cannot delete groups; on Apache Kafka
-//! `kafka-consumer-groups --delete` removes it).
+//! aggregates deleted, open dead letters discarded, Redis keys deleted, and the rebuild group
+//! (stopped by then) is deleted from the broker.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -63,10 +60,6 @@ pub struct RebuildArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
-    /// In place: proceed although the broker cannot say whether the projector group has
-    /// members (Tansu 0.6 cannot). You assert the workers are stopped.
-    #[arg(long)]
-    pub assume_group_empty: bool,
     /// In place: return after the reset instead of reporting progress until caught up.
     #[arg(long)]
     pub no_wait: bool,
@@ -100,7 +93,7 @@ under its own group (prism.rebuild.<projection>.g<N>), then switched to in one t
 common position: both generations have applied the same version of every aggregate, and their
 row counts and checksums are equal (or --allow-changes). Live workers follow the switch at their
 next batch and continue from their own offsets. The old generation is dropped after
---retire-grace. The rebuild group's offsets stay on the broker.";
+--retire-grace, and the rebuild group is deleted from the broker.";
 
 /// How to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -306,14 +299,11 @@ async fn in_place(
             members.len(),
             members.join(", ")
         ),
-        GroupMembership::Unknown { detail } if args.assume_group_empty => println!(
-            "the broker cannot say whether {group} has members ({detail}); proceeding because of \
-             --assume-group-empty"
-        ),
         GroupMembership::Unknown { detail } => bail!(
-            "the broker cannot say whether group {group} has members ({detail}). Stop the projector \
-             workers, then run again with --assume-group-empty: resetting offsets under running workers \
-             would be overwritten by their next commit, leaving the cleared read model unfilled"
+            "the broker cannot say whether group {group} has members ({detail}); nothing was changed. \
+             Resetting offsets under running workers would be overwritten by their next commit, leaving \
+             the cleared read model unfilled: check that the broker is reachable and this user may \
+             describe the group, then run again"
         ),
     }
 
@@ -449,7 +439,7 @@ async fn blue_green(
         old.cache_prefix(&config.redis.key_prefix)
             .map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
     );
-    println!("     the offsets of {build_group} stay on the broker (Tansu 0.6 cannot delete groups)");
+    println!("     then delete the stopped rebuild group {build_group} from the broker");
     if args.dry_run {
         println!("dry run: nothing changed");
         return Ok(());
@@ -515,7 +505,14 @@ async fn blue_green(
         "retired {old}: table dropped {}, {} gate rows, {} parked aggregates, {} open dead letters discarded, {keys} Redis keys deleted",
         retired.table_dropped, retired.gate_rows, retired.parked, retired.dead_letters_discarded
     );
-    println!("the rebuild group {build_group} keeps its committed offsets on the broker (not deleted)");
+    match admin::delete_group(&config.kafka, &build_group, REQUEST_TIMEOUT).await {
+        Ok(()) => println!("deleted the rebuild group {build_group}"),
+        // The rebuild itself is done; a leftover group only holds offsets nobody reads.
+        Err(err) => println!(
+            "the rebuild group {build_group} could not be deleted ({err}); remove it later with \
+             kafka-consumer-groups --delete --group {build_group}"
+        ),
+    }
     Ok(())
 }
 
@@ -627,7 +624,7 @@ mod tests {
     fn parses_rebuild() {
         let args = parse(&["rebuild", "order_summary", "--mode", "in-place"]).expect("parses");
         assert_eq!((args.projection, args.mode), (ProjectionName::OrderSummary, RebuildMode::InPlace));
-        assert!(!args.dry_run && !args.yes && !args.assume_group_empty && !args.no_wait);
+        assert!(!args.dry_run && !args.yes && !args.no_wait);
         let args = parse(&[
             "rebuild",
             "user_profile",

@@ -1,0 +1,314 @@
+//! [`PrivateKafka`]: Apache Kafka 4.4 of one test — a single KRaft node, or a three-node
+//! cluster (every node broker and controller, replication factor 3, `min.insync.replicas` 2)
+//! whose nodes can be killed and restarted one by one.
+//!
+//! The nodes run from the jars `ops/dev-stack up` fetched from Maven Central
+//! (`$PRISM_STATE_DIR/kafka/lib`, default `.prism/kafka/lib` in the repository) with the same
+//! `ops/kafka/server.properties.in` and logging as the development broker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::{free_port, kill_process, log_file, log_tail, terminate_process, wait_for_port, ScratchDir};
+
+/// The repository root (this crate lives in `crates/prism-testkit`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Where the dev stack keeps Kafka's jars.
+fn kafka_lib() -> anyhow::Result<PathBuf> {
+    let state = std::env::var_os("PRISM_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".prism"));
+    let lib = state.join("kafka/lib");
+    let has_broker = std::fs::read_dir(&lib)
+        .map(|entries| {
+            entries.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("kafka_2.13-")))
+        })
+        .unwrap_or(false);
+    if !has_broker {
+        bail!(
+            "Kafka's jars are not in {} (a private broker runs from them); fetch them with `ops/dev-stack up`",
+            lib.display()
+        );
+    }
+    Ok(lib)
+}
+
+/// One node of a private cluster.
+#[derive(Debug)]
+struct Node {
+    /// `node.id`, 1-based.
+    id: u32,
+    /// Client (PLAINTEXT) port.
+    port: u16,
+    /// KRaft controller port.
+    controller_port: u16,
+    /// The JVM, while it runs.
+    child: Option<Child>,
+    /// Holds `server.properties`, `data/` and `logs/`.
+    dir: PathBuf,
+    /// Length of `logs/server.log` when the node was last launched: a restart appends to it.
+    log_offset: usize,
+}
+
+/// Apache Kafka of one test: one node, or three.
+#[derive(Debug)]
+pub struct PrivateKafka {
+    /// The nodes, in `node.id` order.
+    nodes: Vec<Node>,
+    /// Kafka's jars.
+    lib: PathBuf,
+    /// Holds one directory per node; removed on drop.
+    dir: ScratchDir,
+}
+
+impl PrivateKafka {
+    /// Starts a single-node broker on free ports and waits until it serves requests.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_nodes(1).await
+    }
+
+    /// Starts a three-node cluster (replication factor 3, `min.insync.replicas` 2 for every
+    /// topic, the offsets topic included) and waits until every node serves requests.
+    pub async fn start_cluster() -> anyhow::Result<Self> {
+        Self::start_nodes(3).await
+    }
+
+    async fn start_nodes(count: u32) -> anyhow::Result<Self> {
+        let lib = kafka_lib()?;
+        let dir = ScratchDir::new("kafka")?;
+        let mut nodes = Vec::new();
+        for id in 1..=count {
+            let node_dir = dir.0.join(format!("node{id}"));
+            std::fs::create_dir_all(node_dir.join("logs"))?;
+            nodes.push(Node { id, port: free_port()?, controller_port: free_port()?, child: None, dir: node_dir, log_offset: 0 });
+        }
+        let mut kafka = Self { nodes, lib, dir };
+        kafka.write_configs()?;
+        kafka.format().await?;
+        for index in 0..kafka.nodes.len() {
+            kafka.launch(index)?;
+        }
+        for index in 0..kafka.nodes.len() {
+            kafka.wait_started(index).await?;
+        }
+        Ok(kafka)
+    }
+
+    /// Every node's `127.0.0.1:<port>`, comma-separated, for `kafka.bootstrap_servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The node ids (1-based).
+    pub fn node_ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The client port of node `id`.
+    pub fn port_of(&self, id: u32) -> u16 {
+        self.node(id).map_or(0, |n| n.port)
+    }
+
+    /// The client port of a single-node broker (the first node of a cluster).
+    pub fn port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
+    fn node(&self, id: u32) -> anyhow::Result<&Node> {
+        self.nodes.iter().find(|n| n.id == id).with_context(|| format!("no Kafka node {id}"))
+    }
+
+    fn index_of(&self, id: u32) -> anyhow::Result<usize> {
+        self.nodes.iter().position(|n| n.id == id).with_context(|| format!("no Kafka node {id}"))
+    }
+
+    fn write_configs(&self) -> anyhow::Result<()> {
+        let template_path = repo_root().join("ops/kafka/server.properties.in");
+        let template = std::fs::read_to_string(&template_path)
+            .with_context(|| format!("reading {}", template_path.display()))?;
+        let voters: Vec<String> =
+            self.nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port)).collect();
+        let (replication, min_isr) = if self.nodes.len() >= 3 { ("3", "2") } else { ("1", "1") };
+        for node in &self.nodes {
+            let config = template
+                .replace("@NODE_ID@", &node.id.to_string())
+                .replace("@VOTERS@", &voters.join(","))
+                .replace(
+                    "@LISTENERS@",
+                    &format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", node.port, node.controller_port),
+                )
+                .replace("@ADVERTISED_LISTENERS@", &format!("PLAINTEXT://127.0.0.1:{}", node.port))
+                .replace("@SECURITY_PROTOCOL_MAP@", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+                .replace("@DATA_DIR@", &node.dir.join("data").display().to_string())
+                .replace("@REPLICATION_FACTOR@", replication)
+                .replace("@MIN_INSYNC_REPLICAS@", min_isr)
+                // A killed node's partitions must move quickly in fault tests.
+                .replace("@EXTRA@", "broker.session.timeout.ms=6000\nbroker.heartbeat.interval.ms=1000\n");
+            std::fs::write(node.dir.join("server.properties"), config)?;
+        }
+        Ok(())
+    }
+
+    fn java(&self) -> Command {
+        let mut command = Command::new("java");
+        command.arg("-cp").arg(format!("{}/*", self.lib.display()));
+        command
+    }
+
+    async fn format(&self) -> anyhow::Result<()> {
+        let output = self.java().args(["kafka.tools.StorageTool", "random-uuid"]).output().context(
+            "running java (Kafka needs Java 17 or newer on PATH; `ops/dev-stack up` says what is missing)",
+        )?;
+        anyhow::ensure!(output.status.success(), "StorageTool random-uuid: {}", String::from_utf8_lossy(&output.stderr));
+        let cluster_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        for node in &self.nodes {
+            let output = self
+                .java()
+                .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
+                .arg(node.dir.join("server.properties"))
+                .output()?;
+            if !output.status.success() {
+                bail!(
+                    "formatting Kafka node {}: {}{}",
+                    node.id,
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, index: usize) -> anyhow::Result<()> {
+        let log4j = repo_root().join("ops/kafka/log4j2.properties");
+        let node = &mut self.nodes[index];
+        node.log_offset = std::fs::metadata(node.dir.join("logs/server.log")).map_or(0, |m| m.len() as usize);
+        let node = &self.nodes[index];
+        let (stdout, stderr) = log_file(&node.dir.join("logs/stdout.log"))?;
+        let child = self
+            .java()
+            .args(["-Xmx384m", "-Xms384m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"])
+            .arg(format!("-Dkafka.logs.dir={}", node.dir.join("logs").display()))
+            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+            .arg("kafka.Kafka")
+            .arg(node.dir.join("server.properties"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .context("starting a Kafka node (java)")?;
+        self.nodes[index].child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until node `index` listens and has logged that it started.
+    async fn wait_started(&mut self, index: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[index];
+        let server_log = node.dir.join("logs/server.log");
+        let stdout_log = node.dir.join("logs/stdout.log");
+        let Some(child) = node.child.as_mut() else { bail!("Kafka node {} is not running", node.id) };
+        wait_for_port(node.port, child, &format!("kafka node {}", node.id), &stdout_log).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let text = std::fs::read(&server_log).unwrap_or_default();
+            let since_launch = String::from_utf8_lossy(text.get(node.log_offset..).unwrap_or_default());
+            if since_launch.contains("Kafka Server started") {
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("Kafka node {} exited with {status} while starting; log:\n{}", node.id, log_tail(&server_log));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("Kafka node {} did not start within 90s; log:\n{}", node.id, log_tail(&server_log));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every node gracefully (SIGTERM: controlled shutdown), killing what does not
+    /// exit in time.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            terminate_process(node.child.take()).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills every node (SIGKILL).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            kill_process(node.child.take())?;
+        }
+        Ok(())
+    }
+
+    /// Starts every node again on the same ports with the same data (stopping them first if
+    /// they run).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        for index in 0..self.nodes.len() {
+            self.launch(index)?;
+        }
+        for index in 0..self.nodes.len() {
+            self.wait_started(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Kills node `id` (SIGKILL): a crash, with no controlled shutdown.
+    pub async fn kill_node(&mut self, id: u32) -> anyhow::Result<()> {
+        let index = self.index_of(id)?;
+        kill_process(self.nodes[index].child.take())
+    }
+
+    /// Starts node `id` again with its data, and waits until it serves requests.
+    pub async fn start_node(&mut self, id: u32) -> anyhow::Result<()> {
+        let index = self.index_of(id)?;
+        anyhow::ensure!(self.nodes[index].child.is_none(), "Kafka node {id} is running");
+        self.launch(index)?;
+        self.wait_started(index).await
+    }
+
+    /// The node id of the active KRaft controller (the quorum leader), asked of the
+    /// running nodes with Kafka's own `kafka-metadata-quorum` tool.
+    pub async fn active_controller(&self) -> anyhow::Result<u32> {
+        let bootstrap: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut command = self.java();
+        command
+            .args(["org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server", &bootstrap.join(",")])
+            .args(["describe", "--status"]);
+        let output = tokio::task::spawn_blocking(move || command.output()).await??;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|line| line.strip_prefix("LeaderId:").map(|id| id.trim().parse::<u32>()))
+            .with_context(|| format!("no LeaderId in kafka-metadata-quorum's answer: {text}{}", String::from_utf8_lossy(&output.stderr)))?
+            .context("LeaderId is not a number")
+    }
+
+    /// The broker log of node `id` (for diagnostics).
+    pub fn log_tail(&self, id: u32) -> String {
+        self.node(id).map(|n| log_tail(&n.dir.join("logs/server.log"))).unwrap_or_default()
+    }
+
+    /// Where the nodes keep their directories (for diagnostics).
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = kill_process(node.child.take());
+        }
+    }
+}

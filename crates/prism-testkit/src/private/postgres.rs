@@ -1,0 +1,203 @@
+//! [`PrivatePostgres`]: a PostgreSQL cluster of one test, from Debian's server binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::{
+    children_of, find_binary, free_port, kill_process, log_file, log_tail, process_alive, signal, wait_for_exit,
+    wait_for_port, ScratchDir, START_TIMEOUT, STOP_TIMEOUT,
+};
+
+/// The newest PostgreSQL server binaries Debian installed (`/usr/lib/postgresql/<major>/bin`).
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((major, entry.path().join("bin")))
+        })
+        .filter(|(_, bin)| bin.join("postgres").is_file())
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).context(
+        "PostgreSQL's server binaries are not installed (no /usr/lib/postgresql/<major>/bin/postgres); \
+         `ops/dev-stack up` installs them (apt-get install postgresql)",
+    )
+}
+
+/// A PostgreSQL server of one test: its own cluster (trust authentication, user
+/// `postgres`), listening on 127.0.0.1 with its Unix socket inside its directory.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    /// The listening port, kept across restarts.
+    port: u16,
+    /// `runuser … postgres` (or `postgres` itself when not root), while it runs.
+    child: Option<Child>,
+    /// Directory holding `data/`, the socket directory and the log; owned by `postgres`.
+    dir: ScratchDir,
+}
+
+impl PrivatePostgres {
+    /// Creates a cluster with initdb, starts it on a free port and waits until it accepts
+    /// connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = pg_bin()?;
+        for tool in ["initdb", "postgres"] {
+            find_binary(tool, std::slice::from_ref(&bin), "install PostgreSQL with `ops/dev-stack up`")?;
+        }
+        let dir = ScratchDir::new("postgres")?;
+        std::fs::create_dir_all(dir.0.join("socket"))?;
+        if is_root() {
+            // initdb refuses to run as root: the cluster belongs to the postgres user.
+            let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir.0).status()?;
+            anyhow::ensure!(status.success(), "chown of {} to postgres failed", dir.0.display());
+        }
+        let data = dir.0.join("data");
+        let output = as_postgres_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .context("running initdb")?;
+        if !output.status.success() {
+            bail!(
+                "initdb failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let mut server = Self { port: free_port()?, child: None, dir };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>` (append `/<database>`).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let log = self.dir.0.join("postgres.log");
+        let (stdout, stderr) = log_file(&log)?;
+        if is_root() {
+            let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status();
+        }
+        let mut child = as_postgres_user(&pg_bin()?.join("postgres"))
+            .arg("-D")
+            .arg(self.dir.0.join("data"))
+            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .arg("-k")
+            .arg(self.dir.0.join("socket"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .context("starting postgres")?;
+        if let Err(err) = wait_for_port(self.port, &mut child, "postgres", &log).await {
+            self.child = Some(child);
+            return Err(err);
+        }
+        self.child = Some(child);
+        // Listening comes before accepting: wait for a real connection.
+        let url = format!("{}/postgres", self.url());
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            match crate::services::connect_pg(&url).await {
+                Ok(_) => return Ok(()),
+                Err(err) if tokio::time::Instant::now() > deadline => {
+                    bail!(
+                        "postgres on port {} does not accept connections: {err:#}; log:\n{}",
+                        self.port,
+                        log_tail(&log)
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The postmaster's pid, from its lock file.
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.0.join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Stops the server with a fast shutdown (SIGINT: clients are disconnected, data is
+    /// checkpointed).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = self.postmaster_pid().filter(|pid| process_alive(*pid)) {
+                signal(pid, "INT");
+            }
+            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
+                self.kill_postmaster();
+                kill_process(Some(child))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the postmaster and its backends (SIGKILL): a crash, recovered from at restart.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.kill_postmaster();
+        if let Some(mut child) = self.child.take() {
+            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
+                kill_process(Some(child))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_postmaster(&self) {
+        let Some(pid) = self.postmaster_pid().filter(|pid| process_alive(*pid)) else { return };
+        let backends = children_of(pid);
+        signal(pid, "KILL");
+        // Backends notice a dead postmaster only at their next wait; a restart needs them gone
+        // (they still hold the old shared memory).
+        for backend in backends {
+            signal(backend, "KILL");
+        }
+    }
+
+    /// Starts the server again on the same port with the same data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop().await?;
+        self.launch().await
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.kill_postmaster();
+        let _ = kill_process(self.child.take());
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A command for a PostgreSQL binary, run as the `postgres` user when this process is root.
+fn as_postgres_user(binary: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(binary);
+        command
+    } else {
+        Command::new(binary)
+    }
+}
