@@ -34,10 +34,6 @@ const DEFAULT_EVENTS: usize = 200_000;
 /// Records per sink transaction: the consumer's default `max.poll.records` (500), which
 /// bounds a JDBC sink's batch.
 const SINK_BATCH: usize = 500;
-/// Every contender's `fetch.wait.max.ms`. Tansu answers a fetch only after about half of it
-/// even when data is waiting, so contenders must share it for a fair race (on Apache Kafka a
-/// fetch returns as soon as data is there).
-const FETCH_WAIT_MS: &str = "100";
 const MARK_BEGIN: &str = "<!-- projection-benchmark:begin -->";
 const MARK_END: &str = "<!-- projection-benchmark:end -->";
 
@@ -124,10 +120,7 @@ async fn bench(events_wanted: usize) -> anyhow::Result<()> {
 
     println!("Prism projector ...");
     let started = Instant::now();
-    // The same fetch wait as the baselines (see FETCH_WAIT_MS).
-    let mut config = env.config.clone();
-    config.kafka.properties.insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
-    let projector = prism_projector::Embedded::start(config);
+    let projector = prism_projector::Embedded::start(env.config.clone());
     let group = prism_projector::group_id(&env.config);
     wait_until_committed(&env, &group, &topics, &ends).await?;
     let elapsed = started.elapsed();
@@ -195,7 +188,7 @@ async fn timed_consumer(
         Some(env) => Some(env.pg().await?),
         None => None,
     };
-    let consumer = consumer(&env.config, group, &[("fetch.wait.max.ms", FETCH_WAIT_MS)])?;
+    let consumer = consumer(&env.config, group, &[])?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&names)?;
     let started = Instant::now();
@@ -305,7 +298,7 @@ fn write_results(table: &str, details: &str, events: usize) -> anyhow::Result<()
         std::env::consts::ARCH
     );
     let section = format!(
-        "{MARK_BEGIN}\nMeasured {} UTC on {machine}, {events} events, one run, one machine (broker: the dev stack's Tansu; \
+        "{MARK_BEGIN}\nMeasured {} UTC on {machine}, {events} events, one run, one machine (broker: the dev stack's Apache Kafka 4.4; \
          PostgreSQL and Redis local):\n\n{table}\n{details}\n\nReproduce: `ops/dev-stack up && cargo bench -p prism-bench --bench projection` \
          (`PRISM_BENCH_EVENTS=N` to change the size).\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M")

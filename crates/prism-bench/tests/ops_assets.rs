@@ -228,6 +228,18 @@ fn compose_services_run_real_binaries_with_valid_config() {
     for infrastructure in ["kafka", "postgres", "redis", "prometheus", "grafana", "init"] {
         assert!(names.contains(infrastructure), "compose lacks the `{infrastructure}` service");
     }
+    // The broker users run is the one the tests run (ops/kafka/pom.xml).
+    let kafka_version = read("ops/kafka/pom.xml")
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("ops/kafka/pom.xml sets kafka.version")
+        .to_owned();
+    assert_eq!(
+        str_of(&compose["services"]["kafka"]["image"]),
+        format!("apache/kafka:{kafka_version}"),
+        "compose runs the broker version the tests run"
+    );
 
     // service name -> (binary, listen port), for the Prometheus targets below.
     let mut served: BTreeMap<String, (String, u16)> = BTreeMap::new();
@@ -283,6 +295,7 @@ fn compose_services_run_real_binaries_with_valid_config() {
             .unwrap_or_else(|e| panic!("{name}: its PRISM__ environment does not load: {e}"));
         assert_typos_rejected(&env, None, None, &name);
         assert_eq!(config.kafka.bootstrap_servers, "kafka:9092", "{name}: brokers");
+        assert_eq!(config.kafka.group_protocol, prism_config::GroupProtocol::Consumer, "{name}: KIP-848 groups");
         assert!(
             config.postgres.url.contains("@postgres:5432/"),
             "{name}: postgres.url {}",
@@ -364,13 +377,24 @@ fn compose_services_run_real_binaries_with_valid_config() {
     }
 
     // Prometheus: rule files are mounted, targets are services on the ports they listen on.
+    // Relative rule files resolve against the config file's directory, in the container as for
+    // `promtool check config ops/prometheus/prometheus.yml` (ops/prometheus/check).
     let prometheus = yaml("ops/prometheus/prometheus.yml");
     assert!(mounts.contains_key("/etc/prometheus/prometheus.yml"), "prometheus.yml is not mounted");
     for rule_file in prometheus["rule_files"].as_sequence().expect("rule_files") {
         let rule_file = str_of(rule_file);
         assert!(
-            mounts.contains_key(&rule_file),
-            "rule file {rule_file} is not mounted into the prometheus service"
+            !rule_file.starts_with('/'),
+            "rule file {rule_file}: relative to prometheus.yml, so promtool checks it outside Docker"
+        );
+        let in_container = format!("/etc/prometheus/{rule_file}");
+        let source = mounts.get(&in_container).unwrap_or_else(|| {
+            panic!("rule file {rule_file} ({in_container}) is not mounted into the prometheus service")
+        });
+        assert_eq!(
+            source,
+            &repo().join("ops/prometheus").join(&rule_file),
+            "{in_container} must be mounted from ops/prometheus/{rule_file}"
         );
     }
     let mut scraped = BTreeSet::new();
@@ -495,6 +519,7 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
                 .unwrap_or_else(|e| panic!("{workload}: configuration does not load: {e}"));
             assert_typos_rejected(&env, Some(config_dir.path()), Some(&environment), &workload);
             assert!(mounted("/etc/prism/config/production.toml"), "{workload}: the ConfigMap is not mounted");
+            assert_eq!(config.kafka.group_protocol, prism_config::GroupProtocol::Consumer, "{workload}: KIP-848 groups");
             if !config.kafka.ssl_ca_location.is_empty() && runs.iter().any(|b| b != "prism-query") {
                 assert!(
                     mounted(&config.kafka.ssl_ca_location),

@@ -41,21 +41,41 @@ fn outside_consumer(
     Ok(config.create()?)
 }
 
-/// Partitions of `topic` as the cluster reports them; an error naming the topic when it does
-/// not exist.
+/// Partitions of `topic` as the cluster reports them; empty when it does not exist.
 fn topic_partitions(
     consumer: &rdkafka::consumer::BaseConsumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
     use rdkafka::consumer::Consumer;
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let metadata = settled(timeout, || consumer.fetch_metadata(Some(topic), timeout))?;
     Ok(metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect())
+}
+
+/// Runs a blocking request again while its answer only says the cluster is moving (a leader
+/// being elected, a broker restarting), until `timeout`.
+fn settled<T>(
+    timeout: Duration,
+    mut request: impl FnMut() -> Result<T, rdkafka::error::KafkaError>,
+) -> Result<T, rdkafka::error::KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match request() {
+            Err(err)
+                if crate::error::is_transient_code(err.rdkafka_error_code())
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %err, "the cluster is moving; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Runs blocking rdkafka calls off the async runtime, mapping failures to [`KafkaError`].

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use prism_config::PrismConfig;
 
-use super::{blocking, outside_consumer, topic_partitions};
+use super::{blocking, outside_consumer, settled, topic_partitions};
 use crate::client::base_client_config;
 use crate::error::KafkaError;
 
@@ -60,7 +60,7 @@ pub async fn group_offsets(
             }
             for partition in partitions {
                 let (low, high) =
-                    consumer.fetch_watermarks(topic, partition, timeout).map_err(unreachable)?;
+                    settled(timeout, || consumer.fetch_watermarks(topic, partition, timeout)).map_err(unreachable)?;
                 tpl.add_partition(topic, partition);
                 out.push(PartitionOffsets { topic: topic.clone(), partition, low, high, committed: None });
             }
