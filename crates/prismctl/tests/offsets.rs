@@ -150,9 +150,9 @@ async fn reset_names_what_is_wrong() {
     assert!(down.stderr.contains("ops/dev-stack up"), "names how to start the broker: {}", down.stderr);
 }
 
-/// While a member is live, Kafka describes its group as active (DescribeGroups) and refuses
-/// an offset commit made from outside it; prismctl refuses the reset and changes nothing. Under
-/// both group protocols.
+// While a member is live, Kafka describes its group as active (DescribeGroups) and refuses
+// an offset commit made from outside it; prismctl refuses the reset and changes nothing. Under
+// both group protocols.
 group_protocol_tests!(a_live_member_is_never_taken_for_an_empty_group => live_member_blocks_reset);
 
 async fn live_member_blocks_reset(protocol: GroupProtocol) {
