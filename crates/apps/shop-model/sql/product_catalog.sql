@@ -1,0 +1,17 @@
+-- product_catalog at one generation: the engine puts <read model>_g<generation> for {table}
+-- and adds its bookkeeping columns (prism_version, prism_revision).
+CREATE TABLE IF NOT EXISTS {table} (
+    product_id    uuid        PRIMARY KEY,
+    sku           text        NOT NULL,
+    name          text        NOT NULL,
+    price_cents   bigint      NOT NULL,
+    stock         bigint      NOT NULL,
+    listed        boolean     NOT NULL,
+    delist_reason text,
+    listed_at     timestamptz NOT NULL,
+    delisted_at   timestamptz,
+    updated_at    timestamptz NOT NULL,
+    version       bigint      NOT NULL
+);
+-- Listed products by name, with a stable tie-break for cursor pagination.
+CREATE INDEX IF NOT EXISTS {table}_listed_by_name ON {table} (name, product_id) WHERE listed;

@@ -1,0 +1,27 @@
+//! The read side of the Prism engine, in PostgreSQL, for any application's read models.
+//!
+//! - [`registry`]: which read models and aggregate types the applications on this schema
+//!   registered (so operators' tools need no application code).
+//! - [`read_models`]: read-model tables per generation, created from the applications' table
+//!   SQL, and the views on the active generation.
+//! - [`projection`]: applying a batch of events to the read models it feeds in one
+//!   transaction — the version gate, any read model's set-based writes, dead letters and
+//!   parking — and redriving dead letters through the same path.
+//! - [`rebuild`]: clearing an instance, allocating, verifying, switching to and retiring
+//!   generations (in-place and blue/green rebuilds), and the checksum both print.
+//! - [`requests`]: operator requests that need the application's folds (redrive), left by
+//!   `prismctl` for the application's workers.
+//!
+//! The tables are created by the engine's migrations (`prism-postgres`) and, per read model,
+//! by [`read_models::ensure_active`].
+
+#![warn(missing_docs)]
+
+pub mod projection;
+pub mod read_models;
+pub mod rebuild;
+pub mod registry;
+pub mod requests;
+
+pub use projection::{apply_batch, BatchOutcome, CacheEntry, DeadLetterRecord, Target};
+pub use registry::RegisteredReadModel;

@@ -1,0 +1,169 @@
+//! Gate rows, dead letters and parked aggregates of a projection instance.
+
+use std::collections::{BTreeSet, HashMap};
+
+use prism_projections::{AggregateKey, GateState};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::batch::DeadLetterRecord;
+use prism_postgres::StoreError;
+
+/// Column arrays of a set of aggregate keys, sorted (the lock order).
+fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'static str>, Vec<Uuid>) {
+    let sorted: BTreeSet<(&'static str, Uuid)> = keys.into_iter().map(|(t, id)| (t.as_str(), *id)).collect();
+    sorted.into_iter().unzip()
+}
+
+/// Ensures and locks the gate rows of `keys`; returns their state.
+pub(super) async fn lock(
+    tx: &Transaction<'_>,
+    projection: &str,
+    keys: &BTreeSet<AggregateKey>,
+) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (types, ids) = key_arrays(keys);
+    tx.execute(include_str!("../../sql/projection/gate_ensure.sql"), &[&projection, &types, &ids]).await?;
+    let rows =
+        tx.query(include_str!("../../sql/projection/gate_lock.sql"), &[&projection, &types, &ids]).await?;
+    let mut gates = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let type_name: &str = row.get(0);
+        // The rows are the keys asked for: their aggregate types come back by name.
+        let Some(aggregate_type) = keys.iter().map(|(t, _)| *t).find(|t| t.as_str() == type_name) else {
+            return Err(StoreError::Corrupt {
+                what: "projection_gate",
+                detail: format!("a gate row of aggregate type `{type_name}` that was not asked for"),
+            });
+        };
+        let last_version: i64 = row.get(2);
+        gates.insert(
+            (aggregate_type, row.get::<_, Uuid>(1)),
+            GateState { last_version: last_version.unsigned_abs(), parked: row.get(3) },
+        );
+    }
+    Ok(gates)
+}
+
+/// Writes the last applied version of every aggregate whose version moved.
+pub(super) async fn advance(
+    tx: &Transaction<'_>,
+    projection: &str,
+    before: &HashMap<AggregateKey, GateState>,
+    after: &HashMap<AggregateKey, GateState>,
+) -> Result<(), StoreError> {
+    let moved: Vec<(&AggregateKey, i64)> = after
+        .iter()
+        .filter(|(key, state)| before.get(key).map(|b| b.last_version) != Some(state.last_version))
+        .map(|(key, state)| (key, i64::try_from(state.last_version).unwrap_or(i64::MAX)))
+        .collect();
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let types: Vec<&str> = moved.iter().map(|((t, _), _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = moved.iter().map(|((_, id), _)| *id).collect();
+    let versions: Vec<i64> = moved.iter().map(|(_, v)| *v).collect();
+    tx.execute(
+        include_str!("../../sql/projection/gate_advance.sql"),
+        &[&projection, &types, &ids, &versions],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts the dead-letter records (once per origin) and parks the aggregates that became
+/// parked. Returns the kinds of the records inserted now.
+pub(super) async fn record_dead_letters(
+    tx: &Transaction<'_>,
+    projection: &str,
+    before: &HashMap<AggregateKey, GateState>,
+    after: &HashMap<AggregateKey, GateState>,
+    records: &[DeadLetterRecord],
+) -> Result<Vec<String>, StoreError> {
+    let newly_parked: Vec<&AggregateKey> = after
+        .iter()
+        .filter(|(key, state)| state.parked && !before.get(key).is_some_and(|b| b.parked))
+        .map(|(key, _)| key)
+        .collect();
+    if !newly_parked.is_empty() {
+        let (types, ids) = key_arrays(newly_parked);
+        tx.execute(include_str!("../../sql/projection/park.sql"), &[&projection, &types, &ids]).await?;
+    }
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let col =
+        |f: fn(&DeadLetterRecord) -> Option<&str>| -> Vec<Option<&str>> { records.iter().map(f).collect() };
+    let topics: Vec<&str> = records.iter().map(|r| r.source_topic.as_str()).collect();
+    let partitions: Vec<i32> = records.iter().map(|r| r.source_partition).collect();
+    let offsets: Vec<i64> = records.iter().map(|r| r.source_offset).collect();
+    let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.message_key.as_deref()).collect();
+    let values: Vec<Option<&[u8]>> = records.iter().map(|r| r.message_value.as_deref()).collect();
+    let aggregate_types = col(|r| r.aggregate_type.as_deref());
+    let aggregate_ids: Vec<Option<Uuid>> =
+        records.iter().map(|r| r.aggregate_id.as_deref().and_then(|id| id.parse().ok())).collect();
+    let versions: Vec<Option<i64>> = records.iter().map(|r| r.aggregate_version).collect();
+    let event_types = col(|r| r.event_type.as_deref());
+    let classes: Vec<&str> = records.iter().map(|r| r.error_class.as_str()).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.error_kind.as_str()).collect();
+    let messages: Vec<&str> = records.iter().map(|r| r.error_message.as_str()).collect();
+    let rows = tx
+        .query(
+            include_str!("../../sql/projection/dead_letters_insert.sql"),
+            &[
+                &projection,
+                &topics,
+                &partitions,
+                &offsets,
+                &keys,
+                &values,
+                &aggregate_types,
+                &aggregate_ids,
+                &versions,
+                &event_types,
+                &classes,
+                &kinds,
+                &messages,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+}
+
+/// Dead letters of an offset range not yet copied to the dead-letter topic.
+pub(super) async fn unpublished_dead_letters(
+    tx: &Transaction<'_>,
+    projection: &str,
+    topic: &str,
+    partition: i32,
+    first_offset: i64,
+    last_offset: i64,
+) -> Result<Vec<DeadLetterRecord>, StoreError> {
+    let rows = tx
+        .query(
+            include_str!("../../sql/projection/dead_letters_unpublished.sql"),
+            &[&projection, &topic, &partition, &first_offset, &last_offset],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| DeadLetterRecord {
+            id: row.get(0),
+            projection: projection.to_owned(),
+            source_topic: row.get(1),
+            source_partition: row.get(2),
+            source_offset: row.get(3),
+            message_key: row.get(4),
+            message_value: row.get(5),
+            aggregate_type: row.get(6),
+            aggregate_id: row.get(7),
+            aggregate_version: row.get(8),
+            event_type: row.get(9),
+            error_class: row.get(10),
+            error_kind: row.get(11),
+            error_message: row.get(12),
+        })
+        .collect())
+}

@@ -1,0 +1,160 @@
+//! Applying one batch of one partition to the projection instances it feeds, in one
+//! transaction.
+//!
+//! [`apply_batch`] does, for each projection instance fed by the batch's topic: lock the
+//! batch's gate rows, run the pure planner and folds of `prism-projections`, write the view
+//! rows set-based (a handful of statements whatever the batch size), advance the gate, record
+//! dead letters and parked aggregates. Then it commits once. It returns, per instance, what the
+//! cache should now hold and the dead letters still to be copied to the dead-letter topic; the
+//! caller writes those, then stores the Kafka offsets.
+//!
+//! Cache entries cover every aggregate the batch touched, duplicates included: when a worker
+//! died after a commit but before its cache write, the redelivered batch is all duplicates,
+//! and this is how the cache still catches up.
+//!
+//! - [`batch`]: the input and output types.
+//! - [`gate`]: gate rows, dead letters and parking.
+//! - [`writers`]: any read model's load, fold or sum, and set-based write.
+//! - [`redrive`]: dead letters listed, redriven through the same planner and writers, or
+//!   discarded (`prismctl dlq`).
+
+pub mod batch;
+mod gate;
+pub mod redrive;
+mod writers;
+
+use std::collections::{BTreeSet, HashMap};
+
+use prism_events::AggregateType;
+use prism_postgres::{Database, StoreError};
+use prism_projections::gate::ItemOutcome;
+use prism_projections::{AggregateKey, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel};
+
+pub use batch::{BatchOutcome, CacheEntry, DeadLetterRecord, MessageContent, Poison, SourceMessage};
+pub use writers::key_text;
+
+/// A read model at the generation a batch is applied to.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Which generation.
+    pub instance: ProjectionInstance,
+    /// The application's definition: feeds, key, table.
+    pub model: &'a ReadModel,
+}
+
+/// Applies `messages` (one partition's of the topic of `source`, in offset order) to every
+/// one of `targets` in one transaction, in the order given (a fixed order, so concurrent
+/// batches lock gate rows in the same sequence). Returns each instance's outcome.
+pub async fn apply_batch(
+    db: &Database,
+    targets: &[Target<'_>],
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError> {
+    if messages.is_empty() || targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let mut outcomes = Vec::with_capacity(targets.len());
+    for target in targets {
+        outcomes
+            .push((target.instance, apply_instance(&tx, target, policy, source, topic, partition, messages).await?));
+    }
+    // Delivered at commit, once per instance: wakes queries waiting for a version.
+    let channel = crate::read_models::applied_channel(db.schema());
+    let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
+    tx.execute("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id", &[&channel, &ids]).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// One instance's share of a batch, inside the batch's transaction.
+async fn apply_instance(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &Target<'_>,
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+) -> Result<BatchOutcome, StoreError> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok(BatchOutcome::default());
+    };
+    let projection_id = target.instance.id();
+    let keys: BTreeSet<AggregateKey> = messages.iter().filter_map(SourceMessage::aggregate).collect();
+    let initial = gate::lock(tx, &projection_id, &keys).await?;
+    let mut gates: HashMap<AggregateKey, GateState> = initial.clone();
+
+    let items: Vec<PlannedItem<'_>> = messages
+        .iter()
+        .map(|m| match &m.content {
+            MessageContent::Event(event) => PlannedItem::Event(event),
+            MessageContent::Poison(poison) => PlannedItem::Poison { key: poison.aggregate },
+        })
+        .collect();
+    let (outcomes, cache_entries) =
+        writers::fold_and_write(tx, target, Some(source), &items, &mut gates, policy).await?;
+
+    gate::advance(tx, &projection_id, &initial, &gates).await?;
+    let dead_letters: Vec<DeadLetterRecord> = messages
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| outcome.is_dead_letter())
+        .map(|(message, outcome)| {
+            DeadLetterRecord::from_outcome(&projection_id, topic, partition, message, outcome)
+        })
+        .collect();
+    let new_kinds = gate::record_dead_letters(tx, &projection_id, &initial, &gates, &dead_letters).await?;
+    let unpublished =
+        gate::unpublished_dead_letters(tx, &projection_id, topic, partition, first.offset, last.offset)
+            .await?;
+    Ok(BatchOutcome::tally(&outcomes, cache_entries, unpublished, new_kinds))
+}
+
+/// Marks dead letters as copied to the dead-letter topic.
+pub async fn mark_dead_letters_published(db: &Database, ids: &[i64]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let client = db.client().await?;
+    client.execute("UPDATE dead_letters SET published = true WHERE id = ANY($1)", &[&ids]).await?;
+    Ok(())
+}
+
+/// Records one message the store itself refused to write (a permanent database error isolated
+/// to that message) as a dead letter, parking its aggregate. Used after bisecting a batch.
+pub async fn dead_letter_one(
+    db: &Database,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    message: &SourceMessage,
+    error: &StoreError,
+) -> Result<Vec<DeadLetterRecord>, StoreError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let projection_id = instance.id();
+    let keys: BTreeSet<AggregateKey> = message.aggregate().into_iter().collect();
+    let initial = gate::lock(&tx, &projection_id, &keys).await?;
+    let mut parked = initial.clone();
+    for key in &keys {
+        parked.entry(*key).or_default().parked = true;
+    }
+    let record = DeadLetterRecord::refused_by_store(&projection_id, topic, partition, message, error);
+    gate::record_dead_letters(&tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
+    let unpublished =
+        gate::unpublished_dead_letters(&tx, &projection_id, topic, partition, message.offset, message.offset)
+            .await?;
+    tx.commit().await?;
+    Ok(unpublished)
+}
+
+/// Whether an outcome landed a change in the view.
+pub fn is_applied(outcome: &ItemOutcome) -> bool {
+    matches!(outcome, ItemOutcome::Applied | ItemOutcome::AppliedAcrossGap { .. })
+}

@@ -1,0 +1,405 @@
+//! Any read model's share of a batch: load the rows it needs, run the planner with the read
+//! model's feeds, write the result set-based, and say what the cache should hold.
+//!
+//! Rows travel as JSON in both directions (`to_jsonb` out, `jsonb_populate_recordset` in): the
+//! row types' field names are the table's column names, so one parameter carries a whole batch
+//! of any shape. The statements are generated once per table from its columns, as read from
+//! PostgreSQL's catalog ([`TableShape`]):
+//!
+//! - a fold feed upserts the folded rows, setting every column but the key and the additive
+//!   ones (other feeds own those), with [`VERSION_COLUMN`] the aggregate's applied version;
+//! - a sum feed inserts its rows or adds them to the additive columns of existing ones — one
+//!   row per key per batch, keys sorted so concurrent batches lock shared rows in one order;
+//! - both count [`REVISION_COLUMN`] up and return the stored rows, which become the cache's
+//!   documents without another read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use prism_events::AggregateType;
+use prism_projections::gate::{plan_batch, ItemOutcome};
+use prism_projections::{
+    AggregateKey, FeedKind, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel, Unprojectable,
+    REVISION_COLUMN, VERSION_COLUMN,
+};
+use serde_json::{Map, Value};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::batch::CacheEntry;
+use super::Target;
+use prism_postgres::StoreError;
+
+type Gates = HashMap<AggregateKey, GateState>;
+type Written = (Vec<ItemOutcome>, Vec<CacheEntry>);
+
+/// The columns of one read-model table and the statements generated from them.
+#[derive(Debug)]
+pub struct TableShape {
+    /// Upsert of folded rows (`$1`: a JSON array of rows).
+    upsert: String,
+    /// Insert-or-add of summed rows (`$1`: a JSON array of rows); `None` without sum feeds.
+    add: Option<String>,
+}
+
+/// Generated statements per (schema, table): a table's columns do not change while it lives
+/// (a new generation is a new table).
+fn shapes() -> &'static Mutex<HashMap<(String, String), Arc<TableShape>>> {
+    static SHAPES: std::sync::OnceLock<Mutex<HashMap<(String, String), Arc<TableShape>>>> = std::sync::OnceLock::new();
+    SHAPES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The shape of `instance`'s table, read from the catalog the first time.
+async fn shape(tx: &Transaction<'_>, model: &ReadModel, instance: ProjectionInstance) -> Result<Arc<TableShape>, StoreError> {
+    let schema: String = tx.query_one("SELECT current_schema()", &[]).await?.get(0);
+    let cache_key = (schema, instance.id());
+    if let Some(shape) = shapes().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+        return Ok(shape.clone());
+    }
+    let rows = tx
+        .query(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            &[&instance.id()],
+        )
+        .await?;
+    let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if columns.is_empty() {
+        return Err(StoreError::Corrupt {
+            what: "read-model table",
+            detail: format!("{} does not exist: run the projector's table setup (prismctl migrate) first", instance.id()),
+        });
+    }
+    let key = model.key_columns();
+    let additive = model.additive_columns();
+    for column in key.iter().chain(additive.iter()).chain([VERSION_COLUMN, REVISION_COLUMN].iter()) {
+        if !columns.iter().any(|c| c == column) {
+            return Err(StoreError::Corrupt {
+                what: "read-model table",
+                detail: format!("{} has no column `{column}` the read model {} names", instance.id(), model.name()),
+            });
+        }
+    }
+    let table = instance.id();
+    let conflict = key.join(", ");
+    let owned: Vec<&String> = columns
+        .iter()
+        .filter(|c| !key.contains(&c.as_str()) && !additive.contains(&c.as_str()) && c.as_str() != REVISION_COLUMN)
+        .collect();
+    let mut sets: Vec<String> = owned.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    sets.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
+    let upsert = format!(
+        "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
+         ON CONFLICT ({conflict}) DO UPDATE SET {} RETURNING to_jsonb(t)",
+        sets.join(", ")
+    );
+    let add = (!additive.is_empty()).then(|| {
+        let mut adds: Vec<String> = additive.iter().map(|c| format!("{c} = t.{c} + EXCLUDED.{c}")).collect();
+        adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
+        format!(
+            "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
+             ON CONFLICT ({conflict}) DO UPDATE SET {} RETURNING to_jsonb(t)",
+            adds.join(", ")
+        )
+    });
+    let shape = Arc::new(TableShape { upsert, add });
+    shapes().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, shape.clone());
+    Ok(shape)
+}
+
+/// A stored row split into the application's columns and the engine's bookkeeping.
+#[derive(Debug, Clone)]
+struct StoredRow {
+    /// The application's columns.
+    row: Value,
+    /// [`VERSION_COLUMN`].
+    version: i64,
+    /// [`REVISION_COLUMN`].
+    revision: i64,
+}
+
+impl StoredRow {
+    fn from_db(mut value: Value) -> Self {
+        let (version, revision) = match value.as_object_mut() {
+            Some(map) => (
+                map.remove(VERSION_COLUMN).and_then(|v| v.as_i64()).unwrap_or(0),
+                map.remove(REVISION_COLUMN).and_then(|v| v.as_i64()).unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
+        Self { row: value, version, revision }
+    }
+}
+
+/// The text of a row's key (one column: its value; several: the values joined by `/`), as
+/// the cache and the oracle name rows.
+pub fn key_text(row: &Value, key: &[&str]) -> String {
+    key.iter()
+        .map(|column| match row.get(*column) {
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn cache_entry(key: &[&str], stored: &StoredRow) -> Result<CacheEntry, StoreError> {
+    let document = serde_json::to_string(&stored.row)
+        .map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.to_string() })?;
+    Ok(CacheEntry { id: key_text(&stored.row, key), revision: stored.revision, version: stored.version, document })
+}
+
+async fn load_by_ids(
+    tx: &Transaction<'_>,
+    instance: ProjectionInstance,
+    key_column: &str,
+    ids: &[Uuid],
+) -> Result<Vec<StoredRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {key_column} = ANY($1)", instance.id());
+    let rows = tx.query(&sql, &[&ids]).await?;
+    Ok(rows.into_iter().map(|row| StoredRow::from_db(row.get(0))).collect())
+}
+
+/// Rows of `instance` whose key columns equal those of `keys` (JSON rows holding at least the
+/// key columns).
+async fn load_by_keys(
+    tx: &Transaction<'_>,
+    instance: ProjectionInstance,
+    key: &[&str],
+    keys: &[Value],
+) -> Result<Vec<StoredRow>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = instance.id();
+    let columns = key.join(", ");
+    let sql = format!(
+        "SELECT to_jsonb(t) FROM {table} t WHERE ({columns}) IN \
+         (SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb))"
+    );
+    let rows = tx.query(&sql, &[&Value::Array(keys.to_vec())]).await?;
+    Ok(rows.into_iter().map(|row| StoredRow::from_db(row.get(0))).collect())
+}
+
+/// What one event does to the instance, worked out before anything is kept: a fold result
+/// and sum rows, or why the event cannot apply.
+struct EventEffect {
+    folded: Option<Value>,
+    sums: Vec<Value>,
+}
+
+/// Runs the planner over the batch with `target`'s feeds from `source`, and writes what it
+/// decided.
+pub(super) async fn fold_and_write(
+    tx: &Transaction<'_>,
+    target: &Target<'_>,
+    source: Option<AggregateType>,
+    items: &[PlannedItem<'_>],
+    gates: &mut Gates,
+    policy: GapPolicy,
+) -> Result<Written, StoreError> {
+    let model = target.model;
+    let instance = target.instance;
+    let shape = shape(tx, model, instance).await?;
+    let key = model.key_columns();
+    let feeds: Vec<&FeedKind> =
+        model.feeds().iter().filter(|f| Some(f.source) == source).map(|f| &f.kind).collect();
+    let fold = feeds.iter().find_map(|k| match k {
+        FeedKind::Fold(f) => Some(f.clone()),
+        FeedKind::Sum { .. } => None,
+    });
+    let sum = feeds.iter().find_map(|k| match k {
+        FeedKind::Sum { columns, rows } => Some((columns.clone(), rows.clone())),
+        FeedKind::Fold(_) => None,
+    });
+
+    // Current rows of the aggregates the batch folds.
+    let ids: Vec<Uuid> = event_ids(items);
+    let mut rows: HashMap<Uuid, StoredRow> = HashMap::new();
+    if fold.is_some() {
+        for stored in load_by_ids(tx, instance, key[0], &ids).await? {
+            if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+                rows.insert(id, stored);
+            }
+        }
+    }
+    let mut folded: BTreeMap<Uuid, (Value, i64)> = BTreeMap::new();
+    let mut summed: BTreeMap<String, Value> = BTreeMap::new();
+    let mut sum_keys_touched: BTreeMap<String, Value> = BTreeMap::new();
+
+    let outcomes = plan_batch(items, gates, policy, |event| {
+        let id = event.meta.aggregate_id;
+        let mut effect = EventEffect { folded: None, sums: Vec::new() };
+        if let Some(fold) = &fold {
+            let current = folded.get(&id).map(|(row, _)| row.clone()).or_else(|| rows.get(&id).map(|s| s.row.clone()));
+            let next = fold(current, event)?;
+            let next_key = next.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
+            if next_key != Some(id) {
+                return Err(Unprojectable::new(format!(
+                    "the fold of {} returned a row whose {} is not the aggregate's id {id}",
+                    model.name(),
+                    key[0]
+                )));
+            }
+            effect.folded = Some(next);
+        }
+        if let Some((columns, rows_of)) = &sum {
+            for row in rows_of(event)? {
+                check_sum_row(&row, key, columns, model.name())?;
+                effect.sums.push(row);
+            }
+        }
+        // Keep what the event did only now that all of it worked.
+        if let Some(next) = effect.folded {
+            let version = i64::try_from(event.meta.aggregate_version).unwrap_or(i64::MAX);
+            folded.insert(id, (next, version));
+        }
+        if let Some((columns, _)) = &sum {
+            for row in effect.sums {
+                let row_key = key_text(&row, key);
+                match summed.get_mut(&row_key) {
+                    Some(total) => add_into(total, &row, columns),
+                    None => {
+                        summed.insert(row_key, row);
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+
+    let mut cache: Vec<CacheEntry> = Vec::new();
+    let cached = model.cache_kind().is_some();
+
+    if !folded.is_empty() {
+        let documents: Vec<Value> = folded
+            .values()
+            .map(|(row, version)| with_bookkeeping(row.clone(), *version))
+            .collect();
+        let written = tx.query(&shape.upsert, &[&Value::Array(documents)]).await?;
+        for row in written {
+            let stored = StoredRow::from_db(row.get(0));
+            if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+                rows.insert(id, stored);
+            }
+        }
+    }
+    if fold.is_some() && cached {
+        // Every aggregate of the batch, duplicates included: after a worker died between its
+        // commit and its cache write, the redelivered batch is all duplicates, and this is how
+        // the cache still catches up.
+        for id in &ids {
+            if let Some(stored) = rows.get(id) {
+                cache.push(cache_entry(key, stored)?);
+            }
+        }
+    }
+
+    if let (Some((_, rows_of)), Some(add)) = (&sum, &shape.add) {
+        if !summed.is_empty() {
+            let documents: Vec<Value> = summed.values().map(|row| with_bookkeeping(row.clone(), 0)).collect();
+            tx.query(add, &[&Value::Array(documents)]).await?;
+        }
+        if cached {
+            // Every row an event of the batch names, duplicates included (see above); read back
+            // after the writes, so concurrent additions from other partitions are in it too.
+            for item in items {
+                if let PlannedItem::Event(event) = item {
+                    for row in rows_of(event).unwrap_or_default() {
+                        sum_keys_touched.insert(key_text(&row, key), key_only(&row, key));
+                    }
+                }
+            }
+            let keys: Vec<Value> = sum_keys_touched.into_values().collect();
+            for stored in load_by_keys(tx, instance, key, &keys).await? {
+                cache.retain(|entry| entry.id != key_text(&stored.row, key));
+                cache.push(cache_entry(key, &stored)?);
+            }
+        }
+    }
+    Ok((outcomes, cache))
+}
+
+/// Aggregate ids of the batch's events, sorted.
+fn event_ids(items: &[PlannedItem<'_>]) -> Vec<Uuid> {
+    let ids: BTreeSet<Uuid> = items
+        .iter()
+        .filter_map(|item| match item {
+            PlannedItem::Event(e) => Some(e.meta.aggregate_id),
+            PlannedItem::Poison { .. } => None,
+        })
+        .collect();
+    ids.into_iter().collect()
+}
+
+/// A row as written: the application's columns plus the engine's bookkeeping for a row that
+/// is inserted (on conflict the statements keep or count up the stored values).
+fn with_bookkeeping(mut row: Value, version: i64) -> Value {
+    if let Some(map) = row.as_object_mut() {
+        map.insert(VERSION_COLUMN.into(), Value::from(version));
+        map.insert(REVISION_COLUMN.into(), Value::from(1));
+    }
+    row
+}
+
+fn key_only(row: &Value, key: &[&str]) -> Value {
+    let map: Map<String, Value> =
+        key.iter().filter_map(|c| row.get(*c).map(|v| ((*c).to_owned(), v.clone()))).collect();
+    Value::Object(map)
+}
+
+/// A sum feed's row must name its key and carry numbers in every additive column.
+fn check_sum_row(row: &Value, key: &[&str], columns: &[&str], model: &str) -> Result<(), Unprojectable> {
+    let Some(map) = row.as_object() else {
+        return Err(Unprojectable::new(format!("a {model} row is not an object")));
+    };
+    for column in key {
+        if map.get(*column).is_none_or(Value::is_null) {
+            return Err(Unprojectable::new(format!("a {model} row has no key column `{column}`")));
+        }
+    }
+    for column in columns {
+        if !map.get(*column).is_some_and(Value::is_number) {
+            return Err(Unprojectable::new(format!("a {model} row's additive column `{column}` is not a number")));
+        }
+    }
+    Ok(())
+}
+
+/// Adds `row`'s additive columns into `total` (integers stay integers).
+fn add_into(total: &mut Value, row: &Value, columns: &[&str]) {
+    for column in columns {
+        let added = match (total.get(*column), row.get(*column)) {
+            (Some(a), Some(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(a), Some(b)) => Value::from(a.saturating_add(b)),
+                _ => Value::from(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+            },
+            _ => continue,
+        };
+        if let Some(map) = total.as_object_mut() {
+            map.insert((*column).to_owned(), added);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn sums_keep_integers_and_keys_read_as_text() {
+        let mut total = json!({"product_id": "p", "day": "2026-11-23", "units": 2, "revenue": 1.5});
+        add_into(&mut total, &json!({"units": 3, "revenue": 0.25}), &["units", "revenue"]);
+        assert_eq!(total["units"], json!(5));
+        assert_eq!(total["revenue"], json!(1.75));
+        assert_eq!(key_text(&total, &["product_id", "day"]), "p/2026-11-23");
+        let stored = StoredRow::from_db(json!({"a": 1, "prism_version": 3, "prism_revision": 7}));
+        assert_eq!((stored.row, stored.version, stored.revision), (json!({"a": 1}), 3, 7));
+    }
+}

@@ -1,0 +1,115 @@
+//! Read-model tables and their generations.
+//!
+//! Each read model's rows live in `<name>_g<generation>`, created from the application's
+//! table SQL (with `{table}` standing for that name) plus the engine's bookkeeping columns. A
+//! view named after the read model (`order_summary`, …) selects from the active generation:
+//! queries and operators read the view, and a blue/green switch replaces it in one
+//! transaction. `projection_generations` records which generations exist and which one is
+//! active.
+//!
+//! Table names are built from [`ProjectionInstance`] (a checked identifier and a number),
+//! never from event data.
+
+use prism_postgres::StoreError;
+use prism_projections::{ProjectionInstance, REVISION_COLUMN, VERSION_COLUMN};
+use tokio_postgres::GenericClient;
+
+use crate::registry::RegisteredReadModel;
+
+/// The `NOTIFY` channel that says a projection instance committed a batch (payload: the
+/// instance id, e.g. `order_summary_g1`). Queries waiting for a version (read-your-writes)
+/// listen on it instead of polling. One per schema.
+pub fn applied_channel(schema: &str) -> String {
+    format!("prism_applied_{schema}")
+}
+
+/// The `NOTIFY` channel that says which generation of a read model is active changed, or that
+/// a generation started building (payload: the read model's name). One per schema.
+pub fn generations_channel(schema: &str) -> String {
+    format!("prism_generations_{schema}")
+}
+
+/// A statement template with `{table}` replaced by the instance's table.
+pub fn for_instance(template: &str, instance: ProjectionInstance) -> String {
+    template.replace("{table}", &instance.id())
+}
+
+/// Creates the instance's table and indexes if they do not exist, with the engine's
+/// bookkeeping columns.
+pub async fn create_tables(
+    client: &impl GenericClient,
+    instance: ProjectionInstance,
+    table_sql: &str,
+) -> Result<(), StoreError> {
+    client.batch_execute(&for_instance(table_sql, instance)).await?;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {VERSION_COLUMN} bigint NOT NULL DEFAULT 0, \
+             ADD COLUMN IF NOT EXISTS {REVISION_COLUMN} bigint NOT NULL DEFAULT 0",
+            table = instance.id()
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Points the read model's view at `instance`'s table.
+pub async fn point_view(client: &impl GenericClient, instance: ProjectionInstance) -> Result<(), StoreError> {
+    // Dropping first lets a new generation's table differ in columns from the old one.
+    client
+        .batch_execute(&format!(
+            "DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS SELECT * FROM {table};",
+            view = instance.projection,
+            table = instance.id()
+        ))
+        .await?;
+    Ok(())
+}
+
+/// The generation the query side reads, if the read model has one.
+pub async fn active_generation(client: &impl GenericClient, read_model: &str) -> Result<Option<u32>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT generation FROM projection_generations WHERE projection = $1 AND status = 'active'",
+            &[&read_model],
+        )
+        .await?;
+    Ok(row.map(|r| r.get::<_, i32>(0).unsigned_abs()))
+}
+
+/// Makes sure every one of `read_models` has an active generation with its table and view: a
+/// new read model gets generation 1. Idempotent; run by the application's `migrate` and by
+/// `prismctl migrate` (with the owner role: the projectors themselves never run DDL). Returns
+/// the active instances.
+pub async fn ensure_active(
+    client: &mut tokio_postgres::Client,
+    read_models: &[RegisteredReadModel],
+) -> Result<Vec<ProjectionInstance>, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('prism.read_models'))", &[]).await?;
+    let mut active = Vec::new();
+    for model in read_models {
+        let generation = match active_generation(&tx, model.name).await? {
+            Some(generation) => generation,
+            None => {
+                tx.execute(
+                    "INSERT INTO projection_generations (projection, generation, status, activated_at)
+                     VALUES ($1, 1, 'active', now())",
+                    &[&model.name],
+                )
+                .await?;
+                1
+            }
+        };
+        let instance = ProjectionInstance::new(model.name, generation);
+        create_tables(&tx, instance, &model.table_sql).await?;
+        point_view(&tx, instance).await?;
+        active.push(instance);
+    }
+    tx.commit().await?;
+    Ok(active)
+}
+
+/// Whether the table of `instance` exists.
+pub async fn table_exists(client: &impl GenericClient, instance: ProjectionInstance) -> Result<bool, StoreError> {
+    Ok(client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&instance.id()]).await?.get(0))
+}

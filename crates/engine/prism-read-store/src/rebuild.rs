@@ -1,0 +1,342 @@
+//! The PostgreSQL side of `prismctl rebuild`: clearing a projection instance (in place),
+//! allocating, verifying, switching to and retiring generations (blue/green), and the
+//! order-independent checksum both modes print.
+//!
+//! Why here: every statement names tables built from a [`ProjectionInstance`] (a checked
+//! identifier and a number, never event text), and the switch must be one
+//! transaction that sees both generations at the same point of the event stream. The
+//! projector also reads [`active_generations`] after each batch, to follow a switch.
+//!
+//! The statements are short and built around instance names, so they live here as constants
+//! rather than in `sql/` files.
+//!
+//! The switch protocol ([`switch`]), in one transaction:
+//! 1. `LOCK TABLE projection_gate, <old>, <new> IN SHARE MODE` (with a lock timeout): no batch
+//!    of any projector can commit gate rows or rows of either generation meanwhile; queries
+//!    keep reading. Every batch writes its gate rows first, so no batch holds the tables we
+//!    lock without also holding the gate, and lock order cannot deadlock.
+//! 2. The common position: every aggregate's last applied version must be equal in both
+//!    generations' gate rows. If not (one side is still behind live traffic), nothing changes
+//!    and the caller retries shortly.
+//! 3. Row counts and checksums of both tables, in the same snapshot; they must be equal
+//!    unless the caller expects the rebuild to change the model.
+//! 4. The view is pointed at the new table, the registry marks the new generation active and
+//!    the old one retired, and `NOTIFY` on [`generations_channel`] says so. Commit.
+//!
+//! Invariant it establishes: at the commit of the switch, the new generation holds exactly
+//! what the old one held; from then on every batch a generation-following projector lands is
+//! applied to the new generation (a batch that was applied to the old one while the switch
+//! committed is applied again to the new one, see `prism-projector`'s handler), so the new
+//! generation misses nothing and gets no gap.
+
+use std::time::Duration;
+
+use prism_postgres::StoreError;
+use prism_projections::{ProjectionInstance, REVISION_COLUMN};
+use tokio_postgres::GenericClient;
+
+use crate::read_models::{create_tables, generations_channel, point_view};
+
+/// Row count and order-independent checksum of one instance's table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    /// Rows in the table.
+    pub rows: i64,
+    /// md5 of the rows' JSON (without the engine's revision, a change counter that depends on
+    /// batching), sorted, joined by newlines.
+    pub md5: String,
+}
+
+impl std::fmt::Display for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} rows, md5 {}", self.rows, self.md5)
+    }
+}
+
+/// What clearing an instance removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// Read-model rows.
+    pub rows: i64,
+    /// Gate rows (last applied version per aggregate).
+    pub gate_rows: u64,
+    /// Dead letters (any status).
+    pub dead_letters: u64,
+    /// Parked aggregates.
+    pub parked: u64,
+}
+
+/// What retiring an old instance removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// Whether its table existed and was dropped.
+    pub table_dropped: bool,
+    /// Gate rows deleted.
+    pub gate_rows: u64,
+    /// Parked aggregates deleted.
+    pub parked: u64,
+    /// Open dead letters marked `discarded` (kept as a record; they cannot be redriven into a
+    /// table that no longer exists).
+    pub dead_letters_discarded: u64,
+}
+
+/// The outcome of one switch attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwitchOutcome {
+    /// Both generations were at the same position and equal; the view now reads `new`.
+    Switched {
+        /// The old generation at the common position.
+        old: Checksum,
+        /// The new generation at the common position.
+        new: Checksum,
+    },
+    /// The two generations' gates differ (one has applied events the other has not yet):
+    /// nothing changed; try again shortly.
+    NotAtCommonPosition {
+        /// Aggregates whose last applied version is higher in the old generation.
+        new_behind: i64,
+        /// Aggregates whose last applied version is higher in the new generation.
+        new_ahead: i64,
+    },
+    /// Same position, different rows: the new generation is not a faithful rebuild. Nothing
+    /// changed.
+    Mismatch {
+        /// The old generation.
+        old: Checksum,
+        /// The new generation.
+        new: Checksum,
+    },
+}
+
+fn checksum_sql(table: &str) -> String {
+    format!(
+        "SELECT count(*)::bigint, md5(coalesce(string_agg(r, E'\\n' ORDER BY r), '')) \
+         FROM (SELECT (to_jsonb(t) - '{REVISION_COLUMN}')::text AS r FROM {table} t) s"
+    )
+}
+
+const GATE_DIFF: &str = "SELECT count(*) FILTER (WHERE coalesce(n.last_version, 0) < coalesce(o.last_version, 0))::bigint, \
+            count(*) FILTER (WHERE coalesce(n.last_version, 0) > coalesce(o.last_version, 0))::bigint \
+     FROM (SELECT aggregate_type, aggregate_id, last_version FROM projection_gate WHERE projection = $1) o \
+     FULL JOIN (SELECT aggregate_type, aggregate_id, last_version FROM projection_gate WHERE projection = $2) n \
+       USING (aggregate_type, aggregate_id)";
+
+/// Row count and checksum of `instance`'s table.
+pub async fn checksum(
+    client: &impl GenericClient,
+    instance: ProjectionInstance,
+) -> Result<Checksum, StoreError> {
+    let row = client.query_one(&checksum_sql(&instance.id()), &[]).await?;
+    Ok(Checksum { rows: row.get(0), md5: row.get(1) })
+}
+
+/// The active generation of each of `read_models` (those that have one).
+pub async fn active_generations(
+    client: &impl GenericClient,
+    read_models: &[&'static str],
+) -> Result<Vec<ProjectionInstance>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT projection, generation FROM projection_generations \
+             WHERE status = 'active' AND projection = ANY($1)",
+            &[&read_models],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: &str = row.get(0);
+        let Some(projection) = read_models.iter().find(|n| **n == name) else { continue };
+        out.push(ProjectionInstance::new(projection, row.get::<_, i32>(1).unsigned_abs()));
+    }
+    Ok(out)
+}
+
+/// Instances of `read_models` in state `building` (a blue/green rebuild in progress, or one
+/// that did not finish).
+pub async fn building_instances(
+    client: &impl GenericClient,
+    read_models: &[&'static str],
+) -> Result<Vec<ProjectionInstance>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT projection, generation FROM projection_generations \
+             WHERE status = 'building' AND projection = ANY($1) ORDER BY projection, generation",
+            &[&read_models],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: &str = row.get(0);
+        let Some(projection) = read_models.iter().find(|n| **n == name) else { continue };
+        out.push(ProjectionInstance::new(projection, row.get::<_, i32>(1).unsigned_abs()));
+    }
+    Ok(out)
+}
+
+/// Generations of `projection` in state `building` (left by a rebuild that did not finish).
+pub async fn building_generations(client: &impl GenericClient, projection: &str) -> Result<Vec<u32>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT generation FROM projection_generations WHERE projection = $1 AND status = 'building' \
+             ORDER BY generation",
+            &[&projection],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0).unsigned_abs()).collect())
+}
+
+/// Empties `instance` in one transaction: its table, gate rows, dead letters and parked
+/// aggregates. The caller resets the offsets so the events are delivered again.
+pub async fn clear_instance(
+    client: &mut tokio_postgres::Client,
+    instance: ProjectionInstance,
+) -> Result<Cleared, StoreError> {
+    let id = instance.id();
+    let tx = client.transaction().await?;
+    let rows: i64 = tx.query_one(&format!("SELECT count(*)::bigint FROM {id}"), &[]).await?.get(0);
+    tx.batch_execute(&format!("TRUNCATE {id}")).await?;
+    let gate_rows = tx.execute("DELETE FROM projection_gate WHERE projection = $1", &[&id]).await?;
+    let dead_letters = tx.execute("DELETE FROM dead_letters WHERE projection = $1", &[&id]).await?;
+    let parked = tx.execute("DELETE FROM parked_aggregates WHERE projection = $1", &[&id]).await?;
+    tx.commit().await?;
+    Ok(Cleared { rows, gate_rows, dead_letters, parked })
+}
+
+/// Registers generation `max + 1` of `projection` as `building` and creates its table from
+/// `table_sql`, in one transaction, then says so on [`generations_channel`] (the application's
+/// workers start building it). Returns (the active instance, the new one).
+pub async fn allocate_generation(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    projection: &'static str,
+    table_sql: &str,
+) -> Result<(ProjectionInstance, ProjectionInstance), StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('prism.read_models'))", &[]).await?;
+    let active =
+        crate::read_models::active_generation(&tx, projection).await?.ok_or_else(|| StoreError::Corrupt {
+            what: "projection_generations",
+            detail: format!("{projection} has no active generation: run `prismctl migrate` first"),
+        })?;
+    let max: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
+            &[&projection],
+        )
+        .await?
+        .get(0);
+    let next = max.unsigned_abs() + 1;
+    tx.execute(
+        "INSERT INTO projection_generations (projection, generation, status) VALUES ($1, $2, 'building')",
+        &[&projection, &(next as i32)],
+    )
+    .await?;
+    let new = ProjectionInstance::new(projection, next);
+    create_tables(&tx, new, table_sql).await?;
+    tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &projection]).await?;
+    tx.commit().await?;
+    Ok((ProjectionInstance::new(projection, active), new))
+}
+
+/// One attempt at the switch from `old` to `new` (see the module documentation). Waits at most
+/// `lock_timeout` for running batches to let go of the tables. With `allow_changes` the rows
+/// may differ at the common position (a rebuild meant to change the model, e.g. after a fold
+/// was fixed); otherwise a difference is a [`SwitchOutcome::Mismatch`] and nothing changes.
+pub async fn switch(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    old: ProjectionInstance,
+    new: ProjectionInstance,
+    lock_timeout: Duration,
+    allow_changes: bool,
+) -> Result<SwitchOutcome, StoreError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", lock_timeout.as_millis())).await?;
+    // The gate first: batches take it before the read-model tables (see the module docs).
+    tx.batch_execute(&format!("LOCK TABLE projection_gate, {}, {} IN SHARE MODE", old.id(), new.id()))
+        .await?;
+    let row = tx.query_one(GATE_DIFF, &[&old.id(), &new.id()]).await?;
+    let (new_behind, new_ahead): (i64, i64) = (row.get(0), row.get(1));
+    if new_behind != 0 || new_ahead != 0 {
+        tx.rollback().await?;
+        return Ok(SwitchOutcome::NotAtCommonPosition { new_behind, new_ahead });
+    }
+    let old_sum = checksum(&tx, old).await?;
+    let new_sum = checksum(&tx, new).await?;
+    if old_sum != new_sum && !allow_changes {
+        tx.rollback().await?;
+        return Ok(SwitchOutcome::Mismatch { old: old_sum, new: new_sum });
+    }
+    point_view(&tx, new).await?;
+    let name = new.projection;
+    // Old first: at most one active generation per projection (a unique index).
+    tx.execute(
+        "UPDATE projection_generations SET status = 'retired', retired_at = now() \
+         WHERE projection = $1 AND generation = $2",
+        &[&name, &(old.generation as i32)],
+    )
+    .await?;
+    let updated = tx
+        .execute(
+            "UPDATE projection_generations SET status = 'active', activated_at = now() \
+             WHERE projection = $1 AND generation = $2 AND status = 'building'",
+            &[&name, &(new.generation as i32)],
+        )
+        .await?;
+    if updated != 1 {
+        tx.rollback().await?;
+        return Err(StoreError::Corrupt {
+            what: "projection_generations",
+            detail: format!("{new} is not registered as building; another rebuild may have changed it"),
+        });
+    }
+    tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &name]).await?;
+    tx.commit().await?;
+    Ok(SwitchOutcome::Switched { old: old_sum, new: new_sum })
+}
+
+/// Removes a generation that no longer serves (retired after a switch, or an abandoned
+/// build): drops its table, deletes its gate rows and parked aggregates, discards its open
+/// dead letters, and marks it retired. Refuses the active generation.
+pub async fn retire_instance(
+    client: &mut tokio_postgres::Client,
+    instance: ProjectionInstance,
+    lock_timeout: Duration,
+) -> Result<Retired, StoreError> {
+    let id = instance.id();
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", lock_timeout.as_millis())).await?;
+    let status: Option<String> = tx
+        .query_opt(
+            "SELECT status FROM projection_generations WHERE projection = $1 AND generation = $2 FOR UPDATE",
+            &[&instance.projection, &(instance.generation as i32)],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if status.as_deref() == Some("active") {
+        tx.rollback().await?;
+        return Err(StoreError::Corrupt {
+            what: "projection_generations",
+            detail: format!("{id} is the active generation; it cannot be retired"),
+        });
+    }
+    let table_dropped = tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&id]).await?.get::<_, bool>(0);
+    tx.batch_execute(&format!("DROP TABLE IF EXISTS {id}")).await?;
+    let gate_rows = tx.execute("DELETE FROM projection_gate WHERE projection = $1", &[&id]).await?;
+    let parked = tx.execute("DELETE FROM parked_aggregates WHERE projection = $1", &[&id]).await?;
+    let dead_letters_discarded = tx
+        .execute(
+            "UPDATE dead_letters SET status = 'discarded', resolved_at = now() \
+             WHERE projection = $1 AND status = 'open'",
+            &[&id],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE projection_generations SET status = 'retired', retired_at = coalesce(retired_at, now()) \
+         WHERE projection = $1 AND generation = $2",
+        &[&instance.projection, &(instance.generation as i32)],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Retired { table_dropped, gate_rows, parked, dead_letters_discarded })
+}
