@@ -17,3 +17,9 @@ pub mod events;
 pub mod read_models;
 
 pub use events::{registry, EventType, ShopEvent};
+
+/// The shop as the engine runs it: its events and its five read models.
+pub fn application() -> prism_projections::Application {
+    prism_projections::Application::new("shop", registry(), read_models::all())
+        .unwrap_or_else(|err| panic!("the shop's read models do not check: {err}"))
+}

@@ -1,7 +1,8 @@
 //! Redis adapter of Prism: the read-model cache.
 //!
-//! An entry is a hash `{rev, doc}` under `<key_prefix>g<generation>:<kind>:<id>` (see
-//! `ProjectionInstance::cache_prefix`). Writers — projectors after their PostgreSQL commit,
+//! An entry is a hash `{rev, ver, doc}` under `<key_prefix>g<generation>:<kind>:<key>` (see
+//! `ProjectionInstance::cache_prefix`): the row's revision (its change counter), the aggregate
+//! version it reflects (what read-your-writes compares) and the row's JSON. Writers — projectors after their PostgreSQL commit,
 //! the query service refilling after a miss — go through [`Cache::put_if_newer`], a Lua
 //! compare-and-set on the revision: the cache is never newer than PostgreSQL (it is written
 //! after the commit) and an older writer can never overwrite a newer entry.
@@ -61,6 +62,8 @@ pub struct Entry<'a> {
     pub key: &'a str,
     /// Strictly increasing per key.
     pub revision: i64,
+    /// The aggregate version the row reflects (0 for rows no aggregate is folded into).
+    pub version: i64,
     /// The cached document.
     pub document: &'a str,
 }
@@ -70,6 +73,8 @@ pub struct Entry<'a> {
 pub struct Cached {
     /// Its revision.
     pub revision: i64,
+    /// The aggregate version the row reflects.
+    pub version: i64,
     /// Its document.
     pub document: String,
 }
@@ -116,7 +121,7 @@ impl Cache {
         for chunk in entries.chunks(ENTRIES_PER_CALL) {
             let mut invocation = self.put_if_newer.prepare_invoke();
             for entry in chunk {
-                invocation.key(entry.key).arg(entry.revision).arg(entry.document);
+                invocation.key(entry.key).arg(entry.revision).arg(entry.version).arg(entry.document);
             }
             let count: usize = invocation.invoke_async(&mut connection).await?;
             written += count;
@@ -127,10 +132,10 @@ impl Cache {
     /// Reads one entry.
     pub async fn get(&self, key: &str) -> Result<Option<Cached>, CacheError> {
         let mut connection = self.connection.clone();
-        let (revision, document): (Option<i64>, Option<String>) =
-            redis::cmd("HMGET").arg(key).arg("rev").arg("doc").query_async(&mut connection).await?;
+        let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) =
+            redis::cmd("HMGET").arg(key).arg("rev").arg("ver").arg("doc").query_async(&mut connection).await?;
         Ok(match (revision, document) {
-            (Some(revision), Some(document)) => Some(Cached { revision, document }),
+            (Some(revision), Some(document)) => Some(Cached { revision, version: version.unwrap_or(0), document }),
             _ => None,
         })
     }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prism_events::AggregateType;
 use prism_kafka::consumer::{
     BatchHandler, ConsumerObserver, ConsumerRuntime, ConsumerSettings, PartitionId, TransientError,
 };
@@ -83,8 +82,10 @@ group_protocol_tests!(a_paused_partition_that_moves_away_and_back_is_fetched_aga
 
 async fn paused_partition_comes_back(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
-    let topic = AggregateType::Order.topic(env.topic_prefix());
+    let app = prism_testkit::probe::application();
+    let env =
+        TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let group = env.group("flow-control");
 
     let producer = producer(&env.config).expect("producer");

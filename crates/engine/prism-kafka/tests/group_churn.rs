@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prism_events::AggregateType;
 use prism_kafka::consumer::{
     BatchHandler, ConsumerObserver, ConsumerRuntime, ConsumerSettings, PartitionId, TransientError,
 };
@@ -122,9 +121,11 @@ group_protocol_tests!(members_joining_and_leaving_resume_at_the_committed_offset
 
 async fn churn(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env =
-        TestEnv::for_protocol(protocol, &[("PRISM__TOPICS__PARTITIONS", PARTITIONS)]).await.expect("test environment");
-    let topic = AggregateType::Order.topic(env.topic_prefix());
+    let app = prism_testkit::probe::application();
+    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", PARTITIONS)])
+        .await
+        .expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let topics = vec![topic.clone()];
     let group = env.group("churn");
     let journal = Arc::new(Journal::default());

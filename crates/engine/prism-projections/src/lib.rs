@@ -1,6 +1,7 @@
 //! The read side of the Prism engine as pure values and functions: how an application defines
 //! a read model, and which events may change it.
 //!
+//! - [`application`]: [`Application`], an application's name, events and read models.
 //! - [`read_model`]: the projection API — [`ReadModel`] with its [fold](ReadModel::fold) (one
 //!   row per aggregate) and [sum](ReadModel::sum) (rows fed by many aggregates) feeds.
 //! - [`projection`]: [`ProjectionInstance`], a read model at one generation, and the names of
@@ -14,11 +15,13 @@
 
 #![warn(missing_docs)]
 
+pub mod application;
 pub mod error;
 pub mod gate;
 pub mod projection;
 pub mod read_model;
 
+pub use application::Application;
 pub use error::Unprojectable;
 pub use gate::{AggregateKey, GapPolicy, GateState, ItemOutcome, PlannedItem};
 pub use projection::{intern, ProjectionInstance};

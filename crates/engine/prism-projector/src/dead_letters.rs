@@ -4,7 +4,7 @@
 
 use futures::future::try_join_all;
 use prism_kafka::{EventProducer, KafkaError};
-use prism_store::projection::DeadLetterRecord;
+use prism_read_store::projection::DeadLetterRecord;
 
 /// Header names on dead-letter messages.
 pub mod headers {

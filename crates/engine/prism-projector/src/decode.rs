@@ -2,18 +2,23 @@
 //! aggregate it belongs to (so later events of that aggregate can be parked behind it).
 
 use prism_events::decode::{decode_envelope, WireHeaders};
-use prism_events::{decode_event, AggregateType, Limits, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
-use prism_store::projection::{MessageContent, Poison, SourceMessage};
+use prism_events::{decode_event, AggregateType, EventRegistry, Limits, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
+use prism_read_store::projection::{MessageContent, Poison, SourceMessage};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use uuid::Uuid;
 
-/// Decodes one message of `topic_type`'s topic.
-pub fn decode(message: &OwnedMessage, topic_type: AggregateType, limits: &Limits) -> SourceMessage {
+/// Decodes one message of `topic_type`'s topic into an event of `events`' application.
+pub fn decode(
+    message: &OwnedMessage,
+    events: &EventRegistry,
+    topic_type: AggregateType,
+    limits: &Limits,
+) -> SourceMessage {
     let key = message.key().map(<[u8]>::to_vec);
     let value = message.payload().map(<[u8]>::to_vec);
     let key_id =
         message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok());
-    let content = match decode_content(message, topic_type, limits, key_id) {
+    let content = match decode_content(message, events, topic_type, limits, key_id) {
         Ok(content) => content,
         Err(poison) => MessageContent::Poison(poison),
     };
@@ -26,6 +31,7 @@ fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
 
 fn decode_content(
     message: &OwnedMessage,
+    events: &EventRegistry,
     topic_type: AggregateType,
     limits: &Limits,
     key_id: Option<Uuid>,
@@ -35,13 +41,13 @@ fn decode_content(
         schema_version: header(message, HEADER_SCHEMA_VERSION),
     };
     let key_aggregate = key_id.map(|id| (topic_type, id));
-    match decode_event(message.payload(), headers, limits) {
+    match decode_event(events, message.payload(), headers, limits) {
         Ok(event) => {
             if event.meta.aggregate_type != topic_type {
                 return Err(Poison {
                     aggregate: key_aggregate,
                     aggregate_version: Some(event.meta.aggregate_version),
-                    event_type: Some(event.event_type().as_str().to_owned()),
+                    event_type: Some(event.event_type().to_owned()),
                     kind: "wrong_topic".into(),
                     message: format!(
                         "a {} event on the {} topic: each aggregate type has its own topic",
@@ -54,7 +60,7 @@ fn decode_content(
                 return Err(Poison {
                     aggregate: key_aggregate.or(Some((topic_type, event.meta.aggregate_id))),
                     aggregate_version: Some(event.meta.aggregate_version),
-                    event_type: Some(event.event_type().as_str().to_owned()),
+                    event_type: Some(event.event_type().to_owned()),
                     kind: "key_mismatch".into(),
                     message: format!(
                         "message key `{}` is not the event's aggregate_id {}: per-aggregate order needs the aggregate id as key",
@@ -69,11 +75,7 @@ fn decode_content(
             // Learn what we can about the message for the dead-letter record and parking.
             let envelope = decode_envelope(message.payload(), limits).ok();
             let envelope_aggregate = envelope.as_ref().and_then(|e| {
-                e.aggregate_type
-                    .parse::<AggregateType>()
-                    .ok()
-                    .filter(|t| *t == topic_type)
-                    .map(|t| (t, e.aggregate_id))
+                (e.aggregate_type == topic_type.as_str()).then_some((topic_type, e.aggregate_id))
             });
             Err(Poison {
                 aggregate: key_aggregate.or(envelope_aggregate),

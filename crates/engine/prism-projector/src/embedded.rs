@@ -1,14 +1,17 @@
-//! A projector running inside another process: `prismctl rebuild`'s blue/green builder, the
-//! benchmarks and the tests run [`crate::run`] on a task and need to stop it cleanly (in-flight
-//! batches finish, offsets are committed) and to learn how it ended.
+//! A projector running inside another process: blue/green builders, benchmarks and tests run
+//! [`crate::run`] on a task and need to stop it cleanly (in-flight batches finish, offsets are
+//! committed) and to learn how it ended.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use prism_config::PrismConfig;
+use prism_projections::Application;
 use prism_runtime::Health;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+use crate::Duties;
 
 /// A projector on a task of the current runtime, serving its ops endpoints on an ephemeral
 /// port.
@@ -19,12 +22,17 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    /// Starts [`crate::run`] with `config`; its `projector.listen` is replaced by an ephemeral
-    /// port so several can run side by side.
-    pub fn start(mut config: PrismConfig) -> Self {
+    /// Starts [`crate::run`] for `app` with `config`; its `projector.listen` is replaced by an
+    /// ephemeral port so several can run side by side.
+    pub fn start(config: PrismConfig, app: Application) -> Self {
+        Self::start_with(config, app, Duties::All)
+    }
+
+    /// [`Embedded::start`], choosing the worker's duties.
+    pub fn start_with(mut config: PrismConfig, app: Application, duties: Duties) -> Self {
         config.projector.listen = "127.0.0.1:0".into();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run(config, Health::new(), async {
+        let task = tokio::spawn(crate::run_with(config, app, Health::new(), duties, async {
             let _ = stopped.await;
         }));
         Self { stop: Some(stop), task }

@@ -25,13 +25,14 @@ use std::time::Duration;
 
 use metrics::counter;
 use prism_cache::{Cache, Entry};
+use prism_events::aggregate::aggregate_name_of_topic;
 use prism_events::{AggregateType, Limits};
 use prism_kafka::consumer::{BatchHandler, ConsumerObserver, PartitionId, TransientError};
 use prism_kafka::EventProducer;
-use prism_projections::{GapPolicy, ProjectionInstance};
+use prism_postgres::Database;
+use prism_projections::{Application, GapPolicy, ProjectionInstance};
+use prism_read_store::projection::{self, BatchOutcome, SourceMessage, Target};
 use prism_runtime::metric_names as m;
-use prism_store::projection::{self, BatchOutcome, SourceMessage};
-use prism_store::Database;
 use rdkafka::message::OwnedMessage;
 
 use crate::decode::decode;
@@ -40,6 +41,8 @@ use crate::observe::Progress;
 /// Everything the group member's batches need.
 #[derive(Debug)]
 pub struct ProjectionHandler {
+    /// The application: its events (to decode) and read models (to apply).
+    pub app: Application,
     /// The read models (at their generations) this member maintains, in a fixed order.
     pub instances: Vec<ProjectionInstance>,
     /// `Some` when this member follows the active generation (`projector.generation = 0`):
@@ -86,7 +89,7 @@ impl ProjectionHandler {
         }
         let projections: Vec<_> = used.iter().map(|i| i.projection).collect();
         let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
-        let active = prism_store::rebuild::active_generations(&**client, &projections)
+        let active = prism_read_store::rebuild::active_generations(&**client, &projections)
             .await
             .map_err(|e| transient("postgres", e))?;
         let switched: Vec<(ProjectionInstance, ProjectionInstance)> = used
@@ -108,27 +111,38 @@ impl ProjectionHandler {
         }
         let detail: Vec<String> = switched.iter().map(|(from, to)| format!("{from} -> {to}")).collect();
         tracing::info!(switched = ?detail, "active generation switched; applying the batch to the new generation");
-        Err(transient(
-            "postgres",
-            format!("active generation switched ({}); retrying the batch", detail.join(", ")),
-        ))
+        Err(TransientError::switch(format!(
+            "active generation switched ({}); applying the batch again to the new generation",
+            detail.join(", ")
+        )))
+    }
+
+    /// The read models of `instances`, as apply targets.
+    fn targets(&self, instances: &[ProjectionInstance]) -> Vec<Target<'_>> {
+        instances
+            .iter()
+            .filter_map(|instance| self.app.read_model(instance.projection).map(|model| Target { instance: *instance, model }))
+            .collect()
     }
 
     /// Applies the batch to `instances` in PostgreSQL, isolating messages the database refuses.
     async fn apply(
         &self,
         instances: &[ProjectionInstance],
+        source: AggregateType,
         partition: &PartitionId,
         messages: &[SourceMessage],
     ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, TransientError> {
+        let targets = self.targets(instances);
         let mut outcomes = Vec::new();
         // Slices still to apply, in offset order (last pushed is next).
         let mut pending: Vec<&[SourceMessage]> = vec![messages];
         while let Some(slice) = pending.pop() {
             let result = projection::apply_batch(
                 &self.db,
-                instances,
+                &targets,
                 self.policy,
+                source,
                 &partition.topic,
                 partition.partition,
                 slice,
@@ -142,7 +156,7 @@ impl ProjectionHandler {
                     // rather than dead-letter anything.
                     self.ensure_still_active(instances).await?;
                     if slice.len() == 1 {
-                        outcomes.extend(self.isolate(instances, partition, &slice[0]).await?);
+                        outcomes.extend(self.isolate(&targets, source, partition, &slice[0]).await?);
                     } else {
                         tracing::warn!(%partition, messages = slice.len(), error = %err, "database refused a batch; bisecting");
                         let (left, right) = slice.split_at(slice.len() / 2);
@@ -159,17 +173,20 @@ impl ProjectionHandler {
     /// dead-letter it for the instances that still refuse it.
     async fn isolate(
         &self,
-        instances: &[ProjectionInstance],
+        targets: &[Target<'_>],
+        source: AggregateType,
         partition: &PartitionId,
         message: &SourceMessage,
     ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, TransientError> {
         let mut outcomes = Vec::new();
-        for &instance in instances {
+        for target in targets {
+            let instance = target.instance;
             let single = std::slice::from_ref(message);
             match projection::apply_batch(
                 &self.db,
-                &[instance],
+                std::slice::from_ref(target),
                 self.policy,
+                source,
                 &partition.topic,
                 partition.partition,
                 single,
@@ -207,7 +224,10 @@ impl ProjectionHandler {
         instance: ProjectionInstance,
         outcome: &BatchOutcome,
     ) -> Result<(), TransientError> {
-        let Some(prefix) = instance.cache_prefix(&self.key_prefix) else { return Ok(()) };
+        let Some(kind) = self.app.read_model(instance.projection).and_then(|m| m.cache_kind()) else {
+            return Ok(());
+        };
+        let prefix = instance.cache_prefix(kind, &self.key_prefix);
         if outcome.cache_entries.is_empty() {
             return Ok(());
         }
@@ -216,7 +236,7 @@ impl ProjectionHandler {
             .cache_entries
             .iter()
             .zip(&keys)
-            .map(|(e, key)| Entry { key, revision: e.revision, document: &e.document })
+            .map(|(e, key)| Entry { key, revision: e.revision, version: e.version, document: &e.document })
             .collect();
         self.cache.put_if_newer(&entries).await.map_err(|e| transient("redis", e))?;
         Ok(())
@@ -279,7 +299,9 @@ impl ConsumerObserver for ProjectionHandler {
 
 impl BatchHandler for ProjectionHandler {
     async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
-        let Some(topic_type) = AggregateType::from_topic(&partition.topic, &self.topic_prefix) else {
+        let topic_type = aggregate_name_of_topic(&partition.topic, &self.topic_prefix)
+            .and_then(|name| self.app.events().aggregate_type(name));
+        let Some(topic_type) = topic_type else {
             // Subscriptions name only event topics; a stray topic is a deployment error worth
             // waiting on rather than dead-lettering everything in it.
             return Err(transient(
@@ -290,11 +312,11 @@ impl BatchHandler for ProjectionHandler {
         let instances: Vec<ProjectionInstance> = self
             .current_instances()
             .into_iter()
-            .filter(|i| i.projection.sources().contains(&topic_type))
+            .filter(|i| self.app.read_model(i.projection).is_some_and(|m| m.is_fed_by(topic_type)))
             .collect();
         let decoded: Vec<SourceMessage> =
-            messages.iter().map(|m| decode(m, topic_type, &self.limits)).collect();
-        let outcomes = self.apply(&instances, partition, &decoded).await?;
+            messages.iter().map(|m| decode(m, self.app.events(), topic_type, &self.limits)).collect();
+        let outcomes = self.apply(&instances, topic_type, partition, &decoded).await?;
         // Landed in the generation that is still active? Otherwise retry against the new one.
         self.ensure_still_active(&instances).await?;
         // Counted once the transaction committed: a retry after a cache or broker failure

@@ -1,26 +1,40 @@
-//! `prism-projector`: keeps the read models exact.
+//! `prism-projector`: keeps an application's read models exact.
 //!
-//! Every worker of a deployment is a member of one consumer group (`projector.group`) that
-//! consumes the event topics of the configured read models. Per batch of one partition:
-//! decode and validate → version gate → pure fold, for every read model the topic feeds → one
-//! PostgreSQL transaction → version-guarded Redis writes → dead letters copied to their topic
-//! → offsets stored for commit. See DESIGN.md §2 for the invariants this upholds.
+//! An application runs its projector workers with [`main`] (its binary is a few lines: see the
+//! shop's `shop-projector`), or [`run`] from its own code. Every worker of a deployment is a
+//! member of one consumer group (`projector.group`) that consumes the event topics of the
+//! configured read models. Per batch of one partition: decode and validate → version gate →
+//! the read models' folds and sums, for every read model the topic feeds → one PostgreSQL
+//! transaction → version-guarded Redis writes → dead letters copied to their topic → offsets
+//! stored for commit. See DESIGN.md §2 for the invariants this upholds.
+//!
+//! Besides the live group, each worker does what `prismctl` asks of the application (it has the
+//! folds, prismctl has none): it builds the generations a blue/green rebuild registered
+//! ([`builder`]) and runs the redrives operators request ([`requests`]).
 //!
 //! - [`decode`]: Kafka message → event or poison.
 //! - [`handler`]: the batch handler (the steps above).
 //! - [`dead_letters`]: the dead-letter topic format.
 //! - [`observe`]: metrics and the stall verdict behind `/readyz`.
+//! - [`builder`]: building a new generation under its own group.
+//! - [`requests`]: redrives requested by operators.
+//! - [`setup`]: registering the read models and creating their tables ([`migrate`]).
 //! - [`embedded`]: a projector on a task of another process, with a clean stop.
-//!
-//! [`run`] takes the configuration and a shutdown future, so tests drive the real loop.
 
+#![warn(missing_docs)]
+
+pub mod builder;
 pub mod dead_letters;
 pub mod decode;
 pub mod embedded;
 pub mod handler;
 pub mod observe;
+pub mod requests;
+pub mod setup;
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,29 +43,57 @@ use prism_cache::Cache;
 use prism_config::{GapPolicyConfig, PrismConfig};
 use prism_kafka::consumer::{ConsumerRuntime, ConsumerSettings};
 use prism_kafka::EventProducer;
-use prism_projections::{GapPolicy, ProjectionInstance, ProjectionName};
+use prism_postgres::Database;
+use prism_projections::{Application, GapPolicy, ProjectionInstance};
 use prism_runtime::Health;
-use prism_store::Database;
 
 pub use crate::embedded::Embedded;
 use crate::handler::ProjectionHandler;
 use crate::observe::Progress;
+pub use crate::setup::migrate;
 
-/// The projection instances `config` asks this process to build.
-pub async fn instances(config: &PrismConfig, db: &Database) -> anyhow::Result<Vec<ProjectionInstance>> {
-    let mut instances = Vec::new();
+/// The read models `config` asks this process to maintain: `projector.projections`, or all of
+/// the application's when that is empty. Unknown names are an error naming the known ones.
+pub fn selected_read_models(config: &PrismConfig, app: &Application) -> anyhow::Result<Vec<&'static str>> {
+    if config.projector.projections.is_empty() {
+        return Ok(app.read_models().iter().map(|m| m.name()).collect());
+    }
+    config
+        .projector
+        .projections
+        .iter()
+        .map(|name| {
+            app.read_model(name).map(|m| m.name()).with_context(|| {
+                let known: Vec<&str> = app.read_models().iter().map(|m| m.name()).collect();
+                format!("projector.projections names `{name}`, which {} does not define (it has: {})", app.name(), known.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// The projection instances this process builds: the configured read models at
+/// `projector.generation`, or at their active generation when it is 0. Their tables must
+/// exist and match the application's definitions (the application's `migrate` sets them up).
+pub async fn instances(config: &PrismConfig, app: &Application, db: &Database) -> anyhow::Result<Vec<ProjectionInstance>> {
     let client = db.client().await?;
-    for name in &config.projector.projections {
-        let projection: ProjectionName = name.parse().context("projector.projections")?;
+    setup::check_registered(&**client, app).await?;
+    let mut instances = Vec::new();
+    for name in selected_read_models(config, app)? {
         let generation = match config.projector.generation {
-            0 => prism_store::read_models::active_generation(&**client, projection).await?.with_context(
-                || format!("projection {projection} has no active generation: run `prismctl migrate` first"),
-            )?,
+            0 => prism_read_store::read_models::active_generation(&**client, name).await?.with_context(|| {
+                format!("read model {name} has no active generation: run `{}-projector migrate` first", app.name())
+            })?,
             generation => generation,
         };
-        instances.push(ProjectionInstance::new(projection, generation));
+        let instance = ProjectionInstance::new(name, generation);
+        anyhow::ensure!(
+            prism_read_store::read_models::table_exists(&**client, instance).await?,
+            "the table of {instance} does not exist: run `{}-projector migrate` (or the rebuild that allocated it) first",
+            app.name()
+        );
+        instances.push(instance);
     }
-    anyhow::ensure!(!instances.is_empty(), "projector.projections is empty: nothing to do");
+    anyhow::ensure!(!instances.is_empty(), "no read model to maintain");
     Ok(instances)
 }
 
@@ -60,15 +102,18 @@ pub fn group_id(config: &PrismConfig) -> String {
     prism_kafka::admin::projector_group_id(config)
 }
 
-fn consumer_settings(config: &PrismConfig, instances: &[ProjectionInstance]) -> ConsumerSettings {
+fn consumer_settings(config: &PrismConfig, app: &Application, instances: &[ProjectionInstance]) -> ConsumerSettings {
     let p = &config.projector;
-    let mut sources: Vec<prism_events::AggregateType> =
-        instances.iter().flat_map(|i| i.projection.sources().iter().copied()).collect();
+    let mut sources: Vec<prism_events::AggregateType> = instances
+        .iter()
+        .filter_map(|i| app.read_model(i.projection))
+        .flat_map(|m| m.sources())
+        .collect();
     sources.sort();
     sources.dedup();
     ConsumerSettings {
         kafka: config.kafka.clone(),
-        role: "projector".into(),
+        role: format!("{}-projector", app.name()),
         group_id: group_id(config),
         topics: sources.iter().map(|t| t.topic(&config.topics.prefix)).collect(),
         group_instance_id: (!p.group_instance_id.is_empty()).then(|| p.group_instance_id.clone()),
@@ -83,29 +128,56 @@ fn consumer_settings(config: &PrismConfig, instances: &[ProjectionInstance]) -> 
     }
 }
 
-/// Runs the configured projections until `shutdown` resolves; then in-flight batches finish
-/// (or are aborted after `projector.shutdown_deadline_ms`), landed offsets are committed and
-/// the process leaves its group.
+/// The gap policy of the configuration.
+pub fn gap_policy(config: &PrismConfig) -> GapPolicy {
+    match config.projector.gap_policy {
+        GapPolicyConfig::DeadLetter => GapPolicy::DeadLetter,
+        GapPolicyConfig::Apply => GapPolicy::Apply,
+    }
+}
+
+/// What a worker runs besides its live group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duties {
+    /// Builds generations registered by blue/green rebuilds and runs requested redrives: every
+    /// worker of a deployment.
+    All,
+    /// Only the consumer group: a builder started by another worker.
+    GroupOnly,
+}
+
+/// Runs the configured read models of `app` until `shutdown` resolves; then in-flight batches
+/// finish (or are aborted after `projector.shutdown_deadline_ms`), landed offsets are committed
+/// and the process leaves its group.
 pub async fn run(
     config: PrismConfig,
+    app: Application,
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = prism_runtime::telemetry::install();
-    let db =
-        Database::connect(&config.postgres, "prism-projector").await.context("connecting to PostgreSQL")?;
-    let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
-    let producer =
-        EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
-    let policy = match config.projector.gap_policy {
-        GapPolicyConfig::DeadLetter => GapPolicy::DeadLetter,
-        GapPolicyConfig::Apply => GapPolicy::Apply,
-    };
+    run_with(config, app, health, Duties::All, shutdown).await
+}
 
-    let instances = instances(&config, &db).await?;
+/// [`run`], choosing the worker's [`Duties`].
+pub async fn run_with(
+    config: PrismConfig,
+    app: Application,
+    health: Health,
+    duties: Duties,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = prism_runtime::telemetry::install();
+    let application_name = format!("{}-projector", app.name());
+    let db = Database::connect(&config.postgres, &application_name).await.context("connecting to PostgreSQL")?;
+    let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
+    let producer = EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
+    let policy = gap_policy(&config);
+
+    let instances = instances(&config, &app, &db).await?;
     let progress = Arc::new(Progress::new(group_id(&config)));
     Progress::preregister_read_models(&instances);
     let handler = Arc::new(ProjectionHandler {
+        app: app.clone(),
         instances: instances.clone(),
         follow_active: (config.projector.generation == 0).then(|| std::sync::Mutex::new(instances.clone())),
         policy,
@@ -117,9 +189,32 @@ pub async fn run(
         producer: producer.clone(),
         progress: progress.clone(),
     });
-    let mut consumer = ConsumerRuntime::start(consumer_settings(&config, &instances), handler)?;
+    let mut consumer = ConsumerRuntime::start(consumer_settings(&config, &app, &instances), handler)?;
     let names: Vec<String> = instances.iter().map(|i| i.id()).collect();
-    tracing::info!(group = %group_id(&config), projections = ?names, "projector started");
+    tracing::info!(group = %group_id(&config), application = app.name(), read_models = ?names, "projector started");
+
+    let (stop_duties, duties_stopped) = tokio::sync::watch::channel(false);
+    let mut background = Vec::new();
+    if duties == Duties::All && config.projector.generation == 0 {
+        let read_models: Vec<&'static str> = instances.iter().map(|i| i.projection).collect();
+        background.push(tokio::spawn(builder::watch(
+            config.clone(),
+            app.clone(),
+            db.clone(),
+            read_models.clone(),
+            duties_stopped.clone(),
+        )));
+        background.push(tokio::spawn(requests::serve(
+            app.clone(),
+            db.clone(),
+            cache.clone(),
+            config.redis.key_prefix.clone(),
+            policy,
+            config.events.limits(),
+            read_models,
+            duties_stopped.clone(),
+        )));
+    }
 
     let (stop_ops, ops_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = prism_runtime::http::ops_router(metrics, health.clone());
@@ -150,7 +245,11 @@ pub async fn run(
         reason = consumer.stopped() => Some(reason),
     };
     tracing::info!("stopping: finishing in-flight batches and committing offsets");
+    let _ = stop_duties.send(true);
     consumer.shutdown().await;
+    for task in background {
+        let _ = task.await;
+    }
     readiness.abort();
     let _ = stop_ops.send(());
     let _ = ops.await;
@@ -161,13 +260,7 @@ pub async fn run(
 }
 
 /// Keeps `/readyz` current: PostgreSQL and Redis answer, and the group member is not stalled.
-async fn watch_readiness(
-    health: Health,
-    db: Database,
-    cache: Cache,
-    progress: Arc<Progress>,
-    stall_after: Duration,
-) {
+async fn watch_readiness(health: Health, db: Database, cache: Cache, progress: Arc<Progress>, stall_after: Duration) {
     loop {
         match db.ping().await {
             Ok(()) => health.set("postgres", true, "connected"),
@@ -182,5 +275,45 @@ async fn watch_readiness(
             None => health.set("progress", true, "making progress"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The command line of an application's projector binary.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    /// Extra configuration file (repeatable; later files win; PRISM__SECTION__KEY variables
+    /// win over all).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Vec<PathBuf>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Keep the read models up to date until SIGTERM or Ctrl-C (the default).
+    Run,
+    /// Apply the engine's migrations, register the application's read models and aggregate
+    /// types, and create the tables of their active generations. Idempotent; run it with the
+    /// schema owner's role before the workers (they never run DDL).
+    Migrate,
+}
+
+/// The `main` of an application's projector binary (`<app>-projector [run|migrate]`): loads
+/// configuration, then runs or migrates. Exits 0 after a clean shutdown.
+pub fn main(app: Application) -> ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    let name: &'static str = Box::leak(format!("{}-projector", app.name()).into_boxed_str());
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => prism_runtime::service::main(name, cli.config, move |config| {
+            run(config, app, prism_runtime::Health::new(), prism_runtime::shutdown::signal())
+        }),
+        Command::Migrate => prism_runtime::service::main(name, cli.config, move |config| async move {
+            let report = migrate(&config, &app).await?;
+            println!("{report}");
+            Ok(())
+        }),
     }
 }

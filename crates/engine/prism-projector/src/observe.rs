@@ -39,6 +39,7 @@ impl Progress {
         for kind in ["assign", "revoke"] {
             counter!(m::PROJECTOR_REBALANCES, "group" => label.to_owned(), "kind" => kind).absolute(0);
         }
+        counter!(m::PROJECTOR_GENERATION_SWITCHES, "group" => label.to_owned()).absolute(0);
         for outcome in ["ok", "failed"] {
             counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => label.to_owned(), "outcome" => outcome).absolute(0);
         }
@@ -111,8 +112,12 @@ impl Progress {
     }
 
     pub fn transient(&self, error: &TransientError) {
-        counter!(m::PROJECTOR_TRANSIENT_ERRORS, "group" => self.label.clone(), "dependency" => error.dependency)
-            .increment(1);
+        if error.is_switch() {
+            counter!(m::PROJECTOR_GENERATION_SWITCHES, "group" => self.label.clone()).increment(1);
+        } else {
+            counter!(m::PROJECTOR_TRANSIENT_ERRORS, "group" => self.label.clone(), "dependency" => error.dependency)
+                .increment(1);
+        }
     }
 
     pub fn lag(&self, partition: &PartitionId, messages: i64, seconds: f64) {

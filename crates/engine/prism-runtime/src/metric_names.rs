@@ -39,6 +39,9 @@ pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_secon
 pub const PROJECTOR_BATCH_SIZE: &str = "prism_projector_batch_size_events";
 /// Counter: rebalance callbacks. Labels: `group`, `kind` (assign, revoke).
 pub const PROJECTOR_REBALANCES: &str = "prism_projector_rebalances_total";
+/// Counter: batches applied again because a blue/green switch made another generation active
+/// while they ran (expected, not an error). Labels: `group`.
+pub const PROJECTOR_GENERATION_SWITCHES: &str = "prism_projector_generation_switches_total";
 /// Counter: offset commits answered by the broker. Labels: `group`, `outcome` (ok, failed;
 /// failures are logged with the broker's reason, e.g. a stale member epoch during a KIP-848
 /// reconciliation, and their offsets go with the next commit).

@@ -5,15 +5,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prism_config::{ConfigSources, GroupProtocol, PrismConfig};
-use prism_store::Database;
+use prism_postgres::Database;
+use prism_projections::{Application, ProjectionInstance, ReadModel};
 use rand::Rng;
 
 use crate::services::Services;
 
-/// One test's own topics, schema and key prefix, with Prism's migrations applied and its
+/// One test's own topics, schema and key prefix for one application, with the engine's
+/// migrations applied, the application's read models registered with their tables, and its
 /// topics created. Dropping it removes the schema, keys, topics and consumer groups.
 #[derive(Debug)]
 pub struct TestEnv {
+    /// The application under test.
+    pub app: Application,
     /// Random name of this environment, e.g. `t3fa9c0b1d2`.
     pub id: String,
     /// Configuration pointing every component at this environment, loaded through the real
@@ -31,28 +35,32 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// An environment with four partitions per event topic.
-    pub async fn new() -> anyhow::Result<Self> {
-        Self::with_overrides(&[]).await
+    /// An environment for `app` with four partitions per event topic.
+    pub async fn new(app: &Application) -> anyhow::Result<Self> {
+        Self::with_overrides(app, &[]).await
     }
 
     /// An environment whose consumer groups speak `protocol` (`kafka.group_protocol`), with
     /// extra `PRISM__*` overrides.
-    pub async fn for_protocol(protocol: GroupProtocol, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn for_protocol(
+        app: &Application,
+        protocol: GroupProtocol,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut all = vec![("PRISM__KAFKA__GROUP_PROTOCOL", protocol.as_librdkafka())];
         all.extend_from_slice(overrides);
-        Self::with_overrides(&all).await
+        Self::with_overrides(app, &all).await
     }
 
     /// An environment with extra `PRISM__*` overrides, e.g.
     /// `[("PRISM__TOPICS__PARTITIONS", "4")]`.
-    pub async fn with_overrides(overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::on(Services::from_env(), overrides).await
+    pub async fn with_overrides(app: &Application, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::on(app, Services::from_env(), overrides).await
     }
 
     /// An environment on the given services (e.g. a test's private broker, PostgreSQL or
     /// Redis, see [`crate::private`]), with extra `PRISM__*` overrides.
-    pub async fn on(services: Services, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn on(app: &Application, services: Services, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
         services.check_all().await?;
         // Creation time first, so leftovers in a long-lived broker are easy to date.
         let created =
@@ -80,21 +88,30 @@ impl TestEnv {
         let db = Database::connect(&config.postgres, &format!("test-{id}")).await?;
         {
             let mut client = db.client().await?;
-            prism_store::migrate(&mut client, &config.postgres.schema).await?;
-            prism_store::read_models::ensure_active(&mut client).await?;
+            prism_postgres::migrate(&mut client, &config.postgres.schema).await?;
+            let registered = prism_read_store::registry::register(
+                &mut client,
+                app.name(),
+                app.aggregate_types(),
+                app.read_models(),
+            )
+            .await?;
+            prism_read_store::read_models::ensure_active(&mut client, &registered).await?;
         }
-        let plan = prism_kafka::topic_plan(&config);
+        let plan = prism_kafka::topic_plan(&config, app.aggregate_types());
         prism_kafka::ensure_topics(&config, &plan).await.context("creating the test topics")?;
         let cleanup = std::env::var("PRISM_TEST_KEEP").map_or(true, |v| v.is_empty() || v == "0");
-        Ok(Self { id, config, env_vars, db, services, cleanup })
+        Ok(Self { app: app.clone(), id, config, env_vars, db, services, cleanup })
     }
 
     /// The active generation of every read model (generation 1 in a fresh environment).
-    pub fn active_instances(&self) -> Vec<prism_projections::ProjectionInstance> {
-        prism_projections::ProjectionName::ALL
-            .into_iter()
-            .map(|p| prism_projections::ProjectionInstance::new(p, 1))
-            .collect()
+    pub fn active_instances(&self) -> Vec<ProjectionInstance> {
+        self.app.read_models().iter().map(|m| ProjectionInstance::new(m.name(), 1)).collect()
+    }
+
+    /// The active instances with their read models, as the oracle checks them.
+    pub fn active_targets(&self) -> Vec<(ProjectionInstance, &ReadModel)> {
+        self.app.read_models().iter().map(|m| (ProjectionInstance::new(m.name(), 1), m)).collect()
     }
 
     /// A plain connection to this environment's schema (for assertions).
@@ -107,31 +124,30 @@ impl TestEnv {
         .await
     }
 
-    /// Waits until the read models equal the oracle's fold of `events`, or `timeout` passes;
-    /// returns the last difference on timeout.
+    /// Waits until the read models equal `expected` (the application's oracle fold of the
+    /// produced events), or `timeout` passes; returns the last difference on timeout.
     pub async fn wait_for_oracle(
         &self,
-        events: &[prism_events::Event],
+        expected: &crate::oracle::Expected,
         cache: crate::oracle::CacheCheck,
         timeout: Duration,
     ) -> anyhow::Result<crate::oracle::CheckSummary> {
         let client = self.pg().await?;
-        let expected = crate::oracle::fold(events);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let outcome = crate::oracle::check_expected(
-                &expected,
+                expected,
                 &client,
                 &self.config.redis.url,
                 &self.config.redis.key_prefix,
-                &self.active_instances(),
+                &self.active_targets(),
                 cache,
             )
             .await?;
             match outcome {
                 Ok(summary) => return Ok(summary),
                 Err(diff) if tokio::time::Instant::now() >= deadline => {
-                    let positions = self.group_positions(events).await;
+                    let positions = self.group_positions(expected).await;
                     anyhow::bail!(
                         "read models still differ from the oracle after {timeout:?}:\n{diff}\n{positions}"
                     )
@@ -144,7 +160,7 @@ impl TestEnv {
     /// Where the projector group stands on every event partition, against what was produced:
     /// tells a stalled consumer (committed below the end) from a broker that lost or reused
     /// offsets (fewer messages in the log than events produced) when the oracle check fails.
-    async fn group_positions(&self, events: &[prism_events::Event]) -> String {
+    async fn group_positions(&self, expected: &crate::oracle::Expected) -> String {
         use std::fmt::Write as _;
         let group = prism_kafka::admin::projector_group_id(&self.config);
         let offsets = match prism_kafka::admin::group_offsets(
@@ -159,11 +175,10 @@ impl TestEnv {
             Err(err) => return format!("group {group}: offsets unavailable: {err}"),
         };
         let mut out = format!("group {group} (topic partition: low..high, committed):\n");
-        for topic in self.event_topics() {
-            let produced =
-                events.iter().filter(|e| e.meta.aggregate_type.topic(self.topic_prefix()) == topic).count();
+        for (aggregate, topic) in self.app.aggregate_types().iter().map(|t| (t, t.topic(self.topic_prefix()))) {
+            let produced = expected.events_by_aggregate_type.get(aggregate.as_str()).copied().unwrap_or(0);
             let in_log: i64 = offsets.iter().filter(|p| p.topic == topic).map(|p| p.high - p.low).sum();
-            let _ = writeln!(out, "  {topic}: {produced} events produced, {in_log} messages in the log");
+            let _ = writeln!(out, "  {topic}: {produced} events folded, {in_log} messages in the log");
             for p in offsets.iter().filter(|p| p.topic == topic) {
                 let committed = p.committed.map_or("none".to_owned(), |c| c.to_string());
                 let _ = writeln!(out, "    {}: {}..{}, committed {committed}", p.partition, p.low, p.high);
@@ -172,9 +187,9 @@ impl TestEnv {
         out
     }
 
-    /// The event topic of every aggregate type in this environment.
+    /// The event topic of every aggregate type of the application in this environment.
     pub fn event_topics(&self) -> Vec<String> {
-        prism_events::AggregateType::ALL.iter().map(|t| t.topic(self.topic_prefix())).collect()
+        self.app.aggregate_types().iter().map(|t| t.topic(self.topic_prefix())).collect()
     }
 
     /// The topic prefix of this environment.

@@ -59,11 +59,11 @@ pub async fn publish_events(
         let topic = event.meta.aggregate_type.topic(topic_prefix);
         let key = event.meta.aggregate_id.to_string();
         let value = event.to_json_bytes();
-        let version = event.event_type().current_schema_version().to_string();
+        let version = event.meta.schema_version.to_string();
         let headers = OwnedHeaders::new()
             .insert(rdkafka::message::Header {
                 key: prism_events::HEADER_EVENT_TYPE,
-                value: Some(event.event_type().as_str()),
+                value: Some(event.event_type()),
             })
             .insert(rdkafka::message::Header {
                 key: prism_events::HEADER_SCHEMA_VERSION,

@@ -1,16 +1,19 @@
-//! Prism's test harness. Integration tests run against the real broker, PostgreSQL and Redis;
-//! this crate makes that safe to do in parallel and impossible to get silently wrong.
+//! The engine's test harness, for any application built on it. Integration tests run against
+//! the real broker, PostgreSQL and Redis; this crate makes that safe to do in parallel and
+//! impossible to get silently wrong.
 //!
 //! - [`services`]: where the shared services are, and a check that fails with a message
 //!   naming the service and the command that starts it when one is unreachable.
 //! - [`env`]: [`TestEnv`], one per test: its own topic prefix, PostgreSQL schema and Redis
-//!   key prefix, migrated and with topics created, removed again when the test ends.
+//!   key prefix, migrated, the application's read models registered and its topics created,
+//!   removed again when the test ends.
 //! - [`kafka`]: producing and consuming raw messages in tests.
 //! - [`private`]: a Kafka broker or three-node cluster, PostgreSQL or Redis of one test's own,
 //!   to stop, kill and restart.
-//! - [`oracle`]: the fold oracle — every read-model row and cache entry compared with an
-//!   independent in-memory fold of the produced events.
-//! - [`workload`]: realistic event streams generated through the real aggregates.
+//! - [`oracle`]: the fold oracle — every read-model row and cache entry compared with what
+//!   the application's independent in-memory fold of the produced events expects.
+//! - [`probe`]: a minimal application for the engine's own domain-free tests.
+//! - [`layering`]: the check that no engine crate depends on an application crate.
 //!
 //! Names are random per test (`t` + 10 hex digits), so concurrent tests and leftovers of
 //! killed runs never collide.
@@ -19,8 +22,9 @@ pub mod env;
 pub mod kafka;
 pub mod oracle;
 pub mod private;
+pub mod probe;
 pub mod services;
-pub mod workload;
+pub mod layering;
 
 pub use env::TestEnv;
 pub use prism_config::GroupProtocol;

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prism_events::AggregateType;
 use prism_testkit::kafka::{assignment, committed_offsets, consumer, end_offsets, produce, producer};
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -77,8 +76,10 @@ fn rebalancing(err: &rdkafka::error::KafkaError) -> bool {
 group_protocol_tests!(two_members_share_four_partitions_in_order_per_key => share_four_partitions);
 
 async fn share_four_partitions(protocol: GroupProtocol) {
-    let env = TestEnv::for_protocol(protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
-    let topic = AggregateType::Order.topic(env.topic_prefix());
+    let app = prism_testkit::probe::application();
+    let env =
+        TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let group = env.group("round-trip");
 
     let producer = producer(&env.config).expect("producer");

@@ -20,11 +20,12 @@ pub struct TopicSpec {
     pub partitions: i32,
 }
 
-/// Every topic Prism needs: one event topic per aggregate type and its dead-letter topic.
-pub fn topic_plan(config: &PrismConfig) -> Vec<TopicSpec> {
+/// Every topic of `aggregate_types`: one event topic per aggregate type and its dead-letter
+/// topic.
+pub fn topic_plan(config: &PrismConfig, aggregate_types: &[AggregateType]) -> Vec<TopicSpec> {
     let prefix = &config.topics.prefix;
-    AggregateType::ALL
-        .into_iter()
+    aggregate_types
+        .iter()
         .flat_map(|aggregate| {
             [
                 TopicSpec { name: aggregate.topic(prefix), partitions: config.topics.partitions },

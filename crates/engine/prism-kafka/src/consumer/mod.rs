@@ -59,14 +59,32 @@ impl std::fmt::Display for PartitionId {
     }
 }
 
-/// A failure that waiting can cure: the batch is retried, the partition waits.
+/// A reason to run a batch again: a failure that waiting can cure (the partition waits with
+/// backoff), or an expected retry that is not a failure at all (see [`TransientError::switch`]).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{dependency} unavailable: {detail}")]
 pub struct TransientError {
-    /// What failed: `postgres`, `redis`, `kafka`, … (a bounded metric label).
+    /// What failed: `postgres`, `redis`, `kafka`, … (a bounded metric label), or
+    /// [`TransientError::SWITCH`].
     pub dependency: &'static str,
     /// What happened.
     pub detail: String,
+}
+
+impl TransientError {
+    /// The `dependency` of an expected retry: the batch landed in a read-model generation that
+    /// a blue/green switch retired meanwhile, and is applied again, at once, to the new one.
+    pub const SWITCH: &'static str = "generation_switch";
+
+    /// An expected retry after a blue/green switch (not an outage: no backoff, logged at info).
+    pub fn switch(detail: impl Into<String>) -> Self {
+        Self { dependency: Self::SWITCH, detail: detail.into() }
+    }
+
+    /// Whether this is the expected retry after a switch.
+    pub fn is_switch(&self) -> bool {
+        self.dependency == Self::SWITCH
+    }
 }
 
 /// What the runtime reports as it goes, for metrics and readiness. Every method has an

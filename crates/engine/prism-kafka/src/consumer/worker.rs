@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, watch};
@@ -122,6 +122,10 @@ async fn land<H: BatchHandler>(
                 return false;
             }
             Some(Ok(())) => return true,
+            Some(Err(error)) if error.is_switch() => {
+                handler.on_transient(partition, &error, Duration::ZERO);
+                tracing::info!(%partition, detail = %error.detail, "applying the batch again");
+            }
             Some(Err(error)) => {
                 handler.on_transient(partition, &error, backoff);
                 tracing::warn!(%partition, %error, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");

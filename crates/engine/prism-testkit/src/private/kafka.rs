@@ -14,9 +14,9 @@ use anyhow::{bail, Context};
 
 use super::{free_port, kill_process, log_file, log_tail, terminate_process, wait_for_port, ScratchDir};
 
-/// The repository root (this crate lives in `crates/prism-testkit`).
+/// The repository root (this crate lives in `crates/engine/prism-testkit`).
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..")
 }
 
 /// Where the dev stack keeps Kafka's jars.

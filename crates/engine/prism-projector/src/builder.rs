@@ -1,0 +1,86 @@
+//! Building the generations blue/green rebuilds register.
+//!
+//! `prismctl rebuild --mode blue-green` (which has no folds) registers generation N+1 of a read
+//! model as `building` and creates its table; every worker of the application that maintains
+//! the read model notices (it looks every [`LOOK_EVERY`]) and runs a builder: a projector of that
+//! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`, from
+//! the earliest offsets. Several workers share the build's partitions like any group. prismctl
+//! follows the build group's offsets, verifies and switches; once the generation is no longer
+//! `building` (switched to, or abandoned), the builders stop.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prism_config::PrismConfig;
+use prism_postgres::Database;
+use prism_projections::{Application, ProjectionInstance};
+use tokio::sync::watch;
+
+use crate::{Duties, Embedded};
+
+/// How often a worker looks for generations to build.
+pub const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// The consumer group of the builder of `instance` (under the topic prefix):
+/// `prism.rebuild.<name>.g<generation>`.
+pub fn build_group(instance: ProjectionInstance) -> String {
+    format!("prism.rebuild.{}.g{}", instance.projection, instance.generation)
+}
+
+/// The configuration of the builder of `instance`, from a worker's.
+pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> PrismConfig {
+    let mut config = config.clone();
+    config.projector.group = build_group(instance);
+    config.projector.generation = instance.generation;
+    config.projector.projections = vec![instance.projection.to_owned()];
+    config.projector.group_instance_id = String::new();
+    config
+}
+
+/// Runs builders for the building generations of `read_models` until `stop`.
+pub async fn watch(
+    config: PrismConfig,
+    app: Application,
+    db: Database,
+    read_models: Vec<&'static str>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut running: BTreeMap<ProjectionInstance, Embedded> = BTreeMap::new();
+    loop {
+        match building(&db, &read_models).await {
+            Ok(building) => {
+                let finished: Vec<ProjectionInstance> =
+                    running.keys().filter(|i| !building.contains(i)).copied().collect();
+                for instance in finished {
+                    if let Some(builder) = running.remove(&instance) {
+                        tracing::info!(%instance, "generation no longer building; stopping its builder");
+                        if let Err(err) = builder.stop(Duration::from_secs(30)).await {
+                            tracing::warn!(%instance, error = %err, "builder stopped with an error");
+                        }
+                    }
+                }
+                for instance in building {
+                    if !running.contains_key(&instance) {
+                        tracing::info!(%instance, group = %build_group(instance), "building a new generation");
+                        running.insert(instance, Embedded::start_with(builder_config(&config, instance), app.clone(), Duties::GroupOnly));
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "looking for generations to build"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+    }
+    for (instance, builder) in running {
+        if let Err(err) = builder.stop(Duration::from_secs(30)).await {
+            tracing::warn!(%instance, error = %err, "builder stopped with an error");
+        }
+    }
+}
+
+async fn building(db: &Database, read_models: &[&'static str]) -> anyhow::Result<Vec<ProjectionInstance>> {
+    let client = db.client().await?;
+    Ok(prism_read_store::rebuild::building_instances(&**client, read_models).await?)
+}
