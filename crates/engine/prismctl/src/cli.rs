@@ -26,8 +26,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the database and schema if missing and apply pending migrations. Idempotent.
+    /// Create the database and schema if missing, apply pending migrations, and make sure
+    /// every registered read model has an active generation with its table. Idempotent.
     Migrate,
+    /// The read models applications registered in this schema, with their generations.
+    ReadModels {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
     /// Manage the event and dead-letter topics.
     Topics {
         #[command(subcommand)]
@@ -202,7 +209,7 @@ mod tests {
         else {
             panic!("dlq redrive")
         };
-        assert_eq!(args.aggregate, Some((prism_events::AggregateType::Order, id.parse().expect("uuid"))));
+        assert_eq!(args.aggregate.map(|(t, id)| (t.as_str(), id)), Some(("order", id.parse().expect("uuid"))));
         let Command::Dlq { command: DlqCommand::Redrive(args) } =
             parse(&["dlq", "redrive", "--all", "--projection", "cart_view_g1"]).expect("parses").command
         else {
@@ -226,8 +233,10 @@ mod tests {
         assert!(parse(&["dlq", "redrive"]).is_err(), "what to redrive is required");
         assert!(parse(&["dlq", "redrive", "3", "--all"]).is_err(), "one selection only");
         assert!(parse(&["dlq", "redrive", "--aggregate", "order"]).is_err());
-        assert!(parse(&["dlq", "redrive", "--aggregate", "invoice:7d7c2f0e-0000-4000-8000-000000000001"])
-            .is_err());
+        assert!(
+            parse(&["dlq", "redrive", "--aggregate", "Invoice:7d7c2f0e-0000-4000-8000-000000000001"]).is_err(),
+            "not an aggregate type name"
+        );
         assert!(parse(&["dlq", "redrive", "--aggregate", "order:not-a-uuid"]).is_err());
         assert!(parse(&["dlq", "show", "x"]).is_err());
         assert!(parse(&["dlq", "list", "--status", "gone"]).is_err());

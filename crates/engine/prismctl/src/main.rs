@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Migrate => commands::migrate::run(&config).await,
+            Command::ReadModels { output } => commands::read_models::list(&config, output).await,
             Command::Topics { command: TopicsCommand::Ensure } => commands::topics::ensure(&config).await,
             Command::Lag(args) => commands::lag::run(&config, &args).await,
             Command::Offsets { command: OffsetsCommand::Reset(args) } => {

@@ -170,11 +170,14 @@ pub fn parse_datetime(text: &str) -> Result<DateTime<FixedOffset>, String> {
         .map_err(|e| format!("`{text}` is not an RFC 3339 time such as 2026-11-23T08:00:00Z: {e}"))
 }
 
-/// Parses `type:uuid`, e.g. `order:7d7c…`.
+/// Parses `type:uuid`, e.g. `order:7d7c…` (the type is checked against the registry later).
 pub fn parse_aggregate(text: &str) -> Result<(AggregateType, Uuid), String> {
     let (kind, id) =
         text.split_once(':').ok_or_else(|| format!("`{text}` is not TYPE:ID (e.g. order:7d7c2f0e-…)"))?;
-    let kind: AggregateType = kind.parse().map_err(|e| format!("{e}"))?;
+    if !AggregateType::is_valid_name(kind) {
+        return Err(format!("`{kind}` is not an aggregate type name (lowercase letters, digits and `_`)"));
+    }
+    let kind = AggregateType::new(prism_projections::intern(kind));
     let id = Uuid::parse_str(id).map_err(|e| format!("`{id}` is not a UUID: {e}"))?;
     Ok((kind, id))
 }

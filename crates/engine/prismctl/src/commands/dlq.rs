@@ -2,28 +2,27 @@
 //! (the `dead_letters` table is the record of truth; the `<topic>.dlq` topics carry copies).
 //!
 //! `redrive` re-applies dead letters once their cause was fixed (the missing event published,
-//! the stored message corrected): each stored message is decoded by the projector's own decoder
-//! and applied by `prism_store::projection::redrive`, which runs the projector's gate planner,
-//! folds and writers in one transaction per aggregate. The cache entries it returns are then
-//! written to Redis, version-guarded like the projector does after its commit. Redis is checked
-//! before PostgreSQL is touched, so a redrive never lands in PostgreSQL with Redis known down.
+//! the stored message corrected). It needs the application's folds, which prismctl does not
+//! have: it records a request per projection instance (`operator_requests`) and waits while a
+//! worker of the application claims it and runs it — decoding each stored message with the
+//! projector's own decoder and applying it through the gate planner, feeds and writers in one
+//! transaction per aggregate, then writing the cache version-guarded (Redis is checked before
+//! PostgreSQL is touched). The worker's report (applied, already applied, still open and why)
+//! is printed here.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use prism_cache::{Cache, Entry};
-use prism_config::{GapPolicyConfig, PrismConfig};
-use prism_events::AggregateType;
-use prism_projections::{GapPolicy, ProjectionName};
-use prism_store::projection::redrive::{
-    self, ChainReport, DeadLetter, DeadLetterFilter, DiscardOutcome, RedriveTarget,
-};
-use prism_store::projection::{MessageContent, Poison, SourceMessage};
-use prism_store::Database;
-use rdkafka::message::{OwnedMessage, Timestamp};
+use prism_config::PrismConfig;
+use prism_postgres::Database;
+use prism_read_store::projection::redrive::{self, ChainReport, DeadLetter, DeadLetterFilter, DiscardOutcome};
+use prism_read_store::requests::{self, RedriveRequest};
 
-use super::{confirm, POSTGRES_HINT, REDIS_HINT};
+use super::{confirm, POSTGRES_HINT};
 use crate::cli::{DlqCommand, DlqListArgs, DlqRedriveArgs, OutputFormat, StatusFilter};
+
+/// How long `dlq redrive` waits for a worker to take and finish a request.
+const REDRIVE_WAIT: Duration = Duration::from_secs(120);
 
 pub async fn run(config: &PrismConfig, command: &DlqCommand) -> anyhow::Result<()> {
     let db = Database::connect(&config.postgres, "prismctl-dlq")
@@ -44,14 +43,17 @@ async fn resolve_projection(db: &Database, projection: Option<&str>) -> anyhow::
     if redrive::parse_instance(projection).is_some() {
         return Ok(Some(vec![projection.to_owned()]));
     }
-    let name: ProjectionName = projection.parse().map_err(|_| {
-        let known: Vec<&str> = ProjectionName::ALL.iter().map(|p| p.as_str()).collect();
-        anyhow::anyhow!(
-            "unknown projection `{projection}`: expected one of {} (optionally with a generation, e.g. order_summary_g1)",
-            known.join(", ")
-        )
-    })?;
-    let prefix = format!("{}_g", name.as_str());
+    let client = db.client().await?;
+    let known: Vec<&str> =
+        prism_read_store::registry::read_models(&**client).await?.iter().map(|m| m.name).collect();
+    if !known.contains(&projection) {
+        bail!(
+            "unknown read model `{projection}`: expected one of {} (optionally with a generation, e.g. {}_g1)",
+            known.join(", "),
+            known.first().copied().unwrap_or("order_summary")
+        );
+    }
+    let prefix = format!("{projection}_g");
     let instances = redrive::instances_with_dead_letters(db).await?;
     Ok(Some(instances.into_iter().filter(|i| i.starts_with(&prefix)).collect()))
 }
@@ -192,45 +194,9 @@ fn event_id(r: &DeadLetter) -> Option<String> {
     value.get("event_id")?.as_str().map(str::to_owned)
 }
 
-/// The message the projector would decode from a stored dead letter, through its own decoder.
-pub fn decode_stored(config: &PrismConfig, letter: &DeadLetter) -> SourceMessage {
-    let topic_type = AggregateType::from_topic(&letter.source_topic, &config.topics.prefix)
-        .or_else(|| letter.aggregate_type.as_deref().and_then(|t| t.parse().ok()));
-    let Some(topic_type) = topic_type else {
-        return SourceMessage {
-            offset: letter.source_offset,
-            key: letter.message_key.clone(),
-            value: letter.message_value.clone(),
-            content: MessageContent::Poison(Poison {
-                aggregate: letter.aggregate(),
-                aggregate_version: letter.aggregate_version.and_then(|v| u64::try_from(v).ok()),
-                event_type: letter.event_type.clone(),
-                kind: "unknown_topic".into(),
-                message: format!(
-                    "topic {} is no event topic under prefix `{}`",
-                    letter.source_topic, config.topics.prefix
-                ),
-            }),
-        };
-    };
-    let message = OwnedMessage::new(
-        letter.message_value.clone(),
-        letter.message_key.clone(),
-        letter.source_topic.clone(),
-        Timestamp::NotAvailable,
-        letter.source_partition,
-        letter.source_offset,
-        None,
-    );
-    prism_projector::decode::decode(&message, topic_type, &config.events.limits())
-}
-
 async fn redrive_command(config: &PrismConfig, db: &Database, args: &DlqRedriveArgs) -> anyhow::Result<()> {
-    // Redis first: a redrive must not land in PostgreSQL while its cache writes cannot follow.
-    let cache = Cache::connect(&config.redis)
-        .await
-        .with_context(|| format!("cannot connect to Redis ({REDIS_HINT}); nothing was redriven"))?;
-    let target = match (args.id, args.aggregate, args.all) {
+    let _ = config;
+    let request = match (args.id, args.aggregate, args.all) {
         (Some(id), _, _) => {
             match redrive::get(db, id).await? {
                 None => bail!("no dead letter has id {id} (see `prismctl dlq list`)"),
@@ -239,22 +205,35 @@ async fn redrive_command(config: &PrismConfig, db: &Database, args: &DlqRedriveA
                 }
                 Some(_) => {}
             }
-            RedriveTarget::One(id)
+            RedriveRequest::One { id }
         }
-        (None, Some(aggregate), _) => RedriveTarget::Aggregate(aggregate),
-        _ => RedriveTarget::All,
+        (None, Some((aggregate_type, aggregate_id)), _) => {
+            RedriveRequest::Aggregate { aggregate_type: aggregate_type.as_str().to_owned(), aggregate_id }
+        }
+        _ => RedriveRequest::All,
     };
-    let projections = resolve_projection(db, args.projection.as_deref()).await?;
-    let policy = match config.projector.gap_policy {
-        GapPolicyConfig::DeadLetter => GapPolicy::DeadLetter,
-        GapPolicyConfig::Apply => GapPolicy::Apply,
+    // The instances concerned: the one named, those with open dead letters of a read model, or
+    // (for one dead letter) its own.
+    let instances: Vec<String> = match (&request, resolve_projection(db, args.projection.as_deref()).await?) {
+        (RedriveRequest::One { id }, _) => {
+            vec![redrive::get(db, *id).await?.map(|l| l.projection).context("the dead letter disappeared")?]
+        }
+        (_, Some(named)) => named,
+        (_, None) => redrive::instances_with_dead_letters(db).await?,
     };
-    let reports =
-        redrive::redrive(db, projections.as_deref(), target, policy, |letter| decode_stored(config, letter))
-            .await
-            .context("redrive failed; the chain being redriven was rolled back")?;
-    for report in &reports {
-        write_cache(&cache, &config.redis.key_prefix, report).await?;
+    if instances.is_empty() {
+        if args.output == OutputFormat::Text {
+            println!("no open dead letters match");
+        }
+        return Ok(());
+    }
+    let mut reports: Vec<ChainReport> = Vec::new();
+    for instance in &instances {
+        let id = requests::request_redrive(db, instance, &request).await?;
+        if args.output == OutputFormat::Text {
+            println!("redrive of {instance} requested (request {id}); waiting for a worker of the application");
+        }
+        reports.extend(wait_for(db, id, instance).await?);
     }
     if reports.is_empty() && args.output == OutputFormat::Text {
         println!("no open dead letters match");
@@ -271,42 +250,28 @@ async fn redrive_command(config: &PrismConfig, db: &Database, args: &DlqRedriveA
     Ok(())
 }
 
-/// Writes a chain's cache entries, version-guarded, retrying a few times: PostgreSQL has
-/// committed, so the cache must follow.
-async fn write_cache(cache: &Cache, key_prefix: &str, report: &ChainReport) -> anyhow::Result<()> {
-    let Some(instance) = redrive::parse_instance(&report.projection) else { return Ok(()) };
-    let Some(prefix) = instance.cache_prefix(key_prefix) else { return Ok(()) };
-    if report.cache_entries.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<String> = report.cache_entries.iter().map(|e| format!("{prefix}{}", e.id)).collect();
-    let entries: Vec<Entry<'_>> = report
-        .cache_entries
-        .iter()
-        .zip(&keys)
-        .map(|(e, key)| Entry { key, revision: e.revision, document: &e.document })
-        .collect();
-    let mut delay = Duration::from_millis(200);
-    for attempt in 1..=5 {
-        match cache.put_if_newer(&entries).await {
-            Ok(_) => return Ok(()),
-            Err(err) if attempt < 5 => {
-                tracing::warn!(error = %err, attempt, "cache write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+/// Waits for request `id` to finish; its reports, or its error.
+async fn wait_for(db: &Database, id: i64, instance: &str) -> anyhow::Result<Vec<ChainReport>> {
+    let deadline = tokio::time::Instant::now() + REDRIVE_WAIT;
+    loop {
+        let request = requests::get(db, id).await?.context("the request disappeared")?;
+        match request.status.as_str() {
+            "done" => {
+                let chains = request.result.as_ref().and_then(|r| r.get("chains")).cloned().unwrap_or_default();
+                return serde_json::from_value(chains).context("the worker's report");
             }
-            Err(err) => {
-                let what = format!(
-                    "the redrive of {} committed in PostgreSQL but its cache entries could not be written \
-                     ({REDIS_HINT}); the cache may serve older rows until the next event of these \
-                     aggregates or a cache flush",
-                    report.projection
-                );
-                return Err(anyhow::Error::new(err).context(what));
+            "failed" => {
+                let error = request.result.as_ref().and_then(|r| r.get("error")).and_then(|e| e.as_str()).unwrap_or("?");
+                bail!("the redrive of {instance} failed on {}: {error}", request.claimed_by.as_deref().unwrap_or("a worker"));
             }
+            status if tokio::time::Instant::now() > deadline => bail!(
+                "request {id} is still {status} after {REDRIVE_WAIT:?}: no worker of the application that maintains \
+                 {instance} took it. Redrives need the application's folds: start its projector workers (they take \
+                 requests while they run); the request stays and is done when one does"
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    Ok(())
 }
 
 fn print_reports(reports: &[ChainReport], output: OutputFormat) -> anyhow::Result<()> {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prism_config::PrismConfig;
-use prism_events::AggregateType;
 use prism_kafka::admin::{group_offsets, messages_at, projector_group_id, PartitionOffsets};
 use serde::Serialize;
 
@@ -79,7 +78,8 @@ pub struct GroupLag {
 
 pub async fn run(config: &PrismConfig, args: &LagArgs) -> anyhow::Result<()> {
     let groups = if args.group.is_empty() { vec![projector_group_id(config)] } else { args.group.clone() };
-    let topics: Vec<String> = AggregateType::ALL.iter().map(|t| t.topic(&config.topics.prefix)).collect();
+    let db = super::read_models::connect(config).await?;
+    let topics: Vec<String> = super::read_models::event_topics(config, &db).await?;
     let mut previous: Vec<Sample> = Vec::new();
     let mut refreshes = 0_u64;
     loop {

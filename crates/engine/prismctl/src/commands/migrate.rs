@@ -1,9 +1,11 @@
-//! `prismctl migrate`: create the database and schema if missing, apply migrations.
+//! `prismctl migrate`: create the database and schema if missing, apply the engine's
+//! migrations, and make sure every registered read model has an active generation with its
+//! table (applications register their read models with their own `migrate`).
 
 use anyhow::Context;
 use prism_config::PrismConfig;
-use prism_store::pool::client_config;
-use prism_store::MIGRATIONS;
+use prism_postgres::pool::client_config;
+use prism_postgres::MIGRATIONS;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
@@ -18,10 +20,12 @@ pub async fn run(config: &PrismConfig) -> anyhow::Result<()> {
         }
         other => other.with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?,
     };
-    let report = prism_store::migrate(&mut client, &config.postgres.schema)
+    let report = prism_postgres::migrate(&mut client, &config.postgres.schema)
         .await
         .context("migration failed; nothing was changed")?;
-    let instances = prism_store::read_models::ensure_active(&mut client)
+    client.batch_execute(&format!("SET search_path = {}", config.postgres.schema)).await?;
+    let registered = prism_read_store::registry::read_models(&client).await?;
+    let instances = prism_read_store::read_models::ensure_active(&mut client, &registered)
         .await
         .context("creating the read-model tables of the active generations")?;
     for version in &report.applied {
@@ -35,8 +39,15 @@ pub async fn run(config: &PrismConfig) -> anyhow::Result<()> {
         report.applied.len(),
         report.already_applied.len()
     );
-    let names: Vec<String> = instances.iter().map(|i| i.id()).collect();
-    println!("read models active: {}", names.join(", "));
+    if instances.is_empty() {
+        println!(
+            "no read model registered yet: applications register theirs with their own `migrate` \
+             (e.g. `shop-projector migrate`)"
+        );
+    } else {
+        let names: Vec<String> = instances.iter().map(|i| i.id()).collect();
+        println!("read models active: {}", names.join(", "));
+    }
     Ok(())
 }
 

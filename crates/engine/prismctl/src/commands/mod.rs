@@ -4,6 +4,7 @@ pub mod dlq;
 pub mod lag;
 pub mod migrate;
 pub mod offsets;
+pub mod read_models;
 pub mod rebuild;
 pub mod topics;
 

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use prism_config::PrismConfig;
-use prism_events::AggregateType;
 use prism_kafka::admin::{
     commit_offsets_outside_group, group_membership, group_offsets, offsets_for_timestamp, projector_group_id,
     GroupMembership, OutsideCommit, PartitionOffsets,
@@ -51,8 +50,10 @@ pub struct Move {
 pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()> {
     let group = args.group.clone().unwrap_or_else(|| projector_group_id(config));
     let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
+    let db = super::read_models::connect(config).await?;
+    let event_topics = super::read_models::event_topics(config, &db).await?;
     let selection: BTreeMap<String, Option<Vec<i32>>> = if args.topics.is_empty() {
-        AggregateType::ALL.iter().map(|t| (t.topic(&config.topics.prefix), None)).collect()
+        event_topics.iter().map(|t| (t.clone(), None)).collect()
     } else {
         let mut selection: BTreeMap<String, Option<Vec<i32>>> = BTreeMap::new();
         for s in &args.topics {

@@ -13,10 +13,11 @@
 //! same topics see the events again: their version gate skips them as duplicates.
 //!
 //! **Blue/green** (the active generation keeps serving throughout): register generation N+1
-//! as `building` and create its table; run a projector in this process with
-//! `projector.generation = N+1`, `projector.group = prism.rebuild.<projection>.g<N+1>` and only
-//! this projection, from the earliest offsets, until its committed offsets reach the end
-//! offsets seen when it started; then switch at a common position
+//! as `building` and create its table (from the SQL the application registered); the
+//! application's running workers notice and build it — a projector of this read model alone at
+//! generation N+1 in the group `prism.rebuild.<projection>.g<N+1>`, from the earliest offsets
+//! (prismctl has no folds; see `prism_projector::builder`) — until the build group's committed
+//! offsets reach the end offsets seen when it started; then switch at a common position
 //! (`prism_store::rebuild::switch`: under a share lock on the gate and both tables, every
 //! aggregate's last applied version equal in both generations, counts and checksums equal,
 //! then view + registry + `NOTIFY` in the same transaction), retrying briefly while live
@@ -36,9 +37,10 @@ use clap::{Args, ValueEnum};
 use prism_cache::Cache;
 use prism_config::PrismConfig;
 use prism_kafka::admin::{self, GroupMembership, OutsideCommit, PartitionOffsets};
-use prism_projections::{ProjectionInstance, ProjectionName};
-use prism_store::rebuild::{self as store, SwitchOutcome};
-use prism_store::Database;
+use prism_postgres::Database;
+use prism_projections::{intern, ProjectionInstance};
+use prism_read_store::rebuild::{self as store, SwitchOutcome};
+use prism_read_store::RegisteredReadModel;
 
 use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
 
@@ -46,10 +48,9 @@ use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct RebuildArgs {
-    /// The read model to rebuild: order_summary, product_catalog, cart_view, user_profile or
-    /// product_sales_daily.
+    /// The read model to rebuild (one of those `prismctl read-models` lists).
     #[arg(value_parser = parse_projection)]
-    pub projection: ProjectionName,
+    pub projection: &'static str,
     /// in-place: clear and replay the active generation (workers stopped, read model empty
     /// meanwhile). blue-green: build a new generation beside the serving one, verify, switch.
     #[arg(long, value_enum)]
@@ -104,8 +105,12 @@ pub enum RebuildMode {
     BlueGreen,
 }
 
-fn parse_projection(s: &str) -> Result<ProjectionName, String> {
-    s.parse().map_err(|e: prism_projections::projection::UnknownProjection| e.to_string())
+fn parse_projection(s: &str) -> Result<&'static str, String> {
+    if prism_projections::read_model::is_identifier(s, 40) {
+        Ok(intern(s))
+    } else {
+        Err(format!("`{s}` is not a read-model name (lowercase letters, digits and `_`)"))
+    }
 }
 
 /// Broker and database requests give up after this long.
@@ -118,22 +123,27 @@ pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> 
     let db = Database::connect(&config.postgres, "prismctl-rebuild")
         .await
         .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?;
+    let model = super::read_models::resolve(config, &db, args.projection).await?;
     let client = db.client().await?;
-    let active =
-        prism_store::read_models::active_generation(&**client, args.projection).await?.with_context(
-            || format!("{} has no active generation: run `prismctl migrate` first", args.projection),
-        )?;
+    let active = prism_read_store::read_models::active_generation(&**client, args.projection)
+        .await?
+        .with_context(|| format!("{} has no active generation: run `prismctl migrate` first", args.projection))?;
     drop(client);
     let active = ProjectionInstance::new(args.projection, active);
     match args.mode {
-        RebuildMode::InPlace => in_place(config, &db, active, &args).await,
-        RebuildMode::BlueGreen => blue_green(config, &db, active, &args).await,
+        RebuildMode::InPlace => in_place(config, &db, &model, active, &args).await,
+        RebuildMode::BlueGreen => blue_green(config, &db, &model, active, &args).await,
     }
 }
 
-/// The event topics `projection` is built from.
-fn source_topics(config: &PrismConfig, projection: ProjectionName) -> Vec<String> {
-    projection.sources().iter().map(|t| t.topic(&config.topics.prefix)).collect()
+/// The event topics `model` is built from.
+fn source_topics(config: &PrismConfig, model: &RegisteredReadModel) -> Vec<String> {
+    model.sources.iter().map(|t| format!("{}{t}.events", config.topics.prefix)).collect()
+}
+
+/// The projector group of the deployment (`projector.group` under the topic prefix).
+fn projector_group(config: &PrismConfig) -> String {
+    admin::projector_group_id(config)
 }
 
 async fn offsets(
@@ -180,11 +190,13 @@ async fn follow_progress(
     target: &BTreeMap<(String, i32), i64>,
     deadline: Instant,
     label: &str,
-    mut check: impl FnMut() -> anyhow::Result<()>,
+    mut builders: Option<&mut BuilderWatch>,
 ) -> anyhow::Result<Option<i64>> {
     let mut last_print = Instant::now() - PROGRESS_EVERY;
     loop {
-        check()?;
+        if let Some(builders) = builders.as_deref_mut() {
+            builders.check().await?;
+        }
         let now = offsets(config, group, topics).await?;
         let done = reached(&now, target);
         if done || last_print.elapsed() >= PROGRESS_EVERY {
@@ -218,9 +230,10 @@ async fn connect_cache(config: &PrismConfig) -> anyhow::Result<Cache> {
 async fn delete_cache(
     cache: &Cache,
     config: &PrismConfig,
+    model: &RegisteredReadModel,
     instance: ProjectionInstance,
 ) -> anyhow::Result<u64> {
-    match instance.cache_prefix(&config.redis.key_prefix) {
+    match cache_prefix(config, model, instance) {
         Some(prefix) => cache
             .delete_prefix(&prefix)
             .await
@@ -229,15 +242,21 @@ async fn delete_cache(
     }
 }
 
+/// The Redis key prefix of `instance`, when `model` is cached.
+fn cache_prefix(config: &PrismConfig, model: &RegisteredReadModel, instance: ProjectionInstance) -> Option<String> {
+    model.cache_kind.as_deref().map(|kind| instance.cache_prefix(kind, &config.redis.key_prefix))
+}
+
 async fn in_place(
     config: &PrismConfig,
     db: &Database,
+    model: &RegisteredReadModel,
     instance: ProjectionInstance,
     args: &RebuildArgs,
 ) -> anyhow::Result<()> {
-    let group = prism_projector::group_id(config);
-    let topics = source_topics(config, instance.projection);
-    let cache_prefix = instance.cache_prefix(&config.redis.key_prefix);
+    let group = projector_group(config);
+    let topics = source_topics(config, model);
+    let cache_prefix = cache_prefix(config, model, instance);
     println!("rebuild {} in place (generation {})", instance.projection, instance);
     println!("  1. check that the projector group {group} has no members (its workers must be stopped)");
     println!("  2. reset {group} to the earliest offsets of {}", topics.join(", "));
@@ -334,7 +353,7 @@ async fn in_place(
         cleared.rows, cleared.gate_rows, cleared.dead_letters, cleared.parked
     );
     let cache = connect_cache(config).await?;
-    let keys = delete_cache(&cache, config, instance).await?;
+    let keys = delete_cache(&cache, config, model, instance).await?;
     if let Some(prefix) = &cache_prefix {
         println!("deleted {keys} Redis keys under {prefix}");
     }
@@ -349,7 +368,7 @@ async fn in_place(
          (start them if they are stopped)"
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    if let Some(lag) = follow_progress(config, &group, &topics, &target, deadline, &group, || Ok(())).await? {
+    if let Some(lag) = follow_progress(config, &group, &topics, &target, deadline, &group, None).await? {
         bail!(
             "the projector group {group} has not caught up after {}s (lag {lag}): are the workers running?",
             args.timeout
@@ -361,47 +380,22 @@ async fn in_place(
     Ok(())
 }
 
-/// A projector running in this process (the rebuild's builder).
-struct Builder(prism_projector::Embedded);
-
-impl Builder {
-    fn start(config: &PrismConfig, instance: ProjectionInstance, group: &str) -> Self {
-        let mut build = config.clone();
-        build.projector.generation = instance.generation;
-        build.projector.group = group.to_owned();
-        build.projector.projections = vec![instance.projection.as_str().to_owned()];
-        Self(prism_projector::Embedded::start(build))
-    }
-
-    /// Fails when the projector stopped by itself.
-    fn check(&mut self) -> anyhow::Result<()> {
-        if self.0.is_finished() {
-            bail!("the rebuild projector stopped unexpectedly; see its log (run with --verbose)");
-        }
-        Ok(())
-    }
-
-    /// Stops it cleanly (in-flight batches finish, offsets are committed).
-    async fn stop(self) -> anyhow::Result<()> {
-        self.0.stop(Duration::from_secs(60)).await.context("the rebuild projector")
-    }
-}
-
 async fn blue_green(
     config: &PrismConfig,
     db: &Database,
+    model: &RegisteredReadModel,
     old: ProjectionInstance,
     args: &RebuildArgs,
 ) -> anyhow::Result<()> {
     let projection = old.projection;
-    let live_group = prism_projector::group_id(config);
-    let topics = source_topics(config, projection);
+    let live_group = projector_group(config);
+    let topics = source_topics(config, model);
     let client = db.client().await?;
     let abandoned = store::building_generations(&**client, projection).await?;
     let max_generation: i32 = client
         .query_one(
             "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
-            &[&projection.as_str()],
+            &[&projection],
         )
         .await?
         .get(0);
@@ -422,8 +416,8 @@ async fn blue_green(
     }
     println!("  1. register {next} as building and create its table");
     println!(
-        "  2. build it with a projector in this process: group {build_group}, from the earliest offsets of {}, \
-         until it reaches the end offsets seen when it starts",
+        "  2. the application's projector workers build it (they notice within seconds): group {build_group}, \
+         from the earliest offsets of {}, until it reaches the end offsets seen when it starts",
         topics.join(", ")
     );
     println!(
@@ -436,8 +430,7 @@ async fn blue_green(
     println!(
         "  4. after {}s: drop {old}, its gate rows and parked aggregates, discard its open dead letters{}",
         args.retire_grace,
-        old.cache_prefix(&config.redis.key_prefix)
-            .map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
+        cache_prefix(config, model, old).map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
     );
     println!("     then delete the stopped rebuild group {build_group} from the broker");
     if args.dry_run {
@@ -456,35 +449,29 @@ async fn blue_green(
         let instance = ProjectionInstance::new(projection, generation);
         let mut client = db.client().await?;
         let retired = store::retire_instance(&mut client, instance, REQUEST_TIMEOUT).await?;
-        let keys = delete_cache(&cache, config, instance).await?;
+        let keys = delete_cache(&cache, config, model, instance).await?;
         println!("dropped abandoned {instance}: {retired:?}, {keys} Redis keys");
     }
 
     let mut client = db.client().await?;
-    let (old, new) = store::allocate_generation(&mut client, projection).await?;
+    let (old, new) = store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql).await?;
     drop(client);
     if new != next {
         bail!("another rebuild allocated {next} meanwhile; {new} was registered instead and left building");
     }
-    println!("registered {new} (building), table created");
-    let mut builder = Builder::start(config, new, &build_group_name);
-    let result =
-        build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builder, args).await;
-    let stopped = builder.stop().await;
+    println!("registered {new} (building), table created; waiting for the application's workers to build it");
+    let _ = &build_group_name;
+    let mut builders = BuilderWatch::new(config, &build_group);
+    let result = build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builders, args).await;
     let (old_sum, new_sum) = match result {
         Ok(sums) => sums,
         Err(err) => {
-            let err = match stopped {
-                Err(stop) => err.context(format!("{stop:#}")),
-                Ok(()) => err,
-            };
             return Err(err.context(format!(
-                "{new} was not switched to and stays building; {old} still serves. Run again with \
-                 --abandon-previous to start over"
+                "{new} was not switched to and stays building (the workers keep building it); {old} still serves. \
+                 Run again with --abandon-previous to start over"
             )));
         }
     };
-    stopped?;
     if old_sum != new_sum {
         println!("the rebuilt model differs from the one it replaces (--allow-changes)");
     }
@@ -500,12 +487,27 @@ async fn blue_green(
     let retired = store::retire_instance(&mut client, old, REQUEST_TIMEOUT)
         .await
         .with_context(|| format!("retiring {old} (the switch is done; run the retire again later)"))?;
-    let keys = delete_cache(&cache, config, old).await?;
+    let keys = delete_cache(&cache, config, model, old).await?;
     println!(
         "retired {old}: table dropped {}, {} gate rows, {} parked aggregates, {} open dead letters discarded, {keys} Redis keys deleted",
         retired.table_dropped, retired.gate_rows, retired.parked, retired.dead_letters_discarded
     );
-    match admin::delete_group(&config.kafka, &build_group, REQUEST_TIMEOUT).await {
+    // The workers stop their builders once the generation is no longer building (within a few
+    // seconds); the group can be deleted once it is empty.
+    let deleted = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match admin::delete_group(&config.kafka, &build_group, REQUEST_TIMEOUT).await {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() < deadline => {
+                    tracing::info!(error = %err, "the rebuild group is not empty yet");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    match deleted.await {
         Ok(()) => println!("deleted the rebuild group {build_group}"),
         // The rebuild itself is done; a leftover group only holds offsets nobody reads.
         Err(err) => println!(
@@ -516,6 +518,50 @@ async fn blue_green(
     Ok(())
 }
 
+/// Watches that workers of the application are building the new generation: its build group
+/// must get members. prismctl builds nothing itself (it has no folds).
+struct BuilderWatch {
+    kafka: prism_config::KafkaConfig,
+    group: String,
+    started: Instant,
+    last_look: Option<Instant>,
+    members: usize,
+}
+
+impl BuilderWatch {
+    fn new(config: &PrismConfig, group: &str) -> Self {
+        Self { kafka: config.kafka.clone(), group: group.to_owned(), started: Instant::now(), last_look: None, members: 0 }
+    }
+
+    /// Looks at the build group now and then; fails when nobody has joined it for a while.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        if self.last_look.is_some_and(|at| at.elapsed() < Duration::from_secs(3)) {
+            return Ok(());
+        }
+        self.last_look = Some(Instant::now());
+        if let GroupMembership::Active { members, .. } =
+            admin::group_membership(&self.kafka, &self.group, REQUEST_TIMEOUT).await?
+        {
+            if self.members == 0 {
+                println!("{} worker(s) of the application are building it: {}", members.len(), members.join(", "));
+            }
+            self.members = members.len();
+            return Ok(());
+        }
+        if self.members == 0 && self.started.elapsed() > BUILDERS_WAIT {
+            bail!(
+                "no worker of the application has joined the build group {} after {BUILDERS_WAIT:?}: blue/green \
+                 rebuilds are built by the application's projector workers (prismctl has no folds). Start them",
+                self.group
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How long a blue/green rebuild waits for the first worker to start building.
+const BUILDERS_WAIT: Duration = Duration::from_secs(60);
+
 #[allow(clippy::too_many_arguments)]
 async fn build_and_switch(
     config: &PrismConfig,
@@ -525,16 +571,14 @@ async fn build_and_switch(
     live_group: &str,
     build_group: &str,
     topics: &[String],
-    builder: &mut Builder,
+    builders: &mut BuilderWatch,
     args: &RebuildArgs,
 ) -> anyhow::Result<(store::Checksum, store::Checksum)> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let target = ends(&offsets(config, build_group, topics).await?);
     let started = Instant::now();
     let label = format!("building {new}:");
-    if let Some(lag) =
-        follow_progress(config, build_group, topics, &target, deadline, &label, || builder.check()).await?
-    {
+    if let Some(lag) = follow_progress(config, build_group, topics, &target, deadline, &label, Some(builders)).await? {
         bail!("{new} has not caught up after {}s (lag {lag})", args.timeout);
     }
     println!(
@@ -546,7 +590,6 @@ async fn build_and_switch(
     let mut attempts = 0u32;
     let verify_started = Instant::now();
     loop {
-        builder.check()?;
         attempts += 1;
         let mut client = db.client().await?;
         let outcome =
@@ -623,7 +666,7 @@ mod tests {
     #[test]
     fn parses_rebuild() {
         let args = parse(&["rebuild", "order_summary", "--mode", "in-place"]).expect("parses");
-        assert_eq!((args.projection, args.mode), (ProjectionName::OrderSummary, RebuildMode::InPlace));
+        assert_eq!((args.projection, args.mode), ("order_summary", RebuildMode::InPlace));
         assert!(!args.dry_run && !args.yes && !args.no_wait);
         let args = parse(&[
             "rebuild",
@@ -640,14 +683,14 @@ mod tests {
             "--allow-changes",
         ])
         .expect("parses");
-        assert_eq!((args.projection, args.mode), (ProjectionName::UserProfile, RebuildMode::BlueGreen));
+        assert_eq!((args.projection, args.mode), ("user_profile", RebuildMode::BlueGreen));
         assert!(args.dry_run && args.yes && args.abandon_previous && args.allow_changes);
         assert_eq!((args.timeout, args.retire_grace), (30, 0));
     }
 
     #[test]
     fn rejects_bad_rebuild_arguments() {
-        assert!(parse(&["rebuild", "orders", "--mode", "in-place"]).is_err(), "unknown projection");
+        assert!(parse(&["rebuild", "Orders!", "--mode", "in-place"]).is_err(), "not a read-model name");
         assert!(parse(&["rebuild", "order_summary"]).is_err(), "mode is required");
         assert!(parse(&["rebuild", "order_summary", "--mode", "sideways"]).is_err());
         assert!(parse(&["rebuild", "--mode", "in-place"]).is_err(), "projection is required");

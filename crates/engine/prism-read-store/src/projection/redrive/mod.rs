@@ -237,7 +237,7 @@ pub enum RedriveTarget {
 }
 
 /// What a redrive did to one chain.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChainReport {
     /// Projection instance.
     pub projection: String,
@@ -256,7 +256,7 @@ pub struct ChainReport {
 }
 
 /// A dead letter a redrive could not apply.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StillOpen {
     /// Row id.
     pub id: i64,
