@@ -2,6 +2,7 @@
 //! the real broker, PostgreSQL and Redis; this crate makes that safe to do in parallel and
 //! impossible to get silently wrong.
 //!
+//! - [`binaries`]: workspace binaries of other packages (`prismctl`), built when missing.
 //! - [`services`]: where the shared services are, and a check that fails with a message
 //!   naming the service and the command that starts it when one is unreachable.
 //! - [`env`]: [`TestEnv`], one per test: its own topic prefix, PostgreSQL schema and Redis
@@ -18,6 +19,7 @@
 //! Names are random per test (`t` + 10 hex digits), so concurrent tests and leftovers of
 //! killed runs never collide.
 
+pub mod binaries;
 pub mod env;
 pub mod kafka;
 pub mod oracle;
