@@ -15,7 +15,7 @@
 //! ratios and the command that reproduces them, replace the marked section of
 //! `BENCHMARKS.md`.
 //!
-//! `cargo bench -p prism-bench --bench projection` (needs the dev stack: `ops/dev-stack up`).
+//! `cargo bench -p shop --bench projection` (needs the dev stack: `ops/dev-stack up`).
 //! `PRISM_BENCH_EVENTS=N` changes the number of events (default 200 000);
 //! `PRISM_BENCH_SHOW_BATCHES=1` also prints the projector's batch count, sizes and durations.
 
@@ -23,9 +23,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use prism_events::AggregateType;
 use prism_testkit::kafka::{committed_offsets, consumer, end_offsets, producer, publish_events};
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -63,9 +62,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(events_wanted: usize) -> anyhow::Result<()> {
     // Four partitions per topic as in the tests; Prism's default of 12 changes little here.
-    let env = TestEnv::with_overrides(&[("PRISM__TOPICS__PARTITIONS", "4"), ("PRISM__LOG__FILTER", "warn")])
+    let app = shop_model::application();
+    let env = TestEnv::with_overrides(&app, &[("PRISM__TOPICS__PARTITIONS", "4"), ("PRISM__LOG__FILTER", "warn")])
         .await?;
-    let topics: Vec<String> = AggregateType::ALL.iter().map(|t| t.topic(env.topic_prefix())).collect();
+    let topics = env.event_topics();
     let events = Workload::generate(7, events_wanted);
     println!("publishing {} events to {} topics ...", events.len(), topics.len());
     let producer = producer(&env.config)?;
@@ -120,7 +120,7 @@ async fn bench(events_wanted: usize) -> anyhow::Result<()> {
 
     println!("Prism projector ...");
     let started = Instant::now();
-    let projector = prism_projector::Embedded::start(env.config.clone());
+    let projector = prism_projector::Embedded::start(env.config.clone(), app.clone());
     let group = prism_projector::group_id(&env.config);
     wait_until_committed(&env, &group, &topics, &ends).await?;
     let elapsed = started.elapsed();
@@ -133,7 +133,9 @@ async fn bench(events_wanted: usize) -> anyhow::Result<()> {
         }
     }
     let summary = env
-        .wait_for_oracle(&events, prism_testkit::oracle::CacheCheck::Complete, Duration::from_secs(60))
+        .wait_for_oracle(
+            &shop::testing::oracle::fold(&events),
+            prism_testkit::oracle::CacheCheck::Complete, Duration::from_secs(60))
         .await
         .context("the benchmarked projection must also be right")?;
     runs.push(Run {

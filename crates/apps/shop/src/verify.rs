@@ -1,4 +1,4 @@
-//! `prism-bench verify`: proves a running deployment converged. It waits until the outbox is
+//! `shop-bench verify`: proves a running deployment converged. It waits until the outbox is
 //! drained and the projector group has committed every event topic to its end, then folds
 //! the whole event store with the test oracle and compares every read-model row in
 //! PostgreSQL and every entry in Redis with that fold. Equal, or it reports the differences.
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prism_config::PrismConfig;
-use prism_events::AggregateType;
-use prism_projections::{ProjectionInstance, ProjectionName};
-use prism_store::{outbox, read_models, Database, EventStore};
+use prism_event_store::event_store::EventStore;
+use prism_event_store::outbox;
+use prism_postgres::Database;
+use prism_projections::{Application, ProjectionInstance};
 use prism_testkit::oracle::{self, CacheCheck};
 use serde_json::{json, Value};
 
@@ -101,15 +102,16 @@ impl fmt::Display for VerifyReport {
 
 /// Waits for convergence and checks the read models; `Err` carries the last difference.
 pub async fn run(config: &PrismConfig, settings: &VerifyConfig) -> anyhow::Result<VerifyReport> {
-    let db = Database::connect(&config.postgres, "prism-bench-verify")
+    let app = shop_model::application();
+    let db = Database::connect(&config.postgres, "shop-bench-verify")
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", config.postgres.url))?;
-    let store = EventStore::new(db.clone(), config.topics.prefix.clone());
+    let store = EventStore::new(db.clone(), app.events().clone(), config.topics.prefix.clone());
     let started = Instant::now();
     let deadline = started + settings.wait;
     let mut drained = None;
     loop {
-        let (position, outcome) = attempt(config, &db, &store, || {
+        let (position, outcome) = attempt(config, &app, &db, &store, || {
             drained.get_or_insert_with(|| started.elapsed());
         })
         .await?;
@@ -146,12 +148,13 @@ pub async fn run(config: &PrismConfig, settings: &VerifyConfig) -> anyhow::Resul
 /// `on_drained` runs as soon as the position reads zero, before the (longer) comparison.
 async fn attempt(
     config: &PrismConfig,
+    app: &Application,
     db: &Database,
     store: &EventStore,
     on_drained: impl FnOnce(),
 ) -> anyhow::Result<(Position, Result<VerifyReport, String>)> {
     let backlog = outbox::backlog(db).await.context("reading the outbox backlog")?;
-    let (lag_messages, topic_messages) = projector_lag(config).await?;
+    let (lag_messages, topic_messages) = projector_lag(config, app).await?;
     let position = Position { outbox_backlog: backlog.events, lag_messages, topic_messages };
     if backlog.events > 0 || lag_messages > 0 {
         return Ok((position, Err("the pipeline is still moving".to_owned())));
@@ -160,20 +163,24 @@ async fn attempt(
 
     let events = store.load_all().await.context("reading the event store")?;
     let client = db.client().await.context("PostgreSQL connection")?;
-    let mut instances = Vec::new();
-    for name in &config.projector.projections {
-        let projection: ProjectionName = name.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let generation = read_models::active_generation(&**client, projection)
-            .await?
-            .with_context(|| format!("{projection} has no active generation: run `prismctl migrate`"))?;
-        instances.push(ProjectionInstance::new(projection, generation));
+    let names: Vec<&'static str> = if config.projector.projections.is_empty() {
+        app.read_models().iter().map(|m| m.name()).collect()
+    } else {
+        app.read_models().iter().map(|m| m.name()).filter(|n| config.projector.projections.iter().any(|p| p == n)).collect()
+    };
+    let instances = prism_read_store::rebuild::active_generations(&**client, &names).await?;
+    if instances.len() != names.len() {
+        anyhow::bail!("not every read model of {names:?} has an active generation: run `shop-projector migrate`");
     }
-    let outcome = oracle::check(
-        &events,
+    let targets: Vec<(ProjectionInstance, &prism_projections::ReadModel)> =
+        instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();
+    let expected = crate::testing::oracle::fold(&events);
+    let outcome = oracle::check_expected(
+        &expected,
         &client,
         &config.redis.url,
         &config.redis.key_prefix,
-        &instances,
+        &targets,
         CacheCheck::Complete,
     )
     .await?;
@@ -198,8 +205,8 @@ async fn attempt(
 
 /// Sum of (end offset - committed offset) over every event topic partition, and the sum of
 /// end offsets. A partition the group never committed counts from its start.
-async fn projector_lag(config: &PrismConfig) -> anyhow::Result<(i64, i64)> {
-    let topics: Vec<String> = AggregateType::ALL.iter().map(|t| t.topic(&config.topics.prefix)).collect();
+async fn projector_lag(config: &PrismConfig, app: &Application) -> anyhow::Result<(i64, i64)> {
+    let topics: Vec<String> = app.aggregate_types().iter().map(|t| t.topic(&config.topics.prefix)).collect();
     let group = prism_kafka::admin::projector_group_id(config);
     let ends = prism_testkit::kafka::end_offsets(config, &topics)
         .await

@@ -9,12 +9,17 @@
 //!
 //! The multi-key script assumes one Redis node (or Sentinel); on Redis Cluster every key of
 //! one call must share a hash slot, which these keys do not.
+//!
+//! `rediss://` URLs connect over TLS (native-tls, the system OpenSSL), verifying the server's
+//! certificate against `redis.tls_ca_cert` (or the system's trust store) and its host name.
+//! [`Cache::connect`] proves the connection, the password and the certificate, and says which
+//! of them failed.
 
 use std::time::Duration;
 
 use prism_config::RedisConfig;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, Script};
+use redis::{ConnectionAddr, IntoConnectionInfo, Script, TlsCertificates};
 
 /// Entries per script call: bounds the time Redis spends in one script.
 const ENTRIES_PER_CALL: usize = 200;
@@ -25,6 +30,44 @@ pub enum CacheError {
     /// The URL or settings are wrong.
     #[error("redis configuration: {0}")]
     Config(String),
+    /// The server refused the configured password (or asks for one and none is configured).
+    #[error("Redis at {target} refused the login: {detail}")]
+    LoginRefused {
+        /// `host:port` of the server.
+        target: String,
+        /// What it refused, e.g. `wrong password (redis.password)`.
+        detail: String,
+    },
+    /// The server's certificate does not chain to a trusted CA or does not name the host.
+    #[error(
+        "Redis at {target}: the server's certificate is not trusted (checked against {trust}): {detail}"
+    )]
+    UntrustedCertificate {
+        /// `host:port` of the server.
+        target: String,
+        /// What the certificate was checked against.
+        trust: String,
+        /// OpenSSL's verdict, e.g. `self-signed certificate in certificate chain`.
+        detail: String,
+    },
+    /// TLS could not be set up or negotiated (e.g. `rediss://` to a server without TLS, or an
+    /// unreadable `redis.tls_ca_cert`).
+    #[error("TLS to Redis at {target} failed: {detail}")]
+    Tls {
+        /// `host:port` of the server.
+        target: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The first connection could not be made.
+    #[error("Redis at {target} is unreachable: {source}")]
+    Unreachable {
+        /// `host:port` of the server.
+        target: String,
+        /// Why.
+        #[source]
+        source: redis::RedisError,
+    },
     /// Redis answered with an error or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -34,7 +77,13 @@ impl CacheError {
     /// True when waiting and retrying can help (Redis down, restarting, loading, timing out).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Config(_) => false,
+            // Only `Cache::connect` returns these, and a process fails at start on them:
+            // retrying with the same settings cannot help.
+            Self::Config(_)
+            | Self::LoginRefused { .. }
+            | Self::UntrustedCertificate { .. }
+            | Self::Tls { .. } => false,
+            Self::Unreachable { .. } => true,
             Self::Redis(err) => {
                 err.is_io_error()
                     || err.is_timeout()
@@ -94,7 +143,9 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Connects (and proves Redis answers).
+    /// Connects (and proves Redis answers), over TLS for a `rediss://` URL. A refused
+    /// password, an untrusted certificate and a failed handshake are errors of their own that
+    /// name the server.
     pub async fn connect(config: &RedisConfig) -> Result<Self, CacheError> {
         let mut info = config
             .url
@@ -105,13 +156,45 @@ impl Cache {
             let settings = info.redis_settings().clone().set_password(password.expose());
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info)?;
+        let (target, tls) = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), false),
+            ConnectionAddr::TcpTls { host, port, .. } => (format!("{host}:{port}"), true),
+            other => (other.to_string(), false),
+        };
+        let trust = if config.tls_ca_cert.is_empty() {
+            "the system's trust store; set redis.tls_ca_cert to the CA that signed it".to_owned()
+        } else {
+            format!("redis.tls_ca_cert {}", config.tls_ca_cert)
+        };
+        let client = if tls {
+            let root_cert = if config.tls_ca_cert.is_empty() {
+                None
+            } else {
+                let path = &config.tls_ca_cert;
+                Some(std::fs::read(path).map_err(|e| CacheError::Tls {
+                    target: target.clone(),
+                    detail: format!("redis.tls_ca_cert {path} cannot be read: {e}"),
+                })?)
+            };
+            redis::Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert })
+                .map_err(|e| CacheError::Tls { target: target.clone(), detail: chain(&e) })?
+        } else {
+            redis::Client::open(info)?
+        };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, manager_config).await?;
-        Ok(Self { connection, put_if_newer: Script::new(include_str!("put_if_newer.lua")) })
+        let connection = ConnectionManager::new_with_config(client, manager_config)
+            .await
+            .map_err(|e| connect_error(e, &target, &trust))?;
+        let cache = Self { connection, put_if_newer: Script::new(include_str!("put_if_newer.lua")) };
+        cache.ping().await.map_err(|e| match e {
+            CacheError::Redis(e) => connect_error(e, &target, &trust),
+            other => other,
+        })?;
+        tracing::debug!(%target, tls, "redis connection ready");
+        Ok(cache)
     }
 
     /// Writes every entry that is newer than its cached revision; returns how many were.
@@ -132,10 +215,17 @@ impl Cache {
     /// Reads one entry.
     pub async fn get(&self, key: &str) -> Result<Option<Cached>, CacheError> {
         let mut connection = self.connection.clone();
-        let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) =
-            redis::cmd("HMGET").arg(key).arg("rev").arg("ver").arg("doc").query_async(&mut connection).await?;
+        let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
+            .arg(key)
+            .arg("rev")
+            .arg("ver")
+            .arg("doc")
+            .query_async(&mut connection)
+            .await?;
         Ok(match (revision, document) {
-            (Some(revision), Some(document)) => Some(Cached { revision, version: version.unwrap_or(0), document }),
+            (Some(revision), Some(document)) => {
+                Some(Cached { revision, version: version.unwrap_or(0), document })
+            }
             _ => None,
         })
     }
@@ -172,6 +262,46 @@ impl Cache {
         let _: String = redis::cmd("PING").query_async(&mut connection).await?;
         Ok(())
     }
+}
+
+/// A failed first connection to `target` as an error that says what is wrong.
+fn connect_error(err: redis::RedisError, target: &str, trust: &str) -> CacheError {
+    let target = target.to_owned();
+    let detail = chain(&err);
+    if err.kind() == redis::ErrorKind::AuthenticationFailed || detail.contains("WRONGPASS") {
+        return CacheError::LoginRefused { target, detail: "wrong password (redis.password)".into() };
+    }
+    if detail.contains("NOAUTH") {
+        return CacheError::LoginRefused {
+            target,
+            detail: "the server asks for a password and redis.password is not set".into(),
+        };
+    }
+    if detail.contains("certificate verify failed") {
+        return CacheError::UntrustedCertificate { target, trust: trust.to_owned(), detail };
+    }
+    if detail.contains("SSL routines") || detail.contains("TLS") || detail.contains("handshake") {
+        return CacheError::Tls { target, detail };
+    }
+    if err.is_io_error() || err.is_connection_refusal() || err.is_timeout() || err.is_connection_dropped() {
+        return CacheError::Unreachable { target, source: err };
+    }
+    CacheError::Redis(err)
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(current) = source {
+        let more = current.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = current.source();
+    }
+    text
 }
 
 /// Escapes Redis glob metacharacters so a prefix matches literally.

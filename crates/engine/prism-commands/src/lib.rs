@@ -1,24 +1,34 @@
-//! `prism-commands`: the write side of Prism. It turns HTTP commands into domain events,
-//! stores them with their outbox rows in one PostgreSQL transaction, and (optionally) runs
-//! the outbox relay that publishes them to Kafka.
+//! `prism-commands`: the command side of the Prism engine, as a library for any application.
 //!
-//! - [`http`]: the routes of each bounded context, the request extractors and the error
-//!   table. Which contexts a process serves is `commands.contexts`; they can run together or
-//!   in separate processes, since they share only the event store.
-//! - [`service`]: load → decide → append, idempotency keys, `If-Match`.
-//! - [`relay`]: the outbox relay (lanes, ordering, retries, the window it leaves open).
+//! An application's command service loads an aggregate's stream, runs the aggregate's pure
+//! [`decide`](prism_events::Aggregate::decide), and appends the decided events with the
+//! expected version and their outbox rows in one PostgreSQL transaction; the outbox relay then
+//! publishes them to Kafka, in order per aggregate. Nothing here knows what the events mean:
+//! the aggregates, the routes and the refusals are the application's.
+//!
+//! - [`service`]: [`CommandService`] — load → decide → append, `If-Match`, idempotency keys
+//!   (request fingerprint, replay, reuse refused), and [`Decision`]s that append to several
+//!   aggregates in one transaction.
+//! - [`http`]: what an application's HTTP command API mounts: the error body contract
+//!   `{"error": {"code", "reason"?, "field"?, "message"}}` ([`ApiError`](http::ApiError)),
+//!   strict JSON object bodies with a size limit, `Idempotency-Key`, `If-Match`,
+//!   `X-Correlation-Id`, per-command metrics.
+//! - [`relay`]: the outbox relay (lanes, ordering, retries, the window it leaves open). It
+//!   reads bytes and needs no application code: the `prism-relay` binary runs it alone, for
+//!   command services written in other languages (see `CONTRACT.md` in `prism-event-store`).
+//! - [`readiness`]: what `/readyz` checks (PostgreSQL, the event store's tables, the broker).
 //! - [`metrics`]: request, backlog and relay metrics.
-//! - this file: [`run`] / [`serve`], which wire the pieces and the background tasks
-//!   (readiness checks, backlog sampling, idempotency purge, relay) and shut them down in
-//!   order: stop accepting requests, let requests in flight finish, let the relay finish
-//!   its round, return.
-//!
-//! `/metrics`, `/healthz` and `/readyz` are served on the same listener as the API.
-//! `/readyz` fails while PostgreSQL is unreachable and, when the relay runs here, while the
-//! broker is.
+//! - this file: [`serve`] / [`run`], which serve an application's [`CommandApi`] with the
+//!   operations endpoints (`/metrics`, `/healthz`, `/readyz` on the same listener) and the
+//!   background tasks (readiness checks, backlog sampling, idempotency purge, relay), and
+//!   shut them down in order: stop accepting requests, let requests in flight finish, let the
+//!   relay finish its round, return. [`serve_relay`] / [`run_relay`]: the same without an API.
+
+#![deny(missing_docs)]
 
 pub mod http;
 pub mod metrics;
+pub mod readiness;
 pub mod relay;
 pub mod service;
 
@@ -28,61 +38,129 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use prism_config::PrismConfig;
+use prism_event_store::{idempotency, EventStore};
+use prism_events::EventRegistry;
+use prism_postgres::Database;
 use prism_runtime::http::ops_router;
 use prism_runtime::Health;
-use prism_store::{idempotency, Database, EventStore};
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::AppState;
-use crate::service::CommandService;
+pub use prism_event_store::StreamAppend;
 
-/// How often readiness re-checks PostgreSQL and the broker.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-/// Longest wait for one readiness probe.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::http::ApiState;
+pub use crate::service::{
+    CommandService, Decision, IdempotencyKey, Loaded, Reply, RequestMeta, ServiceError, StreamOutcome,
+};
+
 /// Longest pause between idempotency purges (shorter when the retention is shorter).
 const PURGE_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Binds `commands.listen` and serves until `shutdown` resolves.
-pub async fn run(
-    config: PrismConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&config.commands.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.commands.listen))?;
-    serve(config, listener, shutdown).await
+/// An application's command API: its events (how stored streams decode) and its routes.
+#[derive(Debug)]
+pub struct CommandApi {
+    /// The application's events.
+    pub events: EventRegistry,
+    /// The application's routes; their handlers get the [`ApiState`].
+    pub routes: Router<ApiState>,
+    /// Names the service in logs (e.g. `shop-commands`).
+    pub name: &'static str,
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then drains: requests in flight
+/// Binds `commands.listen` and serves `api` until `shutdown` resolves (see [`serve`]).
+pub async fn run(
+    config: PrismConfig,
+    api: CommandApi,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = bind(&config).await?;
+    serve(config, api, listener, shutdown).await
+}
+
+/// Serves `api` on `listener` with `/metrics`, `/healthz` and `/readyz`, and runs the outbox
+/// relay when `relay.enabled`, until `shutdown` resolves; then drains: requests in flight
 /// finish, the relay finishes its round, background tasks stop.
+///
+/// Fails at start when PostgreSQL is unreachable. A schema without the event store's tables
+/// does not stop it: `/readyz` answers 503 naming the missing tables until they exist (see
+/// [`readiness`]).
 pub async fn serve(
     config: PrismConfig,
+    api: CommandApi,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_inner(config, Some(api), listener, shutdown).await
+}
+
+/// Binds `commands.listen` and runs the outbox relay with the operations endpoints only, until
+/// `shutdown` resolves (see [`serve_relay`]).
+pub async fn run_relay(
+    config: PrismConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = bind(&config).await?;
+    serve_relay(config, listener, shutdown).await
+}
+
+/// The outbox relay with `/metrics`, `/healthz` and `/readyz` on `listener` and no command
+/// routes, whatever `relay.enabled` says: for events appended by a command service in another
+/// language through the documented contract.
+pub async fn serve_relay(
+    mut config: PrismConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.relay.enabled = true;
+    serve_inner(config, None, listener, shutdown).await
+}
+
+async fn bind(config: &PrismConfig) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(&config.commands.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.commands.listen))
+}
+
+async fn serve_inner(
+    config: PrismConfig,
+    api: Option<CommandApi>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let name = api.as_ref().map_or("prism-relay", |api| api.name);
     let prometheus = prism_runtime::telemetry::install();
     metrics::describe();
-    let db = Database::connect(&config.postgres, "prism-commands")
+    let db = Database::connect(&config.postgres, name)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", config.postgres.url))?;
     let health = Health::new();
     health.set("postgres", true, "connected");
+    if !readiness::check_event_store(&db, &health).await {
+        let detail =
+            health.snapshot().get(readiness::EVENT_STORE_CHECK).map(|c| c.detail.clone()).unwrap_or_default();
+        tracing::warn!(%detail, "the event store is not set up: not ready until it is");
+    }
     let ttl = Duration::from_secs(config.commands.idempotency_ttl_seconds);
-    let store = EventStore::new(db.clone(), config.topics.prefix.clone());
-    let state = AppState {
-        service: Arc::new(CommandService::new(store, ttl)),
-        max_body_bytes: config.commands.max_body_bytes,
+    let routes = match api {
+        Some(CommandApi { events, routes, .. }) => {
+            let store = EventStore::new(db.clone(), events, config.topics.prefix.clone());
+            let state = ApiState {
+                service: Arc::new(CommandService::new(store, ttl)),
+                max_body_bytes: config.commands.max_body_bytes,
+            };
+            http::finish(routes, state)
+        }
+        None => Router::new().fallback(|| async { http::ApiError::no_route() }),
     };
-    let app = http::router(state, &config.commands.contexts).merge(ops_router(prometheus, health.clone()));
+    let app = routes
+        .merge(ops_router(prometheus, health.clone()))
+        .method_not_allowed_fallback(http::method_not_allowed);
 
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(check_health(config.clone(), db.clone(), health.clone(), stop.clone()));
+    tasks.spawn(readiness::run(config.clone(), db.clone(), health.clone(), stop.clone()));
     tasks.spawn(metrics::sample_backlog(db.clone(), stop.clone()));
     tasks.spawn(purge_idempotency(db.clone(), ttl, stop.clone()));
     let relay = if config.relay.enabled {
@@ -92,60 +170,17 @@ pub async fn serve(
     };
 
     let address: SocketAddr = listener.local_addr()?;
-    tracing::info!(%address, contexts = ?config.commands.contexts, relay = config.relay.enabled, "command service listening");
+    tracing::info!(%address, service = name, relay = config.relay.enabled, "command service listening");
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    tracing::info!("command service draining");
+    tracing::info!(service = name, "command service draining");
     let _ = stop_tx.send(true);
     if let Some(relay) = relay {
         relay.await.context("the relay task panicked")?.context("the outbox relay could not run")?;
     }
     while tasks.join_next().await.is_some() {}
     served.context("serving HTTP")?;
-    tracing::info!("command service stopped");
+    tracing::info!(service = name, "command service stopped");
     Ok(())
-}
-
-/// Keeps `/readyz` current: PostgreSQL always, the broker when the relay runs here.
-async fn check_health(config: PrismConfig, db: Database, health: Health, mut stop: watch::Receiver<bool>) {
-    let admin: Option<AdminClient<DefaultClientContext>> = if config.relay.enabled {
-        match prism_kafka::base_client_config(&config.kafka, "commands-health").create() {
-            Ok(admin) => Some(admin),
-            Err(err) => {
-                health.set("kafka", false, format!("cannot create a client: {err}"));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let admin = admin.map(Arc::new);
-    loop {
-        match tokio::time::timeout(HEALTH_TIMEOUT, db.ping()).await {
-            Ok(Ok(())) => health.set("postgres", true, "connected"),
-            Ok(Err(err)) => health.set("postgres", false, err.to_string()),
-            Err(_) => health.set("postgres", false, format!("no answer within {HEALTH_TIMEOUT:?}")),
-        }
-        if let Some(admin) = &admin {
-            let admin = admin.clone();
-            let probe = tokio::task::spawn_blocking(move || {
-                admin.inner().fetch_metadata(None, HEALTH_TIMEOUT).map(|metadata| metadata.brokers().len())
-            })
-            .await;
-            match probe {
-                Ok(Ok(brokers)) => health.set("kafka", true, format!("{brokers} brokers")),
-                Ok(Err(err)) => health.set(
-                    "kafka",
-                    false,
-                    format!("{} unreachable: {err}", config.kafka.bootstrap_servers),
-                ),
-                Err(err) => health.set("kafka", false, format!("probe failed: {err}")),
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-    }
 }
 
 /// Removes idempotency records past their retention, periodically.
@@ -159,7 +194,9 @@ async fn purge_idempotency(db: Database, ttl: Duration, mut stop: watch::Receive
         match idempotency::purge_expired(&db, ttl).await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(removed, "expired idempotency records purged"),
-            Err(err) => tracing::warn!(error = %err, "purging idempotency records failed"),
+            Err(err) => {
+                tracing::warn!(error = %service::error_chain(&err), "purging idempotency records failed")
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The command service's metrics (names from `prism_runtime::metric_names`): requests by
+//! The command side's metrics (names from `prism_runtime::metric_names`): requests by
 //! command and outcome with their latency, the outbox backlog gauges, and the relay's
 //! published and error counters. Labels are bounded: command names are the route table's,
 //! outcomes and error reasons are fixed lists.
@@ -9,11 +9,12 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use prism_event_store::outbox;
+use prism_postgres::Database;
 use prism_runtime::metric_names::{
     COMMANDS_OUTBOX_BACKLOG, COMMANDS_OUTBOX_OLDEST_AGE, COMMANDS_OUTBOX_PUBLISHED,
     COMMANDS_OUTBOX_PUBLISH_ERRORS, COMMANDS_REQUESTS, COMMANDS_REQUEST_DURATION,
 };
-use prism_store::{outbox, Database};
 use tokio::sync::watch;
 
 /// How often the backlog gauges are refreshed.
@@ -118,7 +119,9 @@ pub async fn sample_backlog(db: Database, mut stop: watch::Receiver<bool>) {
                 gauge!(COMMANDS_OUTBOX_BACKLOG).set(backlog.events as f64);
                 gauge!(COMMANDS_OUTBOX_OLDEST_AGE).set(backlog.oldest_age_seconds);
             }
-            Err(err) => tracing::debug!(error = %err, "outbox backlog sample failed"),
+            Err(err) => {
+                tracing::debug!(error = %crate::service::error_chain(&err), "outbox backlog sample failed")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(BACKLOG_SAMPLE_INTERVAL) => {}

@@ -1,5 +1,7 @@
-//! The outbox relay: publishes the events the command service stored, in order per
-//! aggregate, and deletes each outbox row once the broker has acknowledged it.
+//! The outbox relay: publishes the events stored in the outbox (by any command service: this
+//! crate's, or one in another language following the event store's `CONTRACT.md`), in order
+//! per aggregate, and deletes each outbox row once the broker has acknowledged it. It reads
+//! bytes and never decodes an event, so it needs no application code.
 //!
 //! How it works:
 //! - The outbox is split into `OUTBOX_LANES` lanes by aggregate id. A relay instance holds
@@ -38,9 +40,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use prism_config::PrismConfig;
+use prism_event_store::{outbox, LaneClaims, OutboxMessage, OUTBOX_LANES};
 use prism_events::{HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
 use prism_kafka::{EventProducer, KafkaError};
-use prism_store::{outbox, Database, LaneClaims, OutboxMessage, StoreError, OUTBOX_LANES};
+use prism_postgres::{Database, StoreError};
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -108,7 +111,7 @@ struct Session {
 }
 
 /// Runs the relay until `stop` turns true, then lets the round in flight finish (up to
-/// [`DRAIN_TIMEOUT`]). Returns an error only for a configuration the producer refuses.
+/// 10 s). Returns an error only for a configuration the producer refuses.
 pub async fn run(
     config: PrismConfig,
     db: Database,
@@ -163,7 +166,12 @@ pub async fn run(
             }
             Err(err) => {
                 metrics::publish_error(err.reason());
-                tracing::warn!(error = %err, reason = err.reason(), retry_in = ?backoff, "outbox relay round failed");
+                tracing::warn!(
+                    error = %crate::service::error_chain(&err),
+                    reason = err.reason(),
+                    retry_in = ?backoff,
+                    "outbox relay round failed"
+                );
                 match err {
                     RelayError::Kafka(_) => producer = None,
                     RelayError::LockLost(_) => session = None,

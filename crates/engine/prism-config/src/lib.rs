@@ -9,11 +9,15 @@
 //! - [`sections`]: the typed sections, one struct each.
 //! - [`secret`]: [`Secret`], a string that never shows in `Debug` or logs.
 //! - [`load`]: the layering, taking files and environment as parameters so tests drive it.
+//! - [`tls`]: TLS towards PostgreSQL, Redis and Kafka as configuration sees it (the
+//!   `sslmode` of a PostgreSQL URL, rules across the TLS and SASL keys).
 
 pub mod load;
 pub mod secret;
 pub mod sections;
+pub mod tls;
 
 pub use load::{ConfigError, ConfigSources, DEFAULT_TOML};
 pub use secret::Secret;
 pub use sections::*;
+pub use tls::{PostgresSslMode, PostgresTls};

@@ -133,6 +133,7 @@ impl PrismConfig {
         if self.kafka.bootstrap_servers.trim().is_empty() {
             return invalid("kafka.bootstrap_servers must name at least one broker".into());
         }
+        crate::tls::check(&self.kafka, &self.postgres, &self.redis)?;
         Ok(())
     }
 }

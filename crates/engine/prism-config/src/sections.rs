@@ -165,11 +165,16 @@ pub struct TopicsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Connection URL, without a password.
+    /// Connection URL, without a password. Its `sslmode` (`disable`, `prefer`, `require`,
+    /// `verify-ca`, `verify-full`; none means `disable`) decides TLS, see
+    /// [`PostgresConfig::tls`].
     pub url: String,
     /// Password (secret).
     #[serde(default)]
     pub password: Option<Secret>,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (libpq's
+    /// `sslrootcert`); empty means the system's trust store. Needs an `sslmode` that uses it.
+    pub ssl_root_cert: String,
     /// Schema holding Prism's tables; every connection's `search_path`.
     pub schema: String,
     /// Connections per process.
@@ -182,11 +187,14 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Connection URL, without a password.
+    /// Connection URL, without a password: `redis://` in the clear, `rediss://` over TLS.
     pub url: String,
     /// Password (secret).
     #[serde(default)]
     pub password: Option<Secret>,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (`rediss://`
+    /// only); empty means the system's trust store.
+    pub tls_ca_cert: String,
     /// Prefix of every key Prism writes.
     pub key_prefix: String,
 }

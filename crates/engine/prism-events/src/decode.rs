@@ -8,7 +8,7 @@
 use crate::envelope::{truncate_to_micros, Envelope, Event, EventMeta};
 use crate::error::{clip, DecodeError};
 use crate::fields;
-use crate::registry::EventRegistry;
+use crate::registry::{EventRegistry, UpcastContext};
 
 /// Input bounds for decoding. Come from configuration (`events.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,14 @@ pub fn envelope_to_event(registry: &EventRegistry, envelope: Envelope) -> Result
     if envelope.aggregate_version > i64::MAX as u64 {
         return Err(DecodeError::invalid("aggregate_version", "is larger than 2^63 - 1"));
     }
-    let payload = registry.upcast(&event_type, envelope.schema_version, envelope.payload)?;
+    let occurred_at = truncate_to_micros(envelope.occurred_at);
+    let context = UpcastContext {
+        event_type: event_type.name,
+        aggregate_id: envelope.aggregate_id,
+        aggregate_version: envelope.aggregate_version,
+        occurred_at,
+    };
+    let payload = registry.upcast(&event_type, envelope.schema_version, &context, envelope.payload)?;
     let body = registry.decode_body(&event_type, payload.clone())?;
     let meta = EventMeta {
         event_id: envelope.event_id,
@@ -93,7 +100,7 @@ pub fn envelope_to_event(registry: &EventRegistry, envelope: Envelope) -> Result
         aggregate_type: declared,
         aggregate_id: envelope.aggregate_id,
         aggregate_version: envelope.aggregate_version,
-        occurred_at: truncate_to_micros(envelope.occurred_at),
+        occurred_at,
         correlation_id: envelope.correlation_id,
         causation_id: envelope.causation_id,
     };

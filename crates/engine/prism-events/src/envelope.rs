@@ -9,7 +9,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -38,7 +38,7 @@ pub struct Envelope {
     /// Position in the aggregate's stream: 1, 2, 3, … without gaps.
     pub aggregate_version: u64,
     /// When the command service decided the event, in UTC.
-    #[serde(with = "utc_rfc3339")]
+    #[serde(with = "crate::fields::utc_timestamp")]
     pub occurred_at: DateTime<Utc>,
     /// The request or saga this event is part of.
     pub correlation_id: Uuid,
@@ -207,25 +207,3 @@ pub fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }
 
-/// RFC 3339 timestamps that must be in UTC (`Z` or `+00:00`): a local offset on the wire is
-/// a producer bug worth catching, not something to convert silently.
-mod utc_rfc3339 {
-    use chrono::{DateTime, Utc};
-    use serde::{de, Deserialize, Deserializer, Serializer};
-
-    use super::SecondsFormat;
-
-    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let text = String::deserialize(d)?;
-        let parsed = DateTime::parse_from_rfc3339(&text)
-            .map_err(|e| de::Error::custom(format!("expected an RFC 3339 timestamp in UTC: {e}")))?;
-        if parsed.offset().local_minus_utc() != 0 {
-            return Err(de::Error::custom("expected an RFC 3339 timestamp in UTC (Z), got an offset"));
-        }
-        Ok(parsed.with_timezone(&Utc))
-    }
-}

@@ -148,13 +148,39 @@ impl DecodeError {
 
 /// Bounds a string taken from event data before it goes into an error message, so a hostile
 /// event cannot make its own dead-letter record or log line arbitrarily large.
+/// Control characters (NUL, escape sequences that would drive a terminal) are spelled out as
+/// `\u{…}`, so what a message held shows in its dead-letter record and cannot corrupt a log.
 pub fn clip(s: &str) -> String {
     const MAX_CHARS: usize = 80;
-    if s.chars().count() <= MAX_CHARS {
-        s.to_owned()
-    } else {
-        let mut clipped: String = s.chars().take(MAX_CHARS).collect();
-        clipped.push('…');
-        clipped
+    let mut clipped = String::new();
+    for (count, c) in s.chars().enumerate() {
+        if count == MAX_CHARS {
+            clipped.push('…');
+            break;
+        }
+        if c.is_control() {
+            clipped.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            clipped.push(c);
+        }
+    }
+    clipped
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::clip;
+
+    #[test]
+    fn control_characters_are_spelled_out() {
+        assert_eq!(clip("User\0Registered"), "User\\u{0}Registered");
+        assert_eq!(clip("\u{1b}[31mred"), "\\u{1b}[31mred");
+    }
+
+    #[test]
+    fn long_text_is_cut_at_eighty_characters() {
+        let long = "é".repeat(100);
+        assert_eq!(clip(&long), format!("{}…", "é".repeat(80)));
+        assert_eq!(clip(&"a".repeat(80)), "a".repeat(80));
     }
 }

@@ -101,3 +101,75 @@ pub fn range(field: &str, value: i64, min: i64, max: i64) -> Result<(), DecodeEr
     }
     Ok(())
 }
+
+/// Serde for payload and envelope timestamps: RFC 3339 in UTC (`Z` or `+00:00`; a local offset
+/// on the wire is a producer bug worth catching, not something to convert silently), read at
+/// microsecond precision (what PostgreSQL keeps, so an entity reads the same from PostgreSQL
+/// and from Redis whatever precision a producer wrote). Use with
+/// `#[serde(with = "prism_events::fields::utc_timestamp")]`.
+pub mod utc_timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    /// Writes `at` as RFC 3339 in UTC (`…Z`), with as many fractional digits as it has.
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    /// Reads an RFC 3339 timestamp in UTC, truncated to microseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+
+    pub(super) fn parse(text: &str) -> Result<DateTime<Utc>, String> {
+        let parsed = DateTime::parse_from_rfc3339(text)
+            .map_err(|e| format!("expected an RFC 3339 timestamp in UTC: {e}"))?;
+        if parsed.offset().local_minus_utc() != 0 {
+            return Err("expected an RFC 3339 timestamp in UTC (Z), got an offset".to_owned());
+        }
+        Ok(crate::truncate_to_micros(parsed.with_timezone(&Utc)))
+    }
+}
+
+/// [`utc_timestamp`] for an optional field (`null` or absent is `None`). Use with
+/// `#[serde(default, with = "prism_events::fields::optional_utc_timestamp")]`.
+pub mod optional_utc_timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    /// Writes `Some` as RFC 3339 in UTC, `None` as null.
+    pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an RFC 3339 timestamp in UTC (truncated to microseconds), or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => super::utc_timestamp::parse(&text).map(Some).map_err(de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use chrono::{DateTime, Utc};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct At {
+        #[serde(with = "super::utc_timestamp")]
+        at: DateTime<Utc>,
+    }
+
+    #[test]
+    fn nanoseconds_are_truncated_to_microseconds_and_offsets_refused() {
+        let at: At = serde_json::from_str(r#"{"at": "2026-03-01T12:00:00.123456789Z"}"#).expect("parses");
+        assert_eq!(at.at.to_rfc3339(), "2026-03-01T12:00:00.123456+00:00");
+        let err = serde_json::from_str::<At>(r#"{"at": "2026-03-01T12:00:00+02:00"}"#).err().expect("refused");
+        assert!(err.to_string().contains("in UTC"), "{err}");
+    }
+}

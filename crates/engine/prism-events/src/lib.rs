@@ -35,7 +35,7 @@ pub use envelope::{
     truncate_to_micros, Envelope, Event, EventMeta, EventPosition, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION,
 };
 pub use error::DecodeError;
-pub use registry::{EventRegistry, EventSet, EventTypeInfo, RegistryError, Upcaster};
+pub use registry::{EventRegistry, EventSet, EventTypeInfo, RegistryError, UpcastContext, Upcaster};
 
 /// The JSON Schema of the envelope (draft 2020-12), for producers in other languages.
 pub const ENVELOPE_SCHEMA: &str = include_str!("../schemas/envelope.schema.json");

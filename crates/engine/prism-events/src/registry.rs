@@ -41,7 +41,22 @@ pub struct Upcaster {
     /// The version it reads; it produces the next one.
     pub from_version: u32,
     /// The step itself: the payload object in, the next version's object (or why not) out.
-    pub apply: fn(Map<String, Value>) -> Result<Map<String, Value>, String>,
+    /// The context carries the rest of the envelope, for a new field that derives from it
+    /// (e.g. a timestamp that older producers left to `occurred_at`).
+    pub apply: fn(&UpcastContext<'_>, Map<String, Value>) -> Result<Map<String, Value>, String>,
+}
+
+/// What an upcaster may read besides the payload: the envelope of the event being upcast.
+#[derive(Debug, Clone, Copy)]
+pub struct UpcastContext<'a> {
+    /// The event type.
+    pub event_type: &'a str,
+    /// The aggregate the event belongs to.
+    pub aggregate_id: uuid::Uuid,
+    /// Its version within the aggregate.
+    pub aggregate_version: u64,
+    /// When it occurred (UTC, microseconds).
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An application's events: implemented by the one type (usually an enum) that holds any of
@@ -187,7 +202,13 @@ impl EventRegistry {
     }
 
     /// Brings `payload` of `event_type` from `version` to the current version.
-    pub fn upcast(&self, event_type: &EventTypeInfo, version: u32, payload: Value) -> Result<Value, DecodeError> {
+    pub fn upcast(
+        &self,
+        event_type: &EventTypeInfo,
+        version: u32,
+        context: &UpcastContext<'_>,
+        payload: Value,
+    ) -> Result<Value, DecodeError> {
         let current = event_type.current_version;
         if version == 0 || version > current {
             return Err(DecodeError::UnsupportedSchemaVersion {
@@ -210,7 +231,7 @@ impl EventRegistry {
             let Value::Object(object) = payload else {
                 return Err(failed("payload is not a JSON object".to_owned()));
             };
-            payload = Value::Object((step.apply)(object).map_err(failed)?);
+            payload = Value::Object((step.apply)(context, object).map_err(failed)?);
         }
         Ok(payload)
     }

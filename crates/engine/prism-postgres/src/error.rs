@@ -9,22 +9,88 @@ use tokio_postgres::error::SqlState;
 pub enum StoreError {
     /// PostgreSQL could not be reached or dropped the connection.
     #[error("PostgreSQL at {target} is unreachable: {detail}")]
-    Unreachable { target: String, detail: String },
+    Unreachable {
+        /// `host:port/dbname` (or the setting that is wrong).
+        target: String,
+        /// Why.
+        detail: String,
+    },
+    /// The server refused the configured password.
+    #[error("PostgreSQL at {target} refused the password of user {user} (postgres.password)")]
+    WrongPassword {
+        /// `host:port/dbname`.
+        target: String,
+        /// The user logging in.
+        user: String,
+    },
+    /// The server refused the login for another reason (no `pg_hba.conf` entry, no such role,
+    /// a password needed and none configured).
+    #[error("PostgreSQL at {target} refused the login of user {user}: {detail}")]
+    LoginRefused {
+        /// `host:port/dbname`.
+        target: String,
+        /// The user logging in.
+        user: String,
+        /// The server's reason.
+        detail: String,
+    },
+    /// The server's certificate does not chain to a trusted CA, or does not name the host
+    /// (`sslmode=verify-full`).
+    #[error(
+        "PostgreSQL at {target}: the server's certificate is not trusted (checked against {trust}): {detail}"
+    )]
+    UntrustedCertificate {
+        /// `host:port/dbname`.
+        target: String,
+        /// What the certificate was checked against (`postgres.ssl_root_cert <path>` or the
+        /// system's trust store).
+        trust: String,
+        /// OpenSSL's verdict, e.g. `self-signed certificate in certificate chain`.
+        detail: String,
+    },
+    /// TLS could not be set up or negotiated (e.g. `sslmode=require` and a server without
+    /// TLS, or an unreadable `postgres.ssl_root_cert`).
+    #[error("TLS to PostgreSQL at {target} failed: {detail}")]
+    Tls {
+        /// `host:port/dbname`.
+        target: String,
+        /// What failed.
+        detail: String,
+    },
     /// No pooled connection became free, or could be opened, in time.
     #[error("no PostgreSQL connection became available in time")]
     PoolTimeout,
     /// A statement failed.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe(.0))]
     Postgres(#[source] tokio_postgres::Error),
     /// A migration already applied differs from the one in this build.
     #[error("migration {version} ({name}) changed after it was applied (checksum {applied} in the database, {expected} in this build)")]
-    MigrationDrift { version: i32, name: String, applied: String, expected: String },
+    MigrationDrift {
+        /// The migration's number.
+        version: i32,
+        /// Its name.
+        name: String,
+        /// The checksum recorded when it was applied.
+        applied: String,
+        /// The checksum of this build's text.
+        expected: String,
+    },
     /// The database holds a migration newer than this build knows.
     #[error("the database has migration {version}, newer than this build knows (latest {latest}); run a newer prismctl")]
-    MigrationAhead { version: i32, latest: i32 },
+    MigrationAhead {
+        /// The database's newest migration.
+        version: i32,
+        /// This build's newest.
+        latest: i32,
+    },
     /// Data read back does not have the shape this build expects.
     #[error("unexpected data in {what}: {detail}")]
-    Corrupt { what: &'static str, detail: String },
+    Corrupt {
+        /// Where it was read.
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// Whether retrying can help.
@@ -41,6 +107,13 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Unreachable { .. } | Self::PoolTimeout => ErrorClass::Transient,
+            // Refused credentials or certificates fail a process at start (connecting proves
+            // them). While it runs they mean the server or its configuration changed under
+            // us: wait for the operator, never move an event aside for it.
+            Self::WrongPassword { .. }
+            | Self::LoginRefused { .. }
+            | Self::UntrustedCertificate { .. }
+            | Self::Tls { .. } => ErrorClass::Transient,
             Self::Postgres(err) => classify(err),
             Self::MigrationDrift { .. } | Self::MigrationAhead { .. } | Self::Corrupt { .. } => {
                 ErrorClass::Permanent
@@ -105,5 +178,23 @@ fn classify(err: &tokio_postgres::Error) -> ErrorClass {
         ErrorClass::Transient
     } else {
         ErrorClass::Permanent
+    }
+}
+
+/// The server's own words for a refused statement (`ERROR 23505 duplicate key value …`),
+/// which tokio-postgres' `Display` reduces to "db error"; other errors as they display.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(table) = db.table() {
+                text.push_str(&format!(" (table {table})"));
+            }
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+            text
+        }
+        None => err.to_string(),
     }
 }

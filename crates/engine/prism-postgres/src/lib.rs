@@ -1,7 +1,10 @@
 //! PostgreSQL plumbing shared by the engine's two stores (the write side in
 //! `prism-event-store`, the read side in `prism-read-store`).
 //!
-//! - [`pool`]: [`Database`], the connection pool, pinned to the configured schema.
+//! - [`pool`]: [`Database`], the connection pool, pinned to the configured schema, and
+//!   [`pool::connect_one`], the single connection every other PostgreSQL session uses.
+//! - [`tls`]: TLS (the URL's `sslmode`, `postgres.ssl_root_cert`) and the errors that name
+//!   a refused password or an untrusted certificate.
 //! - [`migrate`]: the engine's numbered migrations from `migrations/` (event store, outbox,
 //!   idempotency, projection state, the read-model registry), applied under an advisory lock.
 //! - [`error`]: [`StoreError`] and its transient/permanent class, decided here once.
@@ -13,7 +16,9 @@
 pub mod error;
 pub mod migrate;
 pub mod pool;
+pub mod tls;
 
 pub use error::{ErrorClass, StoreError};
 pub use migrate::{migrate, MigrationReport, MIGRATIONS};
-pub use pool::Database;
+pub use pool::{connect_one, connect_with, Database};
+pub use tls::PgConnection;

@@ -1,39 +1,79 @@
 //! The connection pool: every connection's `search_path` is the configured schema, so SQL
 //! names tables unqualified and tests isolate themselves by schema alone.
+//!
+//! Every PostgreSQL connection Prism makes goes through here, with the TLS the configuration
+//! asks for (see [`crate::tls`]): the pool ([`Database::connect`]) and single connections
+//! ([`connect_one`], [`connect_with`]) for sessions of their own (LISTEN, advisory locks,
+//! creating the database).
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use prism_config::PostgresConfig;
-use tokio_postgres::NoTls;
+use prism_config::{PostgresConfig, PostgresSslMode};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
 
 use crate::error::StoreError;
+use crate::tls::{self, PgConnection};
 
 /// A pool of connections to Prism's schema.
 #[derive(Clone)]
 pub struct Database {
     /// The pooled connections.
     pool: Pool,
-    /// `host:port/dbname`, for messages (never the password).
-    target: String,
+    /// Who and where, for the errors of connections the pool opens later.
+    endpoint: Endpoint,
     /// The schema every connection uses.
     schema: String,
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database").field("target", &self.target).field("schema", &self.schema).finish()
+        f.debug_struct("Database")
+            .field("target", &self.endpoint.target)
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// The server and login a connection is for, to name them in errors (never the password).
+#[derive(Debug, Clone)]
+struct Endpoint {
+    /// `host:port/dbname`.
+    target: String,
+    /// The user logging in.
+    user: String,
+    /// Where the server's certificate is checked against.
+    trust: String,
+}
+
+impl Endpoint {
+    fn new(config: &PostgresConfig, pg: &tokio_postgres::Config) -> Self {
+        Self {
+            target: describe(pg),
+            user: pg.get_user().unwrap_or("(none)").to_owned(),
+            trust: tls::trust_source(config),
+        }
+    }
+
+    fn error(&self, err: tokio_postgres::Error) -> StoreError {
+        tls::connect_error(err, &self.target, &self.user, &self.trust)
     }
 }
 
 impl Database {
     /// Builds the pool and proves the server answers, so a process fails at start with a clear
     /// message rather than at its first query.
+    ///
+    /// A refused password or login, an untrusted certificate and a failed TLS handshake are
+    /// errors of their own, naming the server and user (see [`StoreError`]).
     pub async fn connect(config: &PostgresConfig, application_name: &str) -> Result<Self, StoreError> {
         let pg_config = client_config(config, application_name)?;
-        let target = describe(&pg_config);
+        let endpoint = Endpoint::new(config, &pg_config);
+        let mode = ssl_mode(config)?;
+        let tls = tls::connector(config, mode, &endpoint.target)?;
         let manager =
-            Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(pg_config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -41,9 +81,13 @@ impl Database {
             .create_timeout(Some(connect_timeout))
             .wait_timeout(Some(Duration::from_secs(30)))
             .build()
-            .map_err(|e| StoreError::Unreachable { target: target.clone(), detail: e.to_string() })?;
-        let db = Self { pool, target, schema: config.schema.clone() };
+            .map_err(|e| StoreError::Unreachable {
+                target: endpoint.target.clone(),
+                detail: e.to_string(),
+            })?;
+        let db = Self { pool, endpoint, schema: config.schema.clone() };
         db.ping().await?;
+        tracing::debug!(target = %db.endpoint.target, user = %db.endpoint.user, sslmode = mode.as_str(), "postgres pool ready");
         Ok(db)
     }
 
@@ -57,16 +101,15 @@ impl Database {
     /// A pooled connection.
     pub async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(|err| match err {
-            deadpool_postgres::PoolError::Backend(e) if e.code().is_none() => {
-                StoreError::Unreachable { target: self.target.clone(), detail: e.to_string() }
-            }
+            // With fast recycling, a backend error comes from opening a new connection.
+            deadpool_postgres::PoolError::Backend(e) => self.endpoint.error(e),
             other => other.into(),
         })
     }
 
     /// `host:port/dbname` of the server.
     pub fn target(&self) -> &str {
-        &self.target
+        &self.endpoint.target
     }
 
     /// The schema holding Prism's tables.
@@ -80,14 +123,54 @@ impl Database {
     }
 }
 
-/// The client configuration: URL, password, schema as search_path, timeouts.
+/// Opens one connection of its own (not pooled) with the configured TLS, for sessions that
+/// must stay put: LISTEN, session advisory locks. Drive the returned connection (spawn it, or
+/// poll its messages) for the client to work. Errors are those of [`Database::connect`].
+pub async fn connect_one(
+    config: &PostgresConfig,
+    application_name: &str,
+) -> Result<(Client, PgConnection), StoreError> {
+    connect_with(config, &client_config(config, application_name)?).await
+}
+
+/// As [`connect_one`], with a client configuration the caller adjusted (from
+/// [`client_config`], e.g. another database name).
+pub async fn connect_with(
+    config: &PostgresConfig,
+    pg_config: &tokio_postgres::Config,
+) -> Result<(Client, PgConnection), StoreError> {
+    let endpoint = Endpoint::new(config, pg_config);
+    let tls = tls::connector(config, ssl_mode(config)?, &endpoint.target)?;
+    pg_config.connect(tls).await.map_err(|e| endpoint.error(e))
+}
+
+/// The `sslmode` of `postgres.url`.
+fn ssl_mode(config: &PostgresConfig) -> Result<PostgresSslMode, StoreError> {
+    config
+        .tls()
+        .map(|tls| tls.mode)
+        .map_err(|e| StoreError::Unreachable { target: "postgres.url".into(), detail: e.to_string() })
+}
+
+/// The client configuration: URL (its `sslmode` applied), password, schema as search_path,
+/// timeouts. Connect with [`connect_with`], which adds the TLS connector.
 pub fn client_config(
     config: &PostgresConfig,
     application_name: &str,
 ) -> Result<tokio_postgres::Config, StoreError> {
-    let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
+    let tls = config
+        .tls()
+        .map_err(|e| StoreError::Unreachable { target: "postgres.url".into(), detail: e.to_string() })?;
+    let mut pg: tokio_postgres::Config = tls.url.parse().map_err(|e: tokio_postgres::Error| {
         StoreError::Unreachable { target: "postgres.url".into(), detail: format!("invalid URL: {e}") }
     })?;
+    pg.ssl_mode(match tls.mode {
+        PostgresSslMode::Disable => SslMode::Disable,
+        PostgresSslMode::Prefer => SslMode::Prefer,
+        PostgresSslMode::Require | PostgresSslMode::VerifyCa | PostgresSslMode::VerifyFull => {
+            SslMode::Require
+        }
+    });
     if let Some(password) = &config.password {
         pg.password(password.expose());
     }

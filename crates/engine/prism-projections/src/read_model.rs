@@ -178,14 +178,35 @@ impl ReadModel {
     /// values for a row that does not exist yet). Rows of one batch with the same key are
     /// summed first; each is then inserted or added to in one statement.
     pub fn sum<R: Row>(
-        mut self,
+        self,
         source: AggregateType,
         columns: &[&'static str],
         rows: fn(&Event) -> Vec<R>,
     ) -> Self {
+        self.sum_feed(source, columns, move |event| Ok(rows(event)))
+    }
+
+    /// As [`sum`](Self::sum), for a feed that can refuse an event it cannot use
+    /// ([`Unprojectable`]): the event is dead-lettered for this read model and the aggregate
+    /// parked behind it, as a fold's refusal does.
+    pub fn try_sum<R: Row>(
+        self,
+        source: AggregateType,
+        columns: &[&'static str],
+        rows: fn(&Event) -> Result<Vec<R>, Unprojectable>,
+    ) -> Self {
+        self.sum_feed(source, columns, rows)
+    }
+
+    fn sum_feed<R: Row>(
+        mut self,
+        source: AggregateType,
+        columns: &[&'static str],
+        rows: impl Fn(&Event) -> Result<Vec<R>, Unprojectable> + Send + Sync + 'static,
+    ) -> Self {
         let name = self.name;
         let erased: SumFn = Arc::new(move |event: &Event| {
-            rows(event)
+            rows(event)?
                 .into_iter()
                 .map(|row| {
                     serde_json::to_value(row)

@@ -64,7 +64,7 @@ fn decode_content(
                     kind: "key_mismatch".into(),
                     message: format!(
                         "message key `{}` is not the event's aggregate_id {}: per-aggregate order needs the aggregate id as key",
-                        shown.chars().take(80).collect::<String>(),
+                        prism_events::error::clip(&shown),
                         event.meta.aggregate_id
                     ),
                 });
@@ -80,7 +80,7 @@ fn decode_content(
             Err(Poison {
                 aggregate: key_aggregate.or(envelope_aggregate),
                 aggregate_version: envelope.as_ref().map(|e| e.aggregate_version).filter(|v| *v > 0),
-                event_type: envelope.as_ref().map(|e| e.event_type.chars().take(80).collect()),
+                event_type: envelope.as_ref().map(|e| prism_events::error::clip(&e.event_type)),
                 kind: error.kind().into(),
                 message: error.to_string(),
             })

@@ -280,12 +280,12 @@ impl ConsumerObserver for ProjectionHandler {
         self.progress.rebalanced(added, removed, total);
     }
 
-    fn on_batch(&self, _partition: &PartitionId, messages: usize, elapsed: Duration) {
-        self.progress.batch_landed(messages, elapsed);
+    fn on_batch(&self, partition: &PartitionId, messages: usize, elapsed: Duration) {
+        self.progress.batch_landed(partition, messages, elapsed);
     }
 
-    fn on_transient(&self, _partition: &PartitionId, error: &TransientError, _backoff: Duration) {
-        self.progress.transient(error);
+    fn on_transient(&self, partition: &PartitionId, error: &TransientError, _backoff: Duration) {
+        self.progress.transient(partition, error);
     }
 
     fn on_lag(&self, partition: &PartitionId, messages: i64, seconds: f64) {

@@ -1,141 +1,69 @@
-//! `prism-query`: the read side's HTTP API. It serves every read model as JSON: entities
-//! from Redis first and PostgreSQL on a miss (refilling Redis under the projector's version
-//! guard), lists and ranges from PostgreSQL, always through the views that select each
-//! projection's active generation.
+//! `prism-query`: the engine's read side over HTTP, for any application.
 //!
-//! - [`http`]: the routes, the read-your-writes answer and the list formats.
-//! - [`reader`]: cache-aside reads, refills, read-your-writes waits, list queries.
-//! - [`notify`]: the one `LISTEN` connection of the process and the per-projection signals
-//!   it fans out to waiting requests.
-//! - [`generations`]: the active generation per projection, which names the cache keys.
-//! - [`models`]: which projection, query, version and revision each entity has.
-//! - [`params`], [`cursor`]: request parameters and opaque pagination cursors.
-//! - [`error`]: [`ApiError`](error::ApiError) and the status/code table.
-//! - [`metrics`]: request, cache and staleness metrics.
-//! - this file: [`run`] / [`serve`], which wire the pieces and the background tasks
-//!   (listener, readiness probe) and stop them in order on shutdown.
+//! An application mounts its query routes on the engine's read path and serves them with
+//! [`serve`] (or its whole binary is [`main`]). Every registered read model is then readable by
+//! key at `GET /read-models/{name}/{key}`, and the application's own routes use the same
+//! building blocks:
 //!
-//! `/metrics`, `/healthz` and `/readyz` are served on the same listener as the API;
-//! `/readyz` passes while PostgreSQL and Redis answer and the listener is listening.
-//! SQL lives in `sql/*.sql`.
+//! ```no_run
+//! use axum::extract::State;
+//! use axum::http::HeaderMap;
+//! use axum::response::Response;
+//! use axum::routing::get;
+//! use axum::Router;
+//! use prism_query::{entity_response, ApiError, PathIds, QueryParams, ReadPath};
+//!
+//! async fn device(State(read): State<ReadPath>, path: PathIds, query: QueryParams, headers: HeaderMap)
+//!     -> Result<Response, ApiError> {
+//!     let id = path.uuid("id")?;
+//!     entity_response(&read, "device_status", &id.to_string(), "device", query, &headers).await
+//! }
+//!
+//! # fn app() -> prism_projections::Application { unimplemented!() }
+//! fn main() -> std::process::ExitCode {
+//!     prism_query::main(app(), Router::new().route("/devices/{id}", get(device)))
+//! }
+//! ```
+//!
+//! What lives where:
+//! - [`read_path`]: [`ReadPath`] — by key (Redis first, PostgreSQL on a miss, refilling Redis
+//!   with the projector's compare-and-set), read-your-writes with `min_version`, and
+//!   [`ReadPath::query_rows`] for an application's lists and ranges. PostgreSQL is reached
+//!   through one small seam (`read_path::source`), where read replicas will plug in.
+//! - [`http`]: the generic route, the entity answer (200 / 202 stale / 404, `X-Prism-Version`)
+//!   and the router that puts the engine's and an application's routes together.
+//! - [`params`]: query string, path, `limit`, dates and `min_version` parsing, each failing with
+//!   a 400 naming the parameter.
+//! - [`error`]: [`ReadError`] (the read path's, classed transient/permanent) and [`ApiError`]
+//!   (the `{"error": {...}}` body and its status table).
+//! - [`notify`]: the one `LISTEN` connection of the process and the per-read-model signals it
+//!   fans out to waiting requests.
+//! - [`generations`]: the active generation per read model, which names the cache keys; reads
+//!   follow a blue/green switch as soon as it is notified.
+//! - [`metrics`]: request, cache, PostgreSQL-read and staleness metrics.
+//! - [`service`]: [`serve`], [`run`] and [`main`], with readiness: ready while PostgreSQL and
+//!   the listener are; a Redis outage degrades (shown in `/readyz` and metrics), it does not
+//!   make the service unready, since every read is still served.
+//!
+//! SQL lives in `sql/*.sql`; the statements that read a row by key are generated once per read
+//! model from its definition.
 
-pub mod cursor;
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod generations;
 pub mod http;
 pub mod metrics;
-pub mod models;
 pub mod notify;
 pub mod params;
-pub mod reader;
+pub mod read_path;
+pub mod service;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context;
-use prism_cache::Cache;
-use prism_config::PrismConfig;
-use prism_runtime::http::ops_router;
-use prism_runtime::Health;
-use prism_store::Database;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-use crate::generations::ActiveGenerations;
-use crate::http::{AppState, Limits};
-use crate::notify::{AppliedSignals, Listener};
-use crate::reader::ReadModels;
-
-/// How often readiness re-checks PostgreSQL and Redis.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
-/// Longest wait for one readiness probe.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Binds `query.listen` and serves until `shutdown` resolves.
-pub async fn run(
-    config: PrismConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&config.query.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.query.listen))?;
-    serve(config, listener, shutdown).await
-}
-
-/// Serves the API on `listener` until `shutdown` resolves, then drains: requests in flight
-/// finish (a read-your-writes wait is bounded), background tasks stop.
-pub async fn serve(
-    config: PrismConfig,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let prometheus = prism_runtime::telemetry::install();
-    metrics::describe(&http::ROUTES);
-    let db = Database::connect(&config.postgres, "prism-query")
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", config.postgres.url))?;
-    let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
-    let generations = ActiveGenerations::default();
-    generations.reload(&db).await.context("reading the active generations")?;
-    let signals = AppliedSignals::new();
-    let health = Health::new();
-    health.set("postgres", true, "connected");
-    health.set("redis", true, "connected");
-    health.set(notify::HEALTH_CHECK, false, "connecting");
-
-    let reads = ReadModels::new(
-        db.clone(),
-        cache,
-        config.redis.key_prefix.clone(),
-        generations.clone(),
-        signals.clone(),
-    );
-    let state = AppState { reads: reads.clone(), limits: Arc::new(Limits::from(&config.query)) };
-    let app = http::router(state).merge(ops_router(prometheus, health.clone()));
-
-    let (stop_tx, stop) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    let listener_task =
-        Listener { postgres: config.postgres.clone(), db, generations, signals, health: health.clone() };
-    tasks.spawn(listener_task.run(stop.clone()));
-    tasks.spawn(check_health(reads, health, stop));
-
-    let address: SocketAddr = listener.local_addr()?;
-    tracing::info!(%address, "query service listening");
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    tracing::info!("query service draining");
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    served.context("serving HTTP")?;
-    tracing::info!("query service stopped");
-    Ok(())
-}
-
-/// Keeps `/readyz` current for PostgreSQL and Redis.
-async fn check_health(reads: ReadModels, health: Health, mut stop: watch::Receiver<bool>) {
-    loop {
-        match tokio::time::timeout(HEALTH_TIMEOUT, reads.probe()).await {
-            Ok((postgres, redis)) => {
-                match postgres {
-                    Ok(()) => health.set("postgres", true, "connected"),
-                    Err(err) => health.set("postgres", false, err.to_string()),
-                }
-                match redis {
-                    Ok(()) => health.set("redis", true, "connected"),
-                    Err(err) => health.set("redis", false, err.to_string()),
-                }
-            }
-            Err(_) => {
-                let detail = format!("no answer within {HEALTH_TIMEOUT:?}");
-                health.set("postgres", false, detail.clone());
-                health.set("redis", false, detail);
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
-            _ = stop.wait_for(|stopped| *stopped) => return,
-        }
-    }
-}
+pub use error::{ApiError, ReadError};
+pub use http::{entity_response, respond};
+pub use params::{PathIds, QueryParams};
+pub use read_path::{ReadPath, Served, StoredRow};
+pub use service::{main, run, serve};
+/// Parameter values of [`ReadPath::query_rows`] (PostgreSQL's types: `Uuid`, `String`,
+/// `chrono` times, integers, `Option`s of them, …).
+pub use tokio_postgres::types::ToSql;

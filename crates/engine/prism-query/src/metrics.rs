@@ -1,42 +1,69 @@
-//! The query service's metrics (names from `prism_runtime::metric_names`): requests by route
-//! and status with their latency, cache lookups by read model and result, and stale
-//! read-your-writes answers. Labels are bounded: routes are the route table's templates
-//! (never a path with an id in it), statuses are HTTP codes, read models the five names.
+//! The query side's metrics (names from `prism_runtime::metric_names`, plus
+//! [`QUERY_CACHE_UP`]): requests by route and status with their latency, cache lookups by read
+//! model and result, reads that went to PostgreSQL, stale read-your-writes answers, and whether
+//! the cache is usable. Labels are bounded: routes are route templates (never a path with a
+//! key in it), statuses are HTTP codes, read models the application's names.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
-use prism_projections::ProjectionName;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use prism_projections::Application;
 use prism_runtime::metric_names::{
     QUERY_CACHE_LOOKUPS, QUERY_POSTGRES_READS, QUERY_REQUESTS, QUERY_REQUEST_DURATION, QUERY_STALE_RESPONSES,
 };
 
+/// Gauge: 1 while Redis answers, 0 while the cache is degraded (reads are then served from
+/// PostgreSQL and the service stays ready).
+pub const QUERY_CACHE_UP: &str = "prism_query_cache_up";
+
+/// Gauge: read-your-writes requests parked right now, waiting for their read model to reach
+/// the version asked for. Labels: `read_model`.
+pub const QUERY_WAITING_REQUESTS: &str = "prism_query_waiting_requests";
+
 /// The route label of requests no route matched.
 const UNMATCHED: &str = "unmatched";
 
-/// Registers descriptions and puts every cheap series at zero, so dashboards and alert
-/// rules see them before the first request.
-pub fn describe(routes: &[&'static str]) {
+/// The `result` label values of cache lookups.
+const LOOKUP_RESULTS: [&str; 4] = ["hit", "miss", "error", "bypassed"];
+
+/// Registers descriptions and puts every cheap series of `app`'s read models at zero, so
+/// dashboards and alert rules see them before the first request.
+pub fn describe(app: &Application) {
     describe_counter!(QUERY_REQUESTS, "HTTP requests answered, by route and status.");
     describe_histogram!(QUERY_REQUEST_DURATION, Unit::Seconds, "Request latency, by route.");
-    describe_counter!(QUERY_CACHE_LOOKUPS, "Cache lookups by read model and result (hit, miss, error).");
+    describe_counter!(
+        QUERY_CACHE_LOOKUPS,
+        "Cache lookups by read model and result (hit, miss, error, bypassed while the cache is degraded)."
+    );
     describe_counter!(QUERY_STALE_RESPONSES, "Read-your-writes waits that timed out, by read model.");
+    describe_counter!(QUERY_POSTGRES_READS, "Reads that went to PostgreSQL, by read model.");
+    describe_gauge!(QUERY_CACHE_UP, "1 while Redis answers; 0 while reads bypass the degraded cache.");
+    describe_gauge!(QUERY_WAITING_REQUESTS, "Read-your-writes requests parked until their version lands, by read model.");
+    for model in app.read_models() {
+        let name = model.name();
+        counter!(QUERY_POSTGRES_READS, "read_model" => name).absolute(0);
+        if model.key_columns().len() == 1 {
+            counter!(QUERY_STALE_RESPONSES, "read_model" => name).absolute(0);
+            gauge!(QUERY_WAITING_REQUESTS, "read_model" => name).set(0.0);
+        }
+        if model.cache_kind().is_some() {
+            for result in LOOKUP_RESULTS {
+                counter!(QUERY_CACHE_LOOKUPS, "read_model" => name, "result" => result).absolute(0);
+            }
+        }
+    }
+}
+
+/// Puts the request series of these route templates at zero. Applications call it with their
+/// own routes (e.g. `["/devices/{id}"]`); the engine's are declared by [`crate::serve`]. It
+/// installs the process's recorder if none is yet, so it may be called before or after serving.
+pub fn declare_routes(routes: &[&'static str]) {
+    prism_runtime::telemetry::install();
     for route in routes {
         counter!(QUERY_REQUESTS, "route" => *route, "status" => "200").absolute(0);
-    }
-    describe_counter!(QUERY_POSTGRES_READS, "Reads that went to PostgreSQL, by read model.");
-    for projection in ProjectionName::ALL {
-        counter!(QUERY_POSTGRES_READS, "read_model" => projection.as_str()).absolute(0);
-        if projection.cache_kind().is_some() {
-            for result in ["hit", "miss", "error"] {
-                counter!(QUERY_CACHE_LOOKUPS, "read_model" => projection.as_str(), "result" => result)
-                    .absolute(0);
-            }
-            counter!(QUERY_STALE_RESPONSES, "read_model" => projection.as_str()).absolute(0);
-        }
     }
 }
 
@@ -53,22 +80,51 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// Counts a cache hit or miss.
-pub fn cache_lookup(projection: ProjectionName, hit: bool) {
+pub fn cache_lookup(read_model: &'static str, hit: bool) {
     let result = if hit { "hit" } else { "miss" };
-    counter!(QUERY_CACHE_LOOKUPS, "read_model" => projection.as_str(), "result" => result).increment(1);
+    counter!(QUERY_CACHE_LOOKUPS, "read_model" => read_model, "result" => result).increment(1);
 }
 
 /// Counts a cache read or refill that failed.
-pub fn cache_error(projection: ProjectionName) {
-    counter!(QUERY_CACHE_LOOKUPS, "read_model" => projection.as_str(), "result" => "error").increment(1);
+pub fn cache_error(read_model: &'static str) {
+    counter!(QUERY_CACHE_LOOKUPS, "read_model" => read_model, "result" => "error").increment(1);
+}
+
+/// Counts a lookup skipped because the cache is degraded.
+pub fn cache_bypassed(read_model: &'static str) {
+    counter!(QUERY_CACHE_LOOKUPS, "read_model" => read_model, "result" => "bypassed").increment(1);
+}
+
+/// Records whether the cache is usable.
+pub fn cache_up(up: bool) {
+    gauge!(QUERY_CACHE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts a stale answer.
-pub fn stale(projection: ProjectionName) {
-    counter!(QUERY_STALE_RESPONSES, "read_model" => projection.as_str()).increment(1);
+pub fn stale(read_model: &'static str) {
+    counter!(QUERY_STALE_RESPONSES, "read_model" => read_model).increment(1);
+}
+
+/// A parked read-your-writes request, counted in [`QUERY_WAITING_REQUESTS`] while it lives
+/// (dropped when the wait ends, whether answered or abandoned by a client that went away).
+#[derive(Debug)]
+pub struct Waiting(&'static str);
+
+impl Waiting {
+    /// Counts one more request waiting on `read_model`.
+    pub fn start(read_model: &'static str) -> Self {
+        gauge!(QUERY_WAITING_REQUESTS, "read_model" => read_model).increment(1.0);
+        Self(read_model)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        gauge!(QUERY_WAITING_REQUESTS, "read_model" => self.0).decrement(1.0);
+    }
 }
 
 /// Counts a read that went to PostgreSQL.
-pub fn postgres_read(projection: ProjectionName) {
-    counter!(QUERY_POSTGRES_READS, "read_model" => projection.as_str()).increment(1);
+pub fn postgres_read(read_model: &'static str) {
+    counter!(QUERY_POSTGRES_READS, "read_model" => read_model).increment(1);
 }

@@ -1,12 +1,15 @@
 //! The one PostgreSQL `LISTEN` connection of the process, and the signals it fans out.
 //!
-//! Projectors `pg_notify(applied_channel, '<projection>_g<N>')` in the transaction of every
+//! Projectors `pg_notify(applied_channel, '<read model>_g<N>')` in the transaction of every
 //! batch, so the notification arrives exactly when the batch's rows become visible. This
 //! module keeps one dedicated connection (not a pooled one: a pooled connection would stop
 //! listening when it is returned) listening on that channel and on `generations_channel`,
-//! and turns each notification into a bump of a per-projection [`tokio::sync::watch`]
-//! counter. A request waiting for a version subscribes to its projection's counter and
+//! and turns each notification into a bump of a per-read-model [`tokio::sync::watch`]
+//! counter. A request waiting for a version subscribes to its read model's counter and
 //! re-reads only when it moves: no polling, and one connection however many requests wait.
+//!
+//! Notifications are sent by the primary only (PostgreSQL does not deliver `NOTIFY` on a hot
+//! standby), so this connection stays on the primary even when reads go to replicas.
 //!
 //! Notifications sent while the connection is down are lost, so every (re)connect bumps
 //! every counter and reloads the active generations: waiters re-check once and nothing
@@ -18,10 +21,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use prism_config::PostgresConfig;
-use prism_projections::ProjectionName;
+use prism_postgres::{Database, StoreError};
+use prism_projections::ProjectionInstance;
+use prism_read_store::read_models::{applied_channel, generations_channel};
 use prism_runtime::Health;
-use prism_store::read_models::{applied_channel, generations_channel};
-use prism_store::{Database, StoreError};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Notification};
 
@@ -35,64 +38,49 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Generations are also reloaded this often, in case a switch's notification was lost.
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(30);
 
-/// Per projection, a counter bumped whenever a batch of it may have landed. Cheap to clone.
+/// Per read model, a counter bumped whenever a batch of it may have landed. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppliedSignals {
-    /// One counter per projection; all exist from the start, so subscribing never races
-    /// with creation.
-    senders: Arc<BTreeMap<ProjectionName, watch::Sender<u64>>>,
-}
-
-impl Default for AppliedSignals {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// One counter per read model of the application; all exist from the start, so
+    /// subscribing never races with creation.
+    senders: Arc<BTreeMap<&'static str, watch::Sender<u64>>>,
 }
 
 impl AppliedSignals {
-    /// A counter at zero per projection.
-    pub fn new() -> Self {
-        Self {
-            senders: Arc::new(ProjectionName::ALL.into_iter().map(|p| (p, watch::channel(0).0)).collect()),
-        }
+    /// A counter at zero per read model.
+    pub fn new(read_models: &[&'static str]) -> Self {
+        Self { senders: Arc::new(read_models.iter().map(|name| (*name, watch::channel(0).0)).collect()) }
     }
 
-    /// A receiver that sees every bump after this call (the current value counts as seen).
-    pub fn subscribe(&self, projection: ProjectionName) -> Option<watch::Receiver<u64>> {
-        self.senders.get(&projection).map(watch::Sender::subscribe)
+    /// A receiver that sees every bump after this call (the current value counts as seen);
+    /// `None` for a read model the application does not have.
+    pub fn subscribe(&self, read_model: &str) -> Option<watch::Receiver<u64>> {
+        self.senders.get(read_model).map(watch::Sender::subscribe)
     }
 
-    /// Wakes the waiters of `projection`.
-    pub fn bump(&self, projection: ProjectionName) {
-        if let Some(sender) = self.senders.get(&projection) {
+    /// Wakes the waiters of `read_model`.
+    pub fn bump(&self, read_model: &str) {
+        if let Some(sender) = self.senders.get(read_model) {
             sender.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
     /// Wakes every waiter (after a reconnect: notifications may have been missed).
     pub fn bump_all(&self) {
-        for projection in ProjectionName::ALL {
-            self.bump(projection);
+        for sender in self.senders.values() {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
-    /// Handles an applied-channel payload, `<projection>_g<N>`. An unreadable payload wakes
-    /// everyone: an extra re-check is cheap, a missed one costs a stale answer.
+    /// Handles an applied-channel payload, `<read model>_g<N>`. An unreadable payload wakes
+    /// everyone: an extra re-check is cheap, a missed one costs a stale answer. A read model of
+    /// another application on the same schema wakes no one.
     pub fn on_applied(&self, payload: &str) {
-        match projection_of_instance(payload) {
-            Some(projection) => self.bump(projection),
+        match ProjectionInstance::parse(payload) {
+            Some(instance) => self.bump(instance.projection),
             None => self.bump_all(),
         }
     }
-}
-
-/// The projection of an instance id such as `order_summary_g2`.
-pub fn projection_of_instance(id: &str) -> Option<ProjectionName> {
-    let (name, generation) = id.rsplit_once("_g")?;
-    if generation.is_empty() || !generation.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    name.parse().ok()
 }
 
 /// What the listener task needs.
@@ -139,7 +127,7 @@ impl Listener {
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Result<(), StoreError> {
-        let config = prism_store::pool::client_config(&self.postgres, "prism-query-listener")?;
+        let config = prism_postgres::pool::client_config(&self.postgres, "prism-query-listener")?;
         let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
         let (tx, mut notifications) = mpsc::unbounded_channel::<Notification>();
         // The connection object delivers notifications only while it is polled; this task
@@ -184,6 +172,7 @@ impl Listener {
             tokio::select! {
                 notification = notifications.recv() => match notification {
                     Some(notification) if notification.channel() == applied => {
+                        tracing::trace!(instance = notification.payload(), "batch applied");
                         self.signals.on_applied(notification.payload());
                     }
                     Some(_) => self.refresh_generations().await,
@@ -206,14 +195,15 @@ impl Listener {
         }
     }
 
-    /// Reloads generations; projections that switched wake their waiters (they now read
+    /// Reloads generations; read models that switched wake their waiters (they now read
     /// another generation).
     async fn refresh_generations(&self) {
         match self.generations.reload(&self.db).await {
             Ok(changed) => {
-                for projection in changed {
-                    tracing::info!(projection = %projection, instance = ?self.generations.instance(projection).map(|i| i.id()), "active generation switched");
-                    self.signals.bump(projection);
+                for read_model in changed {
+                    let instance = self.generations.instance(read_model).map(ProjectionInstance::id);
+                    tracing::info!(read_model, instance = ?instance, "active generation switched");
+                    self.signals.bump(read_model);
                 }
             }
             Err(err) => tracing::warn!(error = %err, "reloading active generations failed"),
@@ -225,29 +215,20 @@ impl Listener {
 mod tests {
     use super::*;
 
-    #[test]
-    fn payloads_name_their_projection() {
-        assert_eq!(projection_of_instance("order_summary_g1"), Some(ProjectionName::OrderSummary));
-        assert_eq!(
-            projection_of_instance("product_sales_daily_g12"),
-            Some(ProjectionName::ProductSalesDaily)
-        );
-        assert_eq!(projection_of_instance("order_summary"), None);
-        assert_eq!(projection_of_instance("order_summary_gx"), None);
-        assert_eq!(projection_of_instance("orders_g1"), None);
-    }
-
     #[tokio::test]
-    async fn a_bump_wakes_only_its_projection_and_garbage_wakes_all() {
-        let signals = AppliedSignals::new();
-        let mut orders = signals.subscribe(ProjectionName::OrderSummary).expect("orders");
-        let carts = signals.subscribe(ProjectionName::CartView).expect("carts");
-        signals.on_applied("order_summary_g1");
-        assert!(orders.has_changed().expect("open"));
-        assert!(!carts.has_changed().expect("open"));
-        orders.borrow_and_update();
+    async fn a_batch_wakes_only_its_read_model_and_garbage_wakes_all() {
+        let signals = AppliedSignals::new(&["devices", "sites"]);
+        let mut devices = signals.subscribe("devices").expect("devices");
+        let sites = signals.subscribe("sites").expect("sites");
+        assert!(signals.subscribe("other").is_none());
+        signals.on_applied("devices_g1");
+        assert!(devices.has_changed().expect("open"));
+        assert!(!sites.has_changed().expect("open"));
+        devices.borrow_and_update();
+        signals.on_applied("someone_elses_g3");
+        assert!(!devices.has_changed().expect("open"), "another application's read model wakes no one");
         signals.on_applied("???");
-        assert!(orders.has_changed().expect("open"));
-        assert!(carts.has_changed().expect("open"));
+        assert!(devices.has_changed().expect("open"));
+        assert!(sites.has_changed().expect("open"));
     }
 }

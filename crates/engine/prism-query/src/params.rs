@@ -1,5 +1,6 @@
-//! Reading a request's parameters: path ids, the query string and `X-Prism-Min-Version`,
-//! each failing with a 400 that names the parameter.
+//! Reading a request's parameters — path ids, the query string, `limit`, dates and
+//! `min_version` / `X-Prism-Min-Version` — each failing with a 400 that names the parameter.
+//! Applications use these in their own routes; cursors are theirs (they know the sort keys).
 //!
 //! Every route declares the query parameters it knows; any other one is refused rather than
 //! ignored, so `?min_verison=5` (a typo) is an error instead of a silently stale read.
@@ -146,10 +147,14 @@ pub fn min_version(query: &QueryParams, headers: &HeaderMap) -> Result<Option<i6
 pub struct PathIds(Vec<(String, String)>);
 
 impl PathIds {
+    /// The parameter `name` as text (percent-decoded); empty when the route has none.
+    pub fn text(&self, name: &str) -> &str {
+        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).unwrap_or("")
+    }
+
     /// The parameter `name` as a UUID.
     pub fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
-        let raw = self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).unwrap_or("");
-        Uuid::parse_str(raw)
+        Uuid::parse_str(self.text(name))
             .map_err(|_| ApiError::invalid_parameter(name, format!("`{name}` in the path must be a UUID")))
     }
 }

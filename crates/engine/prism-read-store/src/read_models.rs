@@ -52,6 +52,56 @@ pub async fn create_tables(
     Ok(())
 }
 
+/// Refuses a table that cannot hold the read model: a key or additive column it lacks, or an
+/// additive column that is not an exact number. (Floating-point sums depend on the order
+/// events are added in, and batches make that order vary: a rebuild would not reproduce them,
+/// and its verification would fail.)
+pub async fn check_columns(
+    client: &impl GenericClient,
+    instance: ProjectionInstance,
+    model: &RegisteredReadModel,
+) -> Result<(), StoreError> {
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1",
+            &[&instance.id()],
+        )
+        .await?;
+    let type_of = |column: &str| rows.iter().find(|r| r.get::<_, &str>(0) == column).map(|r| r.get::<_, String>(1));
+    for column in &model.key_columns {
+        if type_of(column).is_none() {
+            return Err(StoreError::Corrupt {
+                what: "read-model table",
+                detail: format!("{} has no key column `{column}` that read model {} names", instance.id(), model.name),
+            });
+        }
+    }
+    for column in &model.additive_columns {
+        match type_of(column).as_deref() {
+            None => {
+                return Err(StoreError::Corrupt {
+                    what: "read-model table",
+                    detail: format!("{} has no additive column `{column}` that read model {} names", instance.id(), model.name),
+                })
+            }
+            Some("smallint" | "integer" | "bigint" | "numeric") => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt {
+                    what: "read-model table",
+                    detail: format!(
+                        "additive column `{column}` of {} is {other}: sums must be exact (smallint, integer, \
+                         bigint or numeric), since a floating-point sum depends on the order of its terms \
+                         and a rebuild would not reproduce it",
+                        instance.id()
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Points the read model's view at `instance`'s table.
 pub async fn point_view(client: &impl GenericClient, instance: ProjectionInstance) -> Result<(), StoreError> {
     // Dropping first lets a new generation's table differ in columns from the old one.
@@ -102,6 +152,7 @@ pub async fn ensure_active(
         };
         let instance = ProjectionInstance::new(model.name, generation);
         create_tables(&tx, instance, &model.table_sql).await?;
+        check_columns(&tx, instance, model).await?;
         point_view(&tx, instance).await?;
         active.push(instance);
     }

@@ -59,6 +59,12 @@ pub const PROJECTOR_LAG_SECONDS: &str = "prism_projector_consumer_lag_seconds";
 pub const PROJECTOR_TRANSIENT_ERRORS: &str = "prism_projector_transient_errors_total";
 /// Gauge: Unix time of the last batch that landed. Labels: `group`.
 pub const PROJECTOR_LAST_PROGRESS: &str = "prism_projector_last_progress_timestamp_seconds";
+/// Gauge: assigned partitions with lag that landed nothing for `projector.stall_after_seconds`
+/// (a batch failing over and over, or a consumer that stopped fetching). Labels: `group`.
+pub const PROJECTOR_STALLED_PARTITIONS: &str = "prism_projector_stalled_partitions";
+/// Gauge: seconds since a partition's current batch first failed (0 while its batches land).
+/// Labels: `group`, `topic`, `partition`.
+pub const PROJECTOR_RETRYING_SECONDS: &str = "prism_projector_batch_retrying_seconds";
 
 // ---- prism-query ----------------------------------------------------------------------
 

@@ -104,14 +104,21 @@ impl TestEnv {
         Ok(Self { app: app.clone(), id, config, env_vars, db, services, cleanup })
     }
 
-    /// The active generation of every read model (generation 1 in a fresh environment).
-    pub fn active_instances(&self) -> Vec<ProjectionInstance> {
-        self.app.read_models().iter().map(|m| ProjectionInstance::new(m.name(), 1)).collect()
+    /// The active generation of every read model, as `projection_generations` says now
+    /// (generation 1 in a fresh environment; a blue/green rebuild moves it on).
+    pub async fn active_instances(&self) -> anyhow::Result<Vec<ProjectionInstance>> {
+        let names: Vec<&'static str> = self.app.read_models().iter().map(|m| m.name()).collect();
+        let client = self.db.client().await?;
+        Ok(prism_read_store::rebuild::active_generations(&**client, &names).await?)
     }
 
     /// The active instances with their read models, as the oracle checks them.
-    pub fn active_targets(&self) -> Vec<(ProjectionInstance, &ReadModel)> {
-        self.app.read_models().iter().map(|m| (ProjectionInstance::new(m.name(), 1), m)).collect()
+    pub async fn active_targets(&self) -> anyhow::Result<Vec<(ProjectionInstance, &ReadModel)>> {
+        let instances = self.active_instances().await?;
+        Ok(instances
+            .into_iter()
+            .filter_map(|i| self.app.read_model(i.projection).map(|m| (i, m)))
+            .collect())
     }
 
     /// A plain connection to this environment's schema (for assertions).
@@ -140,7 +147,7 @@ impl TestEnv {
                 &client,
                 &self.config.redis.url,
                 &self.config.redis.key_prefix,
-                &self.active_targets(),
+                &self.active_targets().await?,
                 cache,
             )
             .await?;

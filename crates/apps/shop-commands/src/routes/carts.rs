@@ -6,14 +6,14 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{delete, post};
 use axum::Router;
-use prism_domain::{CartCommand, CartState};
 use serde::Deserialize;
+use shop_model::domain::{CartCommand, CartState};
 use tracing::field::{display, Empty};
 use uuid::Uuid;
 
-use crate::http::extract::{digest, CommandHeaders, JsonBody};
-use crate::http::{respond, tracked, ApiError, AppState, PathIds};
-use crate::service::RequestedItem;
+use crate::error::api_error;
+use crate::service::{self, RequestedItem};
+use prism_commands::http::{respond, tracked, ApiError, ApiState, CommandHeaders, JsonBody, PathIds};
 
 /// `POST /carts/{id}/items`.
 #[derive(Debug, Deserialize)]
@@ -37,7 +37,7 @@ pub struct CheckOut {
 }
 
 /// The routes of this context.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/carts/{id}/items", tracked("add_cart_item", post(add_item)))
         .route("/carts/{id}/items/{product_id}", tracked("remove_cart_item", delete(remove_item)))
@@ -46,7 +46,7 @@ pub fn routes() -> Router<AppState> {
 
 #[tracing::instrument(skip_all, fields(command = "add_cart_item", cart_id = Empty))]
 async fn add_item(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<AddItem>,
@@ -55,13 +55,15 @@ async fn add_item(
     tracing::Span::current().record("cart_id", display(cart_id));
     let AddItem { user_id, product_id, quantity } = body.value;
     let item = RequestedItem { product_id, quantity };
-    let reply = app.service.add_cart_item(cart_id, user_id, item, &headers.meta(&body.digest)).await?;
+    let reply = service::add_cart_item(&app.service, cart_id, user_id, item, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "remove_cart_item", cart_id = Empty))]
 async fn remove_item(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
 ) -> Result<Response, ApiError> {
@@ -69,13 +71,17 @@ async fn remove_item(
     let product_id = path.uuid("product_id")?;
     tracing::Span::current().record("cart_id", display(cart_id));
     let command = CartCommand::RemoveItem { product_id };
-    let reply = app.service.execute::<CartState>(cart_id, command, &headers.meta(&digest(b""))).await?;
+    let reply = app
+        .service
+        .execute::<CartState>(cart_id, command, &headers.meta_without_body())
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "check_out_cart", cart_id = Empty, order_id = Empty))]
 async fn check_out(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<CheckOut>,
@@ -85,6 +91,8 @@ async fn check_out(
     let span = tracing::Span::current();
     span.record("cart_id", display(cart_id));
     span.record("order_id", display(order_id));
-    let reply = app.service.check_out(cart_id, order_id, &headers.meta(&body.digest)).await?;
+    let reply = service::check_out(&app.service, cart_id, order_id, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }

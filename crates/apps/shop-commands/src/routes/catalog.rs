@@ -5,13 +5,13 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use prism_domain::{ProductCommand, ProductState};
 use serde::Deserialize;
+use shop_model::domain::{ProductCommand, ProductState};
 use tracing::field::{display, Empty};
 use uuid::Uuid;
 
-use crate::http::extract::{CommandHeaders, JsonBody};
-use crate::http::{respond, tracked, ApiError, AppState, PathIds};
+use crate::error::api_error;
+use prism_commands::http::{respond, tracked, ApiError, ApiState, CommandHeaders, JsonBody, PathIds};
 
 /// `POST /products`.
 #[derive(Debug, Deserialize)]
@@ -56,7 +56,7 @@ pub struct Delist {
 }
 
 /// The routes of this context.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/products", tracked("list_product", post(list)))
         .route("/products/{id}/price", tracked("change_product_price", post(change_price)))
@@ -66,7 +66,7 @@ pub fn routes() -> Router<AppState> {
 
 #[tracing::instrument(skip_all, fields(command = "list_product", product_id = Empty))]
 async fn list(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     headers: CommandHeaders,
     body: JsonBody<ListProduct>,
 ) -> Result<Response, ApiError> {
@@ -74,13 +74,17 @@ async fn list(
     let product_id = product_id.unwrap_or_else(Uuid::new_v4);
     tracing::Span::current().record("product_id", display(product_id));
     let command = ProductCommand::List { sku, name, price_cents, stock };
-    let reply = app.service.execute::<ProductState>(product_id, command, &headers.meta(&body.digest)).await?;
+    let reply = app
+        .service
+        .execute::<ProductState>(product_id, command, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 /// Runs `command` against the product named in the path.
 async fn on_product(
-    app: &AppState,
+    app: &ApiState,
     path: &PathIds,
     headers: &CommandHeaders,
     digest: &str,
@@ -88,13 +92,17 @@ async fn on_product(
 ) -> Result<Response, ApiError> {
     let product_id = path.uuid("id")?;
     tracing::Span::current().record("product_id", display(product_id));
-    let reply = app.service.execute::<ProductState>(product_id, command, &headers.meta(digest)).await?;
+    let reply = app
+        .service
+        .execute::<ProductState>(product_id, command, &headers.meta(digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "change_product_price", product_id = Empty))]
 async fn change_price(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<ChangePrice>,
@@ -105,7 +113,7 @@ async fn change_price(
 
 #[tracing::instrument(skip_all, fields(command = "restock_product", product_id = Empty))]
 async fn restock(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<Restock>,
@@ -116,7 +124,7 @@ async fn restock(
 
 #[tracing::instrument(skip_all, fields(command = "delist_product", product_id = Empty))]
 async fn delist(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<Delist>,

@@ -6,15 +6,15 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use prism_domain::{OrderCommand, OrderState};
-use prism_events::events::PaymentMethod;
 use serde::Deserialize;
+use shop_model::domain::{OrderCommand, OrderState};
+use shop_model::events::PaymentMethod;
 use tracing::field::{display, Empty};
 use uuid::Uuid;
 
-use crate::http::extract::{CommandHeaders, JsonBody};
-use crate::http::{respond, tracked, ApiError, AppState, PathIds};
-use crate::service::RequestedItem;
+use crate::error::api_error;
+use crate::service::{self, RequestedItem};
+use prism_commands::http::{respond, tracked, ApiError, ApiState, CommandHeaders, JsonBody, PathIds};
 
 /// One requested line of `POST /orders`.
 #[derive(Debug, Deserialize)]
@@ -90,7 +90,7 @@ pub struct Cancel {
 }
 
 /// The routes of this context.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/orders", tracked("place_order", post(place)))
         .route("/orders/{id}/pay", tracked("request_payment", post(pay)))
@@ -101,7 +101,7 @@ pub fn routes() -> Router<AppState> {
 
 #[tracing::instrument(skip_all, fields(command = "place_order", order_id = Empty))]
 async fn place(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     headers: CommandHeaders,
     body: JsonBody<PlaceOrder>,
 ) -> Result<Response, ApiError> {
@@ -112,18 +112,16 @@ async fn place(
         .iter()
         .map(|item| RequestedItem { product_id: item.product_id, quantity: item.quantity })
         .collect();
-    let reply = app
-        .service
-        .place_order(order_id, user_id, &items, &headers.meta(&body.digest))
+    let reply = service::place_order(&app.service, order_id, user_id, &items, &headers.meta(&body.digest))
         .await
         // The domain speaks of an order's `lines`; the request calls them `items`.
-        .map_err(|err| ApiError::from(err).rename_field("lines", "items"))?;
+        .map_err(|err| api_error(err).rename_field("lines", "items"))?;
     Ok(respond(reply))
 }
 
 /// Runs `command` against the order named in the path.
 async fn on_order(
-    app: &AppState,
+    app: &ApiState,
     path: &PathIds,
     headers: &CommandHeaders,
     digest: &str,
@@ -131,13 +129,17 @@ async fn on_order(
 ) -> Result<Response, ApiError> {
     let order_id = path.uuid("id")?;
     tracing::Span::current().record("order_id", display(order_id));
-    let reply = app.service.execute::<OrderState>(order_id, command, &headers.meta(digest)).await?;
+    let reply = app
+        .service
+        .execute::<OrderState>(order_id, command, &headers.meta(digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "request_payment", order_id = Empty))]
 async fn pay(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<Pay>,
@@ -148,7 +150,7 @@ async fn pay(
 
 #[tracing::instrument(skip_all, fields(command = "record_payment", order_id = Empty))]
 async fn payment(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<PaymentResult>,
@@ -184,7 +186,7 @@ async fn payment(
 
 #[tracing::instrument(skip_all, fields(command = "ship_order", order_id = Empty))]
 async fn ship(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<Ship>,
@@ -195,7 +197,7 @@ async fn ship(
 
 #[tracing::instrument(skip_all, fields(command = "cancel_order", order_id = Empty))]
 async fn cancel(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<Cancel>,

@@ -4,13 +4,13 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{patch, post};
 use axum::Router;
-use prism_domain::{UserCommand, UserState};
 use serde::Deserialize;
+use shop_model::domain::{UserCommand, UserState};
 use tracing::field::{display, Empty};
 use uuid::Uuid;
 
-use crate::http::extract::{CommandHeaders, JsonBody};
-use crate::http::{respond, tracked, ApiError, AppState, PathIds};
+use crate::error::api_error;
+use prism_commands::http::{respond, tracked, ApiError, ApiState, CommandHeaders, JsonBody, PathIds};
 
 /// `POST /users`.
 #[derive(Debug, Deserialize)]
@@ -44,7 +44,7 @@ pub struct ChangeProfile {
 }
 
 /// The routes of this context.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/users", tracked("register_user", post(register)))
         .route("/users/{id}", tracked("change_user_profile", patch(change_profile)))
@@ -52,7 +52,7 @@ pub fn routes() -> Router<AppState> {
 
 #[tracing::instrument(skip_all, fields(command = "register_user", user_id = Empty))]
 async fn register(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     headers: CommandHeaders,
     body: JsonBody<RegisterUser>,
 ) -> Result<Response, ApiError> {
@@ -61,13 +61,17 @@ async fn register(
     tracing::Span::current().record("user_id", display(user_id));
     let command =
         UserCommand::Register { email, display_name, marketing_opt_in: marketing_opt_in.unwrap_or(false) };
-    let reply = app.service.execute::<UserState>(user_id, command, &headers.meta(&body.digest)).await?;
+    let reply = app
+        .service
+        .execute::<UserState>(user_id, command, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "change_user_profile", user_id = Empty))]
 async fn change_profile(
-    State(app): State<AppState>,
+    State(app): State<ApiState>,
     path: PathIds,
     headers: CommandHeaders,
     body: JsonBody<ChangeProfile>,
@@ -76,6 +80,10 @@ async fn change_profile(
     tracing::Span::current().record("user_id", display(user_id));
     let ChangeProfile { email, display_name, marketing_opt_in } = body.value;
     let command = UserCommand::ChangeProfile { email, display_name, marketing_opt_in };
-    let reply = app.service.execute::<UserState>(user_id, command, &headers.meta(&body.digest)).await?;
+    let reply = app
+        .service
+        .execute::<UserState>(user_id, command, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
     Ok(respond(reply))
 }

@@ -5,7 +5,7 @@
 //! Adding a schema version means adding its JSON Schema under `schemas/`, bumping the version
 //! in [`crate::events`], and adding one step here.
 
-use prism_events::Upcaster;
+use prism_events::{UpcastContext, Upcaster};
 use serde_json::{Map, Value};
 
 /// Every upcasting step of the shop's events, registered with the engine (which chains them
@@ -14,7 +14,7 @@ pub const UPCASTERS: &[Upcaster] =
     &[Upcaster { event_type: "UserRegistered", from_version: 1, apply: user_registered_v1_to_v2 }];
 
 /// v1 called the display name `name` and had no marketing preference (read as "no").
-fn user_registered_v1_to_v2(mut payload: Map<String, Value>) -> Result<Map<String, Value>, String> {
+fn user_registered_v1_to_v2(_: &UpcastContext<'_>, mut payload: Map<String, Value>) -> Result<Map<String, Value>, String> {
     let name = payload.remove("name").ok_or("field `payload.name` is missing")?;
     if payload.contains_key("display_name") || payload.contains_key("marketing_opt_in") {
         return Err("a version 1 payload must not contain version 2 fields".to_owned());
@@ -34,7 +34,13 @@ mod tests {
     fn upcast(event_type: EventType, version: u32, payload: Value) -> Result<Value, prism_events::DecodeError> {
         let registry = registry();
         let info = registry.event_type(event_type.as_str()).expect("registered");
-        registry.upcast(&info, version, payload)
+        let context = UpcastContext {
+            event_type: info.name,
+            aggregate_id: uuid::Uuid::nil(),
+            aggregate_version: 1,
+            occurred_at: chrono::Utc::now(),
+        };
+        registry.upcast(&info, version, &context, payload)
     }
 
     #[test]

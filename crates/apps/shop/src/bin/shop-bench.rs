@@ -1,7 +1,7 @@
-//! `prism-bench`: load generation against a running Prism.
+//! `shop-bench`: load generation against a running shop, and the convergence check.
 //!
-//! `prism-bench load --target http://127.0.0.1:8080 --commands 10000 --concurrency 16 --seed 1`
-//! `prism-bench verify --wait 120`
+//! `shop-bench load --target http://127.0.0.1:8080 --commands 10000 --concurrency 16 --seed 1`
+//! `shop-bench verify --wait 120`
 //!
 //! Exit codes of `load`: 0 when every valid command succeeded and every invalid one was
 //! refused, 1 otherwise, 2 for bad arguments. Of `verify`: 0 when the read models equal the
@@ -12,12 +12,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use prism_bench::load::{self, LoadConfig};
-use prism_bench::verify::{self, VerifyConfig};
+use shop::load::{self, LoadConfig};
+use shop::verify::{self, VerifyConfig};
 
 /// Drive load against Prism.
 #[derive(Debug, Parser)]
-#[command(name = "prism-bench", version, about)]
+#[command(name = "shop-bench", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn parses_the_load_command() {
         let cli = Cli::try_parse_from([
-            "prism-bench",
+            "shop-bench",
             "load",
             "--target",
             "http://h:1",
@@ -160,10 +160,10 @@ mod tests {
             panic!("parsed as another command")
         };
         assert_eq!((target.as_str(), commands, seed, concurrency), ("http://h:1", Some(5), 9, 8));
-        assert!(Cli::try_parse_from(["prism-bench", "load"]).is_err(), "needs --commands or --duration");
-        let verify = Cli::try_parse_from(["prism-bench", "verify", "--wait", "5", "--json"]).expect("parses");
+        assert!(Cli::try_parse_from(["shop-bench", "load"]).is_err(), "needs --commands or --duration");
+        let verify = Cli::try_parse_from(["shop-bench", "verify", "--wait", "5", "--json"]).expect("parses");
         assert!(matches!(verify.command, Command::Verify { wait: 5, json: true, quiet: false, .. }));
-        assert!(Cli::try_parse_from(["prism-bench", "verify", "--wait", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["shop-bench", "verify", "--wait", "soon"]).is_err());
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }

@@ -1,5 +1,5 @@
 //! A realistic event workload without the command service: users, products, carts and
-//! orders driven through the real aggregates of `prism-domain`, so every stream is one the
+//! orders driven through the real aggregates of `shop-model`, so every stream is one the
 //! write side could have produced. Deterministic for a given seed.
 //!
 //! Events come out in a global order that keeps each aggregate's versions in order (the
@@ -7,12 +7,12 @@
 //! command, so a few thousand events span several days (exercising per-day totals).
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use prism_domain::{
-    Aggregate, CartCommand, CartState, OrderCommand, OrderState, OrderStatus, ProductCommand,
-    ProductSnapshot, ProductState, UserCommand, UserState,
+use prism_events::{Event, EventPosition};
+use shop_model::domain::{
+    CartCommand, CartState, OrderCommand, OrderState, OrderStatus, ProductCommand, ProductSnapshot, ProductState,
+    ShopAggregate, UserCommand, UserState,
 };
-use prism_events::events::{OrderLine, PaymentMethod};
-use prism_events::{Event, EventMeta};
+use shop_model::events::{OrderLine, PaymentMethod};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
@@ -38,7 +38,7 @@ impl Recorder {
     }
 
     /// Runs `command` against an aggregate; on success its events are recorded.
-    fn apply<A: Aggregate>(&mut self, stream: &mut Stream<A>, command: &A::Command) -> bool {
+    fn apply<A: ShopAggregate>(&mut self, stream: &mut Stream<A>, command: &A::Command) -> bool {
         let Ok(bodies) = stream.state.decide(command) else { return false };
         self.clock += Duration::seconds(self.rng.random_range(1..=240));
         for body in bodies {
@@ -48,18 +48,15 @@ impl Recorder {
             stream.version += 1;
             let event_id = self.uuid();
             let correlation_id = self.uuid();
-            self.events.push(Event {
-                meta: EventMeta {
-                    event_id,
-                    aggregate_type: body.aggregate_type(),
-                    aggregate_id: stream.id,
-                    aggregate_version: stream.version,
-                    occurred_at: self.clock,
-                    correlation_id,
-                    causation_id: correlation_id,
-                },
-                body,
-            });
+            let position = EventPosition {
+                event_id,
+                aggregate_id: stream.id,
+                aggregate_version: stream.version,
+                occurred_at: self.clock,
+                correlation_id,
+                causation_id: correlation_id,
+            };
+            self.events.push(Event::new(position, body));
         }
         true
     }

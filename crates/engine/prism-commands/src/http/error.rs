@@ -1,26 +1,30 @@
-//! [`ApiError`]: every way a request can fail, and the one place that maps each to an HTTP
-//! status and the error body `{"error": {"code", "reason"?, "field"?, "message"}}`.
+//! [`ApiError`]: every way a command request can fail, and the one place that maps each to an
+//! HTTP status and the error body `{"error": {"code", "reason"?, "field"?, "message"}}`.
 //!
 //! | status | code | when |
 //! |---|---|---|
 //! | 400 | `malformed_json`, `invalid_field`, `invalid_header` | the request cannot be read; `field` names what |
 //! | 404 | `not_found` | the addressed aggregate does not exist (or no such route) |
+//! | 405 | `method_not_allowed` | the path exists, not with this method (`Allow` lists the methods) |
 //! | 409 | `rejected` | a business rule refused the command; `reason` is the rule's stable code |
 //! | 409 | `conflict` | `reason` `concurrent_modification` (lost a race) or `version_mismatch` (`If-Match`) |
 //! | 413 | `payload_too_large` | body over `commands.max_body_bytes` |
-//! | 415 | `unsupported_media_type` | body is not declared as JSON |
+//! | 415 | `unsupported_media_type` | a non-empty body not declared as JSON |
 //! | 422 | `idempotency_key_reused` | the key was used for a different request |
-//! | 500 | `internal` | stored data the service cannot read |
-//! | 503 | `unavailable` | PostgreSQL is unreachable; retry later |
+//! | 500 | `internal` | stored data the service cannot read, or another permanent failure |
+//! | 503 | `unavailable` | PostgreSQL is unreachable or the event store is not migrated; retry later |
+//!
+//! The application maps its own refusals (not found, rules, fields) with the constructors
+//! here and [`ApiError::from_service`]. Every 5xx is logged once, here, with the whole error
+//! chain: what failed and, for a missing table, which one.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use prism_domain::DomainError;
 use serde_json::json;
 
 use crate::metrics::Outcome;
-use crate::service::ServiceError;
+use crate::service::{error_chain, ServiceError};
 
 /// A failed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,26 +42,42 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// Any status and code; prefer the named constructors.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, reason: None, field: None, message: message.into() }
     }
 
-    /// 400: a field of the body (or the path) is malformed.
+    /// 400 `invalid_field`: a field of the body (or the path) is malformed.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: Some(field.into()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_field", message) }
     }
 
-    /// 400: the body is not JSON at all.
+    /// 400 `malformed_json`: the body is not JSON at all.
     pub fn malformed_json(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: Some(field.into()), ..Self::new(StatusCode::BAD_REQUEST, "malformed_json", message) }
     }
 
-    /// 400: a header is malformed.
+    /// 400 `invalid_header`: a header is malformed.
     pub fn invalid_header(header: &str, message: impl Into<String>) -> Self {
         Self {
             field: Some(header.to_owned()),
             ..Self::new(StatusCode::BAD_REQUEST, "invalid_header", message)
         }
+    }
+
+    /// 404 `not_found`: the addressed aggregate does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409 `rejected`: a business rule refused the command; `reason` is its stable code.
+    pub fn rejected(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { reason: Some(reason.into()), ..Self::new(StatusCode::CONFLICT, "rejected", message) }
+    }
+
+    /// 409 `conflict`: `reason` is `concurrent_modification` or `version_mismatch`.
+    pub fn conflict(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { reason: Some(reason.into()), ..Self::new(StatusCode::CONFLICT, "conflict", message) }
     }
 
     /// 413.
@@ -80,11 +100,30 @@ impl ApiError {
 
     /// 404 for a path that names no route.
     pub fn no_route() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        Self::not_found("no such route")
     }
 
-    /// Renames fields of the domain's vocabulary into the request's (e.g. an order's `lines`
-    /// are the request's `items`).
+    /// 405 for a path that exists with other methods (axum adds the `Allow` header).
+    pub fn method_not_allowed(method: &Method, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; the Allow header lists the methods that are"),
+        )
+    }
+
+    /// 503 `unavailable`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// 500 `internal`.
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    }
+
+    /// Renames fields of the domain's vocabulary into the request's (e.g. what an aggregate's
+    /// command calls `readings[2]` a request may call `samples[2]`).
     pub fn rename_field(mut self, from: &str, to: &str) -> Self {
         if let Some(field) = &self.field {
             if let Some(rest) = field.strip_prefix(from) {
@@ -97,6 +136,41 @@ impl ApiError {
         self
     }
 
+    /// The answer to a failed command: `refused` maps the application's refusals; everything
+    /// else is the engine's (409 conflicts, 422, 503, 500). Server errors are logged here,
+    /// naming what failed.
+    pub fn from_service<E>(err: ServiceError<E>, refused: impl FnOnce(E) -> ApiError) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let message = err.to_string();
+        match err {
+            ServiceError::Refused(refusal) => refused(refusal),
+            ServiceError::VersionMismatch { .. } => Self::conflict("version_mismatch", message),
+            ServiceError::Conflict { .. } => Self::conflict("concurrent_modification", message),
+            ServiceError::KeyReused => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
+            }
+            ref failure => {
+                let chain = error_chain(failure);
+                if let Some(table) = failure.missing_table() {
+                    tracing::error!(
+                        %table,
+                        error = %chain,
+                        "command failed: the event store's table `{table}` does not exist in the configured schema; run `prismctl migrate`"
+                    );
+                    Self::unavailable("the event store is not set up yet; retry later")
+                } else if failure.is_transient() {
+                    tracing::warn!(error = %chain, "command failed: the event store is unavailable");
+                    Self::unavailable("the event store is unavailable; retry later")
+                } else {
+                    tracing::error!(error = %chain, "command failed");
+                    Self::internal()
+                }
+            }
+        }
+    }
+
     /// The metric outcome of this error.
     fn outcome(&self) -> Outcome {
         match (self.status, self.code) {
@@ -107,58 +181,9 @@ impl ApiError {
             _ => Outcome::Invalid,
         }
     }
-}
 
-impl From<DomainError> for ApiError {
-    fn from(err: DomainError) -> Self {
-        match err {
-            DomainError::NotFound { aggregate_type } => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", format!("{aggregate_type} not found"))
-            }
-            DomainError::Rejected { reason, message } => Self {
-                reason: Some(reason.as_str().to_owned()),
-                ..Self::new(StatusCode::CONFLICT, "rejected", message)
-            },
-            DomainError::InvalidField { field, reason } => {
-                let message = format!("field `{field}` is invalid: {reason}");
-                Self::invalid_field(field, message)
-            }
-        }
-    }
-}
-
-impl From<ServiceError> for ApiError {
-    fn from(err: ServiceError) -> Self {
-        let message = err.to_string();
-        let conflict = |reason: &str| Self {
-            reason: Some(reason.to_owned()),
-            ..Self::new(StatusCode::CONFLICT, "conflict", message.clone())
-        };
-        match err {
-            ServiceError::Domain(domain) => domain.into(),
-            ServiceError::VersionMismatch { .. } => conflict("version_mismatch"),
-            ServiceError::Conflict { .. } => conflict("concurrent_modification"),
-            ServiceError::KeyReused => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", message)
-            }
-            ref store_error if store_error.is_transient() => {
-                tracing::warn!(error = %store_error, "command failed on a transient store error");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the event store is unavailable; retry later",
-                )
-            }
-            other => {
-                tracing::error!(error = %other, "command failed");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    /// The JSON body, `{"error": {...}}`.
+    pub fn body(&self) -> serde_json::Value {
         let mut error = json!({ "code": self.code, "message": self.message });
         if let Some(object) = error.as_object_mut() {
             if let Some(reason) = &self.reason {
@@ -168,9 +193,76 @@ impl IntoResponse for ApiError {
                 object.insert("field".into(), field.clone().into());
             }
         }
+        json!({ "error": error })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
         let outcome = self.outcome();
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         response.extensions_mut().insert(outcome);
         response
+    }
+}
+
+/// The handler of every 405: the error body in JSON, like every other error (axum keeps the
+/// `Allow` header it computed).
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let mut response = ApiError::method_not_allowed(&method, uri.path()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_carry_code_reason_field_and_message() {
+        let rejected = ApiError::rejected("quota_exceeded", "the quota is used up");
+        assert_eq!(
+            rejected.body(),
+            json!({"error": {"code": "rejected", "reason": "quota_exceeded", "message": "the quota is used up"}})
+        );
+        let renamed = ApiError::invalid_field("readings[1].value", "readings[1].value is 0")
+            .rename_field("readings", "samples");
+        assert_eq!(renamed.field.as_deref(), Some("samples[1].value"));
+        assert_eq!(renamed.message, "samples[1].value is 0");
+        let untouched = ApiError::invalid_field("readingsroom", "x").rename_field("readings", "samples");
+        assert_eq!(untouched.field.as_deref(), Some("readingsroom"));
+    }
+
+    #[test]
+    fn engine_failures_map_to_fixed_statuses() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("no")]
+        struct No;
+        let refused: ServiceError<No> = ServiceError::Refused(No);
+        assert_eq!(
+            ApiError::from_service(refused, |r| ApiError::rejected("no", r.to_string())).status,
+            StatusCode::CONFLICT
+        );
+        let mismatch: ServiceError<No> = ServiceError::VersionMismatch { expected: 1, actual: 2 };
+        assert_eq!(
+            ApiError::from_service(mismatch, |_| ApiError::internal()).reason.as_deref(),
+            Some("version_mismatch")
+        );
+        let reused: ServiceError<No> = ServiceError::KeyReused;
+        assert_eq!(
+            ApiError::from_service(reused, |_| ApiError::internal()).status,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let unavailable: ServiceError<No> = prism_postgres::StoreError::PoolTimeout.into();
+        assert_eq!(
+            ApiError::from_service(unavailable, |_| ApiError::internal()).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -1,14 +1,15 @@
 //! Request extractors whose failures are [`ApiError`]s that name what was wrong, instead of
 //! axum's default plain-text rejections.
 //!
-//! - [`JsonBody`]: a JSON body of at most `commands.max_body_bytes`, deserialised with the
-//!   path of the offending field, and its digest (for idempotency fingerprints).
+//! - [`JsonBody`]: a JSON object of at most `commands.max_body_bytes`, read strictly (see
+//!   [`crate::http::json`]), and its digest (for idempotency fingerprints). An empty body is
+//!   `{}`, so commands whose fields are all optional can be sent without one.
 //! - [`CommandHeaders`]: `If-Match`, `Idempotency-Key` and `X-Correlation-Id`, plus the
 //!   method and path the fingerprint covers.
-//! - [`path_id`]: a UUID path segment.
+//! - [`PathIds`] and [`path_id`]: UUID path segments.
 
 use axum::body::Body;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -17,40 +18,57 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::http::error::ApiError;
-use crate::http::AppState;
+use crate::http::json::parse_json;
+use crate::http::ApiState;
 use crate::service::{IdempotencyKey, RequestMeta};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// A JSON request body.
+/// What an empty body means: no fields.
+const EMPTY_OBJECT: &[u8] = b"{}";
+
+/// A JSON object request body.
 #[derive(Debug)]
 pub struct JsonBody<T> {
     /// The deserialised body.
     pub value: T,
-    /// SHA-256 of the raw bytes, hex.
+    /// SHA-256 of the body, hex (of `{}` for an empty body).
     pub digest: String,
 }
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+    ApiState: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let limit = state.max_body_bytes;
-        if !is_json(req.headers()) {
-            return Err(ApiError::unsupported_media_type());
-        }
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = ApiState::from_ref(state).max_body_bytes;
+        let json = is_json(req.headers());
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > 0) && !json {
+            return Err(ApiError::unsupported_media_type());
+        }
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(ApiError::too_large(limit));
         }
         let bytes = read_limited(req.into_body(), limit).await?;
-        let value = parse_json(&bytes)?;
-        Ok(Self { value, digest: digest(&bytes) })
+        let bytes: &[u8] = if bytes.is_empty() {
+            EMPTY_OBJECT
+        } else if !json {
+            return Err(ApiError::unsupported_media_type());
+        } else {
+            &bytes
+        };
+        let value = parse_json(bytes)?;
+        Ok(Self { value, digest: digest(bytes) })
     }
 }
 
@@ -72,56 +90,6 @@ fn is_json(headers: &HeaderMap) -> bool {
     };
     let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-/// Deserialises `bytes`, naming the offending field on failure.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        json_error(&path, &inner)
-    })?;
-    deserializer.end().map_err(|err| json_error(".", &err))?;
-    Ok(value)
-}
-
-fn json_error(path: &str, err: &serde_json::Error) -> ApiError {
-    let field = if path == "." || path.is_empty() { "body".to_owned() } else { path.to_owned() };
-    let message = strip_position(&err.to_string());
-    if err.is_syntax() || err.is_eof() {
-        return ApiError::malformed_json(
-            field,
-            format!("the body is not valid JSON at line {}, column {}: {message}", err.line(), err.column()),
-        );
-    }
-    // serde names a missing or unknown field in its message rather than in the path.
-    let within = |name: &str| if field == "body" { name.to_owned() } else { format!("{field}.{name}") };
-    if let Some(name) = backticked_after(&message, "missing field ") {
-        let field = within(&name);
-        return ApiError::invalid_field(field.clone(), format!("field `{field}` is missing"));
-    }
-    if let Some(name) = backticked_after(&message, "unknown field ") {
-        let name: String = name.chars().take(64).collect();
-        // The path already ends at the unknown key.
-        let field =
-            if field == name || field.ends_with(&format!(".{name}")) { field.clone() } else { within(&name) };
-        return ApiError::invalid_field(field.clone(), format!("field `{field}` is not allowed: {message}"));
-    }
-    ApiError::invalid_field(field.clone(), format!("field `{field}` has the wrong type or value: {message}"))
-}
-
-fn backticked_after(message: &str, prefix: &str) -> Option<String> {
-    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
-    let end = rest.find('`')?;
-    Some(rest[..end].to_owned())
-}
-
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
@@ -154,6 +122,11 @@ impl CommandHeaders {
                 fingerprint: format!("{} {body_digest}", self.target),
             }),
         }
+    }
+
+    /// The metadata of a request without a body (e.g. a `DELETE`).
+    pub fn meta_without_body(&self) -> RequestMeta {
+        self.meta(&digest(b""))
     }
 }
 
@@ -213,64 +186,49 @@ pub fn path_id(name: &str, raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid_field(name, format!("`{name}` in the path must be a UUID")))
 }
 
+/// The raw path parameters, read without axum's plain-text rejection.
+#[derive(Debug)]
+pub struct PathIds(Vec<(String, String)>);
+
+impl PathIds {
+    /// The parameter `name` as a UUID (400 naming `name` otherwise).
+    pub fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
+        let raw = self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).unwrap_or("");
+        path_id(name, raw)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::invalid_field("path", "the path is not valid UTF-8"))?;
+        Ok(Self(params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use serde::Deserialize;
-
     use super::*;
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Order {
-        user_id: Uuid,
-        items: Vec<Item>,
-    }
-
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
-    struct Item {
-        product_id: Uuid,
-        quantity: u32,
-    }
-
-    fn field_of(body: &str) -> (String, Option<String>) {
-        let err = parse_json::<Order>(body.as_bytes()).expect_err("invalid");
-        (err.code.to_owned(), err.field)
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let user = "\"0b6f3c9e-6a3d-4a57-9d8e-2f1c7e5b9a10\"";
-        let product = user;
-        assert_eq!(field_of("{\"items\": []}"), ("invalid_field".into(), Some("user_id".into())));
-        assert_eq!(
-            field_of(&format!("{{\"user_id\": {user}, \"items\": [], \"extra\": 1}}")),
-            ("invalid_field".into(), Some("extra".into()))
-        );
-        assert_eq!(
-            field_of(&format!(
-                "{{\"user_id\": {user}, \"items\": [{{\"product_id\": {product}, \"quantity\": -1}}]}}"
-            )),
-            ("invalid_field".into(), Some("items[0].quantity".into()))
-        );
-        assert_eq!(
-            field_of(&format!("{{\"user_id\": {user}, \"items\": [{{\"product_id\": {product}}}]}}")),
-            ("invalid_field".into(), Some("items[0].quantity".into()))
-        );
-        assert_eq!(
-            field_of(&format!("{{\"user_id\": {user}, \"items\": [{{\"product_id\": {product}, \"quantity\": 1, \"x\": 2}}]}}")),
-            ("invalid_field".into(), Some("items[0].x".into()))
-        );
-        assert_eq!(field_of("{\"user_id\": "), ("malformed_json".into(), Some("user_id".into())));
-        assert_eq!(field_of(""), ("malformed_json".into(), Some("body".into())));
-        assert_eq!(field_of(&format!("{{\"user_id\": {user}, \"items\": []}} trailing")).0, "malformed_json");
-        assert_eq!(field_of("[1]").0, "invalid_field");
-    }
 
     #[test]
     fn digests_are_sha256_hex() {
         assert_eq!(digest(b""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn json_content_types() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().expect("header"));
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(with("application/merge-patch+json"));
+        assert!(!with("text/plain"));
+        assert!(!is_json(&HeaderMap::new()));
     }
 }

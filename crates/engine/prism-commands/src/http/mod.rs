@@ -1,65 +1,68 @@
-//! The HTTP command API: one route group per bounded context, mounted according to
-//! `commands.contexts`.
+//! HTTP plumbing any application's command API mounts; the routes themselves are the
+//! application's.
 //!
-//! - [`users`], [`catalog`], [`carts`], [`orders`]: request bodies and handlers.
+//! - [`ApiState`]: what every handler shares (the [`CommandService`], the body limit).
 //! - [`extract`]: body, header and path extractors that fail with [`ApiError`]s.
-//! - [`error`]: [`ApiError`] and the status/code table.
+//! - [`json`]: strict reading of command bodies (objects only, errors in the API's words).
+//! - [`error`]: [`ApiError`], the status/code table and the `{"error": {...}}` body.
+//! - [`tracked`] wraps a route in the request metrics under its command name; [`respond`]
+//!   turns a [`Reply`] into a response.
 //!
-//! Each route is wrapped in [`crate::metrics::track`] under its command name, so every
-//! answer (including extractor failures) is counted and timed.
+//! An application writes its routes as a `Router<ApiState>`:
+//!
+//! ```ignore
+//! Router::new().route("/devices", tracked("register_device", post(register)))
+//!
+//! async fn register(State(api): State<ApiState>, headers: CommandHeaders, body: JsonBody<Register>)
+//!     -> Result<Response, ApiError>
+//! {
+//!     let id = body.value.device_id.unwrap_or_else(Uuid::new_v4);
+//!     let command = DeviceCommand::Register { site: body.value.site };
+//!     let reply = api.service.execute::<DeviceState>(id, command, &headers.meta(&body.digest)).await
+//!         .map_err(|err| ApiError::from_service(err, my_refusals))?;
+//!     Ok(respond(reply))
+//! }
+//! ```
+//!
+//! and hands it to [`crate::serve`], which adds the 404 and 405 answers and the operations
+//! endpoints.
 
-pub mod carts;
-pub mod catalog;
 pub mod error;
 pub mod extract;
-pub mod orders;
-pub mod users;
+pub mod json;
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, RawPathParams};
-use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use axum::{Json, Router};
-use prism_config::BoundedContext;
-use uuid::Uuid;
 
-pub use error::ApiError;
+pub use error::{method_not_allowed, ApiError};
+pub use extract::{digest, path_id, CommandHeaders, JsonBody, PathIds};
 
 use crate::service::{CommandService, Reply};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct ApiState {
     /// Load → decide → append.
     pub service: Arc<CommandService>,
-    /// Largest accepted request body, in bytes.
+    /// Largest accepted request body, in bytes (`commands.max_body_bytes`).
     pub max_body_bytes: usize,
 }
 
-/// The API routes of the given contexts (without the operations endpoints).
-pub fn router(state: AppState, contexts: &[BoundedContext]) -> Router {
-    let mut router = Router::new();
-    for context in contexts {
-        router = router.merge(match context {
-            BoundedContext::Users => users::routes(),
-            BoundedContext::Catalog => catalog::routes(),
-            BoundedContext::Carts => carts::routes(),
-            BoundedContext::Orders => orders::routes(),
-        });
-    }
-    router.fallback(|| async { ApiError::no_route() }).with_state(state)
-}
-
-/// Wraps a route in the request metrics under `command`.
-pub(crate) fn tracked(command: &'static str, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+/// Wraps a route in the request metrics (`prism_commands_requests_total` and the duration
+/// histogram) under `command`, a name from the application's fixed list of commands.
+pub fn tracked<S>(command: &'static str, route: MethodRouter<S>) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     route.layer(axum::middleware::from_fn(move |request, next| crate::metrics::track(command, request, next)))
 }
 
 /// A reply as an HTTP response; a replay says so in `Idempotent-Replayed: true`.
-pub(crate) fn respond(reply: Reply) -> Response {
+pub fn respond(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     let mut response = (status, Json(reply.body)).into_response();
     if reply.replayed {
@@ -68,25 +71,12 @@ pub(crate) fn respond(reply: Reply) -> Response {
     response
 }
 
-/// The raw path parameters, read without axum's plain-text rejection.
-#[derive(Debug)]
-pub struct PathIds(Vec<(String, String)>);
-
-impl PathIds {
-    /// The parameter `name` as a UUID.
-    pub fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
-        let raw = self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str()).unwrap_or("");
-        extract::path_id(name, raw)
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for PathIds {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::invalid_field("path", "the path is not valid UTF-8"))?;
-        Ok(Self(params.iter().map(|(key, value)| (key.to_owned(), value.to_owned())).collect()))
-    }
+/// The application's routes with `state`, a JSON 404 for every other path and a JSON 405
+/// for a known path with another method. [`crate::serve`] calls it; exposed for applications
+/// that serve the routes themselves.
+pub fn finish(routes: Router<ApiState>, state: ApiState) -> Router {
+    routes
+        .fallback(|| async { ApiError::no_route() })
+        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed)
 }

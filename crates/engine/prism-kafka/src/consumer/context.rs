@@ -167,8 +167,14 @@ impl<H: BatchHandler> ClientContext for RuntimeContext<H> {
                 let Some(worker) = workers.get(&id) else { continue };
                 let lag = if partition.consumer_lag_stored >= 0 {
                     partition.consumer_lag_stored
-                } else {
+                } else if partition.consumer_lag >= 0 {
                     partition.consumer_lag
+                } else if partition.hi_offset >= 0 && partition.lo_offset >= 0 {
+                    // Nothing committed or stored yet: everything in the log is still to land.
+                    // (A partition whose first batch never lands must show lag, not nothing.)
+                    partition.hi_offset - partition.lo_offset
+                } else {
+                    -1
                 };
                 if lag < 0 {
                     continue;

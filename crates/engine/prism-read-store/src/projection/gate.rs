@@ -94,9 +94,12 @@ pub(super) async fn record_dead_letters(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let col =
-        |f: fn(&DeadLetterRecord) -> Option<&str>| -> Vec<Option<&str>> { records.iter().map(f).collect() };
-    let topics: Vec<&str> = records.iter().map(|r| r.source_topic.as_str()).collect();
+    // Every text column goes through `storable_text`: a dead-letter record describes whatever
+    // bytes a message held, and must be writable whatever they were (keys and values stay bytes).
+    let col = |f: fn(&DeadLetterRecord) -> Option<&str>| -> Vec<Option<String>> {
+        records.iter().map(|r| f(r).map(storable_text)).collect()
+    };
+    let topics: Vec<String> = records.iter().map(|r| storable_text(&r.source_topic)).collect();
     let partitions: Vec<i32> = records.iter().map(|r| r.source_partition).collect();
     let offsets: Vec<i64> = records.iter().map(|r| r.source_offset).collect();
     let keys: Vec<Option<&[u8]>> = records.iter().map(|r| r.message_key.as_deref()).collect();
@@ -106,9 +109,9 @@ pub(super) async fn record_dead_letters(
         records.iter().map(|r| r.aggregate_id.as_deref().and_then(|id| id.parse().ok())).collect();
     let versions: Vec<Option<i64>> = records.iter().map(|r| r.aggregate_version).collect();
     let event_types = col(|r| r.event_type.as_deref());
-    let classes: Vec<&str> = records.iter().map(|r| r.error_class.as_str()).collect();
-    let kinds: Vec<&str> = records.iter().map(|r| r.error_kind.as_str()).collect();
-    let messages: Vec<&str> = records.iter().map(|r| r.error_message.as_str()).collect();
+    let classes: Vec<String> = records.iter().map(|r| storable_text(&r.error_class)).collect();
+    let kinds: Vec<String> = records.iter().map(|r| storable_text(&r.error_kind)).collect();
+    let messages: Vec<String> = records.iter().map(|r| storable_text(&r.error_message)).collect();
     let rows = tx
         .query(
             include_str!("../../sql/projection/dead_letters_insert.sql"),
@@ -166,4 +169,21 @@ pub(super) async fn unpublished_dead_letters(
             error_message: row.get(12),
         })
         .collect())
+}
+
+/// `text` as PostgreSQL's `text` type accepts it: NUL, the one character a UTF-8 database
+/// refuses, shown as `\u{0}` (so the reason still says what the message held).
+pub(crate) fn storable_text(text: &str) -> String {
+    text.replace('\0', "\\u{0}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storable_text;
+
+    #[test]
+    fn nul_is_spelled_out_and_everything_else_kept() {
+        assert_eq!(storable_text("User\0Registered"), "User\\u{0}Registered");
+        assert_eq!(storable_text("plain ünïcode \u{1F600}"), "plain ünïcode \u{1F600}");
+    }
 }

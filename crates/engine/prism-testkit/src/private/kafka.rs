@@ -21,7 +21,8 @@ fn repo_root() -> PathBuf {
 
 /// Where the dev stack keeps Kafka's jars.
 fn kafka_lib() -> anyhow::Result<PathBuf> {
-    let state = std::env::var_os("PRISM_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".prism"));
+    let state =
+        std::env::var_os("PRISM_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".prism"));
     let lib = state.join("kafka/lib");
     let has_broker = std::fs::read_dir(&lib)
         .map(|entries| {
@@ -52,6 +53,25 @@ struct Node {
     dir: PathBuf,
     /// Length of `logs/server.log` when the node was last launched: a restart appends to it.
     log_offset: usize,
+    /// Client port of the SASL_SSL listener, when the broker has one.
+    sasl_ssl_port: Option<u16>,
+}
+
+/// A SASL_SSL listener (TLS, SCRAM-SHA-512) beside the PLAINTEXT one.
+#[derive(Clone)]
+struct SaslSsl {
+    /// The brokers' certificate (for 127.0.0.1 and localhost).
+    cert: super::tls::ServerCert,
+    /// The SCRAM-SHA-512 user created when the storage is formatted.
+    user: String,
+    /// Its password (alphanumeric).
+    password: String,
+}
+
+impl std::fmt::Debug for SaslSsl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslSsl").field("user", &self.user).field("password", &"***").finish_non_exhaustive()
+    }
 }
 
 /// Apache Kafka of one test: one node, or three.
@@ -63,6 +83,8 @@ pub struct PrivateKafka {
     lib: PathBuf,
     /// Holds one directory per node; removed on drop.
     dir: ScratchDir,
+    /// The SASL_SSL listener of every node, if any.
+    sasl_ssl: Option<SaslSsl>,
 }
 
 impl PrivateKafka {
@@ -77,16 +99,48 @@ impl PrivateKafka {
         Self::start_nodes(3).await
     }
 
+    /// Starts a single-node broker with, beside its PLAINTEXT listener (which the broker
+    /// uses itself, and tests may use to look behind the scenes), a SASL_SSL listener: TLS
+    /// with `cert` (for 127.0.0.1 and localhost, signed by the test's CA) and SCRAM-SHA-512
+    /// authentication of `user` with `password` (alphanumeric), created when the storage is
+    /// formatted. Clients reach it at [`PrivateKafka::sasl_ssl_bootstrap`].
+    pub async fn start_sasl_ssl(
+        cert: &super::tls::ServerCert,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "SCRAM user and password must be alphanumeric"
+        );
+        let sasl = SaslSsl { cert: cert.clone(), user: user.to_owned(), password: password.to_owned() };
+        Self::start_with(1, Some(sasl)).await
+    }
+
     async fn start_nodes(count: u32) -> anyhow::Result<Self> {
+        Self::start_with(count, None).await
+    }
+
+    async fn start_with(count: u32, sasl_ssl: Option<SaslSsl>) -> anyhow::Result<Self> {
         let lib = kafka_lib()?;
         let dir = ScratchDir::new("kafka")?;
         let mut nodes = Vec::new();
         for id in 1..=count {
             let node_dir = dir.0.join(format!("node{id}"));
             std::fs::create_dir_all(node_dir.join("logs"))?;
-            nodes.push(Node { id, port: free_port()?, controller_port: free_port()?, child: None, dir: node_dir, log_offset: 0 });
+            let sasl_ssl_port = if sasl_ssl.is_some() { Some(free_port()?) } else { None };
+            nodes.push(Node {
+                id,
+                port: free_port()?,
+                controller_port: free_port()?,
+                child: None,
+                dir: node_dir,
+                log_offset: 0,
+                sasl_ssl_port,
+            });
         }
-        let mut kafka = Self { nodes, lib, dir };
+        let mut kafka = Self { nodes, lib, dir, sasl_ssl };
         kafka.write_configs()?;
         kafka.format().await?;
         for index in 0..kafka.nodes.len() {
@@ -101,6 +155,17 @@ impl PrivateKafka {
     /// Every node's `127.0.0.1:<port>`, comma-separated, for `kafka.bootstrap_servers`.
     pub fn bootstrap_servers(&self) -> String {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Every node's SASL_SSL `127.0.0.1:<port>`, comma-separated, for
+    /// `kafka.bootstrap_servers` with `kafka.security_protocol = "sasl_ssl"`; empty without
+    /// such a listener.
+    pub fn sasl_ssl_bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.sasl_ssl_port.map(|port| format!("127.0.0.1:{port}")))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The node ids (1-based).
@@ -134,20 +199,43 @@ impl PrivateKafka {
             self.nodes.iter().map(|n| format!("{}@127.0.0.1:{}", n.id, n.controller_port)).collect();
         let (replication, min_isr) = if self.nodes.len() >= 3 { ("3", "2") } else { ("1", "1") };
         for node in &self.nodes {
+            let mut listeners = format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                node.port, node.controller_port
+            );
+            let mut advertised = format!("PLAINTEXT://127.0.0.1:{}", node.port);
+            let mut protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".to_owned();
+            // A killed node's partitions must move quickly in fault tests.
+            let mut extra = "broker.session.timeout.ms=6000\nbroker.heartbeat.interval.ms=1000\n".to_owned();
+            if let (Some(sasl), Some(port)) = (&self.sasl_ssl, node.sasl_ssl_port) {
+                listeners.push_str(&format!(",SASL_SSL://127.0.0.1:{port}"));
+                advertised.push_str(&format!(",SASL_SSL://127.0.0.1:{port}"));
+                protocols.push_str(",SASL_SSL:SASL_SSL");
+                // Kafka's PEM key store: the unencrypted PKCS#8 key and the certificate in one file.
+                let keystore = node.dir.join("broker-keystore.pem");
+                let mut pem = sasl.cert.key_pem.clone();
+                pem.extend_from_slice(&sasl.cert.cert_pem);
+                super::tls::write_private(&keystore, &pem)?;
+                extra.push_str(&format!(
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                     listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                     listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                     listener.name.sasl_ssl.ssl.keystore.type=PEM\n\
+                     listener.name.sasl_ssl.ssl.keystore.location={}\n\
+                     listener.name.sasl_ssl.ssl.client.auth=none\n",
+                    keystore.display()
+                ));
+            }
             let config = template
                 .replace("@NODE_ID@", &node.id.to_string())
                 .replace("@VOTERS@", &voters.join(","))
-                .replace(
-                    "@LISTENERS@",
-                    &format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", node.port, node.controller_port),
-                )
-                .replace("@ADVERTISED_LISTENERS@", &format!("PLAINTEXT://127.0.0.1:{}", node.port))
-                .replace("@SECURITY_PROTOCOL_MAP@", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+                .replace("@LISTENERS@", &listeners)
+                .replace("@ADVERTISED_LISTENERS@", &advertised)
+                .replace("@SECURITY_PROTOCOL_MAP@", &protocols)
                 .replace("@DATA_DIR@", &node.dir.join("data").display().to_string())
                 .replace("@REPLICATION_FACTOR@", replication)
                 .replace("@MIN_INSYNC_REPLICAS@", min_isr)
-                // A killed node's partitions must move quickly in fault tests.
-                .replace("@EXTRA@", "broker.session.timeout.ms=6000\nbroker.heartbeat.interval.ms=1000\n");
+                .replace("@EXTRA@", &extra);
             std::fs::write(node.dir.join("server.properties"), config)?;
         }
         Ok(())
@@ -163,14 +251,24 @@ impl PrivateKafka {
         let output = self.java().args(["kafka.tools.StorageTool", "random-uuid"]).output().context(
             "running java (Kafka needs Java 17 or newer on PATH; `ops/dev-stack up` says what is missing)",
         )?;
-        anyhow::ensure!(output.status.success(), "StorageTool random-uuid: {}", String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(
+            output.status.success(),
+            "StorageTool random-uuid: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let cluster_id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         for node in &self.nodes {
-            let output = self
-                .java()
+            let mut format = self.java();
+            format
                 .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
-                .arg(node.dir.join("server.properties"))
-                .output()?;
+                .arg(node.dir.join("server.properties"));
+            if let Some(sasl) = &self.sasl_ssl {
+                // The SCRAM credential goes into the cluster metadata from the start.
+                format
+                    .arg("--add-scram")
+                    .arg(format!("SCRAM-SHA-512=[name={},password={}]", sasl.user, sasl.password));
+            }
+            let output = format.output()?;
             if !output.status.success() {
                 bail!(
                     "formatting Kafka node {}: {}{}",
@@ -191,7 +289,13 @@ impl PrivateKafka {
         let (stdout, stderr) = log_file(&node.dir.join("logs/stdout.log"))?;
         let child = self
             .java()
-            .args(["-Xmx384m", "-Xms384m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"])
+            .args([
+                "-Xmx384m",
+                "-Xms384m",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+            ])
             .arg(format!("-Dkafka.logs.dir={}", node.dir.join("logs").display()))
             .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
             .arg("kafka.Kafka")
@@ -220,7 +324,11 @@ impl PrivateKafka {
                 return Ok(());
             }
             if let Some(status) = child.try_wait()? {
-                bail!("Kafka node {} exited with {status} while starting; log:\n{}", node.id, log_tail(&server_log));
+                bail!(
+                    "Kafka node {} exited with {status} while starting; log:\n{}",
+                    node.id,
+                    log_tail(&server_log)
+                );
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("Kafka node {} did not start within 90s; log:\n{}", node.id, log_tail(&server_log));
@@ -284,13 +392,22 @@ impl PrivateKafka {
             .collect();
         let mut command = self.java();
         command
-            .args(["org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server", &bootstrap.join(",")])
+            .args([
+                "org.apache.kafka.tools.MetadataQuorumCommand",
+                "--bootstrap-server",
+                &bootstrap.join(","),
+            ])
             .args(["describe", "--status"]);
         let output = tokio::task::spawn_blocking(move || command.output()).await??;
         let text = String::from_utf8_lossy(&output.stdout);
         text.lines()
             .find_map(|line| line.strip_prefix("LeaderId:").map(|id| id.trim().parse::<u32>()))
-            .with_context(|| format!("no LeaderId in kafka-metadata-quorum's answer: {text}{}", String::from_utf8_lossy(&output.stderr)))?
+            .with_context(|| {
+                format!(
+                    "no LeaderId in kafka-metadata-quorum's answer: {text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?
             .context("LeaderId is not a number")
     }
 

@@ -9,7 +9,11 @@
 //!
 //! - [`kafka`]: [`PrivateKafka`], Apache Kafka 4.4 from the dev stack's jars, one node or three.
 //! - [`postgres`]: [`PrivatePostgres`], a PostgreSQL cluster of its own.
-//! - [`redis`]: [`PrivateRedis`].
+//! - [`redis`]: [`PrivateRedis`], a Redis server of its own.
+//! - [`tls`]: [`TestCa`], certificates a test generates, for servers that speak TLS
+//!   ([`PrivateKafka::start_sasl_ssl`], [`PrivatePostgres::start_tls`], [`PrivateRedis::start_tls`]).
+//! - [`stack`]: [`TlsStack`], all three over TLS with passwords, and the `PRISM__*` variables
+//!   that reach them.
 //!
 //! This module holds what they share: scratch directories, free ports, starting, signalling
 //! and reaping processes. Signals are sent with the `kill` command rather than `libc`,
@@ -18,10 +22,14 @@
 mod kafka;
 mod postgres;
 mod redis;
+mod stack;
+mod tls;
 
 pub use kafka::PrivateKafka;
 pub use postgres::PrivatePostgres;
 pub use redis::PrivateRedis;
+pub use stack::{TlsStack, TLS_STACK_USER};
+pub use tls::{ServerCert, TestCa};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::{
-    children_of, find_binary, free_port, kill_process, log_file, log_tail, process_alive, signal, wait_for_exit,
-    wait_for_port, ScratchDir, START_TIMEOUT, STOP_TIMEOUT,
+    children_of, find_binary, free_port, kill_process, log_file, log_tail, process_alive, signal,
+    wait_for_exit, wait_for_port, ScratchDir, START_TIMEOUT, STOP_TIMEOUT,
 };
 
 /// The newest PostgreSQL server binaries Debian installed (`/usr/lib/postgresql/<major>/bin`).
@@ -32,6 +32,10 @@ fn pg_bin() -> anyhow::Result<PathBuf> {
 
 /// A PostgreSQL server of one test: its own cluster (trust authentication, user
 /// `postgres`), listening on 127.0.0.1 with its Unix socket inside its directory.
+///
+/// [`PrivatePostgres::start_tls`] makes one that accepts TCP connections only over TLS and
+/// only with a password (`hostssl … scram-sha-256`); the harness itself then connects through
+/// the Unix socket.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     /// The listening port, kept across restarts.
@@ -40,12 +44,93 @@ pub struct PrivatePostgres {
     child: Option<Child>,
     /// Directory holding `data/`, the socket directory and the log; owned by `postgres`.
     dir: ScratchDir,
+    /// Whether TCP connections need TLS and a password.
+    tls: bool,
 }
 
 impl PrivatePostgres {
     /// Creates a cluster with initdb, starts it on a free port and waits until it accepts
     /// connections.
     pub async fn start() -> anyhow::Result<Self> {
+        let server = Self::init().await?;
+        server.finish_start().await
+    }
+
+    /// A server whose TCP connections must use TLS (certificate `cert`, for 127.0.0.1 and
+    /// localhost) and a password: `pg_hba.conf` holds `hostssl all all 127.0.0.1/32
+    /// scram-sha-256` and rejects every other TCP connection. Creates `role` with `password`
+    /// and a database of the same name owned by it.
+    pub async fn start_tls(
+        cert: &super::tls::ServerCert,
+        role: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self::init().await?;
+        server.tls = true;
+        let data = server.dir.0.join("data");
+        cert.write(&data.join("server.crt"), &data.join("server.key"))?;
+        if is_root() {
+            // The server refuses a key file that is not its own or readable by others.
+            for file in ["server.crt", "server.key"] {
+                let status = Command::new("chown").arg("postgres:postgres").arg(data.join(file)).status()?;
+                anyhow::ensure!(status.success(), "chown of {file} to postgres failed");
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"\n# TLS for the test kit's private server\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\npassword_encryption = 'scram-sha-256'\n",
+        )?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "# The harness: the Unix socket. Clients: TCP over TLS with a password, nothing else.\n\
+             local     all all                trust\n\
+             hostssl   all all 127.0.0.1/32   scram-sha-256\n\
+             host      all all 127.0.0.1/32   reject\n",
+        )?;
+        let server = server.finish_start().await?;
+        let admin = crate::services::connect_pg(&server.admin_url("postgres")).await?;
+        // Identifiers and the password are the test's own (checked below), not outside input.
+        anyhow::ensure!(
+            role.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                && password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "role must be a lowercase identifier and password alphanumeric"
+        );
+        // The role gets the password's SCRAM verifier, not the password: the statement is
+        // logged (tokio-postgres logs statements at debug), and tests grep logs for secrets.
+        let verifier = scram_sha_256_verifier(password)?;
+        admin
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD '{verifier}'"))
+            .await
+            .context("creating the role")?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
+            .await
+            .context("creating the database")?;
+        Ok(server)
+    }
+
+    /// A connection string for the harness (user `postgres`, no password) to `database`: the
+    /// TCP URL, or the Unix socket for a TLS server (whose TCP port wants TLS and a password).
+    pub fn admin_url(&self, database: &str) -> String {
+        if self.tls {
+            format!(
+                "host={} port={} user=postgres dbname={database}",
+                self.dir.0.join("socket").display(),
+                self.port
+            )
+        } else {
+            format!("{}/{database}", self.url())
+        }
+    }
+
+    async fn finish_start(mut self) -> anyhow::Result<Self> {
+        self.launch().await?;
+        Ok(self)
+    }
+
+    /// initdb into a new scratch directory.
+    async fn init() -> anyhow::Result<Self> {
         let bin = pg_bin()?;
         for tool in ["initdb", "postgres"] {
             find_binary(tool, std::slice::from_ref(&bin), "install PostgreSQL with `ops/dev-stack up`")?;
@@ -71,9 +156,7 @@ impl PrivatePostgres {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let mut server = Self { port: free_port()?, child: None, dir };
-        server.launch().await?;
-        Ok(server)
+        Ok(Self { port: free_port()?, child: None, dir, tls: false })
     }
 
     /// `postgres://postgres@127.0.0.1:<port>` (append `/<database>`).
@@ -109,7 +192,7 @@ impl PrivatePostgres {
         }
         self.child = Some(child);
         // Listening comes before accepting: wait for a real connection.
-        let url = format!("{}/postgres", self.url());
+        let url = self.admin_url("postgres");
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             match crate::services::connect_pg(&url).await {
@@ -200,4 +283,39 @@ fn as_postgres_user(binary: &Path) -> Command {
     } else {
         Command::new(binary)
     }
+}
+
+/// PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802, 4096 iterations, as
+/// `password_encryption = scram-sha-256` would store it): what `CREATE ROLE … PASSWORD` accepts
+/// in place of the password itself.
+fn scram_sha_256_verifier(password: &str) -> anyhow::Result<String> {
+    use openssl::base64::encode_block;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::sign::Signer;
+    const ITERATIONS: usize = 4096;
+    let mut salt = [0u8; 16];
+    openssl::rand::rand_bytes(&mut salt)?;
+    let mut salted = [0u8; 32];
+    openssl::pkcs5::pbkdf2_hmac(
+        password.as_bytes(),
+        &salt,
+        ITERATIONS,
+        MessageDigest::sha256(),
+        &mut salted,
+    )?;
+    let hmac = |message: &[u8]| -> anyhow::Result<Vec<u8>> {
+        let key = PKey::hmac(&salted)?;
+        let mut signer = Signer::new(MessageDigest::sha256(), &key)?;
+        signer.update(message)?;
+        Ok(signer.sign_to_vec()?)
+    };
+    let stored_key = openssl::sha::sha256(&hmac(b"Client Key")?);
+    let server_key = hmac(b"Server Key")?;
+    Ok(format!(
+        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        encode_block(&salt),
+        encode_block(&stored_key),
+        encode_block(&server_key)
+    ))
 }
