@@ -102,7 +102,8 @@ $commands$;
 
 -- prism_projector: every existing table except the write side and the migration ledger
 -- (read-model generations <projection>_g<n>, projection_gate, dead_letters,
--- parked_aggregates), plus SELECT on projection_generations and the views.
+-- parked_aggregates, operator_requests, which workers claim and answer), plus SELECT on
+-- projection_generations, the registry (read_models, application_aggregates) and the views.
 DO $projector$
 DECLARE
     object record;
@@ -115,15 +116,17 @@ BEGIN
           AND c.relkind IN ('r', 'p', 'v', 'm')
           AND c.relname NOT IN ('events', 'outbox', 'command_idempotency', 'schema_migrations')
     LOOP
-        IF object.relkind IN ('v', 'm') OR object.relname = 'projection_generations' THEN
-            -- Generations are switched by `prismctl rebuild` (prism_owner), never by workers.
+        IF object.relkind IN ('v', 'm')
+           OR object.relname IN ('projection_generations', 'read_models', 'application_aggregates') THEN
+            -- Generations are switched by `prismctl rebuild` (prism_owner), never by workers;
+            -- the registry is written by `<app>-projector migrate` (prism_owner).
             EXECUTE format('GRANT SELECT ON {schema}.%I TO prism_projector', object.relname);
         ELSE
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.%I TO prism_projector',
                            object.relname);
         END IF;
         -- prism_query: the read models and what it needs to find them; not the bookkeeping.
-        IF object.relname NOT IN ('projection_gate', 'parked_aggregates', 'dead_letters') THEN
+        IF object.relname NOT IN ('projection_gate', 'parked_aggregates', 'dead_letters', 'operator_requests') THEN
             EXECUTE format('GRANT SELECT ON {schema}.%I TO prism_query', object.relname);
         END IF;
     END LOOP;

@@ -5,9 +5,9 @@
 //! (`shop-model`).
 //!
 //! - [`routes`]: one module per context: request bodies and handlers.
-//! - [`service`]: the commands that touch more than one aggregate (a cart reading the
-//!   catalog, a checkout placing an order in the same transaction, an order priced from the
-//!   catalog).
+//! - [`service`]: the commands that touch more than one aggregate (a cart reading the user
+//!   and the catalog, a checkout placing an order in the same transaction, an order priced
+//!   from the catalog, the stock an order reserves, releases or ships).
 //! - [`error`]: the shop's refusals as HTTP errors.
 //! - [`settings`]: `[application] contexts`, which contexts a process serves.
 //! - this file: [`serve`] / [`run`] (the engine's command service with the shop's routes and
@@ -16,6 +16,26 @@
 //! Every success answers `{"aggregate_type", "aggregate_id", "version", "events"}` (201 when
 //! the command created the aggregate); errors follow the engine's table (`400` names the
 //! `field`, `404`, `409` with a `reason`, `405`, `413`, `415`, `422`, `503`).
+//!
+//! `404` is for the aggregate the path names (`/orders/{id}/pay` of an unknown order). An id
+//! in the request *body* that names nothing is a rule, `409` `rejected` with a `reason`:
+//! `user_not_found` (a cart or an order for a user id that was never registered),
+//! `product_not_found`, `product_not_listed`.
+//!
+//! Stock rules (the shop's rules kept by the command side, see [`service`]):
+//!
+//! | command | stock effect, in the command's transaction | refused with `409` `reason` |
+//! |---|---|---|
+//! | `POST /orders`, `POST /carts/{id}/checkout` | each line's units reserved with its product (`StockReserved`): on hand, no longer available | `insufficient_stock` (message: the line, the product, units requested and available), `product_not_listed` (a cart line delisted since it was added) |
+//! | `POST /orders/{id}/cancel` | the order's reservations released (`StockReleased`): available again | the order's own rules |
+//! | `POST /orders/{id}/ship` | the order's reserved units shipped (`StockShipped`): on hand and reserved both drop | the order's own rules |
+//! | `POST /products/{id}/restock` with a negative quantity | — | `stock_below_zero`, `stock_below_reserved` (fewer on hand than orders hold) |
+//!
+//! Those commands also answer each product's outcome under `products[<line>]`, next to the
+//! order's. Two orders racing for the last units never both succeed: the product streams are
+//! appended under optimistic concurrency, and the loser is decided again against the new
+//! stock. The query side shows `stock`, `reserved` and `available` per product
+//! (`product_catalog`).
 
 #![warn(missing_docs)]
 

@@ -5,7 +5,9 @@ CREATE TABLE IF NOT EXISTS {table} (
     sku           text        NOT NULL,
     name          text        NOT NULL,
     price_cents   bigint      NOT NULL,
-    stock         bigint      NOT NULL,
+    stock         bigint      NOT NULL,  -- units on hand
+    reserved      bigint      NOT NULL,  -- of those, held by open orders
+    available     bigint      NOT NULL,  -- stock - reserved: what a new order can take
     listed        boolean     NOT NULL,
     delist_reason text,
     listed_at     timestamptz NOT NULL,

@@ -6,25 +6,28 @@
 //! the whole log gives the same state as evolving step by step, and (c) the aggregate's own
 //! invariants hold — for orders, against an independent table of the status machine.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use shop_model::domain::{
-    rehydrate, CartCommand, CartState, DomainError, ShopAggregate, OrderCommand, OrderState, OrderStatus,
-    ProductCommand, ProductSnapshot, ProductState,
+    rehydrate, CartCommand, CartState, DomainError, OrderCommand, OrderState, OrderStatus, ProductCommand,
+    ProductSnapshot, ProductState, ShopAggregate,
 };
 use shop_model::events::fields::bounds::{MAX_LINES, MAX_LINE_QUANTITY, MAX_STOCK};
 use shop_model::events::{OrderLine, PaymentMethod};
 use shop_model::{EventType, ShopEvent};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use uuid::Uuid;
 
 type Outcome = Result<Vec<ShopEvent>, DomainError>;
 
 /// Runs `commands` from the empty state; after each, checks (a) and (b) and calls `check`
 /// with the state before, the state after, the command, its outcome and the log so far.
+/// A successful command emits at least one event unless `no_op` says the command may be a
+/// no-op in the state before it.
 fn run<A: ShopAggregate>(
     commands: &[A::Command],
+    no_op: impl Fn(&A, &A::Command) -> bool,
     mut check: impl FnMut(&A, &A, &A::Command, &Outcome, &[ShopEvent]) -> Result<(), TestCaseError>,
 ) -> Result<(), TestCaseError> {
     let mut state = A::default();
@@ -33,7 +36,10 @@ fn run<A: ShopAggregate>(
         let before = state.clone();
         let outcome = state.decide(command);
         if let Ok(events) = &outcome {
-            prop_assert!(!events.is_empty(), "a successful command emits at least one event");
+            prop_assert!(
+                !events.is_empty() || no_op(&before, command),
+                "a successful command emitted no event"
+            );
             for event in events {
                 prop_assert_eq!(event.aggregate_type(), A::TYPE);
                 prop_assert_eq!(event.validate(), Ok(()), "{:?} breaks the contract", event);
@@ -81,13 +87,16 @@ fn order_line() -> impl Strategy<Value = OrderLine> {
 fn place_command() -> impl Strategy<Value = OrderCommand> {
     let cart_id = prop::option::of(Just(Uuid::from_u128(0xCA)));
     let dedupe = prop::bool::weighted(0.9);
-    (cart_id, dedupe, prop::collection::vec(order_line(), 0..4)).prop_map(|(cart_id, dedupe, mut lines)| {
-        if dedupe {
-            let mut seen = HashSet::new();
-            lines.retain(|line| seen.insert(line.product_id));
-        }
-        OrderCommand::Place { user_id: Uuid::from_u128(7), cart_id, lines }
-    })
+    let user_registered = prop::bool::weighted(0.9);
+    (cart_id, dedupe, user_registered, prop::collection::vec(order_line(), 0..4)).prop_map(
+        |(cart_id, dedupe, user_registered, mut lines)| {
+            if dedupe {
+                let mut seen = HashSet::new();
+                lines.retain(|line| seen.insert(line.product_id));
+            }
+            OrderCommand::Place { user_id: Uuid::from_u128(7), user_registered, cart_id, lines }
+        },
+    )
 }
 
 fn order_command() -> impl Strategy<Value = OrderCommand> {
@@ -135,7 +144,12 @@ fn check_order(
 ) -> Result<(), TestCaseError> {
     // The outcome agrees with the independent table.
     match (before.status(), command, outcome) {
-        (None, OrderCommand::Place { .. }, Ok(_)) => {}
+        (None, OrderCommand::Place { user_registered, .. }, Ok(_)) => {
+            prop_assert!(*user_registered, "an order was placed for an unregistered user");
+        }
+        (None, OrderCommand::Place { user_registered: false, .. }, Err(e)) => {
+            prop_assert_eq!(e.code(), "user_not_found");
+        }
         (None, OrderCommand::Place { .. }, Err(e)) => {
             prop_assert!(matches!(e, DomainError::InvalidField { .. }), "placing refused by {:?}", e);
         }
@@ -201,15 +215,18 @@ fn check_order(
 fn cart_command() -> impl Strategy<Value = CartCommand> {
     let owner = Uuid::from_u128(0xA);
     let user = prop_oneof![9 => Just(owner), 1 => Just(Uuid::from_u128(0xB))];
+    let user_registered = prop::bool::weighted(0.9);
     let snapshot = prop_oneof![
         8 => (1_i64..=5_000).prop_map(|price_cents| Some(ProductSnapshot { listed: true, price_cents })),
         1 => Just(Some(ProductSnapshot { listed: false, price_cents: 100 })),
         1 => Just(None),
     ];
     prop_oneof![
-        6 => (user, product_id(), quantity(), snapshot).prop_map(|(user_id, product_id, quantity, product)| {
-            CartCommand::AddItem { user_id, product_id, quantity, product }
-        }),
+        6 => (user, user_registered, product_id(), quantity(), snapshot).prop_map(
+            |(user_id, user_registered, product_id, quantity, product)| {
+                CartCommand::AddItem { user_id, user_registered, product_id, quantity, product }
+            }
+        ),
         2 => product_id().prop_map(|product_id| CartCommand::RemoveItem { product_id }),
         1 => Just(CartCommand::CheckOut { order_id: Uuid::from_u128(0x0D) }),
     ]
@@ -230,6 +247,9 @@ fn check_cart(
     }
     if let Some(owner) = before.owner() {
         prop_assert_eq!(after.owner(), Some(owner), "the owner never changes");
+    }
+    if let CartCommand::AddItem { user_registered: false, .. } = command {
+        prop_assert!(outcome.is_err(), "an unregistered user added to a cart");
     }
     if outcome.is_ok() {
         match command {
@@ -269,34 +289,94 @@ fn product_command() -> impl Strategy<Value = ProductCommand> {
         1 => Just(MAX_STOCK),
         1 => Just(i64::MIN),
     ];
+    // A few orders, so reservations collide, end and are attempted twice.
+    let order_id = (1_u128..=4).prop_map(Uuid::from_u128);
+    let units = prop_oneof![9 => 1_u32..=8, 1 => Just(0_u32)];
     prop_oneof![
         1 => list,
         2 => prop_oneof![Just(1_000_i64), 1_i64..=2_000].prop_map(|price_cents| ProductCommand::ChangePrice { price_cents }),
         5 => delta.prop_map(|quantity| ProductCommand::Restock { quantity }),
         1 => text().prop_map(|reason| ProductCommand::Delist { reason }),
+        4 => (order_id.clone(), units).prop_map(|(order_id, quantity)| ProductCommand::Reserve { order_id, quantity }),
+        2 => order_id.clone().prop_map(|order_id| ProductCommand::Release { order_id }),
+        2 => order_id.prop_map(|order_id| ProductCommand::ShipReserved { order_id }),
     ]
 }
 
+/// Release and ship move nothing for an order that holds nothing.
+fn product_no_op(before: &ProductState, command: &ProductCommand) -> bool {
+    match command {
+        ProductCommand::Release { order_id } | ProductCommand::ShipReserved { order_id } => {
+            before.product().is_none_or(|p| !p.reservations.contains_key(order_id))
+        }
+        _ => false,
+    }
+}
+
+/// An independent model of a product's stock: units on hand and units held per order.
+#[derive(Debug, Default)]
+struct ModelStock {
+    on_hand: i64,
+    held: BTreeMap<Uuid, u32>,
+}
+
 fn check_product(
-    model_stock: &mut i64,
+    model: &mut ModelStock,
     before: &ProductState,
     after: &ProductState,
     command: &ProductCommand,
     outcome: &Outcome,
 ) -> Result<(), TestCaseError> {
-    if before.product().is_some_and(|p| !p.listed) {
+    let ends_reservation =
+        matches!(command, ProductCommand::Release { .. } | ProductCommand::ShipReserved { .. });
+    if before.product().is_some_and(|p| !p.listed) && !ends_reservation {
         prop_assert!(outcome.is_err(), "a delisted product accepted {:?}", command);
+    }
+    if ends_reservation {
+        prop_assert!(outcome.is_ok(), "{:?} refused: {:?}", command, outcome);
+    }
+    if let ProductCommand::Reserve { order_id, quantity } = command {
+        let available = model.on_hand - model.held.values().map(|q| i64::from(*q)).sum::<i64>();
+        let listed = before.product().is_some_and(|p| p.listed);
+        let fits = *quantity >= 1 && i64::from(*quantity) <= available && !model.held.contains_key(order_id);
+        prop_assert_eq!(
+            outcome.is_ok(),
+            listed && fits,
+            "{:?} with {} available gave {:?}",
+            command,
+            available,
+            outcome
+        );
     }
     if outcome.is_ok() {
         match command {
-            ProductCommand::List { stock, .. } => *model_stock = *stock,
-            ProductCommand::Restock { quantity } => *model_stock += quantity,
+            ProductCommand::List { stock, .. } => model.on_hand = *stock,
+            ProductCommand::Restock { quantity } => model.on_hand += quantity,
+            ProductCommand::Reserve { order_id, quantity } => {
+                model.held.insert(*order_id, *quantity);
+            }
+            ProductCommand::Release { order_id } => {
+                model.held.remove(order_id);
+            }
+            ProductCommand::ShipReserved { order_id } => {
+                model.on_hand -= model.held.remove(order_id).map_or(0, i64::from);
+            }
             _ => {}
         }
     }
     if let Some(product) = after.product() {
-        prop_assert_eq!(product.stock, *model_stock);
+        let reserved: i64 = model.held.values().map(|q| i64::from(*q)).sum();
+        prop_assert_eq!(product.stock, model.on_hand);
+        prop_assert_eq!(&product.reservations, &model.held);
+        prop_assert_eq!(product.reserved, reserved);
         prop_assert!((0..=MAX_STOCK).contains(&product.stock), "stock {} out of range", product.stock);
+        prop_assert!(
+            (0..=product.stock).contains(&product.reserved),
+            "{} reserved of {} on hand",
+            product.reserved,
+            product.stock
+        );
+        prop_assert_eq!(product.available(), product.stock - product.reserved);
     }
     Ok(())
 }
@@ -310,22 +390,22 @@ proptest! {
         rest in prop::collection::vec(order_command(), 0..30),
     ) {
         let commands: Vec<OrderCommand> = std::iter::once(first).chain(rest).collect();
-        run::<OrderState>(&commands, check_order)?;
+        run::<OrderState>(&commands, |_, _| false, check_order)?;
     }
 
     #[test]
     fn cart_sequences_keep_their_invariants(commands in prop::collection::vec(cart_command(), 0..40)) {
         let mut model = ModelLines::new();
-        run::<CartState>(&commands, |before, after, command, outcome, _| {
+        run::<CartState>(&commands, |_, _| false, |before, after, command, outcome, _| {
             check_cart(&mut model, before, after, command, outcome)
         })?;
     }
 
     #[test]
     fn product_sequences_keep_stock_in_range(commands in prop::collection::vec(product_command(), 0..40)) {
-        let mut model_stock = 0_i64;
-        run::<ProductState>(&commands, |before, after, command, outcome, _| {
-            check_product(&mut model_stock, before, after, command, outcome)
+        let mut model = ModelStock::default();
+        run::<ProductState>(&commands, product_no_op, |before, after, command, outcome, _| {
+            check_product(&mut model, before, after, command, outcome)
         })?;
     }
 }

@@ -2,8 +2,8 @@
 //! view cannot follow are refused rather than guessed at.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use shop_model::events::*;
 use prism_events::{Event, EventPosition};
+use shop_model::events::*;
 use shop_model::read_models::*;
 use shop_model::ShopEvent;
 use uuid::Uuid;
@@ -141,6 +141,76 @@ fn a_product_is_listed_repriced_restocked_and_delisted() {
 }
 
 #[test]
+fn a_product_shows_what_orders_reserve_release_and_ship() {
+    const OTHER: Uuid = Uuid::from_u128(0x0e);
+    let stock = |v: &ProductCatalogEntry| (v.stock, v.reserved, v.available, v.version);
+    let listed = product_catalog::apply(
+        None,
+        &event(
+            P1,
+            1,
+            0,
+            ProductListed { sku: "S-1".into(), name: "Lamp".into(), price_cents: 900, stock: 5 },
+        ),
+    )
+    .expect("lists");
+    assert_eq!(stock(&listed), (5, 0, 5, 1), "everything on hand is available at first");
+    let steps: [(ShopEvent, (i64, i64, i64, i64)); 5] = [
+        (StockReserved { order_id: ORDER, quantity: 2 }.into(), (5, 2, 3, 2)),
+        (StockReserved { order_id: OTHER, quantity: 3 }.into(), (5, 5, 0, 3)),
+        (StockReleased { order_id: OTHER, quantity: 3 }.into(), (5, 2, 3, 4)),
+        (StockShipped { order_id: ORDER, quantity: 2 }.into(), (3, 0, 3, 5)),
+        (ProductRestocked { quantity: 4, stock_after: 7 }.into(), (7, 0, 7, 6)),
+    ];
+    let mut view = listed;
+    for (minute, (body, expected)) in steps.into_iter().enumerate() {
+        let version = view.version as u64 + 1;
+        view = product_catalog::apply(Some(view), &event(P1, version, minute as u32 + 1, body))
+            .expect("applies");
+        assert_eq!(stock(&view), expected, "after version {version}");
+    }
+    // Reservations made while listed still end after delisting, and the row shows it.
+    let reserved =
+        product_catalog::apply(Some(view), &event(P1, 7, 20, StockReserved { order_id: ORDER, quantity: 1 }))
+            .expect("reserves");
+    let delisted =
+        product_catalog::apply(Some(reserved), &event(P1, 8, 21, ProductDelisted { reason: "gone".into() }))
+            .expect("delists");
+    let released = product_catalog::apply(
+        Some(delisted),
+        &event(P1, 9, 22, StockReleased { order_id: ORDER, quantity: 1 }),
+    )
+    .expect("releases after delisting");
+    assert_eq!((stock(&released), released.listed), ((7, 0, 7, 9), false));
+}
+
+#[test]
+fn a_product_refuses_to_reserve_more_than_it_has_or_release_what_it_never_held() {
+    let listed = product_catalog::apply(
+        None,
+        &event(
+            P1,
+            1,
+            0,
+            ProductListed { sku: "S-1".into(), name: "Lamp".into(), price_cents: 900, stock: 2 },
+        ),
+    )
+    .expect("lists");
+    let over = product_catalog::apply(
+        Some(listed.clone()),
+        &event(P1, 2, 1, StockReserved { order_id: ORDER, quantity: 3 }),
+    )
+    .expect_err("3 reserved of 2");
+    assert!(over.to_string().contains("3 units reserved of 2 on hand"), "{over}");
+    let under = product_catalog::apply(
+        Some(listed),
+        &event(P1, 2, 1, StockReleased { order_id: ORDER, quantity: 1 }),
+    )
+    .expect_err("released what was never reserved");
+    assert!(under.to_string().contains("-1 units reserved"), "{under}");
+}
+
+#[test]
 fn a_cart_sums_its_lines_and_records_its_order() {
     let mut view = None;
     let events = [
@@ -255,7 +325,13 @@ fn orders_credit_their_user_and_paid_lines_count_as_sales_of_their_day() {
     assert!(user_profile::totals(&event(ORDER, 2, 1, OrderCancelled { reason: "x".into() })).is_empty());
 
     let day = NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");
-    let sold = |product_id, units, revenue_cents| ProductSalesDaily { product_id, day, units, revenue_cents, order_count: 1 };
+    let sold = |product_id, units, revenue_cents| ProductSalesDaily {
+        product_id,
+        day,
+        units,
+        revenue_cents,
+        order_count: 1,
+    };
     assert_eq!(product_sales_daily::sales(&paid), vec![sold(P1, 2, 1000), sold(P2, 1, 250)]);
     assert!(product_sales_daily::sales(&placed).is_empty(), "sales count when paid, not when placed");
 }

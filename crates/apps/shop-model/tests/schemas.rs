@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
 use jsonschema::{Retrieve, Uri, Validator};
-use shop_model::events::*;
 use prism_events::{decode_event, Event, EventPosition, Limits, WireHeaders};
-use shop_model::{registry, EventType, ShopEvent};
 use serde_json::{json, Value};
+use shop_model::events::*;
+use shop_model::{registry, EventType, ShopEvent};
 use uuid::Uuid;
 
 fn schemas_dir() -> PathBuf {
@@ -72,6 +72,9 @@ fn sample_payloads() -> Vec<ShopEvent> {
         ProductPriceChanged { price_cents: 2499, previous_price_cents: 2599 }.into(),
         ProductRestocked { quantity: -3, stock_after: 7 }.into(),
         ProductDelisted { reason: String::new() }.into(),
+        StockReserved { order_id: id(0x0d), quantity: 2 }.into(),
+        StockReleased { order_id: id(0x0d), quantity: 2 }.into(),
+        StockShipped { order_id: id(0x0e), quantity: 999 }.into(),
         CartOpened { user_id: id(1) }.into(),
         CartItemAdded { product_id: id(0xa1), quantity: 2, unit_price_cents: 1250 }.into(),
         CartItemRemoved { product_id: id(0xa1) }.into(),
@@ -147,8 +150,9 @@ fn every_schema_file_names_a_known_event_type_and_version() {
     for aggregate in std::fs::read_dir(schemas_dir().join("events")).expect("schemas/events") {
         let aggregate = aggregate.expect("entry").path();
         let aggregate_name = aggregate.file_name().and_then(|n| n.to_str()).expect("utf-8").to_owned();
-        let aggregate_type =
-            registry().aggregate_type(&aggregate_name).expect("the folder names one of the shop's aggregate types");
+        let aggregate_type = registry()
+            .aggregate_type(&aggregate_name)
+            .expect("the folder names one of the shop's aggregate types");
         for file in std::fs::read_dir(&aggregate).expect("aggregate folder") {
             let name = file.expect("entry").file_name().into_string().expect("utf-8");
             let stem =
@@ -187,7 +191,8 @@ fn an_old_schema_version_validates_and_is_upcast_on_decode() {
     let errors = schema_errors(&validator("events.schema.json"), &v1);
     assert!(errors.is_empty(), "{errors:?}");
     let bytes = serde_json::to_vec(&v1).expect("json");
-    let decoded = decode_event(&registry(), Some(&bytes), WireHeaders::default(), &Limits::default()).expect("decodes");
+    let decoded =
+        decode_event(&registry(), Some(&bytes), WireHeaders::default(), &Limits::default()).expect("decodes");
     assert_eq!(
         decoded.body::<ShopEvent>().cloned().expect("a shop event"),
         ShopEvent::UserRegistered(UserRegistered {
@@ -387,6 +392,33 @@ fn invalid_events_are_rejected_naming_the_problem() {
             assert!(!envelope_schema.is_valid(&json), "{}: the schema accepts it", sample.what);
         }
     }
+}
+
+#[test]
+fn a_stock_event_outside_an_order_lines_quantity_is_rejected_by_schema_and_decoder() {
+    let envelope_schema = validator("events.schema.json");
+    let valid: Value = serde_json::from_slice(
+        &event(StockReserved { order_id: id(0x0d), quantity: 3 }.into(), 4).to_json_bytes(),
+    )
+    .expect("json");
+    assert!(envelope_schema.is_valid(&valid), "{:?}", schema_errors(&envelope_schema, &valid));
+    for (quantity, what) in [(json!(0), "none"), (json!(1000), "above the line limit")] {
+        for event_type in ["StockReserved", "StockReleased", "StockShipped"] {
+            let broken = with(
+                with(valid.clone(), "/event_type", json!(event_type)),
+                "/payload/quantity",
+                quantity.clone(),
+            );
+            assert!(!envelope_schema.is_valid(&broken), "{event_type} with {what}: the schema accepts it");
+            let bytes = serde_json::to_vec(&broken).expect("json");
+            let err = decode_event(&registry(), Some(&bytes), WireHeaders::default(), &Limits::default())
+                .expect_err("the decoder refuses it");
+            assert_eq!(err.kind(), "invalid_value", "{event_type} with {what}: {err}");
+            assert!(err.to_string().contains("payload.quantity"), "{event_type}: {err}");
+        }
+    }
+    let foreign = with(valid, "/aggregate_type", json!("order"));
+    assert!(!envelope_schema.is_valid(&foreign), "stock events belong to products");
 }
 
 #[test]

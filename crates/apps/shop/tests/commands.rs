@@ -6,6 +6,9 @@
 //! - `http`: every status code of the error table, idempotent replays, contexts, concurrent
 //!   commands, readiness, and issue 13's hardening (a missing schema named, object bodies only,
 //!   JSON 405s, empty bodies on all-optional commands).
+//! - `stock`: the rules across aggregates — carts and orders only for registered users, stock
+//!   reserved with the order (409 `insufficient_stock` when short), released on cancel,
+//!   shipped with the order, racing orders never overselling.
 //! - `relay`: the outbox relay through a broker outage, a SIGKILL mid-publish and two relays
 //!   at once, read back and checked against the event store.
 //! - `contract`: the event store and outbox as a documented contract, proven by a Python
@@ -20,3 +23,5 @@ mod contract;
 mod http;
 #[path = "commands/relay.rs"]
 mod relay;
+#[path = "commands/stock.rs"]
+mod stock;

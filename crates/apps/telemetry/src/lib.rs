@@ -15,12 +15,15 @@
 //!   `site_hourly_readings` (per site, metric and hour, summed from every device of the site):
 //!   their rows, their pure feeds, and their definitions for the engine ([`read_models::all`]).
 //! - [`application`]: all of it as the engine runs it.
+//! - [`query`]: the query route of `site_hourly_readings` (composite key), mounted on the
+//!   engine's query service next to its generic by-key route.
 //! - `sql/`: the two tables (`{table}` stands for the generation's table name).
 //! - `schemas/`: JSON Schemas (draft 2020-12) of every event type and schema version, and
 //!   `events.schema.json`, the engine's envelope with these event types: the producers'
 //!   contract.
 //! - `src/bin/telemetry-projector.rs`: the projector binary, `telemetry-projector
-//!   [run|migrate]` — the engine's projector with this application.
+//!   [run|migrate]` — the engine's projector with this application; `telemetry-query`, the
+//!   engine's query service with it.
 //! - `producer/produce.py`: the Python producer (realistic device streams for N devices over M
 //!   sites, deterministic per seed; hostile messages on request; writes what it produced as
 //!   JSON lines for the tests' oracle).
@@ -28,11 +31,13 @@
 //!   the real broker, PostgreSQL and Redis (`it/`): oracle equality, workers killed with
 //!   SIGKILL, a blue/green rebuild under live traffic, hostile payloads dead-lettered.
 //!
-//! Everything here but the binary is pure: no I/O. Nothing in the engine names this crate.
+//! Events and read models are pure (no I/O); the binaries and the query route are the
+//! engine's services with this application. Nothing in the engine names this crate.
 
 #![warn(missing_docs)]
 
 pub mod events;
+pub mod query;
 pub mod read_models;
 
 pub use events::{registry, EventType, TelemetryEvent, DEVICE};

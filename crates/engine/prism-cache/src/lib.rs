@@ -1,108 +1,38 @@
-//! Redis adapter of Prism: the read-model cache.
+//! Redis adapter of Prism: the read-model cache, on one Redis server or a Redis Cluster.
 //!
 //! An entry is a hash `{rev, ver, doc}` under `<key_prefix>g<generation>:<kind>:<key>` (see
 //! `ProjectionInstance::cache_prefix`): the row's revision (its change counter), the aggregate
-//! version it reflects (what read-your-writes compares) and the row's JSON. Writers — projectors after their PostgreSQL commit,
-//! the query service refilling after a miss — go through [`Cache::put_if_newer`], a Lua
-//! compare-and-set on the revision: the cache is never newer than PostgreSQL (it is written
-//! after the commit) and an older writer can never overwrite a newer entry.
+//! version it reflects (what read-your-writes compares) and the row's JSON. Writers —
+//! projectors after their PostgreSQL commit, the query service refilling after a miss — go
+//! through `put_if_newer.lua`, a compare-and-set on the revision: the cache is never newer
+//! than PostgreSQL (it is written after the commit) and an older writer can never overwrite a
+//! newer entry.
 //!
-//! The multi-key script assumes one Redis node (or Sentinel); on Redis Cluster every key of
-//! one call must share a hash slot, which these keys do not.
+//! Where the keys live is `redis.mode`'s business:
+//! - [`standalone`]: one server; a whole chunk of entries in one script call.
+//! - [`cluster`]: Redis Cluster. A script call may only touch keys of one hash slot, and
+//!   Prism's keys spread over all 16384 slots on purpose (no hash tags), so writes are grouped
+//!   per slot and the groups of one master sent together; projector writes wait until the
+//!   master's replicas have them (so a failover cannot bring back an older entry); prefix
+//!   deletes scan every master; reads follow the cluster's redirections.
 //!
 //! `rediss://` URLs connect over TLS (native-tls, the system OpenSSL), verifying the server's
 //! certificate against `redis.tls_ca_cert` (or the system's trust store) and its host name.
-//! [`Cache::connect`] proves the connection, the password and the certificate, and says which
-//! of them failed.
+//! [`Cache::connect`] proves the connection, the password, the certificate and the mode, and
+//! says which of them failed ([`CacheError`], in [`error`]).
 
-use std::time::Duration;
+mod cluster;
+mod error;
+mod standalone;
 
-use prism_config::RedisConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, IntoConnectionInfo, Script, TlsCertificates};
+use prism_config::{RedisConfig, RedisMode};
+use redis::{Script, ScriptInvocation};
+
+pub use cluster::key_slot;
+pub use error::CacheError;
 
 /// Entries per script call: bounds the time Redis spends in one script.
 const ENTRIES_PER_CALL: usize = 200;
-
-/// A Redis failure.
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    /// The URL or settings are wrong.
-    #[error("redis configuration: {0}")]
-    Config(String),
-    /// The server refused the configured password (or asks for one and none is configured).
-    #[error("Redis at {target} refused the login: {detail}")]
-    LoginRefused {
-        /// `host:port` of the server.
-        target: String,
-        /// What it refused, e.g. `wrong password (redis.password)`.
-        detail: String,
-    },
-    /// The server's certificate does not chain to a trusted CA or does not name the host.
-    #[error(
-        "Redis at {target}: the server's certificate is not trusted (checked against {trust}): {detail}"
-    )]
-    UntrustedCertificate {
-        /// `host:port` of the server.
-        target: String,
-        /// What the certificate was checked against.
-        trust: String,
-        /// OpenSSL's verdict, e.g. `self-signed certificate in certificate chain`.
-        detail: String,
-    },
-    /// TLS could not be set up or negotiated (e.g. `rediss://` to a server without TLS, or an
-    /// unreadable `redis.tls_ca_cert`).
-    #[error("TLS to Redis at {target} failed: {detail}")]
-    Tls {
-        /// `host:port` of the server.
-        target: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The first connection could not be made.
-    #[error("Redis at {target} is unreachable: {source}")]
-    Unreachable {
-        /// `host:port` of the server.
-        target: String,
-        /// Why.
-        #[source]
-        source: redis::RedisError,
-    },
-    /// Redis answered with an error or could not be reached.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-}
-
-impl CacheError {
-    /// True when waiting and retrying can help (Redis down, restarting, loading, timing out).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            // Only `Cache::connect` returns these, and a process fails at start on them:
-            // retrying with the same settings cannot help.
-            Self::Config(_)
-            | Self::LoginRefused { .. }
-            | Self::UntrustedCertificate { .. }
-            | Self::Tls { .. } => false,
-            Self::Unreachable { .. } => true,
-            Self::Redis(err) => {
-                err.is_io_error()
-                    || err.is_timeout()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal()
-                    || matches!(
-                        err.kind(),
-                        redis::ErrorKind::Server(
-                            redis::ServerErrorKind::BusyLoading
-                                | redis::ServerErrorKind::TryAgain
-                                | redis::ServerErrorKind::ClusterDown
-                                | redis::ServerErrorKind::MasterDown
-                                | redis::ServerErrorKind::ReadOnly
-                        )
-                    )
-            }
-        }
-    }
-}
 
 /// One entry to write.
 #[derive(Debug, Clone, Copy)]
@@ -128,180 +58,134 @@ pub struct Cached {
     pub document: String,
 }
 
+impl Cached {
+    /// An entry from `HMGET key rev ver doc`; `None` unless it has a revision and a document.
+    fn from_fields((revision, version, document): (Option<i64>, Option<i64>, Option<String>)) -> Option<Self> {
+        match (revision, document) {
+            (Some(revision), Some(document)) => Some(Self { revision, version: version.unwrap_or(0), document }),
+            _ => None,
+        }
+    }
+}
+
 /// A connection to the cache. Cheap to clone; clones share the connection, which reconnects
-/// by itself after Redis comes back.
+/// by itself after Redis comes back (in cluster mode: to whichever nodes then serve the
+/// slots).
 #[derive(Clone)]
 pub struct Cache {
-    connection: ConnectionManager,
+    /// Where the keys live.
+    backend: Backend,
+    /// `put_if_newer.lua`, sent by hash and loaded when a server does not know it.
     put_if_newer: Script,
+}
+
+/// The two shapes of Redis deployment.
+#[derive(Clone)]
+enum Backend {
+    Standalone(standalone::Standalone),
+    // Boxed: the cluster keeps more beside its connection than the standalone side.
+    Cluster(Box<cluster::Cluster>),
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache").finish_non_exhaustive()
+        let mode = match self.backend {
+            Backend::Standalone(_) => "standalone",
+            Backend::Cluster(_) => "cluster",
+        };
+        f.debug_struct("Cache").field("mode", &mode).finish_non_exhaustive()
     }
 }
 
 impl Cache {
-    /// Connects (and proves Redis answers), over TLS for a `rediss://` URL. A refused
-    /// password, an untrusted certificate and a failed handshake are errors of their own that
-    /// name the server.
+    /// Connects as `redis.mode` says (and proves Redis answers), over TLS for a `rediss://`
+    /// URL. A refused password, an untrusted certificate, a failed handshake and a mode that
+    /// does not match the server are errors of their own that name the server.
     pub async fn connect(config: &RedisConfig) -> Result<Self, CacheError> {
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| CacheError::Config(format!("redis.url: {e}")))?;
-        if let Some(password) = &config.password {
-            let settings = info.redis_settings().clone().set_password(password.expose());
-            info = info.set_redis_settings(settings);
-        }
-        let (target, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), false),
-            ConnectionAddr::TcpTls { host, port, .. } => (format!("{host}:{port}"), true),
-            other => (other.to_string(), false),
+        let put_if_newer = Script::new(include_str!("put_if_newer.lua"));
+        let backend = match config.mode {
+            RedisMode::Standalone => Backend::Standalone(standalone::Standalone::connect(config).await?),
+            RedisMode::Cluster => Backend::Cluster(Box::new(cluster::Cluster::connect(config, &put_if_newer).await?)),
         };
-        let trust = if config.tls_ca_cert.is_empty() {
-            "the system's trust store; set redis.tls_ca_cert to the CA that signed it".to_owned()
-        } else {
-            format!("redis.tls_ca_cert {}", config.tls_ca_cert)
-        };
-        let client = if tls {
-            let root_cert = if config.tls_ca_cert.is_empty() {
-                None
-            } else {
-                let path = &config.tls_ca_cert;
-                Some(std::fs::read(path).map_err(|e| CacheError::Tls {
-                    target: target.clone(),
-                    detail: format!("redis.tls_ca_cert {path} cannot be read: {e}"),
-                })?)
-            };
-            redis::Client::build_with_tls(info, TlsCertificates { client_tls: None, root_cert })
-                .map_err(|e| CacheError::Tls { target: target.clone(), detail: chain(&e) })?
-        } else {
-            redis::Client::open(info)?
-        };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2);
-        let connection = ConnectionManager::new_with_config(client, manager_config)
-            .await
-            .map_err(|e| connect_error(e, &target, &trust))?;
-        let cache = Self { connection, put_if_newer: Script::new(include_str!("put_if_newer.lua")) };
-        cache.ping().await.map_err(|e| match e {
-            CacheError::Redis(e) => connect_error(e, &target, &trust),
-            other => other,
-        })?;
-        tracing::debug!(%target, tls, "redis connection ready");
-        Ok(cache)
+        Ok(Self { backend, put_if_newer })
     }
 
-    /// Writes every entry that is newer than its cached revision; returns how many were.
+    /// Writes every entry that is newer than its cached revision; returns how many were. What
+    /// projectors call after their PostgreSQL commit: in cluster mode it returns only once the
+    /// written masters' replicas have the entries (`redis.cluster_replica_acks`), so an entry
+    /// it reported can survive a failover.
     pub async fn put_if_newer(&self, entries: &[Entry<'_>]) -> Result<usize, CacheError> {
-        let mut written = 0;
-        let mut connection = self.connection.clone();
-        for chunk in entries.chunks(ENTRIES_PER_CALL) {
-            let mut invocation = self.put_if_newer.prepare_invoke();
-            for entry in chunk {
-                invocation.key(entry.key).arg(entry.revision).arg(entry.version).arg(entry.document);
-            }
-            let count: usize = invocation.invoke_async(&mut connection).await?;
-            written += count;
+        match &self.backend {
+            Backend::Standalone(standalone) => standalone.put_if_newer(&self.put_if_newer, entries).await,
+            Backend::Cluster(cluster) => cluster.put_if_newer(&self.put_if_newer, entries, true).await,
         }
-        Ok(written)
     }
 
-    /// Reads one entry.
+    /// The same compare-and-set, without waiting for replicas: for a writer that copies a
+    /// revision some [`put_if_newer`](Self::put_if_newer) writer also writes, such as the
+    /// query service refilling an entry from PostgreSQL after a miss. If a failover loses
+    /// such a write, the projector's own write of that revision (or a newer one) still lands
+    /// durably, so nothing stays stale; the read path is spared the replication round trip.
+    pub async fn refill_if_newer(&self, entries: &[Entry<'_>]) -> Result<usize, CacheError> {
+        match &self.backend {
+            Backend::Standalone(standalone) => standalone.put_if_newer(&self.put_if_newer, entries).await,
+            Backend::Cluster(cluster) => cluster.put_if_newer(&self.put_if_newer, entries, false).await,
+        }
+    }
+
+    /// Reads one entry (in cluster mode from the master of its slot, following redirections).
     pub async fn get(&self, key: &str) -> Result<Option<Cached>, CacheError> {
-        let mut connection = self.connection.clone();
-        let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
-            .arg(key)
-            .arg("rev")
-            .arg("ver")
-            .arg("doc")
-            .query_async(&mut connection)
-            .await?;
-        Ok(match (revision, document) {
-            (Some(revision), Some(document)) => {
-                Some(Cached { revision, version: version.unwrap_or(0), document })
-            }
-            _ => None,
-        })
+        match &self.backend {
+            Backend::Standalone(standalone) => standalone.get(key).await,
+            Backend::Cluster(cluster) => cluster.get(key).await,
+        }
     }
 
-    /// Deletes every key under `prefix`; returns how many. For rebuilds and tests.
+    /// Deletes every key under `prefix` (in cluster mode on every master); returns how many.
+    /// For rebuilds and tests.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
-        let mut connection = self.connection.clone();
-        let pattern = format!("{}*", escape_glob(prefix));
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await?;
-            if !keys.is_empty() {
-                let count: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut connection).await?;
-                deleted += count;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
+        match &self.backend {
+            Backend::Standalone(standalone) => standalone.delete_prefix(prefix).await,
+            Backend::Cluster(cluster) => cluster.delete_prefix(prefix).await,
         }
     }
 
-    /// Answers PING (readiness).
+    /// Answers PING (readiness); in cluster mode every master must answer.
     pub async fn ping(&self) -> Result<(), CacheError> {
-        let mut connection = self.connection.clone();
-        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
-        Ok(())
-    }
-}
-
-/// A failed first connection to `target` as an error that says what is wrong.
-fn connect_error(err: redis::RedisError, target: &str, trust: &str) -> CacheError {
-    let target = target.to_owned();
-    let detail = chain(&err);
-    if err.kind() == redis::ErrorKind::AuthenticationFailed || detail.contains("WRONGPASS") {
-        return CacheError::LoginRefused { target, detail: "wrong password (redis.password)".into() };
-    }
-    if detail.contains("NOAUTH") {
-        return CacheError::LoginRefused {
-            target,
-            detail: "the server asks for a password and redis.password is not set".into(),
-        };
-    }
-    if detail.contains("certificate verify failed") {
-        return CacheError::UntrustedCertificate { target, trust: trust.to_owned(), detail };
-    }
-    if detail.contains("SSL routines") || detail.contains("TLS") || detail.contains("handshake") {
-        return CacheError::Tls { target, detail };
-    }
-    if err.is_io_error() || err.is_connection_refusal() || err.is_timeout() || err.is_connection_dropped() {
-        return CacheError::Unreachable { target, source: err };
-    }
-    CacheError::Redis(err)
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(current) = source {
-        let more = current.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
+        match &self.backend {
+            Backend::Standalone(standalone) => standalone.ping().await,
+            Backend::Cluster(cluster) => cluster.ping().await,
         }
-        source = current.source();
     }
-    text
+}
+
+/// The script call for `entries`: `confirm` tells the script that the caller waits for
+/// replicas afterwards (see `put_if_newer.lua`).
+fn invocation<'a, 'e, 'k: 'e>(
+    script: &'a Script,
+    entries: impl IntoIterator<Item = &'e Entry<'k>>,
+    confirm: bool,
+) -> ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(if confirm { "1" } else { "0" });
+    for entry in entries {
+        invocation.key(entry.key).arg(entry.revision).arg(entry.version).arg(entry.document);
+    }
+    invocation
+}
+
+/// `HMGET key rev ver doc`, as [`Cached::from_fields`] reads it.
+fn read_cmd(key: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(key).arg("rev").arg("ver").arg("doc");
+    cmd
+}
+
+/// One `SCAN` step over keys matching `pattern`.
+fn scan_cmd(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+    cmd
 }
 
 /// Escapes Redis glob metacharacters so a prefix matches literally.
@@ -314,4 +198,23 @@ pub fn escape_glob(prefix: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers hold cache calls across awaits in spawned tasks and HTTP handlers: the futures
+    /// must be `Send` for any borrow of the entries.
+    #[allow(dead_code)]
+    fn calls_can_run_in_spawned_tasks(cache: Cache) {
+        tokio::spawn(async move {
+            let key = String::from("k");
+            let entries = [Entry { key: &key, revision: 1, version: 1, document: "{}" }];
+            let _ = cache.put_if_newer(&entries).await;
+            let _ = cache.refill_if_newer(&entries).await;
+            let _ = cache.get(&key).await;
+            let _ = cache.delete_prefix(&key).await;
+        });
+    }
 }

@@ -12,6 +12,8 @@
 //! - [`tls`]: TLS towards PostgreSQL, Redis and Kafka as configuration sees it (the
 //!   `sslmode` of a PostgreSQL URL, rules across the TLS and SASL keys).
 
+#![deny(missing_docs)]
+
 pub mod load;
 pub mod secret;
 pub mod sections;

@@ -53,7 +53,12 @@ pub enum ConfigError {
     Invalid(String),
     /// A file named by a layer does not exist.
     #[error("configuration: {what} {path} does not exist")]
-    MissingFile { what: &'static str, path: PathBuf },
+    MissingFile {
+        /// What the file is (e.g. `configuration file`).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+    },
 }
 
 impl From<figment::Error> for ConfigError {
@@ -105,6 +110,7 @@ impl PrismConfig {
         if self.redis.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return invalid("redis.key_prefix must not contain whitespace or control characters".into());
         }
+        self.redis.check_mode()?;
         if self.events.max_event_bytes < 1024 || self.events.max_depth < 4 {
             return invalid(
                 "events.max_event_bytes must be at least 1024 and events.max_depth at least 4".into(),
@@ -225,6 +231,67 @@ pub fn is_sql_identifier(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && name.len() <= 48
+}
+
+impl crate::sections::RedisConfig {
+    /// The rules of `redis.mode` and the cluster keys.
+    fn check_mode(&self) -> Result<(), ConfigError> {
+        use crate::sections::RedisMode;
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        match self.mode {
+            RedisMode::Standalone => {
+                if !self.cluster_seeds.is_empty() {
+                    return invalid(
+                        "redis.cluster_seeds is set but redis.mode is \"standalone\"; set redis.mode = \"cluster\" \
+                         (PRISM__REDIS__MODE=cluster) or remove the seeds"
+                            .into(),
+                    );
+                }
+            }
+            RedisMode::Cluster => {
+                let scheme = |url: &str| url.trim_start().split_once("://").map(|(s, _)| s.to_owned());
+                let url_scheme = scheme(&self.url);
+                for seed in &self.cluster_seeds {
+                    if url_has_password(seed) {
+                        return invalid(format!(
+                            "redis.cluster_seeds entry `{}` contains a password; set redis.password instead",
+                            mask_userinfo(seed)
+                        ));
+                    }
+                    if scheme(seed).is_none() || scheme(seed) != url_scheme {
+                        return invalid(format!(
+                            "redis.cluster_seeds entry `{seed}` must be a URL with the same scheme as redis.url ({})",
+                            url_scheme.as_deref().unwrap_or("none")
+                        ));
+                    }
+                }
+                if !self.tls_ca_cert.is_empty() {
+                    // The cluster client verifies certificates against the system's trust store
+                    // only (the TLS library's default paths).
+                    return invalid(
+                        "redis.tls_ca_cert is not supported with redis.mode = \"cluster\": add the CA to the \
+                         system's trust store (or point SSL_CERT_FILE at it) and leave redis.tls_ca_cert empty"
+                            .into(),
+                    );
+                }
+                if self.cluster_replica_acks > 0 && self.cluster_replica_ack_timeout_ms == 0 {
+                    return invalid(
+                        "redis.cluster_replica_ack_timeout_ms must be at least 1 when redis.cluster_replica_acks is set"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `url` with anything between `://` and `@` replaced, for error messages.
+fn mask_userinfo(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+        _ => url.to_owned(),
+    }
 }
 
 fn url_has_password(url: &str) -> bool {

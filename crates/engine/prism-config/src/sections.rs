@@ -105,9 +105,13 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityProtocol {
+    /// No TLS, no authentication (development only).
     Plaintext,
+    /// TLS, no SASL authentication.
     Ssl,
+    /// SASL authentication without TLS.
     SaslPlaintext,
+    /// SASL authentication over TLS: what production clusters use.
     SaslSsl,
 }
 
@@ -187,16 +191,43 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Connection URL, without a password: `redis://` in the clear, `rediss://` over TLS.
+    /// One Redis server, or a Redis Cluster: decides how keys are spread and how writes are
+    /// grouped (a cluster refuses one call over keys of different hash slots).
+    pub mode: RedisMode,
+    /// Connection URL, without a password: `redis://` in the clear, `rediss://` over TLS. In
+    /// cluster mode, one node of the cluster, from which the client learns the others.
     pub url: String,
+    /// Cluster mode: further nodes to learn the cluster from when `url`'s node is down at
+    /// start (same scheme as `url`, no password). Empty in standalone mode.
+    pub cluster_seeds: Vec<String>,
+    /// Cluster mode: a projector's cache write counts as done only when this many replicas of
+    /// the written master have it (or every replica it has, if fewer are online), so that a
+    /// failover cannot bring back an entry older than PostgreSQL. 0 does not wait.
+    pub cluster_replica_acks: u32,
+    /// Cluster mode: how long a write waits for those replicas before it fails as a transient
+    /// error (and is retried), in milliseconds.
+    pub cluster_replica_ack_timeout_ms: u64,
     /// Password (secret).
     #[serde(default)]
     pub password: Option<Secret>,
     /// PEM file of the CA certificate(s) the server's certificate must chain to (`rediss://`
-    /// only); empty means the system's trust store.
+    /// only); empty means the system's trust store. Standalone mode only.
     pub tls_ca_cert: String,
     /// Prefix of every key Prism writes.
     pub key_prefix: String,
+}
+
+/// What `redis.url` points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One Redis server (or the primary endpoint of a managed Redis without cluster mode):
+    /// every key on one node, writes batched into one script call.
+    Standalone,
+    /// Redis Cluster (or a managed Redis in cluster mode): keys spread over hash slots and
+    /// masters; writes grouped per slot, prefix deletes run on every master, reads follow the
+    /// cluster's redirections.
+    Cluster,
 }
 
 /// Input bounds for events, wherever they enter.
@@ -270,6 +301,103 @@ pub struct QueryConfig {
     pub max_sales_days: u32,
     /// `Retry-After` of a stale answer, in seconds.
     pub retry_after_seconds: u64,
+    /// PostgreSQL read replicas (hot standbys streaming from `postgres.url`) that answer reads
+    /// in place of the primary, as URLs without a password. Each uses the primary's
+    /// `postgres.password`, `ssl_root_cert`, schema, pool size and connect timeout, and the
+    /// primary's `sslmode` unless its URL names its own (see
+    /// [`QueryConfig::replica_postgres`]). Empty: every read goes to the primary. A TOML list,
+    /// or in `PRISM__QUERY__REPLICA_URLS` a comma-separated string.
+    #[serde(deserialize_with = "replica_urls")]
+    pub replica_urls: Vec<String>,
+    /// A replica not seen caught up with the primary for longer than this, in milliseconds, is
+    /// skipped (the primary answers); 0 means no bound. It bounds the staleness of reads
+    /// without `min_version`; read-your-writes is exact whatever it is (a replica's row must
+    /// carry the version asked for).
+    pub replica_max_lag_ms: u64,
+    /// Longest a read waits for a replica before the primary answers it instead, in
+    /// milliseconds; a replica that did not answer is skipped until it answers a probe again.
+    pub replica_timeout_ms: u64,
+}
+
+impl QueryConfig {
+    /// The connection settings of each of [`replica_urls`](Self::replica_urls): `postgres`
+    /// with the replica's URL, which keeps `postgres`'s `sslmode` when it names none (so a
+    /// replica is never reached with less TLS than the primary by omission). An error names
+    /// the entry and what is wrong with it.
+    pub fn replica_postgres(
+        &self,
+        postgres: &PostgresConfig,
+    ) -> Result<Vec<PostgresConfig>, crate::ConfigError> {
+        let primary_mode = postgres.tls()?.mode;
+        self.replica_urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                let url = if url.contains("sslmode=") {
+                    url.clone()
+                } else if url.contains("://") {
+                    let separator = if url.contains('?') { '&' } else { '?' };
+                    format!("{url}{separator}sslmode={}", primary_mode.as_str())
+                } else {
+                    format!("{url} sslmode={}", primary_mode.as_str())
+                };
+                let replica = PostgresConfig { url, ..postgres.clone() };
+                replica.tls().map_err(|err| {
+                    crate::ConfigError::Invalid(format!(
+                        "query.replica_urls[{index}] (`{}`): {err}",
+                        self.replica_urls[index]
+                    ))
+                })?;
+                Ok(replica)
+            })
+            .collect()
+    }
+}
+
+/// `query.replica_urls`: a list, or a comma-separated string (what an environment variable
+/// holds); entries must be distinct, non-empty and without a password.
+fn replica_urls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        List(Vec<String>),
+        Text(String),
+    }
+    let urls: Vec<String> = match Urls::deserialize(deserializer)? {
+        Urls::List(urls) => urls.into_iter().map(|url| url.trim().to_owned()).collect(),
+        Urls::Text(text) => {
+            text.split(',').map(str::trim).filter(|url| !url.is_empty()).map(str::to_owned).collect()
+        }
+    };
+    for (index, url) in urls.iter().enumerate() {
+        if url.is_empty() {
+            return Err(D::Error::custom(format!("entry {index} is empty")));
+        }
+        if names_password(url) {
+            return Err(D::Error::custom(format!(
+                "entry {index} contains a password; replicas log in with postgres.password \
+                 (PRISM__POSTGRES__PASSWORD or PRISM__POSTGRES__PASSWORD_FILE), so it stays out of logs"
+            )));
+        }
+        if urls[..index].contains(url) {
+            return Err(D::Error::custom(format!("`{url}` is listed twice")));
+        }
+    }
+    Ok(urls)
+}
+
+/// Whether a PostgreSQL connection string carries a password (`user:secret@` in the URL form,
+/// `password=` in the key-value form).
+fn names_password(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((_, rest)) => {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+                || rest.split(['?', '&']).any(|parameter| parameter.starts_with("password="))
+        }
+        None => url.split_whitespace().any(|pair| pair.starts_with("password=")),
+    }
 }
 
 /// What to do with an event whose version skips ahead.
@@ -300,4 +428,70 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+#[cfg(test)]
+mod query_replica_tests {
+    use crate::{ConfigSources, PrismConfig};
+
+    fn load(vars: &[(&str, &str)]) -> Result<PrismConfig, String> {
+        let env = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        PrismConfig::load(&ConfigSources { env, ..Default::default() }).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn replica_urls_default_to_none_and_load_as_a_list_or_a_comma_separated_string() {
+        let config = load(&[]).expect("defaults");
+        assert!(config.query.replica_urls.is_empty());
+        assert_eq!((config.query.replica_max_lag_ms, config.query.replica_timeout_ms), (5000, 1000));
+        let listed =
+            load(&[("PRISM__QUERY__REPLICA_URLS", r#"["postgres://r1:5432/prism", "postgres://r2/prism"]"#)])
+                .expect("a list");
+        let comma =
+            load(&[("PRISM__QUERY__REPLICA_URLS", " postgres://r1:5432/prism , postgres://r2/prism,")])
+                .expect("a comma-separated string");
+        let expected = vec!["postgres://r1:5432/prism".to_owned(), "postgres://r2/prism".to_owned()];
+        assert_eq!(listed.query.replica_urls, expected);
+        assert_eq!(comma.query.replica_urls, expected);
+        assert!(load(&[("PRISM__QUERY__REPLICA_URLS", "")]).expect("empty").query.replica_urls.is_empty());
+    }
+
+    #[test]
+    fn replica_urls_with_a_password_or_listed_twice_are_refused_naming_the_key() {
+        let err = load(&[("PRISM__QUERY__REPLICA_URLS", "postgres://prism:hunter2@r1/prism")])
+            .expect_err("password");
+        assert!(err.contains("replica_urls") && err.contains("postgres.password"), "{err}");
+        assert!(!err.contains("hunter2"), "the password is not repeated: {err}");
+        let err = load(&[("PRISM__QUERY__REPLICA_URLS", "host=r1 password=hunter2")])
+            .expect_err("key-value password");
+        assert!(err.contains("replica_urls"), "{err}");
+        let err = load(&[("PRISM__QUERY__REPLICA_URLS", "postgres://r1/prism,postgres://r1/prism")])
+            .expect_err("twice");
+        assert!(err.contains("replica_urls") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_keeps_the_primary_sslmode_unless_it_names_its_own() {
+        let config = load(&[
+            ("PRISM__POSTGRES__URL", "postgres://prism@primary/prism?sslmode=verify-full"),
+            ("PRISM__POSTGRES__SSL_ROOT_CERT", "/etc/prism/ca.pem"),
+            (
+                "PRISM__QUERY__REPLICA_URLS",
+                "postgres://prism@r1/prism,postgres://prism@r2/prism?sslmode=require,host=r3 dbname=prism",
+            ),
+        ])
+        .expect("loads");
+        let replicas = config.query.replica_postgres(&config.postgres).expect("replica settings");
+        let modes: Vec<&str> = replicas.iter().map(|r| r.tls().expect("tls").mode.as_str()).collect();
+        assert_eq!(modes, ["verify-full", "require", "verify-full"]);
+        assert!(replicas
+            .iter()
+            .all(|r| r.ssl_root_cert == "/etc/prism/ca.pem" && r.schema == config.postgres.schema));
+        assert_eq!(replicas[0].tls().expect("tls").url, "postgres://prism@r1/prism");
+
+        let config =
+            load(&[("PRISM__QUERY__REPLICA_URLS", "postgres://r1/prism?sslmode=sometimes")]).expect("loads");
+        let err = config.query.replica_postgres(&config.postgres).expect_err("bad sslmode").to_string();
+        assert!(err.contains("query.replica_urls[0]") && err.contains("sometimes"), "{err}");
+    }
 }

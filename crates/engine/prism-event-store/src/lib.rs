@@ -10,7 +10,7 @@
 //!
 //! The tables are created by the engine's migrations (`prism-postgres`).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod event_store;
 pub mod idempotency;

@@ -20,7 +20,7 @@
 //!
 //! This crate is pure: no I/O, no runtime, no broker or database types.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod aggregate;
 pub mod decode;

@@ -7,13 +7,28 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 pub enum KafkaError {
     /// No broker answered within the timeout.
     #[error("Kafka at {bootstrap} is unreachable: {detail}")]
-    Unreachable { bootstrap: String, detail: String },
+    Unreachable {
+        /// `kafka.bootstrap_servers`.
+        bootstrap: String,
+        /// What librdkafka said.
+        detail: String,
+    },
     /// The broker refused a topic operation.
     #[error("topic {topic}: {detail}")]
-    Topic { topic: String, detail: String },
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What the broker said.
+        detail: String,
+    },
     /// The broker refused a consumer-group operation.
     #[error("consumer group {group}: {detail}")]
-    Group { group: String, detail: String },
+    Group {
+        /// The group.
+        group: String,
+        /// What the broker said.
+        detail: String,
+    },
     /// Any other client error.
     #[error("Kafka: {0}")]
     Client(#[from] RdKafkaError),

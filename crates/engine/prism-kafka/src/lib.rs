@@ -12,6 +12,8 @@
 //! the configured partition count, because the count decides which partition (and so which
 //! worker, in which order) sees each aggregate.
 
+#![deny(missing_docs)]
+
 pub mod admin;
 pub mod client;
 pub mod consumer;

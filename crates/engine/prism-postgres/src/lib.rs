@@ -11,7 +11,7 @@
 //!
 //! SQL lives in `.sql` files next to the code that runs it.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod migrate;

@@ -175,7 +175,9 @@ pub fn client_config(
         pg.password(password.expose());
     }
     // The schema name is checked as a plain lowercase identifier when configuration loads.
-    pg.options(format!("-c search_path={}", config.schema));
+    // UTC sessions: `to_jsonb` renders timestamps with the session's zone, and the projector's
+    // cache writes and the query side's refills must render the same row identically.
+    pg.options(format!("-c search_path={} -c TimeZone=UTC", config.schema));
     pg.application_name(application_name);
     pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     pg.keepalives_idle(Duration::from_secs(30));

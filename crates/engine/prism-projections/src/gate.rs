@@ -6,7 +6,10 @@
 //! [`plan_batch`] decides:
 //!
 //! - version ≤ last: a duplicate (redelivery, replay after an offset reset, a racing worker
-//!   during a rebalance) — skipped, whether or not the aggregate is parked;
+//!   during a rebalance) — skipped, whether or not the aggregate is parked; but a different
+//!   event (another `event_id`) at the last applied version is a *conflict* (two writers
+//!   decided the same version): skipped too, and reported as such. (Only the last version's
+//!   event id is kept, so a conflict at an older version reads as a duplicate.)
 //! - version = last + 1: applied through the fold;
 //! - version > last + 1: a gap — per [`GapPolicy`], dead-lettered (the aggregate parks until
 //!   the missing events are redriven) or applied anyway and counted;
@@ -34,6 +37,8 @@ pub struct GateState {
     pub last_version: u64,
     /// Whether the aggregate waits behind an open dead letter.
     pub parked: bool,
+    /// The id of the event applied at `last_version`, when known.
+    pub last_event_id: Option<uuid::Uuid>,
 }
 
 /// What to do with an event whose version skips ahead of the last one applied.
@@ -117,6 +122,12 @@ pub enum ItemOutcome {
     },
     /// At or below the last applied version: skipped.
     Duplicate,
+    /// Another event than the one applied at this version: skipped, and reported (two
+    /// writers decided the same version of the aggregate).
+    Conflict {
+        /// The event applied at this version.
+        applied: uuid::Uuid,
+    },
     /// A poison message: dead-lettered (the caller holds its decode error).
     Poisoned,
     /// Dead-lettered by the planner; its aggregate is now parked.
@@ -161,7 +172,12 @@ where
                 // A version already applied is a duplicate even when the aggregate is parked
                 // since: a replay must not turn applied events into dead letters.
                 if version < expected {
-                    return ItemOutcome::Duplicate;
+                    return match gate.last_event_id {
+                        Some(applied) if version == gate.last_version && applied != event.meta.event_id => {
+                            ItemOutcome::Conflict { applied }
+                        }
+                        _ => ItemOutcome::Duplicate,
+                    };
                 }
                 if gate.parked {
                     return ItemOutcome::Parked;
@@ -176,6 +192,7 @@ where
                 match apply(event) {
                     Ok(()) => {
                         gate.last_version = version;
+                        gate.last_event_id = Some(event.meta.event_id);
                         if version == expected {
                             ItemOutcome::Applied
                         } else {

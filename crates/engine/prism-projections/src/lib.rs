@@ -13,7 +13,7 @@
 //! Nothing here does I/O: the PostgreSQL side is `prism-read-store`, the consumer side
 //! `prism-projector`.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod application;
 pub mod error;

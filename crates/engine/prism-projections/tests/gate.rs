@@ -247,3 +247,25 @@ fn a_replayed_applied_version_of_a_parked_aggregate_is_a_duplicate() {
     let outcomes = plan_batch(&first, &mut gates, GapPolicy::DeadLetter, |_| Ok(()));
     assert_eq!(outcomes, vec![ItemOutcome::Duplicate, ItemOutcome::Parked]);
 }
+
+#[test]
+fn another_event_at_the_last_applied_version_is_a_conflict_not_a_duplicate() {
+    let first = event(1, 1);
+    let second = event(1, 2);
+    let rival = event(1, 2); // the same version, decided by another writer: another event id
+    let deliveries = [first.clone(), second.clone(), second.clone(), rival.clone(), first.clone()];
+    let (outcomes, applied) = run(&deliveries, &[1, 2, 2], GapPolicy::DeadLetter, |_| false);
+    let got: Vec<&ItemOutcome> = outcomes.iter().map(|(_, _, o)| o).collect();
+    assert_eq!(
+        got,
+        [
+            &ItemOutcome::Applied,
+            &ItemOutcome::Applied,
+            &ItemOutcome::Duplicate,
+            &ItemOutcome::Conflict { applied: second.meta.event_id },
+            // Older versions keep no event id: a redelivery of version 1 is a duplicate.
+            &ItemOutcome::Duplicate,
+        ]
+    );
+    assert_eq!(applied[&1], vec![1, 2], "the rival event is never applied");
+}

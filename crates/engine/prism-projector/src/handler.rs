@@ -253,9 +253,48 @@ impl ProjectionHandler {
         projection::mark_dead_letters_published(&self.db, &ids).await.map_err(|e| transient("postgres", e))
     }
 
+    /// A parked event may be the one a version gap waited for: then the chain behind the gap
+    /// applies now, in version order (after this batch's commit; a crash in between leaves
+    /// the chain to the workers' periodic sweep, see `requests`).
+    async fn heal(
+        &self,
+        instance: ProjectionInstance,
+        parked: &[prism_projections::AggregateKey],
+    ) -> Result<(), TransientError> {
+        if parked.is_empty() || self.policy != GapPolicy::DeadLetter {
+            return Ok(());
+        }
+        let Some(model) = self.app.read_model(instance.projection) else { return Ok(()) };
+        let targets = [Target { instance, model }];
+        let reports = projection::redrive::heal(&self.db, &targets, Some(parked), self.policy, |letter: &projection::redrive::DeadLetter| {
+            crate::requests::decode_stored(&self.app, &self.limits, letter)
+        })
+        .await
+        .map_err(|e| transient("postgres", e))?;
+        for report in &reports {
+            counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => instance.id()).increment(report.applied.len() as u64);
+            counter!(m::PROJECTOR_GAPS_HEALED, "projection" => instance.id()).increment(1);
+            if let Some(kind) = model.cache_kind() {
+                crate::requests::write_cache(&self.cache, &instance.cache_prefix(kind, &self.key_prefix), report)
+                    .await
+                    .map_err(|e| transient("redis", format!("{e:#}")))?;
+            }
+        }
+        Ok(())
+    }
+
     fn count(&self, instance: ProjectionInstance, outcome: &BatchOutcome) {
         let label = instance.id();
         counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => label.clone()).increment(outcome.applied);
+        if outcome.conflicts > 0 {
+            counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => "conflict")
+                .increment(outcome.conflicts);
+            tracing::warn!(
+                projection = %label,
+                conflicts = ?outcome.conflict_details,
+                "events skipped: another event was already applied at their aggregate version (two writers decided the same version)"
+            );
+        }
         if outcome.duplicates > 0 {
             counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => "duplicate")
                 .increment(outcome.duplicates);
@@ -327,6 +366,7 @@ impl BatchHandler for ProjectionHandler {
         for (instance, outcome) in &outcomes {
             self.write_cache(*instance, outcome).await?;
             self.publish_dead_letters(outcome).await?;
+            self.heal(*instance, &outcome.parked_aggregates).await?;
         }
         Ok(())
     }

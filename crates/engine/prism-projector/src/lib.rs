@@ -21,7 +21,7 @@
 //! - [`setup`]: registering the read models and creating their tables ([`migrate`]).
 //! - [`embedded`]: a projector on a task of another process, with a clean stop.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod builder;
 pub mod dead_letters;

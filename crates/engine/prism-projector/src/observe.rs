@@ -78,14 +78,16 @@ impl Progress {
         for instance in instances {
             let label = instance.id();
             counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => label.clone()).absolute(0);
-            counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => "duplicate")
-                .absolute(0);
+            for reason in ["duplicate", "conflict"] {
+                counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => reason).absolute(0);
+            }
             for policy in ["apply", "dead_letter"] {
                 counter!(m::PROJECTOR_VERSION_GAPS, "projection" => label.clone(), "policy" => policy)
                     .absolute(0);
             }
             counter!(m::PROJECTOR_EVENTS_DEAD_LETTERED, "projection" => label.clone(), "kind" => "version_gap")
                 .absolute(0);
+            counter!(m::PROJECTOR_GAPS_HEALED, "projection" => label.clone()).absolute(0);
         }
     }
 
@@ -204,8 +206,9 @@ fn unix_now() -> f64 {
 /// The HELP text of every projector metric (`# HELP` lines in `/metrics`).
 fn describe() {
     describe_counter!(m::PROJECTOR_EVENTS_APPLIED, "Events applied to a read model, by projection (read model and generation).");
-    describe_counter!(m::PROJECTOR_EVENTS_SKIPPED, "Events skipped by the version gate, by projection and reason (duplicate: already applied).");
+    describe_counter!(m::PROJECTOR_EVENTS_SKIPPED, "Events skipped by the version gate, by projection and reason (duplicate: already applied; conflict: another event was applied at its version).");
     describe_counter!(m::PROJECTOR_EVENTS_DEAD_LETTERED, "Events moved to the dead letters, by projection and error kind (parked: waiting behind another).");
+    describe_counter!(m::PROJECTOR_GAPS_HEALED, "Version gaps healed by themselves: the missing event arrived and the events parked behind it applied, by projection.");
     describe_counter!(m::PROJECTOR_VERSION_GAPS, "Events that arrived after a missing aggregate version, by projection and gap policy.");
     describe_histogram!(m::PROJECTOR_BATCH_DURATION, Unit::Seconds, "Time from a batch's first message to its offsets being stored.");
     describe_histogram!(m::PROJECTOR_BATCH_SIZE, "Messages per batch.");

@@ -37,7 +37,14 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let worker = format!("{}-projector:{}", app.name(), std::process::id());
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
+        if policy == GapPolicy::DeadLetter && last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(err) = sweep(&app, &db, &cache, &key_prefix, policy, &limits, &read_models).await {
+                tracing::warn!(error = %format!("{err:#}"), "looking for version gaps to heal");
+            }
+        }
         match next(&db, &read_models, &worker).await {
             Ok(Some(request)) => {
                 let outcome = handle(&app, &db, &cache, &key_prefix, policy, &limits, &request).await;
@@ -58,6 +65,38 @@ pub async fn serve(
             _ = tokio::time::sleep(LOOK_EVERY) => {}
         }
     }
+}
+
+/// How often a worker looks for version gaps whose missing event arrived without being
+/// healed at once (a crash between the batch and its heal).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+/// Heals every healable chain of the active generations of `read_models`.
+async fn sweep(
+    app: &Application,
+    db: &Database,
+    cache: &Cache,
+    key_prefix: &str,
+    policy: GapPolicy,
+    limits: &Limits,
+    read_models: &[&'static str],
+) -> anyhow::Result<()> {
+    let instances = {
+        let client = db.client().await?;
+        prism_read_store::rebuild::active_generations(&**client, read_models).await?
+    };
+    for instance in instances {
+        let Some(model) = app.read_model(instance.projection) else { continue };
+        let targets = [Target { instance, model }];
+        let reports =
+            redrive::heal(db, &targets, None, policy, |letter| decode_stored(app, limits, letter)).await?;
+        if let Some(kind) = model.cache_kind() {
+            for report in &reports {
+                write_cache(cache, &instance.cache_prefix(kind, key_prefix), report).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn next(db: &Database, read_models: &[&'static str], worker: &str) -> anyhow::Result<Option<OperatorRequest>> {
@@ -142,7 +181,7 @@ pub fn decode_stored(app: &Application, limits: &Limits, letter: &DeadLetter) ->
 
 /// Writes a chain's cache entries, version-guarded, retrying a few times: PostgreSQL has
 /// committed, so the cache must follow.
-async fn write_cache(cache: &Cache, prefix: &str, report: &ChainReport) -> anyhow::Result<()> {
+pub(crate) async fn write_cache(cache: &Cache, prefix: &str, report: &ChainReport) -> anyhow::Result<()> {
     if report.cache_entries.is_empty() {
         return Ok(());
     }

@@ -1,8 +1,10 @@
 //! The query side's metrics (names from `prism_runtime::metric_names`, plus
 //! [`QUERY_CACHE_UP`]): requests by route and status with their latency, cache lookups by read
-//! model and result, reads that went to PostgreSQL, stale read-your-writes answers, and whether
-//! the cache is usable. Labels are bounded: routes are route templates (never a path with a
-//! key in it), statuses are HTTP codes, read models the application's names.
+//! model and result, reads that went to PostgreSQL and which server answered them (primary or
+//! replica, and why the primary answered one a replica could have), stale read-your-writes
+//! answers, whether the cache is usable, and each read replica's state and lag. Labels are
+//! bounded: routes are route templates (never a path with a key in it), statuses are HTTP
+//! codes, read models the application's names, replicas the configured ones.
 
 use std::time::Instant;
 
@@ -12,16 +14,17 @@ use axum::response::Response;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
 use prism_projections::Application;
 use prism_runtime::metric_names::{
-    QUERY_CACHE_LOOKUPS, QUERY_POSTGRES_READS, QUERY_REQUESTS, QUERY_REQUEST_DURATION, QUERY_STALE_RESPONSES,
+    QUERY_CACHE_LOOKUPS, QUERY_POSTGRES_READS, QUERY_REPLICA_FALLBACKS, QUERY_REQUESTS,
+    QUERY_REQUEST_DURATION, QUERY_SOURCE_READS, QUERY_STALE_RESPONSES,
 };
 
-/// Gauge: 1 while Redis answers, 0 while the cache is degraded (reads are then served from
-/// PostgreSQL and the service stays ready).
-pub const QUERY_CACHE_UP: &str = "prism_query_cache_up";
+use crate::read_path::source::{Fallback, Source};
 
-/// Gauge: read-your-writes requests parked right now, waiting for their read model to reach
-/// the version asked for. Labels: `read_model`.
-pub const QUERY_WAITING_REQUESTS: &str = "prism_query_waiting_requests";
+pub use prism_runtime::metric_names::QUERY_CACHE_UP;
+
+pub use prism_runtime::metric_names::QUERY_WAITING_REQUESTS;
+
+pub use prism_runtime::metric_names::{QUERY_REPLICA_LAG, QUERY_REPLICA_UP};
 
 /// The route label of requests no route matched.
 const UNMATCHED: &str = "unmatched";
@@ -42,9 +45,27 @@ pub fn describe(app: &Application) {
     describe_counter!(QUERY_POSTGRES_READS, "Reads that went to PostgreSQL, by read model.");
     describe_gauge!(QUERY_CACHE_UP, "1 while Redis answers; 0 while reads bypass the degraded cache.");
     describe_gauge!(QUERY_WAITING_REQUESTS, "Read-your-writes requests parked until their version lands, by read model.");
+    describe_counter!(
+        QUERY_SOURCE_READS,
+        "PostgreSQL reads by read model and the server that answered (primary, replica)."
+    );
+    describe_counter!(
+        QUERY_REPLICA_FALLBACKS,
+        "Reads a replica could have answered that the primary answered, by read model and reason (behind, lagging, unavailable, failed)."
+    );
+    describe_gauge!(
+        QUERY_REPLICA_UP,
+        "1 while a read replica serves reads, 0 while it is skipped as down, by replica."
+    );
+    describe_gauge!(
+        QUERY_REPLICA_LAG,
+        Unit::Seconds,
+        "Time since a read replica was last seen caught up with the primary (+Inf until first seen), by replica."
+    );
     for model in app.read_models() {
         let name = model.name();
         counter!(QUERY_POSTGRES_READS, "read_model" => name).absolute(0);
+        counter!(QUERY_SOURCE_READS, "read_model" => name, "source" => Source::Primary.label()).absolute(0);
         if model.key_columns().len() == 1 {
             counter!(QUERY_STALE_RESPONSES, "read_model" => name).absolute(0);
             gauge!(QUERY_WAITING_REQUESTS, "read_model" => name).set(0.0);
@@ -127,4 +148,37 @@ impl Drop for Waiting {
 /// Counts a read that went to PostgreSQL.
 pub fn postgres_read(read_model: &'static str) {
     counter!(QUERY_POSTGRES_READS, "read_model" => read_model).increment(1);
+}
+
+/// Puts the replica series of `app`'s read models at zero (called when `query.replica_urls`
+/// lists any; the per-replica gauges are set by every probe).
+pub(crate) fn describe_replicas(app: &Application) {
+    for model in app.read_models() {
+        let name = model.name();
+        counter!(QUERY_SOURCE_READS, "read_model" => name, "source" => Source::Replica.label()).absolute(0);
+        for reason in Fallback::ALL {
+            counter!(QUERY_REPLICA_FALLBACKS, "read_model" => name, "reason" => reason.label()).absolute(0);
+        }
+    }
+}
+
+/// Counts a read answered by `source`.
+pub(crate) fn source_read(read_model: &'static str, source: Source) {
+    counter!(QUERY_SOURCE_READS, "read_model" => read_model, "source" => source.label()).increment(1);
+}
+
+/// Counts a read the primary answered in place of a replica.
+pub(crate) fn replica_fallback(read_model: &'static str, reason: Fallback) {
+    counter!(QUERY_REPLICA_FALLBACKS, "read_model" => read_model, "reason" => reason.label()).increment(1);
+}
+
+/// Records whether `replica` serves reads.
+pub(crate) fn replica_up(replica: &str, up: bool) {
+    gauge!(QUERY_REPLICA_UP, "replica" => replica.to_owned()).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records how long ago `replica` was last seen caught up (`None`: never, +Inf).
+pub(crate) fn replica_lag(replica: &str, lag: Option<std::time::Duration>) {
+    gauge!(QUERY_REPLICA_LAG, "replica" => replica.to_owned())
+        .set(lag.map_or(f64::INFINITY, |lag| lag.as_secs_f64()));
 }

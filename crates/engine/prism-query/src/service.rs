@@ -7,7 +7,10 @@
 //! answer or the notification listener is down (read-your-writes would only end at its
 //! deadline). Redis being down does not fail it — every read is still served, from
 //! PostgreSQL — but shows as degraded in the `redis` check's detail and in the
-//! `prism_query_cache_up` gauge.
+//! `prism_query_cache_up` gauge. Likewise a read replica that is down or too far behind only
+//! degrades (the primary answers its reads): the `replicas` check, present when
+//! `query.replica_urls` lists any, says which and why, as do the `prism_query_replica_up` and
+//! `prism_query_replica_lag_seconds` gauges.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::notify::{self, Listener};
+use crate::read_path::source::{self, ReplicaReport};
 use crate::read_path::ReadPath;
 use crate::{http, metrics};
 
@@ -38,6 +42,10 @@ pub const POSTGRES_CHECK: &str = "postgres";
 /// The readiness check of Redis: always passing (reads do not need it), its detail says
 /// `connected` or starts with `degraded:`.
 pub const REDIS_CHECK: &str = "redis";
+/// The readiness check of the read replicas, when any are configured: always passing (the
+/// primary answers what they cannot), its detail says how many serve or starts with
+/// `degraded:` and names each replica skipped and why.
+pub const REPLICAS_CHECK: &str = "replicas";
 
 /// Binds `query.listen` and serves `app` with `app_routes` until `shutdown` resolves.
 pub async fn run(
@@ -73,6 +81,11 @@ pub async fn serve(
     health.set(POSTGRES_CHECK, true, "connected");
     health.set(notify::HEALTH_CHECK, false, "connecting");
     redis_state(&read, &health, read.cache_slot().is_connected().then_some(Ok(())));
+    let replicas = read.row_source().has_replicas();
+    if replicas {
+        metrics::describe_replicas(read.app());
+        replicas_state(&health, &read.row_source().probe_replicas().await);
+    }
 
     let service = http::router(read.clone(), app_routes)
         .merge(ops_router(prometheus, health.clone()))
@@ -88,6 +101,9 @@ pub async fn serve(
         health: health.clone(),
     };
     tasks.spawn(listener_task.run(stop.clone()));
+    if replicas {
+        tasks.spawn(watch_replicas(read.clone(), health.clone(), stop.clone()));
+    }
     tasks.spawn(check_health(read, config.redis.clone(), health, stop));
 
     let address: SocketAddr = listener.local_addr()?;
@@ -162,6 +178,49 @@ fn redis_state(read: &ReadPath, health: &Health, probe: Option<Result<(), String
             health.set(REDIS_CHECK, true, format!("degraded: {reason}; reads are served from PostgreSQL"));
         }
     }
+}
+
+/// Probes the read replicas every [`source::PROBE_INTERVAL`] (connecting those away at start,
+/// measuring lag) and keeps the `replicas` check current.
+async fn watch_replicas(read: ReadPath, health: Health, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(source::PROBE_INTERVAL) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let reports = read.row_source().probe_replicas().await;
+        replicas_state(&health, &reports);
+    }
+}
+
+/// Records what a replica probe saw in the `replicas` check. Never fails readiness.
+fn replicas_state(health: &Health, reports: &[ReplicaReport]) {
+    let skipped: Vec<String> = reports
+        .iter()
+        .filter_map(|report| match (&report.trouble, report.lagging) {
+            (Some(trouble), _) => Some(format!("{} is down ({trouble})", report.target)),
+            (None, true) => Some(match report.lag {
+                Some(lag) => format!(
+                    "{} is {:.1}s behind the primary, beyond query.replica_max_lag_ms",
+                    report.target,
+                    lag.as_secs_f64()
+                ),
+                None => format!("{} has not been seen caught up with the primary yet", report.target),
+            }),
+            (None, false) => None,
+        })
+        .collect();
+    let serving = reports.len() - skipped.len();
+    let detail = if skipped.is_empty() {
+        format!("{serving} of {} serving reads", reports.len())
+    } else {
+        format!(
+            "degraded: {}; {serving} of {} serving reads, the primary answers the rest",
+            skipped.join("; "),
+            reports.len()
+        )
+    };
+    health.set(REPLICAS_CHECK, true, detail);
 }
 
 /// The command line of an application's query binary.

@@ -15,7 +15,7 @@
 //! The tables are created by the engine's migrations (`prism-postgres`) and, per read model,
 //! by [`read_models::ensure_active`].
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod projection;
 pub mod read_models;

@@ -9,6 +9,8 @@
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
 //! - [`service`]: the `main` of the long-running binaries: configuration, logging, exit codes.
 
+#![deny(missing_docs)]
+
 pub mod health;
 pub mod http;
 pub mod logging;

@@ -25,13 +25,17 @@ pub const COMMANDS_OUTBOX_PUBLISH_ERRORS: &str = "prism_commands_outbox_publish_
 
 /// Counter: events applied to a read model. Labels: `projection`.
 pub const PROJECTOR_EVENTS_APPLIED: &str = "prism_projector_events_applied_total";
-/// Counter: events skipped. Labels: `projection`, `reason` (duplicate).
+/// Counter: events skipped. Labels: `projection`, `reason` (duplicate: applied before;
+/// conflict: another event with the same aggregate version was applied).
 pub const PROJECTOR_EVENTS_SKIPPED: &str = "prism_projector_events_skipped_total";
 /// Counter: events dead-lettered. Labels: `projection`, `kind` (the error kind; `parked`
 /// for events waiting behind another).
 pub const PROJECTOR_EVENTS_DEAD_LETTERED: &str = "prism_projector_events_dead_lettered_total";
 /// Counter: version gaps detected. Labels: `projection`, `policy`.
 pub const PROJECTOR_VERSION_GAPS: &str = "prism_projector_version_gaps_total";
+/// Counter: version gaps healed by themselves: the missing event arrived and the events parked
+/// behind the gap were applied in order. Labels: `projection`.
+pub const PROJECTOR_GAPS_HEALED: &str = "prism_projector_version_gaps_healed_total";
 /// Histogram: time from a batch's first message to its offsets being stored. Labels:
 /// `group`.
 pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_seconds";
@@ -72,10 +76,30 @@ pub const PROJECTOR_RETRYING_SECONDS: &str = "prism_projector_batch_retrying_sec
 pub const QUERY_REQUESTS: &str = "prism_query_requests_total";
 /// Histogram: request latency. Labels: `route`.
 pub const QUERY_REQUEST_DURATION: &str = "prism_query_request_duration_seconds";
-/// Counter: cache lookups. Labels: `read_model`, `result` (hit, miss).
+/// Counter: cache lookups. Labels: `read_model`, `result` (hit, miss, error, bypassed).
 pub const QUERY_CACHE_LOOKUPS: &str = "prism_query_cache_lookups_total";
+/// Gauge: 1 while Redis answers, 0 while the query side's cache is degraded (reads served
+/// from PostgreSQL).
+pub const QUERY_CACHE_UP: &str = "prism_query_cache_up";
+/// Gauge: read-your-writes requests parked until their version lands. Labels: `read_model`.
+pub const QUERY_WAITING_REQUESTS: &str = "prism_query_waiting_requests";
 /// Counter: read-your-writes waits that timed out. Labels: `read_model`.
 pub const QUERY_STALE_RESPONSES: &str = "prism_query_stale_responses_total";
 /// Counter: reads that went to PostgreSQL (cache misses, read-your-writes re-checks, lists).
 /// Labels: `read_model`.
 pub const QUERY_POSTGRES_READS: &str = "prism_query_postgres_reads_total";
+/// Counter: PostgreSQL reads by the server that answered them. Labels: `read_model`, `source`
+/// (primary, replica).
+pub const QUERY_SOURCE_READS: &str = "prism_query_source_reads_total";
+/// Counter: reads a replica could have answered that the primary answered instead. Labels:
+/// `read_model`, `reason` (behind: the replica's row was older than the `min_version` asked
+/// for; lagging: every replica that answers is further behind than `query.replica_max_lag_ms`;
+/// unavailable: no replica answers; failed: the replica's read failed or timed out).
+pub const QUERY_REPLICA_FALLBACKS: &str = "prism_query_replica_fallbacks_total";
+/// Gauge: 1 while a replica is used for reads, 0 while it is skipped as down. Labels: `replica`
+/// (`host:port/database` from `query.replica_urls`).
+pub const QUERY_REPLICA_UP: &str = "prism_query_replica_up";
+/// Gauge: time since a replica was last seen to have replayed all the primary had written (an
+/// upper bound of how stale its answers are; +Inf until first seen caught up). Labels:
+/// `replica`.
+pub const QUERY_REPLICA_LAG: &str = "prism_query_replica_lag_seconds";

@@ -19,6 +19,8 @@
 //! Names are random per test (`t` + 10 hex digits), so concurrent tests and leftovers of
 //! killed runs never collide.
 
+#![deny(missing_docs)]
+
 pub mod binaries;
 pub mod env;
 pub mod kafka;

@@ -209,7 +209,10 @@ mod tests {
         else {
             panic!("dlq redrive")
         };
-        assert_eq!(args.aggregate.map(|(t, id)| (t.as_str(), id)), Some(("order", id.parse().expect("uuid"))));
+        assert_eq!(
+            args.aggregate.map(|(t, id)| (t.as_str(), id)),
+            Some(("order", id.parse().expect("uuid")))
+        );
         let Command::Dlq { command: DlqCommand::Redrive(args) } =
             parse(&["dlq", "redrive", "--all", "--projection", "cart_view_g1"]).expect("parses").command
         else {
@@ -234,7 +237,8 @@ mod tests {
         assert!(parse(&["dlq", "redrive", "3", "--all"]).is_err(), "one selection only");
         assert!(parse(&["dlq", "redrive", "--aggregate", "order"]).is_err());
         assert!(
-            parse(&["dlq", "redrive", "--aggregate", "Invoice:7d7c2f0e-0000-4000-8000-000000000001"]).is_err(),
+            parse(&["dlq", "redrive", "--aggregate", "Invoice:7d7c2f0e-0000-4000-8000-000000000001"])
+                .is_err(),
             "not an aggregate type name"
         );
         assert!(parse(&["dlq", "redrive", "--aggregate", "order:not-a-uuid"]).is_err());
@@ -246,5 +250,100 @@ mod tests {
     fn the_command_tree_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The `--flags` a help text mentions.
+    fn flags_mentioned(help: &str) -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        let mut rest = help;
+        while let Some(at) = rest.find("--") {
+            let name: String = rest[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect();
+            if name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+                found.insert(name.trim_end_matches('-').to_owned());
+            }
+            rest = &rest[at + 2..];
+        }
+        found
+    }
+
+    /// The long flags of `command` and of every command below it.
+    fn own_flags(command: &clap::Command) -> std::collections::BTreeSet<String> {
+        let mut flags: std::collections::BTreeSet<String> =
+            command.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect();
+        flags.extend(["help".to_owned(), "version".to_owned()]);
+        for sub in command.get_subcommands() {
+            flags.extend(own_flags(sub));
+        }
+        flags
+    }
+
+    /// Every command's `--help` mentions only flags that command (or one below it) has: a
+    /// flag that belongs to another command (`--watch` is `lag`'s) sends a reader looking for
+    /// an option that is not there.
+    #[test]
+    fn every_help_text_mentions_only_its_own_flags() {
+        use clap::CommandFactory;
+        fn check(command: &mut clap::Command, path: &str, checked: &mut usize) {
+            let help = command.render_long_help().to_string();
+            let own = own_flags(command);
+            let foreign: Vec<String> =
+                flags_mentioned(&help).into_iter().filter(|f| !own.contains(f)).collect();
+            assert!(
+                foreign.is_empty(),
+                "`{path} --help` mentions {foreign:?}, which it does not have:\n{help}"
+            );
+            *checked += 1;
+            // clap's generated `help` subcommands list their siblings: those are checked themselves.
+            let names: Vec<String> =
+                command.get_subcommands().map(|c| c.get_name().to_owned()).filter(|n| n != "help").collect();
+            for name in names {
+                let sub = command.find_subcommand_mut(&name).expect("subcommand");
+                check(sub, &format!("{path} {name}"), checked);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut checked = 0;
+        check(&mut cli, "prismctl", &mut checked);
+        assert!(checked >= 12, "every command was looked at ({checked})");
+        assert_eq!(
+            flags_mentioned("use --watch, or --count 3 with --output=json; not -- or ---"),
+            ["count", "output", "watch"].map(str::to_owned).into()
+        );
+    }
+
+    /// Topic examples have this deployment's form, `<topics.prefix><aggregate type>.events`.
+    #[test]
+    fn offsets_reset_help_names_topics_of_the_deployments_form() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        cli.build();
+        let reset = cli
+            .find_subcommand_mut("offsets")
+            .and_then(|o| o.find_subcommand_mut("reset"))
+            .expect("offsets reset");
+        let help = reset.render_long_help().to_string();
+        assert!(help.contains("<topics.prefix><aggregate type>.events"), "{help}");
+        assert!(help.contains("prism.order.events:0,2"), "{help}");
+        assert!(!help.contains("orders.events"), "no topic of another form: {help}");
+    }
+
+    #[test]
+    fn destructive_commands_take_yes() {
+        let Command::Dlq { command: DlqCommand::Redrive(args) } =
+            parse(&["dlq", "redrive", "--all", "--yes"]).expect("parses").command
+        else {
+            panic!("dlq redrive")
+        };
+        assert!(args.yes);
+        let Command::Dlq { command: DlqCommand::Redrive(args) } =
+            parse(&["dlq", "redrive", "3"]).expect("parses").command
+        else {
+            panic!("dlq redrive")
+        };
+        assert!(!args.yes, "asking is the default");
     }
 }

@@ -1,11 +1,15 @@
 //! `prismctl`, the operator CLI. Each subcommand lives in its own module under `commands/`;
 //! this file parses arguments, loads configuration and maps failures to exit codes.
 //!
+//! Every command first prints, to stderr, the deployment it acts on ([`deployment::header`]):
+//! stdout stays the command's own output (JSON with `--output json`).
+//!
 //! Exit codes: 0 success, 1 the operation failed or found a problem, 2 bad arguments or
 //! configuration (clap's convention).
 
 mod cli;
 mod commands;
+mod deployment;
 
 use std::process::ExitCode;
 
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    eprintln!("{}", deployment::header(&config));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -1,6 +1,6 @@
-//! The carts context: `POST /carts/{id}/items` (add; opens the cart),
+//! The carts context: `POST /carts/{id}/items` (add, for a registered user; opens the cart),
 //! `DELETE /carts/{id}/items/{product_id}`, `POST /carts/{id}/checkout` (also places the
-//! order, in the same transaction).
+//! order and reserves its units, in the same transaction).
 
 use axum::extract::State;
 use axum::response::Response;

@@ -1,6 +1,8 @@
-//! The orders context: `POST /orders` (place from items), `POST /orders/{id}/pay`,
-//! `POST /orders/{id}/payment` (the provider's result), `POST /orders/{id}/ship`,
-//! `POST /orders/{id}/cancel`.
+//! The orders context: `POST /orders` (place from items, reserving their units),
+//! `POST /orders/{id}/pay`, `POST /orders/{id}/payment` (the provider's result),
+//! `POST /orders/{id}/ship` (the reserved units leave the stock), `POST /orders/{id}/cancel`
+//! (the reserved units are available again). Placing, shipping and cancelling append to the
+//! order and to its products in one transaction ([`crate::service`]).
 
 use axum::extract::State;
 use axum::response::Response;
@@ -191,8 +193,14 @@ async fn ship(
     headers: CommandHeaders,
     body: JsonBody<Ship>,
 ) -> Result<Response, ApiError> {
+    let order_id = path.uuid("id")?;
+    tracing::Span::current().record("order_id", display(order_id));
     let Ship { carrier, tracking_code } = body.value;
-    on_order(&app, &path, &headers, &body.digest, OrderCommand::Ship { carrier, tracking_code }).await
+    let reply =
+        service::ship_order(&app.service, order_id, carrier, tracking_code, &headers.meta(&body.digest))
+            .await
+            .map_err(api_error)?;
+    Ok(respond(reply))
 }
 
 #[tracing::instrument(skip_all, fields(command = "cancel_order", order_id = Empty))]
@@ -202,5 +210,10 @@ async fn cancel(
     headers: CommandHeaders,
     body: JsonBody<Cancel>,
 ) -> Result<Response, ApiError> {
-    on_order(&app, &path, &headers, &body.digest, OrderCommand::Cancel { reason: body.value.reason }).await
+    let order_id = path.uuid("id")?;
+    tracing::Span::current().record("order_id", display(order_id));
+    let reply = service::cancel_order(&app.service, order_id, body.value.reason, &headers.meta(&body.digest))
+        .await
+        .map_err(api_error)?;
+    Ok(respond(reply))
 }

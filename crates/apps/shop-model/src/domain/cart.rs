@@ -9,8 +9,10 @@
 //! product up first and passes a [`ProductSnapshot`]. A product that does not exist is passed
 //! as `None` and refused with `product_not_found` (a rejection, 409, rather than
 //! `NotFound`, 404: the product id is in the request body, and a 404 would read as "no such
-//! cart"). Who may touch a cart beyond `AddItem`'s owner check is the service's
-//! authorisation, not a rule here.
+//! cart"). The same goes for the user: the service reads the user aggregate and says whether
+//! `user_id` is registered; a cart accepts items only from a registered user
+//! (`user_not_found`, 409, for anyone else). Who may touch a cart beyond `AddItem`'s owner
+//! check is the service's authorisation, not a rule here.
 
 use crate::events::fields::bounds::{MAX_LINES, MAX_LINE_QUANTITY};
 use crate::events::{CartCheckedOut, CartItemAdded, CartItemRemoved, CartOpened, OrderLine};
@@ -41,6 +43,9 @@ pub enum CartCommand {
     AddItem {
         /// The user adding; becomes the owner of a new cart, must be the owner otherwise.
         user_id: Uuid,
+        /// Whether `user_id` is a registered user, as the service read it from the user
+        /// aggregate; nobody else may open or fill a cart (`user_not_found`).
+        user_registered: bool,
         /// The product to add.
         product_id: Uuid,
         /// Units to add.
@@ -136,6 +141,7 @@ impl CartState {
     fn add_item(
         &self,
         user_id: Uuid,
+        user_registered: bool,
         product_id: Uuid,
         quantity: u32,
         product: Option<ProductSnapshot>,
@@ -148,6 +154,12 @@ impl CartState {
                     "this cart belongs to another user",
                 ));
             }
+        }
+        if !user_registered {
+            return Err(DomainError::rejected(
+                Rejection::UserNotFound,
+                format!("user {user_id} is not registered"),
+            ));
         }
         let product = product.ok_or_else(|| {
             DomainError::rejected(Rejection::ProductNotFound, "the catalog has no such product")
@@ -249,8 +261,8 @@ impl Aggregate for CartState {
 
     fn decide(&self, command: &CartCommand) -> Result<Vec<ShopEvent>, DomainError> {
         match command {
-            CartCommand::AddItem { user_id, product_id, quantity, product } => {
-                self.add_item(*user_id, *product_id, *quantity, *product)
+            CartCommand::AddItem { user_id, user_registered, product_id, quantity, product } => {
+                self.add_item(*user_id, *user_registered, *product_id, *quantity, *product)
             }
             CartCommand::RemoveItem { product_id } => {
                 let cart = self.open_cart()?;

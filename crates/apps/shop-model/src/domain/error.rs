@@ -142,6 +142,16 @@ rejections! {
     StockBelowZero => "stock_below_zero",
     /// product: `Restock` that would take the stock above `bounds::MAX_STOCK`.
     StockAboveMaximum => "stock_above_maximum",
+    /// product: `Restock` (a correction) that would leave fewer units on hand than orders
+    /// have reserved.
+    StockBelowReserved => "stock_below_reserved",
+    /// product: `Reserve` of more units than are available (on hand and not reserved); an
+    /// order placed for more than the catalog can deliver.
+    InsufficientStock => "insufficient_stock",
+    /// product: `Reserve` for an order that already holds a reservation of this product.
+    AlreadyReserved => "already_reserved",
+    /// cart, order: `AddItem` or `Place` for a user id that was never registered.
+    UserNotFound => "user_not_found",
     /// cart: `AddItem` by a user other than the cart's owner.
     NotCartOwner => "not_cart_owner",
     /// cart: `AddItem` of a product the catalog does not have.

@@ -18,9 +18,17 @@
 //! - [`error`]: [`DomainError`] (what a client gets back: not found, rejected with a stable
 //!   [`Rejection`] code, invalid field) and [`EvolveError`].
 //! - [`user`]: registration and profile changes.
-//! - [`product`]: the catalog — listing, price, stock, delisting.
+//! - [`product`]: the catalog — listing, price, stock, delisting, and the units open orders
+//!   hold (reserved when an order is placed, released when it is cancelled, shipped with it).
 //! - [`cart`]: a shopping cart from the first item to checkout.
 //! - [`order`]: the order's status machine from placement through payment to shipping.
+//!
+//! Rules across aggregates are kept by the command service, which reads and appends several
+//! streams in one transaction: a cart or an order only for a registered user (the service
+//! reads the user and tells the cart or order, which refuse with `user_not_found`); an order
+//! only within stock (placing it appends `OrderPlaced` and each product's `StockReserved`
+//! together, under each stream's optimistic concurrency check, so two orders racing for the
+//! last units cannot both win).
 //!
 //! Checks run in the same order in every aggregate: existence ([`DomainError::NotFound`]),
 //! then rules about the aggregate's lifecycle ([`DomainError::Rejected`]), then the field

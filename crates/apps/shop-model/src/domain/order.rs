@@ -19,6 +19,14 @@
 //! projections fed by many orders need no lookup. Line rules (1 to `bounds::MAX_LINES` lines,
 //! quantities, prices, each product once) are the event contract's, checked by validating
 //! `OrderPlaced`.
+//!
+//! An order is for a registered user: the command service reads the user aggregate and says
+//! so in [`OrderCommand::Place`]; anyone else is refused with `user_not_found` (a rejection,
+//! 409, like the cart's `product_not_found`: the id is in the request body, and a 404 would
+//! read as "no such order"). Stock is the catalog's: the service reserves each line's units
+//! with the product aggregate (`ProductCommand::Reserve`) in the transaction that places the
+//! order, releases them in the one that cancels it and ships them in the one that ships it
+//! (see [`crate::domain::product`]).
 
 use crate::events::{
     OrderCancelled, OrderLine, OrderPaymentFailed, OrderPaymentRequested, OrderPaymentSucceeded, OrderPlaced,
@@ -40,6 +48,9 @@ pub enum OrderCommand {
     Place {
         /// The customer.
         user_id: Uuid,
+        /// Whether `user_id` is a registered user, as the service read it from the user
+        /// aggregate; an order for anyone else is refused (`user_not_found`).
+        user_registered: bool,
         /// The cart it comes from, if any.
         cart_id: Option<Uuid>,
         /// What is ordered, with unit prices fixed now.
@@ -193,11 +204,18 @@ impl OrderState {
     fn place(
         &self,
         user_id: Uuid,
+        user_registered: bool,
         cart_id: Option<Uuid>,
         lines: &[OrderLine],
     ) -> Result<Vec<ShopEvent>, DomainError> {
         if self.order.is_some() {
             return Err(DomainError::rejected(Rejection::AlreadyPlaced, "this order was already placed"));
+        }
+        if !user_registered {
+            return Err(DomainError::rejected(
+                Rejection::UserNotFound,
+                format!("user {user_id} is not registered"),
+            ));
         }
         // Saturating: the lines are not validated yet; validation rejects any line whose
         // numbers are out of range before it compares this total.
@@ -305,8 +323,8 @@ impl Aggregate for OrderState {
 
     fn decide(&self, command: &OrderCommand) -> Result<Vec<ShopEvent>, DomainError> {
         let event: ShopEvent = match command {
-            OrderCommand::Place { user_id, cart_id, lines } => {
-                return self.place(*user_id, *cart_id, lines);
+            OrderCommand::Place { user_id, user_registered, cart_id, lines } => {
+                return self.place(*user_id, *user_registered, *cart_id, lines);
             }
             OrderCommand::RequestPayment { method } => {
                 let order = self.placed()?;

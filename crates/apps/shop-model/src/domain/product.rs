@@ -10,10 +10,29 @@
 //! depends on the state and is therefore a rejection (`stock_below_zero`,
 //! `stock_above_maximum`). A listing with a stock outside that range is an `InvalidField`,
 //! since it depends on the field alone.
+//!
+//! Reservations: `stock` counts the units on hand; [`Product::reserved`] of them are held by
+//! orders that were placed and neither shipped nor cancelled, one reservation per order
+//! ([`Product::reservations`]); the rest, [`Product::available`], is what new orders can
+//! take. The command service places an order and reserves its lines in one transaction:
+//! [`ProductCommand::Reserve`] refuses more than is available (`insufficient_stock`, naming
+//! the requested and available units) and products that were delisted. Cancelling the order
+//! [`ProductCommand::Release`]s its reservation, shipping it [`ProductCommand::ShipReserved`]
+//! (the units leave: on hand and reserved both drop). Both are no-ops for an order that holds
+//! nothing here (an order placed before reservations existed), and both still work after
+//! the product was delisted: the units were promised before. A correction may not take the
+//! stock on hand below what is reserved (`stock_below_reserved`), so `0 <= reserved <=
+//! stock` always holds and available is never negative.
+
+use std::collections::BTreeMap;
 
 use crate::events::fields::bounds::MAX_STOCK;
-use crate::events::{ProductDelisted, ProductListed, ProductPriceChanged, ProductRestocked};
+use crate::events::{
+    ProductDelisted, ProductListed, ProductPriceChanged, ProductRestocked, StockReleased, StockReserved,
+    StockShipped,
+};
 use prism_events::AggregateType;
+use uuid::Uuid;
 
 use crate::aggregates;
 use crate::events::ShopEvent;
@@ -50,6 +69,24 @@ pub enum ProductCommand {
         /// Why, in the merchant's words (may be empty).
         reason: String,
     },
+    /// Set units aside for an order being placed.
+    Reserve {
+        /// The order being placed.
+        order_id: Uuid,
+        /// Units of its line for this product.
+        quantity: u32,
+    },
+    /// Give back what a cancelled order reserved (nothing, if it reserved nothing here).
+    Release {
+        /// The cancelled order.
+        order_id: Uuid,
+    },
+    /// Send what a shipped order reserved out of the warehouse (nothing, if it reserved
+    /// nothing here).
+    ShipReserved {
+        /// The shipped order.
+        order_id: Uuid,
+    },
 }
 
 /// A listed (or formerly listed) product.
@@ -61,10 +98,22 @@ pub struct Product {
     pub name: String,
     /// Current price of one unit, in cents; a price change must differ from it.
     pub price_cents: i64,
-    /// Units on hand; restocking keeps it within `0..=bounds::MAX_STOCK`.
+    /// Units on hand; restocking keeps it within `reserved..=bounds::MAX_STOCK`.
     pub stock: i64,
-    /// `false` once delisted; a delisted product accepts no more changes.
+    /// `false` once delisted; a delisted product accepts no more changes (but its
+    /// reservations are still released or shipped).
     pub listed: bool,
+    /// Units of `stock` held by open orders: the sum of `reservations`.
+    pub reserved: i64,
+    /// Units held per open order: releasing or shipping an order moves exactly what it holds.
+    pub reservations: BTreeMap<Uuid, u32>,
+}
+
+impl Product {
+    /// Units new orders can take: on hand and not reserved.
+    pub fn available(&self) -> i64 {
+        self.stock - self.reserved
+    }
 }
 
 /// The state of one product: nothing until listed.
@@ -117,7 +166,43 @@ impl ProductState {
                 ),
             ));
         }
+        if stock_after < product.reserved {
+            return Err(DomainError::rejected(
+                Rejection::StockBelowReserved,
+                format!(
+                    "stock is {} units, {} of them reserved for orders; a change of {quantity} would leave {stock_after}, fewer than are reserved",
+                    product.stock, product.reserved
+                ),
+            ));
+        }
         Ok(events)
+    }
+
+    fn reserve(&self, order_id: Uuid, quantity: u32) -> Result<Vec<ShopEvent>, DomainError> {
+        let product = self.on_sale()?;
+        if let Some(held) = product.reservations.get(&order_id) {
+            return Err(DomainError::rejected(
+                Rejection::AlreadyReserved,
+                format!("order {order_id} already holds {held} units of this product"),
+            ));
+        }
+        let events = validated(vec![StockReserved { order_id, quantity }.into()])?;
+        let available = product.available();
+        if i64::from(quantity) > available {
+            return Err(DomainError::rejected(
+                Rejection::InsufficientStock,
+                format!(
+                    "{quantity} units requested, {available} available ({} on hand, {} reserved by other orders)",
+                    product.stock, product.reserved
+                ),
+            ));
+        }
+        Ok(events)
+    }
+
+    /// The units `order_id` holds here, if any.
+    fn held_by(&self, order_id: Uuid) -> Option<u32> {
+        self.product.as_ref().and_then(|product| product.reservations.get(&order_id).copied())
     }
 }
 
@@ -139,6 +224,8 @@ impl Aggregate for ProductState {
                 price_cents: listed.price_cents,
                 stock: listed.stock,
                 listed: true,
+                reserved: 0,
+                reservations: BTreeMap::new(),
             });
             return Ok(());
         }
@@ -148,7 +235,9 @@ impl Aggregate for ProductState {
         let Some(product) = self.product.as_mut() else {
             return Err(EvolveError::inconsistent(event, "the product was never listed"));
         };
-        if !product.listed {
+        // Reservations made while it was listed still end after delisting.
+        let ends_reservation = matches!(event, ShopEvent::StockReleased(_) | ShopEvent::StockShipped(_));
+        if !product.listed && !ends_reservation {
             return Err(EvolveError::inconsistent(event, "the product was delisted"));
         }
         match event {
@@ -174,9 +263,56 @@ impl Aggregate for ProductState {
                         ),
                     ));
                 }
+                if restocked.stock_after < product.reserved {
+                    return Err(EvolveError::inconsistent(
+                        event,
+                        format!(
+                            "stock after ({}) is below the {} units reserved",
+                            restocked.stock_after, product.reserved
+                        ),
+                    ));
+                }
                 product.stock = restocked.stock_after;
             }
             ShopEvent::ProductDelisted(_) => product.listed = false,
+            ShopEvent::StockReserved(reserved) => {
+                if product.reservations.contains_key(&reserved.order_id) {
+                    return Err(EvolveError::inconsistent(
+                        event,
+                        format!("order {} already holds a reservation", reserved.order_id),
+                    ));
+                }
+                if i64::from(reserved.quantity) > product.available() {
+                    return Err(EvolveError::inconsistent(
+                        event,
+                        format!(
+                            "{} units reserved but only {} available",
+                            reserved.quantity,
+                            product.available()
+                        ),
+                    ));
+                }
+                product.reservations.insert(reserved.order_id, reserved.quantity);
+                product.reserved += i64::from(reserved.quantity);
+            }
+            ShopEvent::StockReleased(StockReleased { order_id, quantity })
+            | ShopEvent::StockShipped(StockShipped { order_id, quantity }) => {
+                let held = product.reservations.get(order_id).copied();
+                if held != Some(*quantity) {
+                    return Err(EvolveError::inconsistent(
+                        event,
+                        format!(
+                            "order {order_id} holds {} units, not {quantity}",
+                            held.map_or_else(|| "no".to_owned(), |units| units.to_string())
+                        ),
+                    ));
+                }
+                product.reservations.remove(order_id);
+                product.reserved -= i64::from(*quantity);
+                if matches!(event, ShopEvent::StockShipped(_)) {
+                    product.stock -= i64::from(*quantity);
+                }
+            }
             _ => return Err(EvolveError::wrong_aggregate(Self::TYPE, event)),
         }
         Ok(())
@@ -219,6 +355,19 @@ impl Aggregate for ProductState {
                 self.on_sale()?;
                 validated(vec![ProductDelisted { reason: reason.clone() }.into()])
             }
+            ProductCommand::Reserve { order_id, quantity } => self.reserve(*order_id, *quantity),
+            // Nothing held here, nothing to give back or send: a successful no-op, so an order
+            // placed before reservations existed can still be cancelled or shipped.
+            ProductCommand::Release { order_id } => Ok(self
+                .held_by(*order_id)
+                .map(|quantity| StockReleased { order_id: *order_id, quantity }.into())
+                .into_iter()
+                .collect()),
+            ProductCommand::ShipReserved { order_id } => Ok(self
+                .held_by(*order_id)
+                .map(|quantity| StockShipped { order_id: *order_id, quantity }.into())
+                .into_iter()
+                .collect()),
         }
     }
 

@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use prism_events::DecodeError;
 use crate::events::fields::bounds::{MAX_LINE_QUANTITY, MAX_PRICE_CENTS};
 use prism_events::fields::range;
+use prism_events::DecodeError;
 
 /// A cart was created for a user (emitted before its first item).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,10 @@ pub use order::{
     OrderCancelled, OrderLine, OrderPaymentFailed, OrderPaymentRequested, OrderPaymentSucceeded, OrderPlaced,
     OrderShipped, PaymentMethod,
 };
-pub use product::{ProductDelisted, ProductListed, ProductPriceChanged, ProductRestocked};
+pub use product::{
+    ProductDelisted, ProductListed, ProductPriceChanged, ProductRestocked, StockReleased, StockReserved,
+    StockShipped,
+};
 pub use user::{UserProfileChanged, UserRegistered};
 
 macro_rules! event_types {
@@ -112,6 +115,9 @@ event_types! {
     ProductPriceChanged => PRODUCT, version 1;
     ProductRestocked => PRODUCT, version 1;
     ProductDelisted => PRODUCT, version 1;
+    StockReserved => PRODUCT, version 1;
+    StockReleased => PRODUCT, version 1;
+    StockShipped => PRODUCT, version 1;
     CartOpened => CART, version 1;
     CartItemAdded => CART, version 1;
     CartItemRemoved => CART, version 1;
@@ -163,7 +169,8 @@ impl EventSet for ShopEvent {
 /// The shop's events as the engine sees them.
 pub fn registry() -> EventRegistry {
     // The declarations above are fixed; their consistency is checked by this crate's tests.
-    EventRegistry::of::<ShopEvent>().unwrap_or_else(|err| panic!("the shop's event declarations are inconsistent: {err}"))
+    EventRegistry::of::<ShopEvent>()
+        .unwrap_or_else(|err| panic!("the shop's event declarations are inconsistent: {err}"))
 }
 
 impl fmt::Display for EventType {
@@ -197,6 +204,9 @@ mod tests {
             assert_eq!(info.aggregate_type, event_type.aggregate_type());
             assert_eq!(info.current_version, event_type.current_schema_version());
         }
-        assert_eq!(registry.aggregate_types(), &[aggregates::USER, aggregates::PRODUCT, aggregates::CART, aggregates::ORDER]);
+        assert_eq!(
+            registry.aggregate_types(),
+            &[aggregates::USER, aggregates::PRODUCT, aggregates::CART, aggregates::ORDER]
+        );
     }
 }

@@ -9,9 +9,9 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use prism_events::DecodeError;
 use crate::events::fields::bounds::{MAX_LINES, MAX_LINE_QUANTITY, MAX_PRICE_CENTS, MAX_REASON_CHARS};
 use prism_events::fields::{range, text};
+use prism_events::DecodeError;
 
 /// One product line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,10 @@ pub const UPCASTERS: &[Upcaster] =
     &[Upcaster { event_type: "UserRegistered", from_version: 1, apply: user_registered_v1_to_v2 }];
 
 /// v1 called the display name `name` and had no marketing preference (read as "no").
-fn user_registered_v1_to_v2(_: &UpcastContext<'_>, mut payload: Map<String, Value>) -> Result<Map<String, Value>, String> {
+fn user_registered_v1_to_v2(
+    _: &UpcastContext<'_>,
+    mut payload: Map<String, Value>,
+) -> Result<Map<String, Value>, String> {
     let name = payload.remove("name").ok_or("field `payload.name` is missing")?;
     if payload.contains_key("display_name") || payload.contains_key("marketing_opt_in") {
         return Err("a version 1 payload must not contain version 2 fields".to_owned());
@@ -31,7 +34,11 @@ mod tests {
     use super::*;
     use crate::events::{registry, EventType};
 
-    fn upcast(event_type: EventType, version: u32, payload: Value) -> Result<Value, prism_events::DecodeError> {
+    fn upcast(
+        event_type: EventType,
+        version: u32,
+        payload: Value,
+    ) -> Result<Value, prism_events::DecodeError> {
         let registry = registry();
         let info = registry.event_type(event_type.as_str()).expect("registered");
         let context = UpcastContext {

@@ -2,9 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use prism_events::DecodeError;
-use prism_events::fields::text;
 use crate::events::fields::email;
+use prism_events::fields::text;
+use prism_events::DecodeError;
 
 /// A user signed up. Schema version 2 (version 1 called `display_name` `name` and had no
 /// `marketing_opt_in`; see [`crate::events::upcast`]).

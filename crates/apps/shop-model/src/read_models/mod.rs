@@ -69,7 +69,11 @@ pub fn all() -> Vec<ReadModel> {
 /// application reaching the shop's projector).
 pub fn shop_event(event: &Event) -> Result<&ShopEvent, Unprojectable> {
     event.body::<ShopEvent>().ok_or_else(|| {
-        Unprojectable::new(format!("{} {} is not a shop event", event.meta.aggregate_type, event.event_type()))
+        Unprojectable::new(format!(
+            "{} {} is not a shop event",
+            event.meta.aggregate_type,
+            event.event_type()
+        ))
     })
 }
 

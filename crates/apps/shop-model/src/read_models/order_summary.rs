@@ -1,7 +1,7 @@
 //! `order_summary`: one row per order, listed per user newest first.
 
-use chrono::{DateTime, Utc};
 use crate::events::{OrderLine, PaymentMethod};
+use chrono::{DateTime, Utc};
 use prism_events::Event;
 use prism_projections::Unprojectable;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,9 @@
 //! `product_catalog`: one row per product — price, stock, whether it is on sale.
+//!
+//! Stock is shown three ways, as the product aggregate keeps it: `stock` on hand, `reserved`
+//! by open orders (placed, neither shipped nor cancelled), and `available = stock - reserved`,
+//! what a new order can take. `available` is stored rather than computed by readers so a
+//! query can filter and sort on it.
 
 use chrono::{DateTime, Utc};
 use prism_events::Event;
@@ -22,6 +27,10 @@ pub struct ProductCatalogEntry {
     pub price_cents: i64,
     /// Units on hand.
     pub stock: i64,
+    /// Units of `stock` held by open orders.
+    pub reserved: i64,
+    /// Units a new order can take: `stock - reserved`.
+    pub available: i64,
     /// Whether it is on sale (false once delisted).
     pub listed: bool,
     /// Why it was delisted, if it was.
@@ -48,6 +57,8 @@ pub fn apply(view: Option<ProductCatalogEntry>, event: &Event) -> Result<Product
                 name: listed.name.clone(),
                 price_cents: listed.price_cents,
                 stock: listed.stock,
+                reserved: 0,
+                available: listed.stock,
                 listed: true,
                 delist_reason: None,
                 listed_at: at,
@@ -68,6 +79,13 @@ pub fn apply(view: Option<ProductCatalogEntry>, event: &Event) -> Result<Product
                     product.delist_reason = Some(e.reason.clone());
                     product.delisted_at = Some(at);
                 }
+                // The version gate applies each event once, in order: summing is exact.
+                ShopEvent::StockReserved(e) => product.reserved += i64::from(e.quantity),
+                ShopEvent::StockReleased(e) => product.reserved -= i64::from(e.quantity),
+                ShopEvent::StockShipped(e) => {
+                    product.reserved -= i64::from(e.quantity);
+                    product.stock -= i64::from(e.quantity);
+                }
                 other => {
                     return Err(Unprojectable::new(format!("{} is not a product event", other.event_type())))
                 }
@@ -75,6 +93,16 @@ pub fn apply(view: Option<ProductCatalogEntry>, event: &Event) -> Result<Product
             product
         }
     };
+    if product.reserved < 0 || product.reserved > product.stock {
+        return Err(Unprojectable::new(format!(
+            "{} at version {} leaves {} units reserved of {} on hand",
+            event.event_type(),
+            event.meta.aggregate_version,
+            product.reserved,
+            product.stock
+        )));
+    }
+    product.available = product.stock - product.reserved;
     product.updated_at = at;
     product.version = stored_version(event);
     Ok(product)

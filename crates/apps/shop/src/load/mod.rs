@@ -1,14 +1,17 @@
 //! The load generator: workers send a realistic mix of shop commands to the HTTP command API
 //! (users register, products are listed, repriced, restocked and now and then delisted,
-//! carts fill and empty and check out, orders are placed, paid — about nine in ten payments
-//! succeed — shipped or cancelled), with a small share of deliberately invalid commands that
-//! must be refused with 400 or 409.
+//! registered users' carts fill and empty and check out, orders within the available stock
+//! are placed, paid — about nine in ten payments succeed — shipped or cancelled), with a
+//! small share of deliberately invalid commands that must be refused with 400 or 409 (a
+//! malformed field, an unpaid order shipped, stock taken below zero, an order for a user
+//! never registered, an order for one unit more than is available).
 //!
 //! A local [`model::Model`] remembers what was created and the state each aggregate should be
 //! in, so valid commands are valid; an aggregate is never commanded by two workers at once.
 //! The [`LoadReport`] says what happened per route and status, the throughput, and the last
-//! version the API reported for every aggregate touched: the sum of those versions is the
-//! number of events the event store must hold.
+//! version the API reported for every aggregate touched — the addressed one and the others a
+//! command appended to (a checkout's order, the products an order reserved): the sum of
+//! those versions is the number of events the event store must hold.
 
 pub mod model;
 

@@ -2,6 +2,12 @@
 //! aggregate to be in, so that most commands it picks are valid. An aggregate with a command
 //! in flight is busy and not picked again until the answer is in, so the generator never
 //! races itself (a conflict would be its own doing, not the service's).
+//!
+//! The model keeps the shop's rules as the command side does: carts and orders only for
+//! registered users (ids in [`Model::users`], added once their registration succeeded),
+//! orders only within the available stock. Placing an order or checking a cart out reserves
+//! each line's units ([`Product::reserved`]), cancelling releases them, shipping takes them
+//! out of stock; those commands hold their products busy too, since they change them.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,8 +21,18 @@ use uuid::Uuid;
 pub struct Product {
     pub id: Uuid,
     pub price_cents: i64,
+    /// Units on hand.
     pub stock: i64,
+    /// Units of `stock` held by open orders.
+    pub reserved: i64,
     pub listed: bool,
+}
+
+impl Product {
+    /// Units a new order can take.
+    pub fn available(&self) -> i64 {
+        self.stock - self.reserved
+    }
 }
 
 /// A cart as the generator filled it.
@@ -39,15 +55,36 @@ pub enum OrderStatus {
     Cancelled,
 }
 
+/// An order as the generator placed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub status: OrderStatus,
+    /// (product, units) per line: what it holds while open.
+    pub lines: Vec<(Uuid, u32)>,
+}
+
 /// What a planned command will do to the model when it succeeds.
 #[derive(Debug, Clone)]
 pub enum Effect {
     User(Uuid),
     Product(Product),
     Cart(Cart),
-    /// A cart checked out into a new order.
-    CheckedOut(Cart, Uuid),
+    /// A new order (from a cart, which is then checked out, or from items) and its products
+    /// with the order's units reserved.
+    Placed {
+        cart: Option<Cart>,
+        order: Uuid,
+        lines: Vec<(Uuid, u32)>,
+        products: Vec<Product>,
+    },
+    /// An order's new status (payment steps).
     Order(Uuid, OrderStatus),
+    /// An order cancelled or shipped, and its products with the units released or shipped.
+    Ended {
+        order: Uuid,
+        status: OrderStatus,
+        products: Vec<Product>,
+    },
     /// Nothing changes (deliberately invalid commands).
     None,
 }
@@ -75,7 +112,7 @@ pub struct Model {
     pub users: Vec<Uuid>,
     pub products: Vec<Product>,
     pub carts: Vec<Cart>,
-    pub orders: BTreeMap<Uuid, OrderStatus>,
+    pub orders: BTreeMap<Uuid, Order>,
     pub busy: HashSet<Uuid>,
     /// Last version the API reported per (aggregate type, id).
     pub versions: BTreeMap<(String, Uuid), u64>,
@@ -126,8 +163,12 @@ impl Model {
                 56..=65 => self.place_order(rng),
                 66..=75 => self.order_step(rng, &[OrderStatus::Placed, OrderStatus::PaymentFailed], "pay"),
                 76..=85 => self.order_step(rng, &[OrderStatus::PaymentPending], "payment"),
-                86..=93 => self.order_step(rng, &[OrderStatus::Paid], "ship"),
-                _ => self.order_step(rng, &[OrderStatus::Placed, OrderStatus::PaymentFailed], "cancel"),
+                86..=93 => self.end_order(rng, &[OrderStatus::Paid], OrderStatus::Shipped),
+                _ => self.end_order(
+                    rng,
+                    &[OrderStatus::Placed, OrderStatus::PaymentFailed],
+                    OrderStatus::Cancelled,
+                ),
             };
             if let Some(planned) = planned {
                 return planned;
@@ -149,6 +190,7 @@ impl Model {
             id,
             price_cents: rng.random_range(100..50_000),
             stock: rng.random_range(10..500),
+            reserved: 0,
             listed: true,
         };
         let body = json!({"product_id": id, "sku": format!("SKU-{}", &id.simple().to_string()[..10]),
@@ -182,8 +224,9 @@ impl Model {
 
     fn restock(&self, rng: &mut StdRng) -> Option<Planned> {
         let mut product = self.pick_product(rng)?;
-        let quantity = if product.stock > 20 && rng.random_bool(0.2) {
-            -rng.random_range(1..product.stock / 2)
+        // A correction never takes away units that orders hold.
+        let quantity = if product.available() > 20 && rng.random_bool(0.2) {
+            -rng.random_range(1..product.available() / 2)
         } else {
             rng.random_range(1..200)
         };
@@ -249,8 +292,14 @@ impl Model {
     }
 
     fn remove_item(&self, rng: &mut StdRng) -> Option<Planned> {
-        let mut cart = self.pick_cart(rng)?;
-        let (product, _) = cart.lines.remove(rng.random_range(0..cart.lines.len()));
+        let cart = self.pick_cart(rng)?;
+        let index = rng.random_range(0..cart.lines.len());
+        Some(self.remove_line(cart, index))
+    }
+
+    /// Takes line `index` out of `cart`.
+    fn remove_line(&self, mut cart: Cart, index: usize) -> Planned {
+        let (product, _) = cart.lines.remove(index);
         let path = format!("/carts/{}/items/{product}", cart.id);
         let mut planned = post(
             "DELETE /carts/{id}/items/{product_id}",
@@ -263,38 +312,66 @@ impl Model {
         planned.method = reqwest::Method::DELETE;
         planned.body = None;
         planned.effect = Effect::Cart(cart);
-        Some(planned)
+        planned
     }
 
     fn check_out(&self, rng: &mut StdRng) -> Option<Planned> {
-        let mut cart = self.pick_cart(rng)?;
-        // A delisted product in the cart is fine: the cart keeps its price.
-        cart.checked_out = true;
+        let cart = self.pick_cart(rng)?;
+        let mut products = Vec::with_capacity(cart.lines.len());
+        for (index, (product_id, units)) in cart.lines.iter().enumerate() {
+            let product = self.products.iter().find(|p| p.id == *product_id)?;
+            if self.busy.contains(product_id) {
+                return None;
+            }
+            if !product.listed || product.available() < i64::from(*units) {
+                // The service would refuse the checkout (`product_not_listed`,
+                // `insufficient_stock`): the customer takes that line out instead.
+                return Some(self.remove_line(cart, index));
+            }
+            let mut product = product.clone();
+            product.reserved += i64::from(*units);
+            products.push(product);
+        }
         let order = uuid(rng);
         let path = format!("/carts/{}/checkout", cart.id);
         let body = json!({"order_id": order});
+        let mut busy = vec![cart.id, order];
+        busy.extend(products.iter().map(|p| p.id));
+        let lines = cart.lines.clone();
+        let mut checked_out = cart;
+        checked_out.checked_out = true;
         Some(post(
             "POST /carts/{id}/checkout",
             path,
             body,
-            vec![cart.id, order],
-            ("cart", cart.id),
-            Effect::CheckedOut(cart, order),
+            busy,
+            ("cart", checked_out.id),
+            Effect::Placed { cart: Some(checked_out), order, lines, products },
         ))
     }
 
     fn place_order(&self, rng: &mut StdRng) -> Option<Planned> {
         let count = rng.random_range(1..=3);
         let mut items = Vec::new();
-        let mut busy = Vec::new();
+        let mut lines = Vec::new();
+        let mut products: Vec<Product> = Vec::new();
         for _ in 0..count {
-            let product = self.pick_product(rng)?;
-            if !busy.contains(&product.id) {
-                busy.push(product.id);
-                items.push(json!({"product_id": product.id, "quantity": rng.random_range(1..=4)}));
+            let mut product = self.pick_product(rng)?;
+            if products.iter().any(|p| p.id == product.id) || product.available() < 1 {
+                continue;
             }
+            // Within what is available: more is refused (see `plan_invalid`).
+            let quantity = rng.random_range(1..=product.available().min(4)) as u32;
+            product.reserved += i64::from(quantity);
+            items.push(json!({"product_id": product.id, "quantity": quantity}));
+            lines.push((product.id, quantity));
+            products.push(product);
+        }
+        if items.is_empty() {
+            return None;
         }
         let order = uuid(rng);
+        let mut busy: Vec<Uuid> = products.iter().map(|p| p.id).collect();
         busy.push(order);
         let user = self.users[rng.random_range(0..self.users.len())];
         let body = json!({"order_id": order, "user_id": user, "items": items});
@@ -304,7 +381,47 @@ impl Model {
             body,
             busy,
             ("order", order),
-            Effect::Order(order, OrderStatus::Placed),
+            Effect::Placed { cart: None, order, lines, products },
+        ))
+    }
+
+    /// Cancels (`Cancelled`) or ships (`Shipped`) an order in one of the `from` statuses; its
+    /// products' reserved units are released or leave the stock.
+    fn end_order(&self, rng: &mut StdRng, from: &[OrderStatus], to: OrderStatus) -> Option<Planned> {
+        let candidates: Vec<(&Uuid, &Order)> = self
+            .orders
+            .iter()
+            .filter(|(id, o)| {
+                from.contains(&o.status)
+                    && !self.busy.contains(*id)
+                    && o.lines.iter().all(|(product, _)| !self.busy.contains(product))
+            })
+            .collect();
+        let (order, placed) = *candidates.get(rng.random_range(0..candidates.len().max(1)))?;
+        let mut products = Vec::with_capacity(placed.lines.len());
+        for (product_id, units) in &placed.lines {
+            let mut product = self.products.iter().find(|p| p.id == *product_id)?.clone();
+            product.reserved -= i64::from(*units);
+            if to == OrderStatus::Shipped {
+                product.stock -= i64::from(*units);
+            }
+            products.push(product);
+        }
+        let (route, action, body) = match to {
+            OrderStatus::Shipped => {
+                ("POST /orders/{id}/ship", "ship", json!({"carrier": "DHL", "tracking_code": "TRK-1"}))
+            }
+            _ => ("POST /orders/{id}/cancel", "cancel", json!({"reason": "changed my mind"})),
+        };
+        let mut busy = vec![*order];
+        busy.extend(products.iter().map(|p| p.id));
+        Some(post(
+            route,
+            format!("/orders/{order}/{action}"),
+            body,
+            busy,
+            ("order", *order),
+            Effect::Ended { order: *order, status: to, products },
         ))
     }
 
@@ -312,7 +429,7 @@ impl Model {
         let candidates: Vec<Uuid> = self
             .orders
             .iter()
-            .filter(|(id, s)| from.contains(s) && !self.busy.contains(*id))
+            .filter(|(id, o)| from.contains(&o.status) && !self.busy.contains(*id))
             .map(|(id, _)| *id)
             .collect();
         let order = *candidates.get(rng.random_range(0..candidates.len().max(1)))?;
@@ -325,29 +442,23 @@ impl Model {
                 json!({"outcome": "succeeded", "payment_reference": format!("psp-{}", &order.simple().to_string()[..12])}),
                 OrderStatus::Paid,
             ),
-            "payment" => (
+            _ => (
                 "POST /orders/{id}/payment",
                 json!({"outcome": "failed", "reason": "card declined"}),
                 OrderStatus::PaymentFailed,
             ),
-            "ship" => (
-                "POST /orders/{id}/ship",
-                json!({"carrier": "DHL", "tracking_code": "TRK-1"}),
-                OrderStatus::Shipped,
-            ),
-            _ => ("POST /orders/{id}/cancel", json!({"reason": "changed my mind"}), OrderStatus::Cancelled),
         };
         Some(post(route, path, body, vec![order], ("order", order), Effect::Order(order, next)))
     }
 
     /// A command that must be refused: 400 (malformed) or 409 (against a rule).
     fn plan_invalid(&mut self, rng: &mut StdRng) -> Planned {
-        let mut planned = match rng.random_range(0..4) {
+        let mut planned = match rng.random_range(0..6) {
             0 => {
                 let placed: Vec<Uuid> = self
                     .orders
                     .iter()
-                    .filter(|(id, s)| **s == OrderStatus::Placed && !self.busy.contains(*id))
+                    .filter(|(id, o)| o.status == OrderStatus::Placed && !self.busy.contains(*id))
                     .map(|(id, _)| *id)
                     .collect();
                 match placed.first() {
@@ -387,6 +498,41 @@ impl Model {
                 ),
                 None => bad_email(rng),
             },
+            3 => match self.pick_product(rng) {
+                // An order for a user id never registered: 409 user_not_found.
+                Some(product) => {
+                    let order = uuid(rng);
+                    let body = json!({"order_id": order, "user_id": uuid(rng),
+                        "items": [{"product_id": product.id, "quantity": 1}]});
+                    post(
+                        "POST /orders",
+                        "/orders".into(),
+                        body,
+                        vec![order, product.id],
+                        ("order", order),
+                        Effect::None,
+                    )
+                }
+                None => bad_email(rng),
+            },
+            4 => match self.pick_product(rng).filter(|p| p.available() < 999) {
+                // One unit more than is available: 409 insufficient_stock.
+                Some(product) if !self.users.is_empty() => {
+                    let order = uuid(rng);
+                    let user = self.users[rng.random_range(0..self.users.len())];
+                    let body = json!({"order_id": order, "user_id": user,
+                        "items": [{"product_id": product.id, "quantity": product.available() + 1}]});
+                    post(
+                        "POST /orders",
+                        "/orders".into(),
+                        body,
+                        vec![order, product.id],
+                        ("order", order),
+                        Effect::None,
+                    )
+                }
+                _ => bad_email(rng),
+            },
             _ => bad_email(rng),
         };
         planned.invalid = true;
@@ -407,30 +553,49 @@ impl Model {
             let entry = self.versions.entry(key).or_insert(0);
             *entry = (*entry).max(version);
         }
-        if let (Some(order), Some(version)) =
-            (body.get("order"), body.pointer("/order/version").and_then(Value::as_u64))
-        {
-            if let Some(id) =
-                order.get("aggregate_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok())
-            {
-                self.versions.insert(("order".to_owned(), id), version);
-            }
+        // The other streams the command appended to (a checkout's `order`, the products an
+        // order reserved, released or shipped under `products[<line>]`).
+        for related in body.as_object().into_iter().flat_map(|object| object.values()) {
+            let (Some(aggregate_type), Some(id), Some(version)) = (
+                related.get("aggregate_type").and_then(Value::as_str),
+                related.get("aggregate_id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()),
+                related.get("version").and_then(Value::as_u64),
+            ) else {
+                continue;
+            };
+            let entry = self.versions.entry((aggregate_type.to_owned(), id)).or_insert(0);
+            *entry = (*entry).max(version);
         }
         match &planned.effect {
             Effect::User(id) => self.users.push(*id),
-            Effect::Product(product) => match self.products.iter_mut().find(|p| p.id == product.id) {
-                Some(existing) => *existing = product.clone(),
-                None => self.products.push(product.clone()),
-            },
+            Effect::Product(product) => self.put_product(product.clone()),
             Effect::Cart(cart) => self.put_cart(cart.clone()),
-            Effect::CheckedOut(cart, order) => {
-                self.put_cart(cart.clone());
-                self.orders.insert(*order, OrderStatus::Placed);
+            Effect::Placed { cart, order, lines, products } => {
+                if let Some(cart) = cart {
+                    self.put_cart(cart.clone());
+                }
+                self.orders.insert(*order, Order { status: OrderStatus::Placed, lines: lines.clone() });
+                products.iter().cloned().for_each(|product| self.put_product(product));
             }
             Effect::Order(id, status) => {
-                self.orders.insert(*id, *status);
+                if let Some(order) = self.orders.get_mut(id) {
+                    order.status = *status;
+                }
+            }
+            Effect::Ended { order, status, products } => {
+                if let Some(order) = self.orders.get_mut(order) {
+                    order.status = *status;
+                }
+                products.iter().cloned().for_each(|product| self.put_product(product));
             }
             Effect::None => {}
+        }
+    }
+
+    fn put_product(&mut self, product: Product) {
+        match self.products.iter_mut().find(|p| p.id == product.id) {
+            Some(existing) => *existing = product,
+            None => self.products.push(product),
         }
     }
 

@@ -6,8 +6,13 @@
 //! Per aggregate the oracle applies versions 1, 2, 3, … once each, in order, stopping at the
 //! first missing version ([`prism_testkit::oracle::applicable`]): exactly what the projector
 //! must converge to after duplicates, redeliveries and reorderings.
+//!
+//! Stock in `product_catalog`: the oracle keeps each product's open reservations per order
+//! (what `StockReserved` put aside, until `StockReleased` or `StockShipped` of that order)
+//! and derives `reserved` as their sum and `available` as on hand minus reserved, instead of
+//! adding and subtracting running totals as the read model's fold does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use prism_events::Event;
@@ -41,12 +46,56 @@ fn get_i64(row: &Value, field: &str) -> i64 {
 
 /// Folds `events` into the rows every shop read model must hold.
 pub fn fold(events: &[Event]) -> Expected {
-    let mut out = Expected::for_read_models(&[ORDER_SUMMARY, PRODUCT_CATALOG, CART_VIEW, USER_PROFILE, PRODUCT_SALES_DAILY]);
+    let mut out = Expected::for_read_models(&[
+        ORDER_SUMMARY,
+        PRODUCT_CATALOG,
+        CART_VIEW,
+        USER_PROFILE,
+        PRODUCT_SALES_DAILY,
+    ]);
+    let mut holds = Holds::default();
     for event in applicable(events) {
         out.count(event);
         apply(&mut out, event);
+        holds.apply(&mut out, event);
     }
     out
+}
+
+/// Units each open order holds, per product: product id → order id → units.
+#[derive(Default)]
+struct Holds(HashMap<String, HashMap<String, i64>>);
+
+impl Holds {
+    /// Follows the stock events and writes `reserved` and `available` into the product's row.
+    fn apply(&mut self, out: &mut Expected, e: &Event) {
+        let Some(body) = e.body::<ShopEvent>() else { return };
+        if body.aggregate_type() != shop_model::aggregates::PRODUCT {
+            return;
+        }
+        let product = e.meta.aggregate_id.to_string();
+        let holds = self.0.entry(product.clone()).or_default();
+        match body {
+            ShopEvent::StockReserved(r) => {
+                holds.insert(r.order_id.to_string(), i64::from(r.quantity));
+            }
+            ShopEvent::StockReleased(r) => {
+                holds.remove(&r.order_id.to_string());
+            }
+            ShopEvent::StockShipped(r) => {
+                holds.remove(&r.order_id.to_string());
+            }
+            // The other product events leave the holds as they are; listing and restocking
+            // change what is on hand, so `available` is written again.
+            _ => {}
+        }
+        let reserved: i64 = holds.values().sum();
+        if let Some(row) = table(out, PRODUCT_CATALOG).get_mut(&product) {
+            let on_hand = get_i64(row, "stock");
+            set(row, "reserved", json!(reserved));
+            set(row, "available", json!(on_hand - reserved));
+        }
+    }
 }
 
 fn table<'a>(out: &'a mut Expected, read_model: &'static str) -> &'a mut BTreeMap<String, Value> {
@@ -60,9 +109,7 @@ fn apply(out: &mut Expected, e: &Event) {
     let Some(body) = e.body::<ShopEvent>() else { return };
     match body {
         ShopEvent::UserRegistered(u) => {
-            let row = table(out, USER_PROFILE)
-                .entry(id.clone())
-                .or_insert_with(|| empty_profile(&id));
+            let row = table(out, USER_PROFILE).entry(id.clone()).or_insert_with(|| empty_profile(&id));
             set(row, "registered", json!(true));
             set(row, "email", json!(u.email));
             set(row, "display_name", json!(u.display_name));
@@ -71,9 +118,7 @@ fn apply(out: &mut Expected, e: &Event) {
             set(row, "version", version);
         }
         ShopEvent::UserProfileChanged(c) => {
-            let row = table(out, USER_PROFILE)
-                .entry(id.clone())
-                .or_insert_with(|| empty_profile(&id));
+            let row = table(out, USER_PROFILE).entry(id.clone()).or_insert_with(|| empty_profile(&id));
             if let Some(email) = &c.email {
                 set(row, "email", json!(email));
             }
@@ -89,16 +134,25 @@ fn apply(out: &mut Expected, e: &Event) {
             table(out, PRODUCT_CATALOG).insert(
                 id.clone(),
                 json!({"product_id": id, "sku": p.sku, "name": p.name, "price_cents": p.price_cents, "stock": p.stock,
-                       "listed": true, "delist_reason": null, "listed_at": at, "delisted_at": null, "updated_at": at, "version": version}),
+                       "reserved": 0, "available": p.stock, "listed": true, "delist_reason": null, "listed_at": at, "delisted_at": null, "updated_at": at, "version": version}),
             );
         }
         body @ (ShopEvent::ProductPriceChanged(_)
         | ShopEvent::ProductRestocked(_)
-        | ShopEvent::ProductDelisted(_)) => {
+        | ShopEvent::ProductDelisted(_)
+        | ShopEvent::StockReserved(_)
+        | ShopEvent::StockReleased(_)
+        | ShopEvent::StockShipped(_)) => {
             if let Some(row) = table(out, PRODUCT_CATALOG).get_mut(&id) {
                 match body {
                     ShopEvent::ProductPriceChanged(c) => set(row, "price_cents", json!(c.price_cents)),
                     ShopEvent::ProductRestocked(r) => set(row, "stock", json!(r.stock_after)),
+                    // Shipped units leave the warehouse; `reserved` and `available` are
+                    // derived from the open holds (`Holds`).
+                    ShopEvent::StockShipped(s) => {
+                        let on_hand = get_i64(row, "stock") - i64::from(s.quantity);
+                        set(row, "stock", json!(on_hand));
+                    }
                     ShopEvent::ProductDelisted(d) => {
                         set(row, "listed", json!(false));
                         set(row, "delist_reason", json!(d.reason));
@@ -170,9 +224,8 @@ fn apply(out: &mut Expected, e: &Event) {
                        "paid_at": null, "shipped_at": null, "cancelled_at": null, "updated_at": at, "version": version}),
             );
             let user = o.user_id.to_string();
-            let profile = table(out, USER_PROFILE)
-                .entry(user.clone())
-                .or_insert_with(|| empty_profile(&user));
+            let profile =
+                table(out, USER_PROFILE).entry(user.clone()).or_insert_with(|| empty_profile(&user));
             let count = get_i64(profile, "order_count") + 1;
             set(profile, "order_count", json!(count));
         }
@@ -215,9 +268,8 @@ fn apply(out: &mut Expected, e: &Event) {
             }
             if let ShopEvent::OrderPaymentSucceeded(p) = body {
                 let user = p.user_id.to_string();
-                let profile = table(out, USER_PROFILE)
-                    .entry(user.clone())
-                    .or_insert_with(|| empty_profile(&user));
+                let profile =
+                    table(out, USER_PROFILE).entry(user.clone()).or_insert_with(|| empty_profile(&user));
                 let paid = get_i64(profile, "paid_order_count") + 1;
                 let spend = get_i64(profile, "lifetime_spend_cents") + p.amount_cents;
                 set(profile, "paid_order_count", json!(paid));
@@ -244,4 +296,54 @@ fn apply(out: &mut Expected, e: &Event) {
 fn empty_profile(user: &str) -> Value {
     json!({"user_id": user, "registered": false, "email": null, "display_name": null, "marketing_opt_in": false,
            "registered_at": null, "order_count": 0, "paid_order_count": 0, "lifetime_spend_cents": 0, "version": 0})
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use prism_events::Event;
+    use serde_json::json;
+    use shop_model::read_models::{product_catalog, ProductCatalogEntry, PRODUCT_CATALOG};
+
+    use super::fold;
+    use crate::testing::workload::Workload;
+
+    /// The oracle and the read model's fold, written independently, agree on every product's
+    /// stock, reservations and availability over a generated workload, and what they agree on
+    /// keeps the rules: nothing reserved beyond what is on hand.
+    #[test]
+    fn the_oracle_and_the_catalog_fold_agree_on_stock() {
+        let events = Workload::generate(23, 5000);
+        let mut folded: BTreeMap<String, ProductCatalogEntry> = BTreeMap::new();
+        for event in events.iter().filter(|e| e.meta.aggregate_type == shop_model::aggregates::PRODUCT) {
+            let id = event.meta.aggregate_id.to_string();
+            let view = product_catalog::apply(folded.remove(&id), event).expect("the fold applies");
+            folded.insert(id, view);
+        }
+        let expected = fold(&events);
+        let rows = &expected.rows[PRODUCT_CATALOG];
+        assert_eq!(rows.len(), folded.len());
+        let (mut holding, mut shipped_from) = (0, 0);
+        for (id, view) in &folded {
+            let row = &rows[id];
+            let fields =
+                |r: &serde_json::Value| json!([r["stock"], r["reserved"], r["available"], r["version"]]);
+            assert_eq!(fields(row), json!([view.stock, view.reserved, view.available, view.version]), "{id}");
+            assert!(0 <= view.reserved && view.reserved <= view.stock, "{id}: {view:?}");
+            holding += usize::from(view.reserved > 0);
+            shipped_from += usize::from(ships(&events, id));
+        }
+        assert!(
+            holding > 0 && shipped_from > 0,
+            "the workload must reserve and ship: {holding}, {shipped_from}"
+        );
+    }
+
+    fn ships(events: &[Event], product: &str) -> bool {
+        events.iter().any(|e| {
+            e.meta.aggregate_id.to_string() == product
+                && matches!(e.body::<shop_model::ShopEvent>(), Some(shop_model::ShopEvent::StockShipped(_)))
+        })
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use shop_model::aggregates::{ORDER, PRODUCT};
 use uuid::Uuid;
 
-use crate::support::{environment, event_count, spawn_binary, stored_versions, Server};
+use crate::support::{environment, event_count, register_user, spawn_binary, stored_versions, Server};
 
 async fn env() -> TestEnv {
     environment(&[("PRISM__RELAY__ENABLED", "false"), ("PRISM__COMMANDS__MAX_BODY_BYTES", "2048")]).await
@@ -157,7 +157,7 @@ async fn users_and_catalog_answer_with_versions_and_precise_errors() {
 async fn carts_checkout_and_orders_follow_the_rules() {
     let env = env().await;
     let server = Server::start(env.config.clone()).await;
-    let (user, cart) = (Uuid::new_v4(), Uuid::new_v4());
+    let (user, cart) = (register_user(&server).await, Uuid::new_v4());
     let lamp = list_product(&server, 1_500, 10).await;
     let desk = list_product(&server, 20_000, 3).await;
 
@@ -557,7 +557,7 @@ async fn method_not_allowed_answers_in_json() {
 async fn empty_bodies_are_empty_objects() {
     let env = env().await;
     let server = Server::start(env.config.clone()).await;
-    let (user, cart) = (Uuid::new_v4(), Uuid::new_v4());
+    let (user, cart) = (register_user(&server).await, Uuid::new_v4());
     let lamp = list_product(&server, 1_500, 10).await;
     let desk = list_product(&server, 9_000, 2).await;
     let delisted = server.raw(Method::POST, &format!("/products/{desk}/delist"), None, Vec::new()).await;

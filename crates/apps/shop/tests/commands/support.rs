@@ -199,6 +199,47 @@ pub async fn stored_versions(env: &TestEnv, aggregate_type: AggregateType, id: U
         .collect()
 }
 
+/// Registers a user through the API; returns its id.
+pub async fn register_user(server: &Server) -> Uuid {
+    let id = Uuid::new_v4();
+    let short = &id.simple().to_string()[..12];
+    let answer =
+        server.post("/users", serde_json::json!({"user_id": id, "email": format!("u{short}@example.com"), "display_name": "Shopper"})).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "registering a user: {:?}", answer.body);
+    id
+}
+
+/// A product's stock as the command side holds it — `(stock, reserved, available)` of the
+/// product aggregate folded from the event store — after checking that the read model's fold
+/// of the same events (what `product_catalog` will show) says the same.
+pub async fn product_stock(env: &TestEnv, id: Uuid) -> (i64, i64, i64) {
+    use shop_model::domain::{rehydrate, ProductState};
+    use shop_model::read_models::product_catalog;
+
+    let store =
+        prism_event_store::EventStore::new(env.db.clone(), env.app.events().clone(), env.topic_prefix());
+    let stream = store.load(shop_model::aggregates::PRODUCT, id).await.expect("the product's stream loads");
+    let bodies: Vec<shop_model::ShopEvent> = stream
+        .events
+        .iter()
+        .map(|e| e.body::<shop_model::ShopEvent>().expect("a shop event").clone())
+        .collect();
+    let state: ProductState = rehydrate(&bodies).expect("the product's stream folds");
+    let product = state.product().expect("the product was listed");
+    let mut view = None;
+    for event in &stream.events {
+        view = Some(product_catalog::apply(view, event).expect("the catalog's fold applies"));
+    }
+    let view = view.expect("a catalog row");
+    let aggregate = (product.stock, product.reserved, product.available());
+    assert_eq!(
+        (view.stock, view.reserved, view.available),
+        aggregate,
+        "the read model would show other stock"
+    );
+    aggregate
+}
+
 /// Number of stored events.
 pub async fn event_count(env: &TestEnv) -> i64 {
     let client = env.db.client().await.expect("client");

@@ -1,26 +1,23 @@
-//! The load generator against a real command service: the event store holds exactly the
-//! events the API reported, every valid command succeeded and every invalid one was refused.
+//! The load generator (`shop::load`) against the shop's real command service: the event store
+//! holds exactly the events the API reported, with the last version the API reported for every
+//! aggregate; every valid command succeeded and every invalid one was refused.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prism_bench::load::{self, LoadConfig};
-use prism_testkit::TestEnv;
-use tokio::sync::oneshot;
+use shop::load::{self, LoadConfig};
 use uuid::Uuid;
+
+use crate::support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_matches_the_event_store() {
-    let env = TestEnv::with_overrides(&[("PRISM__RELAY__ENABLED", "false")]).await.expect("test environment");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let target = format!("http://{}", listener.local_addr().expect("address"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let service = tokio::spawn(prism_commands::serve(env.config.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    // No relay: this test is about what the API stored, not what reached the broker.
+    let env = support::environment(&[("PRISM__RELAY__ENABLED", "false")]).await;
+    let commands = support::commands(env.config.clone()).await;
 
     let config = LoadConfig {
-        target,
+        target: commands.base.clone(),
         commands: Some(800),
         duration: Some(Duration::from_secs(60)),
         concurrency: 8,
@@ -30,6 +27,7 @@ async fn load_matches_the_event_store() {
     let report = load::run(&config).await.expect("load run");
     eprintln!("{report}");
     assert_eq!(report.transport_errors, 0);
+    assert_eq!(report.commands, 800, "the run stopped early");
     assert_eq!(report.unexpected, 0, "valid commands failed: {:?}", report.unexpected_examples);
     assert!(report.invalid_sent > 0, "no invalid command was sent");
     assert_eq!(report.invalid_refused, report.invalid_sent, "every invalid command must get 400 or 409");
@@ -51,6 +49,5 @@ async fn load_matches_the_event_store() {
     );
     assert_eq!(stored, report.versions, "last versions differ between the event store and the API's answers");
 
-    let _ = stop.send(());
-    service.await.expect("service task").expect("service");
+    commands.stop().await;
 }

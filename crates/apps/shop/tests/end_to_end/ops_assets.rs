@@ -1,48 +1,241 @@
 //! The operations assets in `ops/` and `docker-compose.yml` checked against the code they
-//! describe. There is no Docker engine or Kubernetes cluster on the development machines, so
-//! these files are never run here; without these tests they would rot silently (a renamed
+//! describe: the reference shop's binaries on the generic engine. There is no Docker engine or
+//! Kubernetes cluster on the development machines, so these files are never run here; without
+//! these tests they would rot silently (a renamed binary stops a container at start, a renamed
 //! metric leaves a dashboard panel empty, a misspelt `PRISM__` variable stops a container at
 //! start, an alert never fires).
 //!
+//! - [`every_binary_an_ops_asset_names_is_a_workspace_binary`]: every binary the compose file,
+//!   the Kubernetes manifests, the Dockerfile, `ops/demo`, `ops/dev-stack`, the alert runbooks
+//!   and the commands quoted in their comments name is a binary target of the workspace (and
+//!   every `cargo -p` a package of it); [`the_binary_check_can_fail`] shows the extraction
+//!   catches old and misspelt names.
+//! - [`every_configuration_key_an_ops_asset_names_exists`]: every `PRISM__SECTION__KEY` the
+//!   assets mention is a key the loader accepts (the shop's `[application]` keys included).
 //! - [`compose_services_run_real_binaries_with_valid_config`]: every Prism service of the
 //!   compose file runs a binary of the workspace that `ops/Dockerfile` builds, its `PRISM__`
 //!   environment loads through the real configuration loader (which rejects unknown keys —
-//!   shown by loading a misspelt variable too), its health check and Prometheus target use the
-//!   port it listens on, and every mounted file exists.
+//!   shown by loading a misspelt variable too), the shop's `[application]` settings load, its
+//!   health check and Prometheus target use the port it listens on, every mounted file exists,
+//!   and the one-shot init runs `shop-projector migrate` before `prismctl topics ensure`.
 //! - [`kubernetes_manifests_load_and_fit_the_configuration`]: the same for `ops/k8s/`, with the
-//!   ConfigMap's `production.toml` layered in, plus the shutdown and scaling limits.
+//!   ConfigMap's `production.toml` layered in, plus the migrate Job, the shutdown and scaling
+//!   limits.
 //! - [`alerts_and_dashboard_are_well_formed`]: each alert has its annotations and a runbook
-//!   naming a `prismctl` command; the dashboard parses and every panel has a query.
-//! - [`every_metric_in_dashboards_and_alerts_is_exported`]: runs prism-commands and
-//!   prism-projector in this process against the real services, drives commands and a few
-//!   hostile events through them, scrapes `/metrics` and requires every `prism_*` name the
-//!   dashboard and the alerts use; prism-query runs beside them and answers a few reads.
-//!   The three share the process-wide recorder (`prism_runtime::telemetry::install`), so the
-//!   check is "exported by some process", not by which one.
+//!   naming a command; the dashboard parses and every panel has a query.
+//! - [`every_metric_in_dashboards_and_alerts_is_exported`]: runs the shop's command service,
+//!   projector and query service in this process against the real services, drives commands
+//!   and a few hostile events through them, scrapes `/metrics` and requires every `prism_*`
+//!   name the dashboard and the alerts use. The three share the process-wide recorder
+//!   (`prism_runtime::telemetry::install`), so the check is "exported by some process", not by
+//!   which one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prism_config::{ConfigSources, PrismConfig};
-use prism_events::AggregateType;
 use prism_testkit::kafka::{produce, producer, publish_events};
-use prism_testkit::workload::Workload;
-use prism_testkit::TestEnv;
 use serde::Deserialize;
 use serde_yaml::Value;
+use shop::testing::workload::Workload;
+use shop_model::aggregates::ORDER;
 
-// ---- helpers ---------------------------------------------------------------------------
+use crate::support;
 
-/// The repository root.
+// ---- the workspace -----------------------------------------------------------------------
+
+/// The repository root (this crate lives in `crates/apps/shop`).
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..").canonicalize().expect("repository root")
 }
 
 fn read(relative: &str) -> String {
     let path = repo().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
+
+/// What the workspace builds, as cargo sees it (`cargo metadata`: explicit `[[bin]]` tables and
+/// the binaries cargo discovers, such as `src/main.rs`).
+#[derive(Debug)]
+struct Workspace {
+    /// Binary target name → its package.
+    binaries: BTreeMap<String, String>,
+    /// Every package of the workspace.
+    packages: BTreeSet<String>,
+    /// The application packages (under `crates/apps/`): binaries named `<app>-…` are theirs.
+    applications: BTreeSet<String>,
+    /// Names of the compose services and Kubernetes objects, which assets quote too.
+    objects: BTreeSet<String>,
+}
+
+impl Workspace {
+    fn load() -> Self {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args(["metadata", "--format-version", "1", "--no-deps", "--offline", "--manifest-path"])
+            .arg(repo().join("Cargo.toml"))
+            .output()
+            .expect("running cargo metadata");
+        assert!(output.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&output.stderr));
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("cargo metadata JSON");
+        let apps_dir = repo().join("crates/apps");
+        let mut workspace = Self {
+            binaries: BTreeMap::new(),
+            packages: BTreeSet::new(),
+            applications: BTreeSet::new(),
+            objects: deployed_objects(),
+        };
+        for package in metadata["packages"].as_array().expect("packages") {
+            let name = package["name"].as_str().expect("package name").to_owned();
+            let manifest = Path::new(package["manifest_path"].as_str().expect("manifest_path"));
+            if manifest.starts_with(&apps_dir) {
+                workspace.applications.insert(name.clone());
+            }
+            for target in package["targets"].as_array().expect("targets") {
+                if target["kind"].as_array().expect("kind").iter().any(|k| k == "bin") {
+                    let bin = target["name"].as_str().expect("target name").to_owned();
+                    workspace.binaries.insert(bin, name.clone());
+                }
+            }
+            workspace.packages.insert(name);
+        }
+        workspace
+    }
+
+    /// Whether `word` reads as the name of a Prism binary: `prism…` (but not the bare word), or
+    /// `<application>-…`, in the characters binary names use. Such a word in a command position
+    /// must be a binary.
+    fn looks_like_binary(&self, word: &str) -> bool {
+        word.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && ((word.starts_with("prism") && word.len() > "prism".len())
+                || self.applications.iter().any(|app| word.starts_with(&format!("{app}-"))))
+    }
+}
+
+/// The compose services and the `metadata.name` of every Kubernetes object.
+fn deployed_objects() -> BTreeSet<String> {
+    let mut names: BTreeSet<String> =
+        yaml("docker-compose.yml")["services"].as_mapping().expect("services").keys().map(str_of).collect();
+    names.extend(
+        kubernetes_documents().iter().filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned)),
+    );
+    names
+}
+
+// ---- reading commands out of the assets ------------------------------------------------
+
+/// One run of a Prism binary in a command line: the binary and the words after it, up to the
+/// next command separator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Invocation {
+    binary: String,
+    args: Vec<String>,
+}
+
+impl Invocation {
+    /// The first argument (the subcommand), if any.
+    fn subcommand(&self) -> Option<&str> {
+        self.args.first().map(String::as_str)
+    }
+
+    /// Whether this run serves until stopped (no subcommand, or `run`), as opposed to a
+    /// one-shot such as `migrate`.
+    fn serves(&self) -> bool {
+        matches!(self.subcommand(), None | Some("run")) && self.binary != "prismctl"
+    }
+
+    /// `<app>-projector migrate`.
+    fn is_migrate(&self) -> bool {
+        self.binary.ends_with("-projector") && self.subcommand() == Some("migrate")
+    }
+
+    /// `prismctl topics ensure`.
+    fn is_topics_ensure(&self) -> bool {
+        self.binary == "prismctl" && self.args.iter().take(2).eq(["topics", "ensure"].iter())
+    }
+}
+
+/// The runs of Prism binaries in a shell command line: each command (split at `&&`, `||`,
+/// `;`, `|`, parentheses and newlines) whose command word — after `VAR=value` assignments and
+/// `env`/`exec`, stripped of quotes and of a directory — looks like a Prism binary.
+fn invocations(script: &str, workspace: &Workspace) -> Vec<Invocation> {
+    let mut found = Vec::new();
+    let separated = script.replace("&&", "\n").replace("||", "\n");
+    for command in separated.split(['\n', ';', '|', '(', ')']) {
+        let words: Vec<String> = command
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '"' || c == '\'' || c == '`').to_owned())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut rest = words.iter().skip_while(|w| w.contains('=') || *w == "env" || *w == "exec");
+        let Some(first) = rest.next() else { continue };
+        let binary = first.rsplit('/').next().unwrap_or(first);
+        if workspace.looks_like_binary(binary) {
+            found.push(Invocation { binary: binary.to_owned(), args: rest.cloned().collect() });
+        }
+    }
+    found
+}
+
+/// The runs of Prism binaries in a container's `command`: the script of `sh -c …`, or the exec
+/// form's words as one command.
+fn container_invocations(command: &Value, workspace: &Workspace) -> Vec<Invocation> {
+    let mut words = Vec::new();
+    yaml_strings(command, &mut words);
+    match words.as_slice() {
+        [shell, flag, script] if ["sh", "bash"].contains(&shell.as_str()) && flag == "-c" => {
+            invocations(script, workspace)
+        }
+        _ => invocations(&words.join(" "), workspace),
+    }
+}
+
+/// What a file names as binaries and packages outside command positions: `--bin NAME`,
+/// `-p NAME` (packages), `$bin/NAME`, `target/<profile>/NAME` and the Dockerfile's
+/// `/out/NAME`. `$app`/`${app}` stands for each application of `PRISM_APPS`'s default.
+fn named_targets(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let apps: Vec<String> = text
+        .split("PRISM_APPS:-")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .map(|list| list.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let expand = |word: &str| -> Vec<String> {
+        if word.contains("$app") || word.contains("${app}") {
+            apps.iter().map(|app| word.replace("${app}", app).replace("$app", app)).collect()
+        } else {
+            vec![word.to_owned()]
+        }
+    };
+    let clean = |w: &str| w.trim_matches(|c: char| "\"'`\\,;)(".contains(c)).to_owned();
+    // What a package or binary name may be (`mkdir -p "$dir"` is no cargo package).
+    let is_name =
+        |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let (mut binaries, mut packages) = (BTreeSet::new(), BTreeSet::new());
+    let words: Vec<String> = text.split_whitespace().map(clean).collect();
+    for (i, word) in words.iter().enumerate() {
+        let next = words.get(i + 1).cloned().unwrap_or_default();
+        match word.as_str() {
+            "--bin" => binaries.extend(expand(&next).into_iter().filter(|n| is_name(n))),
+            "-p" | "--package" => packages.extend(expand(&next).into_iter().filter(|n| is_name(n))),
+            _ => {}
+        }
+        for marker in ["$bin/", "${bin}/", "target/release/", "target/debug/", "target/$dir/", "/out/"] {
+            if let Some(at) = word.find(marker) {
+                binaries.extend(expand(&word[at + marker.len()..]).into_iter().filter(|n| is_name(n)));
+            }
+        }
+    }
+    (binaries, packages)
+}
+
+/// The contents of every `` `code span` `` of a text (comments, Markdown, annotations).
+fn code_spans(text: &str) -> Vec<String> {
+    text.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+// ---- YAML and JSON -----------------------------------------------------------------------
 
 /// One YAML document with `<<` merge keys applied (compose's `x-` anchors use them).
 fn yaml(relative: &str) -> Value {
@@ -102,60 +295,41 @@ fn json_strings(value: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-/// The binaries of the workspace: each crate's `[[bin]]` names, or the package name when it
-/// has `src/main.rs` and no `[[bin]]` table. Value: the package.
-fn workspace_binaries() -> BTreeMap<String, String> {
-    let mut binaries = BTreeMap::new();
-    for entry in std::fs::read_dir(repo().join("crates")).expect("crates/") {
-        let dir = entry.expect("entry").path();
-        let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else { continue };
-        let manifest: toml::Value = toml::from_str(&text).expect("Cargo.toml parses");
-        let package = manifest["package"]["name"].as_str().expect("package.name").to_owned();
-        match manifest.get("bin").and_then(|b| b.as_array()) {
-            Some(bins) => {
-                for bin in bins {
-                    binaries.insert(bin["name"].as_str().expect("bin.name").to_owned(), package.clone());
-                }
-            }
-            None if dir.join("src/main.rs").is_file() => {
-                binaries.insert(package.clone(), package);
-            }
-            None => {}
-        }
-    }
-    binaries
-}
-
-/// Words of a container command (`["sh", "-c", "a && b"]` gives `sh -c a && b`).
-fn command_words(command: &Value) -> Vec<String> {
+/// Words of a health check's `test` (`["CMD", "curl", …]` gives `CMD curl …`).
+fn words_of(value: &Value) -> String {
     let mut strings = Vec::new();
-    yaml_strings(command, &mut strings);
-    strings
-        .iter()
-        .flat_map(|s| s.split(|c: char| c.is_whitespace() || ";&|()".contains(c)))
-        .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+    yaml_strings(value, &mut strings);
+    strings.join(" ")
 }
 
-/// The Prism binaries a command runs: words that are workspace binaries or look like one.
-fn prism_binaries_in(words: &[String], known: &BTreeMap<String, String>) -> Vec<String> {
-    let mut found: Vec<String> = words
-        .iter()
-        .map(|w| w.rsplit('/').next().unwrap_or(w).to_owned())
-        .filter(|w| known.contains_key(w) || w.starts_with("prism"))
+/// The Kubernetes manifests of `ops/k8s/`, in file order.
+fn kubernetes_documents() -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("ops/k8s"))
+        .expect("ops/k8s")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
-    found.dedup();
-    found
+    files.sort();
+    files.iter().flat_map(|f| yaml_documents(f)).collect()
 }
 
-/// The listen address a binary's configuration gives it, if it serves HTTP.
+fn kind(doc: &Value) -> String {
+    doc["kind"].as_str().unwrap_or("").to_owned()
+}
+
+// ---- configuration -----------------------------------------------------------------------
+
+/// The listen address a binary's configuration gives it, if it serves HTTP: by its role, which
+/// its name ends with (`prism-relay` serves on the command service's address).
 fn listen_of<'a>(binary: &str, config: &'a PrismConfig) -> Option<&'a str> {
-    match binary {
-        "prism-commands" => Some(&config.commands.listen),
-        "prism-projector" => Some(&config.projector.listen),
-        "prism-query" => Some(&config.query.listen),
-        _ => None,
+    if binary.ends_with("-commands") || binary == "prism-relay" {
+        Some(&config.commands.listen)
+    } else if binary.ends_with("-projector") {
+        Some(&config.projector.listen)
+    } else if binary.ends_with("-query") {
+        Some(&config.query.listen)
+    } else {
+        None
     }
 }
 
@@ -213,16 +387,309 @@ fn assert_typos_rejected(
     }
 }
 
+/// The `[application]` settings: the shop's command service reads them (and must accept
+/// them, typos refused); every other binary ignores them, so setting them there is a mistake.
+fn assert_application_settings(
+    env: &[(String, String)],
+    config: &PrismConfig,
+    runs: &[Invocation],
+    context: &str,
+) {
+    let sets_application = env.iter().any(|(k, _)| k.starts_with("PRISM__APPLICATION__"));
+    if runs.iter().any(|i| i.binary == "shop-commands") {
+        shop_commands::settings::Settings::from_config(config)
+            .unwrap_or_else(|e| panic!("{context}: the shop's [application] settings do not load: {e}"));
+        let mut with_typo = env.to_vec();
+        with_typo.push(("PRISM__APPLICATION__CONTEXT".to_owned(), "[\"users\"]".to_owned()));
+        let config = load(&with_typo, None, None).expect("[application] is passed through by the loader");
+        let err = shop_commands::settings::Settings::from_config(&config)
+            .expect_err("a misspelt [application] key is refused by the shop");
+        assert!(err.to_string().contains("context"), "{context}: {err}");
+    } else {
+        assert!(
+            !sets_application,
+            "{context}: sets PRISM__APPLICATION__* but runs no command service that reads them ({runs:?})"
+        );
+    }
+}
+
+/// A temporary file, for `*_FILE` variables the loader reads.
+fn secret_file(dir: &Path) -> PathBuf {
+    let path = dir.join("secret");
+    std::fs::write(&path, "not-a-real-secret\n").expect("write secret");
+    path
+}
+
+// ---- binaries and keys named anywhere ---------------------------------------------------
+
+/// The text files of the operations assets (everything the tests below read, plus the shell
+/// scripts and the Kubernetes notes).
+fn asset_files() -> Vec<String> {
+    let mut files: Vec<String> = [
+        "docker-compose.yml",
+        "ops/Dockerfile",
+        "ops/demo",
+        "ops/dev-stack",
+        "ops/prometheus/prometheus.yml",
+        "ops/prometheus/alerts.yml",
+        "ops/prometheus/alerts.test.yml",
+        "ops/grafana/dashboards/prism.json",
+    ]
+    .map(String::from)
+    .to_vec();
+    for entry in std::fs::read_dir(repo().join("ops/k8s")).expect("ops/k8s") {
+        let path = entry.expect("entry").path();
+        files.push(format!("ops/k8s/{}", path.file_name().and_then(|n| n.to_str()).expect("name")));
+    }
+    files.sort();
+    files
+}
+
+/// Every binary and package `file` names (commands of containers, scripts and code spans,
+/// `--bin`/`-p`/paths of builds), by where it was found.
+fn names_in(file: &str, workspace: &Workspace) -> (Vec<(String, String)>, BTreeSet<String>) {
+    let text = read(file);
+    let mut binaries = Vec::new();
+    let mut note = |binary: String, place: &str| binaries.push((binary, format!("{file}: {place}")));
+    for span in code_spans(&text) {
+        for run in invocations(&span, workspace) {
+            // Quoted names of services and Kubernetes objects (`shop-migrate`) are no commands.
+            if run.args.is_empty() && workspace.objects.contains(&run.binary) {
+                continue;
+            }
+            note(run.binary, &format!("`{span}`"));
+        }
+    }
+    let (named, packages) = named_targets(&text);
+    for binary in named {
+        note(binary, "a build or path");
+    }
+    if file == "ops/demo" || file == "ops/dev-stack" {
+        // Shell code outside comments: its command words.
+        let code: String =
+            text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+        for run in invocations(&code, workspace) {
+            note(run.binary, "a command");
+        }
+    }
+    if file == "docker-compose.yml" {
+        for (name, service) in yaml(file)["services"].as_mapping().expect("services") {
+            for run in container_invocations(&service["command"], workspace) {
+                note(run.binary, &format!("service {}", str_of(name)));
+            }
+        }
+    }
+    if file.starts_with("ops/k8s/") && file.ends_with(".yaml") {
+        for doc in yaml_documents(&repo().join(file)) {
+            for container in doc["spec"]["template"]["spec"]["containers"].as_sequence().into_iter().flatten()
+            {
+                for run in container_invocations(&container["command"], workspace) {
+                    note(run.binary, &format!("{} {}", kind(&doc), str_of(&doc["metadata"]["name"])));
+                }
+            }
+        }
+    }
+    if file == "ops/prometheus/alerts.yml" {
+        for group in yaml(file)["groups"].as_sequence().expect("groups") {
+            for rule in group["rules"].as_sequence().expect("rules") {
+                let runbook = rule["annotations"]["runbook"].as_str().unwrap_or_default();
+                for run in invocations(runbook, workspace) {
+                    note(run.binary, &format!("the runbook of {}", rule["alert"].as_str().unwrap_or("?")));
+                }
+            }
+        }
+    }
+    (binaries, packages)
+}
+
+#[test]
+fn every_binary_an_ops_asset_names_is_a_workspace_binary() {
+    let workspace = Workspace::load();
+    for expected in ["shop-commands", "shop-projector", "shop-query", "shop-bench", "prismctl", "prism-relay"]
+    {
+        assert!(
+            workspace.binaries.contains_key(expected),
+            "workspace binary {expected} not found: {workspace:?}"
+        );
+    }
+    let mut wrong = Vec::new();
+    let mut found_per_file = BTreeMap::new();
+    for file in asset_files() {
+        let (binaries, packages) = names_in(&file, &workspace);
+        found_per_file.insert(file.clone(), binaries.iter().map(|(b, _)| b.clone()).collect::<BTreeSet<_>>());
+        for (binary, place) in binaries {
+            if !workspace.binaries.contains_key(&binary) {
+                wrong.push(format!("{place} names `{binary}`, which is no binary of the workspace"));
+            }
+        }
+        for package in packages {
+            if !workspace.packages.contains(&package) {
+                wrong.push(format!(
+                    "{file}: builds package `{package}`, which is no package of the workspace"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "binaries the workspace has: {:?}\n{}",
+        workspace.binaries.keys().collect::<Vec<_>>(),
+        wrong.join("\n")
+    );
+    // The extraction found what each asset runs (so an empty result is not a pass).
+    for (file, at_least) in [
+        ("ops/Dockerfile", &["shop-commands", "shop-projector", "shop-query", "shop-bench", "prismctl"][..]),
+        ("ops/demo", &["shop-commands", "shop-projector", "shop-query", "shop-bench", "prismctl"][..]),
+        ("ops/dev-stack", &["shop-projector", "prismctl"][..]),
+        ("docker-compose.yml", &["shop-commands", "shop-projector", "shop-query", "prismctl"][..]),
+        ("ops/k8s/migrate-job.yaml", &["shop-projector", "prismctl"][..]),
+        ("ops/prometheus/alerts.yml", &["prismctl"][..]),
+    ] {
+        let found = &found_per_file[file];
+        for binary in at_least {
+            assert!(found.contains(*binary), "{file}: `{binary}` not found among {found:?}");
+        }
+    }
+}
+
+#[test]
+fn the_binary_check_can_fail() {
+    let workspace = Workspace {
+        binaries: [("shop-projector", "shop"), ("prismctl", "prismctl")]
+            .map(|(b, p)| (b.to_owned(), p.to_owned()))
+            .into(),
+        packages: ["shop", "prismctl", "prism-commands"].map(String::from).into(),
+        applications: ["shop"].map(String::from).into(),
+        objects: ["shop-migrate"].map(String::from).into(),
+    };
+    let runs = invocations(
+        "sh -c \"shop-projecter migrate && PRISM__X__Y=1 prismctl topics ensure\"; /usr/local/bin/prism-query | grep x",
+        &workspace,
+    );
+    let binaries: Vec<&str> = runs.iter().map(|r| r.binary.as_str()).collect();
+    // `sh -c "…"` as one shell line: its command word is `sh`; the quoted script's commands
+    // are found once the container form splits it (container_invocations).
+    assert_eq!(binaries, vec!["prismctl", "prism-query"]);
+    let script = Value::Sequence(vec![
+        Value::String("sh".into()),
+        Value::String("-c".into()),
+        Value::String("shop-projecter migrate && prismctl topics ensure".into()),
+    ]);
+    let runs = container_invocations(&script, &workspace);
+    assert_eq!(
+        runs,
+        vec![
+            Invocation { binary: "shop-projecter".into(), args: vec!["migrate".into()] },
+            Invocation { binary: "prismctl".into(), args: vec!["topics".into(), "ensure".into()] },
+        ]
+    );
+    assert!(runs[1].is_topics_ensure() && !runs[0].is_migrate() && !runs[0].serves());
+    let (binaries, packages) = named_targets(
+        "apps=${PRISM_APPS:-shop telemetry}\ncargo build -p prism-bench --bin prism-bench -p \"$app\" --bin \"$app-projector\"\n\"$bin/prism-commands\" &\ncp target/release/shop-query /out/",
+    );
+    assert_eq!(
+        binaries,
+        ["prism-bench", "prism-commands", "shop-projector", "shop-query", "telemetry-projector"]
+            .map(String::from)
+            .into()
+    );
+    assert_eq!(packages, ["prism-bench", "shop", "telemetry"].map(String::from).into());
+    let unknown: Vec<&String> = binaries.iter().filter(|b| !workspace.binaries.contains_key(*b)).collect();
+    assert_eq!(unknown, vec!["prism-bench", "prism-commands", "shop-query", "telemetry-projector"]);
+    assert_eq!(
+        code_spans("run `shop-projecter migrate` then `prismctl lag`"),
+        vec!["shop-projecter migrate", "prismctl lag"]
+    );
+    assert!(
+        !workspace.looks_like_binary("prism.projector") && !workspace.looks_like_binary("PRISM__LOG__FILTER")
+    );
+    assert!(!workspace.looks_like_binary("prism") && workspace.looks_like_binary("prismctrl"));
+    let quoted = invocations("shop-migrate", &workspace);
+    assert!(
+        quoted.len() == 1 && workspace.objects.contains(&quoted[0].binary),
+        "a quoted object name is told apart"
+    );
+}
+
+/// Every `PRISM__SECTION__KEY` name in `text`.
+fn prism_variables(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("PRISM__") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        if name["PRISM__".len()..].contains("__") {
+            names.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Whether the loader knows the key of `variable` (its value may still be of the wrong type,
+/// which is not the question here). `[application]` keys are asked of the shop.
+fn key_is_known(variable: &str, secret: &Path) -> Result<(), String> {
+    let value = if variable.ends_with("_FILE") { secret.display().to_string() } else { "1".to_owned() };
+    let env = vec![(variable.to_owned(), value)];
+    let unknown = |err: &str| err.contains("unknown field");
+    let config = match load(&env, None, None) {
+        Ok(config) => config,
+        Err(err) if unknown(&err) => return Err(err),
+        Err(_) => return Ok(()),
+    };
+    if variable.starts_with("PRISM__APPLICATION__") {
+        if let Err(err) = shop_commands::settings::Settings::from_config(&config) {
+            if unknown(&err.to_string()) {
+                return Err(err.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_configuration_key_an_ops_asset_names_exists() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = secret_file(dir.path());
+    let mut wrong = Vec::new();
+    let mut checked = BTreeSet::new();
+    for file in asset_files() {
+        for variable in prism_variables(&read(&file)) {
+            if let Err(err) = key_is_known(&variable, &secret) {
+                wrong.push(format!("{file}: {variable}: {err}"));
+            }
+            checked.insert(variable);
+        }
+    }
+    assert!(wrong.is_empty(), "unknown configuration keys:\n{}", wrong.join("\n"));
+    for sure in [
+        "PRISM__PROJECTOR__GROUP_INSTANCE_ID",
+        "PRISM__APPLICATION__CONTEXTS",
+        "PRISM__POSTGRES__PASSWORD_FILE",
+    ] {
+        assert!(checked.contains(sure), "the extraction missed {sure}: {checked:?}");
+    }
+    // The check can fail: a misspelt key, section, secret file and application key.
+    for typo in [
+        "PRISM__PROJECTOR__GROUP_INSTANCE",
+        "PRISM__COMANDS__LISTEN",
+        "PRISM__POSTGRES__PASWORD_FILE",
+        "PRISM__APPLICATION__CONTEXT",
+    ] {
+        assert!(key_is_known(typo, &secret).is_err(), "{typo} passed as a known key");
+    }
+}
+
 // ---- docker-compose.yml ----------------------------------------------------------------
 
 #[test]
 fn compose_services_run_real_binaries_with_valid_config() {
+    let workspace = Workspace::load();
     let compose = yaml("docker-compose.yml");
     let dockerfile = read("ops/Dockerfile");
-    let binaries = workspace_binaries();
-    for expected in ["prism-commands", "prism-projector", "prismctl"] {
-        assert!(binaries.contains_key(expected), "workspace binary {expected} not found: {binaries:?}");
-    }
     let services = compose["services"].as_mapping().expect("compose has services");
     let names: BTreeSet<String> = services.keys().map(str_of).collect();
     for infrastructure in ["kafka", "postgres", "redis", "prometheus", "grafana", "init"] {
@@ -245,37 +712,41 @@ fn compose_services_run_real_binaries_with_valid_config() {
     let mut served: BTreeMap<String, (String, u16)> = BTreeMap::new();
     let mut instance_ids = Vec::new();
     let mut seen_binaries = BTreeSet::new();
+    let mut migrated = BTreeSet::new();
+    let mut workers = BTreeSet::new();
     for (name, service) in services {
         let name = str_of(name);
         let built_here = service["build"]["dockerfile"]
             .as_str()
             .is_some_and(|d| d.trim_start_matches("./") == "ops/Dockerfile");
-        let words = command_words(&service["command"]);
-        let runs = prism_binaries_in(&words, &binaries);
+        let runs = container_invocations(&service["command"], &workspace);
         if !built_here && runs.is_empty() {
             continue;
         }
         assert!(built_here, "{name}: runs {runs:?} but is not built from ops/Dockerfile");
-        assert!(
-            !runs.is_empty(),
-            "{name}: built from ops/Dockerfile but its command {words:?} runs no Prism binary"
-        );
-        for binary in &runs {
+        assert!(!runs.is_empty(), "{name}: built from ops/Dockerfile but its command runs no Prism binary");
+        for run in &runs {
             assert!(
-                binaries.contains_key(binary),
-                "{name}: command runs `{binary}`, which is no binary of the workspace ({:?})",
-                binaries.keys()
+                workspace.binaries.contains_key(&run.binary),
+                "{name}: command runs `{}`, which is no binary of the workspace ({:?})",
+                run.binary,
+                workspace.binaries.keys()
             );
-            assert_dockerfile_builds(&dockerfile, binary, &name);
-            seen_binaries.insert(binary.clone());
+            assert_dockerfile_builds(&dockerfile, &run.binary, &name);
+            seen_binaries.insert(run.binary.clone());
         }
-        if runs.iter().any(|b| b == "prismctl") {
-            let script = words.join(" ");
-            assert!(script.contains("prismctl migrate"), "{name}: init must run `prismctl migrate`");
+        // The one-shot setup: the application's migrate registers its aggregate types, which
+        // `prismctl topics ensure` reads, so migrate comes first.
+        if runs.iter().any(|r| r.binary == "prismctl") {
+            let ensure = runs.iter().position(Invocation::is_topics_ensure);
+            let migrate = runs.iter().position(Invocation::is_migrate);
+            assert!(ensure.is_some(), "{name}: init must run `prismctl topics ensure`: {runs:?}");
             assert!(
-                script.contains("prismctl topics ensure"),
-                "{name}: init must run `prismctl topics ensure`"
+                migrate.is_some(),
+                "{name}: init must run the application's `<app>-projector migrate`: {runs:?}"
             );
+            assert!(migrate < ensure, "{name}: `migrate` must run before `prismctl topics ensure`: {runs:?}");
+            migrated.extend(runs.iter().filter(|r| r.is_migrate()).map(|r| r.binary.clone()));
         }
 
         let env: Vec<(String, String)> = service["environment"]
@@ -294,8 +765,13 @@ fn compose_services_run_real_binaries_with_valid_config() {
         let config = load(&env, None, None)
             .unwrap_or_else(|e| panic!("{name}: its PRISM__ environment does not load: {e}"));
         assert_typos_rejected(&env, None, None, &name);
+        assert_application_settings(&env, &config, &runs, &name);
         assert_eq!(config.kafka.bootstrap_servers, "kafka:9092", "{name}: brokers");
-        assert_eq!(config.kafka.group_protocol, prism_config::GroupProtocol::Consumer, "{name}: KIP-848 groups");
+        assert_eq!(
+            config.kafka.group_protocol,
+            prism_config::GroupProtocol::Consumer,
+            "{name}: KIP-848 groups"
+        );
         assert!(
             config.postgres.url.contains("@postgres:5432/"),
             "{name}: postgres.url {}",
@@ -305,14 +781,15 @@ fn compose_services_run_real_binaries_with_valid_config() {
 
         // Long-running services: listen on all interfaces, health check on their own port,
         // start after init succeeded.
-        for binary in &runs {
+        for run in runs.iter().filter(|r| r.serves()) {
+            let binary = &run.binary;
             let Some(listen) = listen_of(binary, &config) else { continue };
             assert!(
                 listen.starts_with("0.0.0.0:"),
                 "{name}: {binary} listens on {listen}, unreachable from other containers"
             );
             let port = port_of(listen);
-            let check = command_words(&service["healthcheck"]["test"]).join(" ");
+            let check = words_of(&service["healthcheck"]["test"]);
             assert!(
                 check.contains(&format!(":{port}/healthz")),
                 "{name}: health check `{check}` must probe /healthz on port {port}"
@@ -323,14 +800,17 @@ fn compose_services_run_real_binaries_with_valid_config() {
                 "{name}: must wait for init (migrations, topics) to succeed"
             );
             served.insert(name.clone(), (binary.clone(), port));
-            if binary == "prism-projector" {
+            if binary.ends_with("-projector") {
                 instance_ids.push(config.projector.group_instance_id.clone());
+                workers.insert(binary.clone());
             }
         }
     }
-    for binary in ["prism-commands", "prism-projector", "prism-query", "prismctl"] {
+    for binary in ["shop-commands", "shop-projector", "shop-query", "prismctl"] {
         assert!(seen_binaries.contains(binary), "no compose service runs {binary}");
     }
+    let unmigrated: Vec<&String> = workers.difference(&migrated).collect();
+    assert!(unmigrated.is_empty(), "projectors run whose application init never migrates: {unmigrated:?}");
     assert!(instance_ids.len() >= 2, "two projector workers expected, found {}", instance_ids.len());
     let distinct: BTreeSet<&String> = instance_ids.iter().collect();
     assert!(
@@ -399,6 +879,7 @@ fn compose_services_run_real_binaries_with_valid_config() {
     }
     let mut scraped = BTreeSet::new();
     for job in prometheus["scrape_configs"].as_sequence().expect("scrape_configs") {
+        let job_name = str_of(&job["job_name"]);
         for target in job["static_configs"]
             .as_sequence()
             .into_iter()
@@ -418,6 +899,8 @@ fn compose_services_run_real_binaries_with_valid_config() {
                 Some(*listen),
                 "scrape target {target}: {binary} listens on {listen}"
             );
+            // Jobs are named after the binary they scrape (the k8s annotations use the same).
+            assert_eq!(&job_name, binary, "scrape target {target}: job {job_name} scrapes {binary}");
             scraped.insert(host.to_owned());
         }
     }
@@ -445,19 +928,9 @@ fn compose_services_run_real_binaries_with_valid_config() {
 
 #[test]
 fn kubernetes_manifests_load_and_fit_the_configuration() {
-    let binaries = workspace_binaries();
+    let workspace = Workspace::load();
     let dockerfile = read("ops/Dockerfile");
-    let mut documents = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("ops/k8s"))
-        .expect("ops/k8s")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    for file in &files {
-        documents.extend(yaml_documents(file));
-    }
-    let kind = |doc: &Value| doc["kind"].as_str().unwrap_or("").to_owned();
+    let documents = kubernetes_documents();
 
     // The ConfigMap's production.toml, written where PRISM_CONFIG_DIR would point.
     let config_map = documents
@@ -467,25 +940,28 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
     let config_dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(config_dir.path().join("production.toml"), str_of(&config_map["data"]["production.toml"]))
         .expect("write production.toml");
-    let secret_file = config_dir.path().join("secret");
-    std::fs::write(&secret_file, "not-a-real-secret\n").expect("write secret");
+    let secret_file = secret_file(config_dir.path());
 
     let mut workloads = 0;
-    let mut projector_config = None;
+    let mut projector = None;
+    let mut migrated = BTreeSet::new();
+    let mut workers = BTreeSet::new();
+    let mut served = BTreeSet::new();
     for doc in documents.iter().filter(|d| ["Deployment", "StatefulSet", "Job"].contains(&kind(d).as_str())) {
-        let workload = format!("{} {}", kind(doc), str_of(&doc["metadata"]["name"]));
+        let name = str_of(&doc["metadata"]["name"]);
+        let workload = format!("{} {name}", kind(doc));
         let pod = &doc["spec"]["template"]["spec"];
         for container in pod["containers"].as_sequence().expect("containers") {
             workloads += 1;
-            let words = command_words(&container["command"]);
-            let runs = prism_binaries_in(&words, &binaries);
-            assert!(!runs.is_empty(), "{workload}: command {words:?} runs no Prism binary");
-            for binary in &runs {
+            let runs = container_invocations(&container["command"], &workspace);
+            assert!(!runs.is_empty(), "{workload}: its command runs no Prism binary");
+            for run in &runs {
                 assert!(
-                    binaries.contains_key(binary),
-                    "{workload}: `{binary}` is no binary of the workspace"
+                    workspace.binaries.contains_key(&run.binary),
+                    "{workload}: `{}` is no binary of the workspace",
+                    run.binary
                 );
-                assert_dockerfile_builds(&dockerfile, binary, &workload);
+                assert_dockerfile_builds(&dockerfile, &run.binary, &workload);
             }
             let mounts: Vec<String> = container["volumeMounts"]
                 .as_sequence()
@@ -495,40 +971,68 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
                 .collect();
             let mounted = |path: &str| mounts.iter().any(|m| path.starts_with(&format!("{m}/")));
 
+            // The downward API's pod name: a StatefulSet's first pod is `<name>-0`.
+            let pod_name = format!("{name}-0");
             let mut env = Vec::new();
             let mut environment = None;
             for var in container["env"].as_sequence().into_iter().flatten() {
-                let name = str_of(&var["name"]);
+                let var_name = str_of(&var["name"]);
                 let value = if let Some(field) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                    assert_eq!(field, "metadata.name", "{workload}: {name} from an unexpected field");
-                    "prism-projector-0".to_owned()
+                    assert_eq!(field, "metadata.name", "{workload}: {var_name} from an unexpected field");
+                    pod_name.clone()
                 } else {
                     str_of(&var["value"])
                 };
-                if name == "PRISM_ENV" {
+                if var_name == "PRISM_ENV" {
                     environment = Some(value);
-                } else if name.ends_with("_FILE") {
-                    assert!(mounted(&value), "{workload}: {name}={value} is not under a mounted volume");
-                    env.push((name, secret_file.display().to_string()));
+                } else if var_name.ends_with("_FILE") {
+                    assert!(mounted(&value), "{workload}: {var_name}={value} is not under a mounted volume");
+                    env.push((var_name, secret_file.display().to_string()));
                 } else {
-                    env.push((name, value));
+                    env.push((var_name, value));
                 }
             }
             let environment = environment.expect("PRISM_ENV selects production.toml");
             let config = load(&env, Some(config_dir.path()), Some(&environment))
                 .unwrap_or_else(|e| panic!("{workload}: configuration does not load: {e}"));
             assert_typos_rejected(&env, Some(config_dir.path()), Some(&environment), &workload);
+            assert_application_settings(&env, &config, &runs, &workload);
             assert!(mounted("/etc/prism/config/production.toml"), "{workload}: the ConfigMap is not mounted");
-            assert_eq!(config.kafka.group_protocol, prism_config::GroupProtocol::Consumer, "{workload}: KIP-848 groups");
-            if !config.kafka.ssl_ca_location.is_empty() && runs.iter().any(|b| b != "prism-query") {
+            assert_eq!(
+                config.kafka.group_protocol,
+                prism_config::GroupProtocol::Consumer,
+                "{workload}: KIP-848 groups"
+            );
+            // The query service never talks to the brokers; everything else does.
+            if !config.kafka.ssl_ca_location.is_empty() && runs.iter().any(|r| !r.binary.ends_with("-query"))
+            {
                 assert!(
                     mounted(&config.kafka.ssl_ca_location),
                     "{workload}: {} not mounted",
                     config.kafka.ssl_ca_location
                 );
             }
-            for binary in &runs {
+
+            // The migrate Job: the application's migrate, then the topics, as the owner role.
+            if runs.iter().any(|r| r.binary == "prismctl") {
+                let ensure = runs.iter().position(Invocation::is_topics_ensure);
+                let migrate = runs.iter().position(Invocation::is_migrate);
+                assert!(
+                    ensure.is_some() && migrate.is_some() && migrate < ensure,
+                    "{workload}: `<app>-projector migrate && prismctl topics ensure` expected: {runs:?}"
+                );
+                assert_eq!(kind(doc), "Job", "{workload}: migrations run once, as a Job");
+                assert!(
+                    config.postgres.url.contains("prism_owner@"),
+                    "{workload}: migrations run as prism_owner"
+                );
+                migrated.extend(runs.iter().filter(|r| r.is_migrate()).map(|r| r.binary.clone()));
+            }
+
+            for run in runs.iter().filter(|r| r.serves()) {
+                let binary = &run.binary;
                 let Some(listen) = listen_of(binary, &config) else { continue };
+                served.insert(binary.clone());
                 let port = port_of(listen);
                 let ports: Vec<u16> = container["ports"]
                     .as_sequence()
@@ -539,6 +1043,11 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
                     .collect();
                 assert!(ports.contains(&port), "{workload}: listens on {port}, exposes {ports:?}");
                 assert_eq!(
+                    doc["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"].as_str(),
+                    Some(port.to_string().as_str()),
+                    "{workload}: Prometheus scrapes the port it listens on"
+                );
+                assert_eq!(
                     container["livenessProbe"]["httpGet"]["path"].as_str(),
                     Some("/healthz"),
                     "{workload}"
@@ -548,16 +1057,17 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
                     Some("/readyz"),
                     "{workload}"
                 );
-                if binary == "prism-projector" {
+                assert!(
+                    !config.postgres.url.contains("prism_owner@"),
+                    "{workload}: services never run as the owner role"
+                );
+                if binary.ends_with("-projector") {
                     assert_eq!(
                         kind(doc),
                         "StatefulSet",
                         "projectors need stable pod names for static membership"
                     );
-                    assert_eq!(
-                        config.projector.group_instance_id, "prism-projector-0",
-                        "member id from the pod name"
-                    );
+                    assert_eq!(config.projector.group_instance_id, pod_name, "member id from the pod name");
                     let grace =
                         pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
                     assert!(
@@ -565,22 +1075,27 @@ fn kubernetes_manifests_load_and_fit_the_configuration() {
                         "{workload}: grace {grace}s must exceed projector.shutdown_deadline_ms ({} ms) and a commit",
                         config.projector.shutdown_deadline_ms
                     );
-                    projector_config = Some(config.clone());
+                    workers.insert(binary.clone());
+                    projector = Some((name.clone(), config.clone()));
                 }
-            }
-            if runs.iter().any(|b| b == "prismctl") {
-                assert!(
-                    config.postgres.url.contains("prism_owner@"),
-                    "{workload}: migrations run as prism_owner"
-                );
             }
         }
     }
     assert!(workloads >= 4, "expected projector, commands, query and migrate workloads, found {workloads}");
+    for binary in ["shop-commands", "shop-projector", "shop-query"] {
+        assert!(served.contains(binary), "no workload serves {binary}: {served:?}");
+    }
+    let unmigrated: Vec<&String> = workers.difference(&migrated).collect();
+    assert!(unmigrated.is_empty(), "projectors run whose application no Job migrates: {unmigrated:?}");
 
-    let projector = projector_config.expect("a projector StatefulSet");
+    let (statefulset, projector) = projector.expect("a projector StatefulSet");
     let scaled = documents.iter().find(|d| kind(d) == "ScaledObject").expect("a KEDA ScaledObject");
     assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(
+        scaled["spec"]["scaleTargetRef"]["name"].as_str(),
+        Some(statefulset.as_str()),
+        "KEDA scales the projectors"
+    );
     let max = scaled["spec"]["maxReplicaCount"].as_i64().expect("maxReplicaCount");
     assert!(
         max <= i64::from(projector.topics.partitions),
@@ -629,6 +1144,7 @@ fn alerts_and_dashboard_are_well_formed() {
         "PrismConsumerLagHigh",
         "PrismDeadLettersGrowing",
         "PrismProjectorNoProgress",
+        "PrismProjectorPartitionStalled",
         "PrismRebalanceStorm",
         "PrismOutboxBacklogOld",
     ] {
@@ -742,40 +1258,53 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     for sure in [
         prism_runtime::metric_names::PROJECTOR_EVENTS_APPLIED,
         prism_runtime::metric_names::PROJECTOR_LAG_SECONDS,
+        prism_runtime::metric_names::PROJECTOR_STALLED_PARTITIONS,
         prism_runtime::metric_names::COMMANDS_OUTBOX_OLDEST_AGE,
         prism_runtime::metric_names::QUERY_CACHE_LOOKUPS,
     ] {
         assert!(referenced.contains(sure), "the name extraction missed {sure}: {referenced:?}");
     }
 
-    let env = TestEnv::new().await.expect("test environment");
+    let env = support::environment(&[]).await;
 
-    // prism-commands (API + relay), prism-projector and prism-query, in this process. They
-    // share the process-wide recorder (prism_runtime::telemetry::install), so each /metrics
-    // renders all three.
+    // The shop's command service (API + relay), projector and query service, in this process.
+    // They share the process-wide recorder (prism_runtime::telemetry::install), so each
+    // /metrics renders all three.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let commands_url = format!("http://{}", listener.local_addr().expect("address"));
     let (stop_commands, commands_stopped) = tokio::sync::oneshot::channel::<()>();
-    let commands = tokio::spawn(prism_commands::serve(env.config.clone(), listener, async {
+    let commands = tokio::spawn(shop_commands::serve(env.config.clone(), listener, async {
         let _ = commands_stopped.await;
     }));
     let mut projector_config = env.config.clone();
     projector_config.projector.listen = format!("127.0.0.1:{}", free_port());
     let projector_url = format!("http://{}", projector_config.projector.listen);
     let (stop_projector, projector_stopped) = tokio::sync::oneshot::channel::<()>();
-    let projector =
-        tokio::spawn(prism_projector::run(projector_config, prism_runtime::Health::new(), async {
+    let projector = tokio::spawn(prism_projector::run(
+        projector_config,
+        support::shop(),
+        prism_runtime::Health::new(),
+        async {
             let _ = projector_stopped.await;
-        }));
+        },
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let query_url = format!("http://{}", listener.local_addr().expect("address"));
     let (stop_query, query_stopped) = tokio::sync::oneshot::channel::<()>();
-    let query = tokio::spawn(prism_query::serve(env.config.clone(), listener, async {
+    let query = tokio::spawn(shop_query::serve(env.config.clone(), listener, async {
         let _ = query_stopped.await;
     }));
 
-    // Commands through the API (some deliberately invalid), published by the relay.
-    let report = prism_bench::load::run(&prism_bench::load::LoadConfig {
+    // Commands through the API (some deliberately invalid), published by the relay. The
+    // service answers once it is up; the load waits for nothing else.
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !client.get(format!("{commands_url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(!commands.is_finished(), "shop-commands stopped during start-up");
+        assert!(tokio::time::Instant::now() < deadline, "shop-commands not ready after 30s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = shop::load::run(&shop::load::LoadConfig {
         target: commands_url.clone(),
         commands: Some(80),
         duration: Some(Duration::from_secs(60)),
@@ -796,7 +1325,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     let others = Workload::generate(12, 400);
     let gapped_order = others
         .iter()
-        .filter(|e| e.meta.aggregate_type == AggregateType::Order)
+        .filter(|e| e.meta.aggregate_type == ORDER)
         .map(|e| e.meta.aggregate_id)
         .find(|id| others.iter().filter(|e| e.meta.aggregate_id == *id).count() >= 3)
         .expect("an order with three events");
@@ -806,17 +1335,16 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
         .cloned()
         .collect();
     publish_events(&producer, env.topic_prefix(), &gapped).await.expect("publish gap");
-    let order_topic = AggregateType::Order.topic(env.topic_prefix());
+    let order_topic = ORDER.topic(env.topic_prefix());
     produce(&producer, &order_topic, Some(b"poison"), Some(b"{ not json"), &[])
         .await
         .expect("produce poison");
 
     // A few reads: a list and entity lookups (the cache is consulted first).
-    let client = reqwest::Client::new();
     for path in ["/products".to_owned(), format!("/orders/{gapped_order}"), format!("/users/{gapped_order}")]
     {
         let answered = client.get(format!("{query_url}{path}")).send().await;
-        assert!(answered.is_ok(), "prism-query did not answer {path}: {answered:?}");
+        assert!(answered.is_ok(), "shop-query did not answer {path}: {answered:?}");
     }
 
     // Scrape until every referenced name shows up (lag and batch metrics need the projector to
@@ -831,13 +1359,13 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
             break missing_names;
         }
         if commands.is_finished() {
-            panic!("prism-commands stopped early: {:?}", commands.await);
+            panic!("shop-commands stopped early: {:?}", commands.await);
         }
         if projector.is_finished() {
-            panic!("prism-projector stopped early: {:?}", projector.await);
+            panic!("shop-projector stopped early: {:?}", projector.await);
         }
         if query.is_finished() {
-            panic!("prism-query stopped early: {:?}", query.await);
+            panic!("shop-query stopped early: {:?}", query.await);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
@@ -856,10 +1384,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
          after traffic (rename them, or pre-register event-driven series at zero): {missing_names:?}"
     );
     assert_eq!(health.trim(), "ok", "projector /healthz");
-    commands_result.expect("prism-commands stops in time").expect("commands task").expect("prism-commands");
-    projector_result
-        .expect("prism-projector stops in time")
-        .expect("projector task")
-        .expect("prism-projector");
-    query_result.expect("prism-query stops in time").expect("query task").expect("prism-query");
+    commands_result.expect("shop-commands stops in time").expect("commands task").expect("shop-commands");
+    projector_result.expect("shop-projector stops in time").expect("projector task").expect("shop-projector");
+    query_result.expect("shop-query stops in time").expect("query task").expect("shop-query");
 }

@@ -1,43 +1,26 @@
-//! The README's main job at a small size, through the HTTP APIs only: a command service
-//! (with its outbox relay), two projector workers sharing the partitions and a query service
-//! run against the real broker, PostgreSQL and Redis; the load generator drives a shop
-//! workload through the command API; `verify` waits until the pipeline drained and finds
-//! every read-model row and cache entry equal to the fold of the event store; a command's
-//! version read back through the query API is never older than the command's. Then one
-//! corrupted row makes `verify` fail, naming it.
-
-mod common;
+//! The README's main job at a small size, through the HTTP APIs only: the shop's command
+//! service (with its outbox relay), two projector workers sharing the partitions and the query
+//! service run against the real broker, PostgreSQL and Redis; the load generator drives a shop
+//! workload through the command API; `verify` waits until the pipeline drained and finds every
+//! read-model row and cache entry equal to the fold of the event store; a command's version
+//! read back through the query API is never older than the command's. Then one corrupted row
+//! makes `verify` fail, naming it.
 
 use std::time::Duration;
 
-use prism_bench::load::{self, LoadConfig};
-use prism_bench::verify::{self, VerifyConfig};
-use common::Service;
-use prism_testkit::TestEnv;
 use serde_json::{json, Value};
+use shop::load::{self, LoadConfig};
+use shop::verify::{self, VerifyConfig};
+
+use crate::support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_main_job_converges_to_the_fold_of_the_event_store() {
     prism_testkit::init_logging();
-    let env = TestEnv::with_overrides(&[("PRISM__PROJECTOR__SESSION_TIMEOUT_MS", "8000")])
-        .await
-        .expect("test environment");
-    let commands = Service::start(env.config.clone(), |config, listener, stopped| {
-        prism_commands::serve(config, listener, async {
-            let _ = stopped.await;
-        })
-    })
-    .await;
-    let projectors = [
-        prism_projector::Embedded::start(env.config.clone()),
-        prism_projector::Embedded::start(env.config.clone()),
-    ];
-    let query = Service::start(env.config.clone(), |config, listener, stopped| {
-        prism_query::serve(config, listener, async {
-            let _ = stopped.await;
-        })
-    })
-    .await;
+    let env = support::environment(&[("PRISM__PROJECTOR__SESSION_TIMEOUT_MS", "8000")]).await;
+    let commands = support::commands(env.config.clone()).await;
+    let projectors = support::projectors(&env.config, 2);
+    let query = support::query(env.config.clone()).await;
 
     let report = load::run(&LoadConfig {
         target: commands.base.clone(),
@@ -51,6 +34,7 @@ async fn the_main_job_converges_to_the_fold_of_the_event_store() {
     .expect("load run");
     assert_eq!(report.unexpected, 0, "valid commands failed: {:?}", report.unexpected_examples);
     assert_eq!(report.transport_errors, 0);
+    assert_eq!(report.commands, 1_500, "the run stopped early: {report}");
 
     let settings = VerifyConfig { wait: Duration::from_secs(120), progress: false };
     let verified = verify::run(&env.config, &settings).await.expect("the read models converge to the fold");
@@ -61,7 +45,7 @@ async fn the_main_job_converges_to_the_fold_of_the_event_store() {
     );
     assert_eq!((verified.position.outbox_backlog, verified.position.lag_messages), (0, 0));
     assert_eq!(verified.position.topic_messages, verified.events as i64, "each event published exactly once");
-    assert_eq!(verified.instances.len(), 5, "all five read models compared");
+    assert_eq!(verified.instances.len(), shop_model::read_models::all().len(), "every read model compared");
     assert!(verified.rows > 0 && verified.cache_entries > 0, "{verified}");
 
     // Read-your-writes through the query API.
@@ -86,16 +70,18 @@ async fn the_main_job_converges_to_the_fold_of_the_event_store() {
         assert!(served >= version, "served version {served} older than the command's {version}");
     }
 
-    for projector in projectors {
-        projector.stop(Duration::from_secs(30)).await.expect("projector exits cleanly");
-    }
+    support::stop_projectors(projectors).await;
     query.stop().await;
     commands.stop().await;
 
     // verify can fail: one changed row is named.
     let pg = env.pg().await.expect("pg");
     let changed = pg
-        .execute("UPDATE product_catalog SET name = name || ' (edited by hand)' WHERE product_id IN (SELECT product_id FROM product_catalog LIMIT 1)", &[])
+        .execute(
+            "UPDATE product_catalog SET name = name || ' (edited by hand)' \
+             WHERE product_id IN (SELECT product_id FROM product_catalog LIMIT 1)",
+            &[],
+        )
         .await
         .expect("corrupt one row");
     assert_eq!(changed, 1);

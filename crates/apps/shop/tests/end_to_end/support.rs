@@ -1,12 +1,24 @@
-//! Helpers shared by the end-to-end tests: Prism's HTTP services run in the test process.
+//! Shared by the end-to-end tests: the shop's HTTP services run in the test process on free
+//! ports, each waited for until its `/readyz` answers 200 and stopped with a clean exit.
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
 use prism_config::PrismConfig;
+use prism_testkit::TestEnv;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// The shop as the engine runs it.
+pub fn shop() -> prism_projections::Application {
+    shop_model::application()
+}
+
+/// A test environment for the shop with extra `PRISM__*` overrides.
+pub async fn environment(overrides: &[(&str, &str)]) -> TestEnv {
+    TestEnv::with_overrides(&shop(), overrides).await.expect("test environment")
+}
 
 /// An HTTP service of this process on a free port.
 pub struct Service {
@@ -17,7 +29,8 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `serve` on a free port and waits until its `/readyz` answers 200.
+    /// Starts `serve` on a free port and waits until its `/readyz` answers 200; a service that
+    /// ends during start-up fails the test with its error.
     pub async fn start<F, Fut>(config: PrismConfig, serve: F) -> Self
     where
         F: FnOnce(PrismConfig, tokio::net::TcpListener, oneshot::Receiver<()>) -> Fut,
@@ -34,6 +47,9 @@ impl Service {
                 http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
             if ready {
                 break;
+            }
+            if task.is_finished() {
+                panic!("{base} ended during start-up: {:?}", task.await);
             }
             assert!(tokio::time::Instant::now() < deadline, "{base} not ready after 30s");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -52,23 +68,35 @@ impl Service {
     }
 }
 
-
-/// The command service (HTTP API and outbox relay) on a free port.
+/// The shop's command service (HTTP API and, with `relay.enabled`, the outbox relay) on a
+/// free port.
 pub async fn commands(config: PrismConfig) -> Service {
     Service::start(config, |config, listener, stopped| {
-        prism_commands::serve(config, listener, async {
+        shop_commands::serve(config, listener, async {
             let _ = stopped.await;
         })
     })
     .await
 }
 
-/// The query service on a free port.
+/// The shop's query service on a free port.
 pub async fn query(config: PrismConfig) -> Service {
     Service::start(config, |config, listener, stopped| {
-        prism_query::serve(config, listener, async {
+        shop_query::serve(config, listener, async {
             let _ = stopped.await;
         })
     })
     .await
+}
+
+/// `n` projector workers of the shop, in this process, sharing the partitions of one group.
+pub fn projectors(config: &PrismConfig, n: usize) -> Vec<prism_projector::Embedded> {
+    (0..n).map(|_| prism_projector::Embedded::start(config.clone(), shop())).collect()
+}
+
+/// Stops projector workers, each within 30 s and cleanly.
+pub async fn stop_projectors(projectors: Vec<prism_projector::Embedded>) {
+    for projector in projectors {
+        projector.stop(Duration::from_secs(30)).await.expect("projector exits cleanly");
+    }
 }

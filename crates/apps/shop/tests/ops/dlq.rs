@@ -4,23 +4,45 @@
 //! show up in `dlq list`; after the missing event is published and the corrupted row fixed,
 //! `dlq redrive --aggregate` and `--all` bring every read model, in PostgreSQL and in Redis,
 //! to exactly the oracle's fold of the full history. A poison message that must never apply is
-//! discarded and stays on record.
-
-mod common;
+//! discarded and stays on record. Redrives are done by the shop's running workers (prismctl
+//! has no folds): prismctl files the request and waits for their report. Redrive and discard
+//! change the read models: without `--yes` and without a terminal they refuse and change
+//! nothing.
 
 use std::time::Duration;
 
-use common::prismctl;
-use prism_events::{AggregateType, Event, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
+use prism_events::{Event, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
 use prism_projector::Embedded;
 use prism_testkit::kafka::{produce, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::workload::Workload;
 use prism_testkit::TestEnv;
+use shop::testing::oracle::fold;
+use shop::testing::workload::Workload;
+use shop_model::aggregates::ORDER;
 use uuid::Uuid;
+
+use crate::support::{prismctl, prismctl_with, shop, with_var};
 
 /// Read models fed by order events: each records its own dead letters.
 const ORDER_FED: i64 = 3;
+
+/// Redrive requests filed so far.
+async fn requests_filed(env: &TestEnv) -> i64 {
+    let client = env.pg().await.expect("pg");
+    client.query_one("SELECT count(*) FROM operator_requests", &[]).await.expect("requests").get(0)
+}
+
+/// Every dead letter's id and status.
+async fn statuses(env: &TestEnv) -> Vec<(i64, String)> {
+    let client = env.pg().await.expect("pg");
+    client
+        .query("SELECT id, status FROM dead_letters ORDER BY id", &[])
+        .await
+        .expect("dead letters")
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
 
 /// Open dead letters per kind.
 async fn open_by_kind(env: &TestEnv) -> std::collections::BTreeMap<String, i64> {
@@ -41,7 +63,25 @@ async fn wait_for_dead_letters(env: &TestEnv, total: i64) {
         if open == total {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{open} open dead letters, expected {total}");
+        if tokio::time::Instant::now() >= deadline {
+            let client = env.pg().await.expect("pg");
+            let rows: Vec<String> = client
+                .query(
+                    "SELECT projection, error_kind, aggregate_id::text, aggregate_version FROM dead_letters \
+                     WHERE status = 'open' ORDER BY 1, 3, 4",
+                    &[],
+                )
+                .await
+                .expect("dead letters")
+                .iter()
+                .map(|r| {
+                    let (p, k, a, v): (String, String, Option<String>, Option<i64>) =
+                        (r.get(0), r.get(1), r.get(2), r.get(3));
+                    format!("{p} {k} {a:?} {v:?}")
+                })
+                .collect();
+            panic!("{open} open dead letters, expected {total}:\n{}", rows.join("\n"));
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -49,14 +89,14 @@ async fn wait_for_dead_letters(env: &TestEnv, total: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
     prism_testkit::init_logging();
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop()).await.expect("test environment");
     let producer = producer(&env.config).expect("producer");
     let events = Workload::generate(71, 1_500);
 
     // Two orders with at least four events each: one loses version 2, one gets it corrupted.
     let mut long_orders = events
         .iter()
-        .filter(|e| e.meta.aggregate_type == AggregateType::Order && e.meta.aggregate_version == 4)
+        .filter(|e| e.meta.aggregate_type == ORDER && e.meta.aggregate_version == 4)
         .map(|e| e.meta.aggregate_id);
     let gap = long_orders.next().expect("an order with four events");
     let poisoned = long_orders.next().expect("another order with four events");
@@ -71,15 +111,13 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
     // and the corruption.
     let (first, later): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| !held(e));
     publish_events(&producer, env.topic_prefix(), &first).await.expect("publish");
-    let topic = AggregateType::Order.topic(env.topic_prefix());
+    let topic = ORDER.topic(env.topic_prefix());
     let v2 = &poisoned_stream[1];
     let v2_json = v2.to_json_bytes();
     let corrupted = &v2_json[..v2_json.len() / 2];
-    let schema_version = v2.event_type().current_schema_version().to_string();
-    let v2_headers = [
-        (HEADER_EVENT_TYPE, v2.event_type().as_str().as_bytes()),
-        (HEADER_SCHEMA_VERSION, schema_version.as_bytes()),
-    ];
+    let schema_version = v2.meta.schema_version.to_string();
+    let v2_headers =
+        [(HEADER_EVENT_TYPE, v2.event_type().as_bytes()), (HEADER_SCHEMA_VERSION, schema_version.as_bytes())];
     produce(&producer, &topic, Some(poisoned.to_string().as_bytes()), Some(corrupted), &v2_headers)
         .await
         .expect("corrupted event");
@@ -91,10 +129,9 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
         .await
         .expect("stray");
 
-    let projector = Embedded::start(env.config.clone());
+    let projector = Embedded::start(env.config.clone(), shop());
     // Both orders stop at version 1 until redriven.
-    let truncated: Vec<Event> = first.clone();
-    env.wait_for_oracle(&truncated, CacheCheck::Complete, Duration::from_secs(120))
+    env.wait_for_oracle(&fold(&first), CacheCheck::Complete, Duration::from_secs(120))
         .await
         .expect("oracle before");
     // Per order-fed read model: the gap order's versions 3.. (one gap, the rest parked), the
@@ -136,8 +173,20 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
     assert_eq!(missing.code, Some(1));
     assert!(missing.stderr.contains("no dead letter has id 999999"));
 
+    // Not confirmed (no terminal, no --yes): refused before any request is filed.
+    let recorded = statuses(&env).await;
+    let unconfirmed = prismctl(&env, &["dlq", "redrive", "--aggregate", &format!("order:{gap}")]).await;
+    assert_eq!(unconfirmed.code, Some(1));
+    assert!(
+        unconfirmed.stderr.contains("stdin is not a terminal") && unconfirmed.stderr.contains("Pass --yes"),
+        "{}",
+        unconfirmed.stderr
+    );
+    assert_eq!(requests_filed(&env).await, 0, "no redrive requested");
+    assert_eq!(statuses(&env).await, recorded, "no dead letter changed");
+
     // Nothing fixed yet: a redrive applies nothing and says what is still wrong.
-    let early = prismctl(&env, &["dlq", "redrive", "--aggregate", &format!("order:{gap}")]).await;
+    let early = prismctl(&env, &["dlq", "redrive", "--aggregate", &format!("order:{gap}"), "--yes"]).await;
     assert_eq!(early.code, Some(1));
     assert!(early.stdout.contains("version_gap"), "{}", early.stdout);
     assert_eq!(open_by_kind(&env).await.values().sum::<i64>(), expected, "nothing resolved");
@@ -148,7 +197,7 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
         .expect("missing event");
     wait_for_dead_letters(&env, expected + ORDER_FED).await;
     // ...and redriving the aggregate applies the chain in version order.
-    let fixed = prismctl(&env, &["dlq", "redrive", "--aggregate", &format!("order:{gap}")]).await;
+    let fixed = prismctl(&env, &["dlq", "redrive", "--aggregate", &format!("order:{gap}"), "--yes"]).await;
     assert!(fixed.ok(), "{}", fixed.stderr);
     assert!(fixed.stdout.contains(&format!("applied {}", gap_stream.len() - 1)), "{}", fixed.stdout);
 
@@ -162,6 +211,16 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
         .map(|r| r["id"].as_i64().expect("id").to_string())
         .collect();
     assert_eq!(stray_ids.len() as i64, ORDER_FED);
+    let recorded = statuses(&env).await;
+    let unconfirmed = prismctl(&env, &["dlq", "discard", &stray_ids[0]]).await;
+    assert_eq!(unconfirmed.code, Some(1));
+    assert!(
+        unconfirmed.stderr.contains("stdin is not a terminal")
+            && unconfirmed.stderr.contains("Nothing was changed"),
+        "{}",
+        unconfirmed.stderr
+    );
+    assert_eq!(statuses(&env).await, recorded, "not discarded without confirmation");
     for id in &stray_ids {
         let discarded = prismctl(&env, &["dlq", "discard", id, "--yes"]).await;
         assert!(discarded.ok(), "{}", discarded.stderr);
@@ -181,11 +240,11 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
         .await
         .expect("fix the stored event");
     assert_eq!(corrected as i64, ORDER_FED, "one corrupted record per order-fed read model");
-    let all = prismctl(&env, &["dlq", "redrive", "--all"]).await;
+    let all = prismctl(&env, &["dlq", "redrive", "--all", "--yes"]).await;
     assert!(all.ok(), "{}", all.stderr);
 
     // Every read model, in PostgreSQL and Redis, equals the fold of the whole history.
-    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(30))
+    env.wait_for_oracle(&fold(&events), CacheCheck::Complete, Duration::from_secs(30))
         .await
         .expect("oracle after redrive");
     assert!(open_by_kind(&env).await.is_empty(), "no dead letter left open");
@@ -206,9 +265,9 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
     assert_eq!(parked, 0, "no aggregate parked any more");
 
     // A second redrive finds nothing; new events of the redriven orders apply live again.
-    let nothing = prismctl(&env, &["dlq", "redrive", "--all"]).await;
+    let nothing = prismctl(&env, &["dlq", "redrive", "--all", "--yes"]).await;
     assert!(nothing.ok() && nothing.stdout.contains("no open dead letters"));
-    let done = prismctl(&env, &["dlq", "redrive", &id]).await;
+    let done = prismctl(&env, &["dlq", "redrive", &id, "--yes"]).await;
     assert_eq!(done.code, Some(1));
     assert!(done.stderr.contains("already redriven"), "{}", done.stderr);
     projector.stop(Duration::from_secs(30)).await.expect("the projector exits cleanly");
@@ -216,19 +275,21 @@ async fn redriving_after_a_fix_brings_the_read_models_to_the_oracle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_names_what_is_wrong() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop()).await.expect("test environment");
     let unknown = prismctl(&env, &["dlq", "list", "--projection", "orders"]).await;
     assert_eq!(unknown.code, Some(1));
-    assert!(unknown.stderr.contains("unknown projection `orders`"), "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("unknown read model `orders`") && unknown.stderr.contains("order_summary"),
+        "names the read models there are: {}",
+        unknown.stderr
+    );
     let empty = prismctl(&env, &["dlq", "list"]).await;
     assert!(empty.ok() && empty.stdout.contains("no dead letters match"));
     let bad = prismctl(&env, &["dlq", "redrive", "--aggregate", "order:nope"]).await;
     assert_eq!(bad.code, Some(2), "usage error");
 
-    let mut vars = env.env_vars.clone();
-    vars.retain(|(k, _)| k != "PRISM__POSTGRES__URL");
-    vars.push(("PRISM__POSTGRES__URL".into(), "postgres://postgres@127.0.0.1:1/prism".into()));
-    let down = common::prismctl_with(&vars, &["dlq", "list"]).await;
+    let vars = with_var(&env.env_vars, "PRISM__POSTGRES__URL", "postgres://postgres@127.0.0.1:1/prism");
+    let down = prismctl_with(&vars, &["dlq", "list"]).await;
     assert_eq!(down.code, Some(1));
     assert!(down.stderr.contains("ops/dev-stack up"), "{}", down.stderr);
 }

@@ -1,26 +1,35 @@
 //! `prismctl rebuild` end to end against the real broker, PostgreSQL and Redis, with events
 //! published continuously while the rebuild runs. The `prismctl` binary runs as a child
-//! process; the live projector workers run in this process (`projector.generation = 0`).
+//! process; the shop's live projector workers run in this process (`projector.generation =
+//! 0`), and they also build the generations blue/green rebuilds register (prismctl has no
+//! folds).
 //!
 //! What must hold afterwards, for both modes: every read model's rows in PostgreSQL and every
 //! cache entry in Redis equal the oracle's fold of everything published (so the rebuilt model
 //! is complete, and the live workers kept every other model right while topics were
 //! replayed), and rebuilding again gives the same checksum. Each test corrupts the model
 //! first where that proves the rebuild really rebuilt (a stale row or cache entry survives a
-//! rebuild that only replays).
+//! rebuild that only replays). While the blue/green rebuild builds and switches, a reader
+//! queries the served view every few milliseconds: no row may disappear and no row's version
+//! (or order count) may go backwards, which is what an atomic switch at a common position
+//! guarantees to the query side.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prism_events::Event;
-use prism_projections::{ProjectionInstance, ProjectionName};
-use prism_testkit::oracle::{self, CacheCheck, CheckSummary};
-use prism_testkit::workload::Workload;
+use prism_projections::ProjectionInstance;
+use prism_testkit::oracle::{CacheCheck, CheckSummary};
 use prism_testkit::TestEnv;
+use shop::testing::oracle::fold;
+use shop::testing::workload::Workload;
+use shop_model::read_models::{ORDER_SUMMARY, USER_PROFILE};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::task::JoinHandle;
+
+use crate::support::{command, prismctl_binary, shop, wait_group_empty};
 
 /// Quick commits and short sessions, so positions are visible soon and restarts are fast.
 const OVERRIDES: &[(&str, &str)] = &[
@@ -36,81 +45,97 @@ impl Live {
     fn start(env: &TestEnv) -> Self {
         let mut config = env.config.clone();
         config.projector.generation = 0;
-        Self(prism_projector::Embedded::start(config))
+        Self(prism_projector::Embedded::start(config, shop()))
     }
 
-    async fn stop(self) {
+    /// Stops the worker and waits until the broker no longer lists it in the projector group.
+    async fn stop(self, env: &TestEnv) {
         self.0.stop(Duration::from_secs(60)).await.expect("the live projector exits cleanly within 60s");
+        let group = prism_kafka::admin::projector_group_id(&env.config);
+        wait_group_empty(env, &group, Duration::from_secs(60)).await;
     }
 }
-/// Publishes `events` in small chunks with pauses, in order, until the list ends or `stop` is
-/// set; returns how many were published (always a prefix of `events`).
-fn traffic(env: &TestEnv, events: Arc<Vec<Event>>, start: usize, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
-    let config = env.config.clone();
-    let prefix = env.topic_prefix().to_owned();
-    tokio::spawn(async move {
-        let producer = prism_testkit::kafka::producer(&config).expect("test producer");
-        let mut published = start;
-        while published < events.len() && !stop.load(Ordering::SeqCst) {
-            let end = (published + 12).min(events.len());
-            prism_testkit::kafka::publish_events(&producer, &prefix, &events[published..end])
-                .await
-                .expect("publishing live traffic");
-            published = end;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        published
-    })
+
+/// Live traffic: publishes `events` from `start` in small chunks with pauses, in order, until
+/// the list ends or `stop` is set. `published` counts how far it got (always a prefix of
+/// `events`); the task returns the final count.
+struct Traffic {
+    published: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<usize>,
 }
 
-async fn active_instances(client: &tokio_postgres::Client) -> Vec<ProjectionInstance> {
-    prism_store::rebuild::active_generations(client, &ProjectionName::ALL).await.expect("active generations")
+impl Traffic {
+    fn start(env: &TestEnv, events: Arc<Vec<Event>>, start: usize) -> Self {
+        let config = env.config.clone();
+        let prefix = env.topic_prefix().to_owned();
+        let published = Arc::new(AtomicUsize::new(start));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (published, stop) = (published.clone(), stop.clone());
+            async move {
+                let producer = prism_testkit::kafka::producer(&config).expect("test producer");
+                let mut at = start;
+                while at < events.len() && !stop.load(Ordering::SeqCst) {
+                    let end = (at + 12).min(events.len());
+                    prism_testkit::kafka::publish_events(&producer, &prefix, &events[at..end])
+                        .await
+                        .expect("publishing live traffic");
+                    at = end;
+                    published.store(at, Ordering::SeqCst);
+                    // Pacing, not synchronisation: about 120 events a second.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                at
+            }
+        });
+        Self { published, stop, task }
+    }
+
+    fn published(&self) -> usize {
+        self.published.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` events have been published (traffic is flowing).
+    async fn wait_published(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.published() < n {
+            assert!(
+                !self.task.is_finished(),
+                "the traffic ended at {} before reaching {n}",
+                self.published()
+            );
+            assert!(Instant::now() < deadline, "traffic stalled at {} of {n}", self.published());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("traffic task")
+    }
 }
 
 /// Waits until every read model (at its active generation) and its cache equal the oracle.
 async fn wait_for_oracle(env: &TestEnv, events: &[Event], timeout: Duration) -> CheckSummary {
-    let client = env.pg().await.expect("postgres");
-    let expected = oracle::fold(events);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let instances = active_instances(&client).await;
-        assert_eq!(instances.len(), ProjectionName::ALL.len(), "every read model has an active generation");
-        let outcome = oracle::check_expected(
-            &expected,
-            &client,
-            &env.config.redis.url,
-            &env.config.redis.key_prefix,
-            &instances,
-            CacheCheck::Complete,
-        )
-        .await
-        .expect("oracle check runs");
-        match outcome {
-            Ok(summary) => return summary,
-            Err(diff) if Instant::now() >= deadline => {
-                panic!("read models differ from the oracle after {timeout:?} ({instances:?}):\n{diff}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    let summary = env.wait_for_oracle(&fold(events), CacheCheck::Complete, timeout).await.expect("oracle");
+    let active = env.active_instances().await.expect("active generations");
+    assert_eq!(
+        active.len(),
+        shop().read_models().len(),
+        "every read model has an active generation: {active:?}"
+    );
+    summary
 }
 
-fn prismctl(env: &TestEnv, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_prismctl"));
-    command
-        .envs(env.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    command
+async fn active(env: &TestEnv, projection: &str) -> Option<ProjectionInstance> {
+    env.active_instances().await.expect("active generations").into_iter().find(|i| i.projection == projection)
 }
 
 /// Runs prismctl to the end; returns (success, stdout + stderr).
 async fn run_prismctl(env: &TestEnv, args: &[&str]) -> (bool, String) {
     let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(300), prismctl(env, args).output())
+    let output = tokio::time::timeout(Duration::from_secs(300), command(&env.env_vars, args).await.output())
         .await
         .expect("prismctl finishes within 300s")
         .expect("prismctl runs");
@@ -129,28 +154,29 @@ fn printed_md5(output: &str, marker: &str) -> String {
     line.rsplit("md5 ").next().expect("md5").trim().to_owned()
 }
 
-async fn redis_keys(env: &TestEnv, prefix: &str) -> usize {
+/// The Redis key prefix of `instance` (its read model is cached).
+fn cache_prefix(env: &TestEnv, instance: ProjectionInstance) -> String {
+    let kind =
+        shop().read_model(instance.projection).and_then(|m| m.cache_kind()).expect("a cached read model");
+    instance.cache_prefix(kind, &env.config.redis.key_prefix)
+}
+
+async fn redis_keys(env: &TestEnv, prefix: &str) -> Vec<String> {
     let client = redis::Client::open(env.config.redis.url.as_str()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
+    redis::cmd("KEYS")
         .arg(format!("{}*", prism_testkit::env::escape_glob(prefix)))
         .query_async(&mut conn)
         .await
-        .expect("KEYS");
-    keys.len()
+        .expect("KEYS")
 }
 
 /// Overwrites a cached document with garbage at its current revision: the projector's
 /// compare-and-set never replaces it, so only a rebuild that deletes the keys repairs it.
 async fn corrupt_cache_entry(env: &TestEnv, prefix: &str) -> String {
+    let key = redis_keys(env, prefix).await.first().expect("a cached entry to corrupt").clone();
     let client = redis::Client::open(env.config.redis.url.as_str()).expect("redis url");
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", prism_testkit::env::escape_glob(prefix)))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    let key = keys.first().expect("a cached entry to corrupt").clone();
     let _: () = redis::cmd("HSET")
         .arg(&key)
         .arg("doc")
@@ -164,7 +190,8 @@ async fn corrupt_cache_entry(env: &TestEnv, prefix: &str) -> String {
 /// A test environment whose first `initial` of `n` generated events are projected by a live
 /// worker, which keeps running.
 async fn projected_start(seed: u64, n: usize, initial: usize) -> (TestEnv, Arc<Vec<Event>>, usize, Live) {
-    let env = TestEnv::with_overrides(OVERRIDES).await.expect("test environment");
+    prismctl_binary().await;
+    let env = TestEnv::with_overrides(&shop(), OVERRIDES).await.expect("test environment");
     let events = Arc::new(Workload::generate(seed, n));
     let producer = prism_testkit::kafka::producer(&env.config).expect("producer");
     prism_testkit::kafka::publish_events(&producer, env.topic_prefix(), &events[..initial])
@@ -175,6 +202,92 @@ async fn projected_start(seed: u64, n: usize, initial: usize) -> (TestEnv, Arc<V
     (env, events, initial, live)
 }
 
+/// What the reader of the served `user_profile` view saw.
+#[derive(Debug, Default)]
+struct Observed {
+    /// Reads made, by the generation active just before each.
+    reads_by_generation: HashMap<i32, usize>,
+    /// Rows in the last read.
+    rows: usize,
+    /// How many events were published when the reader first saw generation 2 active.
+    published_at_switch: Option<usize>,
+    /// Every missing row, version or count going backwards, and failed query.
+    violations: Vec<String>,
+}
+
+/// Reads the whole `user_profile` view every few milliseconds until `stop`: a row once seen
+/// must be there in every later read, and its `prism_version` (the user's version it reflects)
+/// and `order_count` (summed from order events) must never be lower than already seen.
+fn watch_user_profiles(
+    env: &TestEnv,
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicUsize>,
+) -> JoinHandle<Observed> {
+    let url =
+        format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
+    tokio::spawn(async move {
+        let client = prism_testkit::services::connect_pg(&url).await.expect("reader connection");
+        let mut seen: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut observed = Observed::default();
+        while !stop.load(Ordering::SeqCst) {
+            let generation: i32 = match client
+                .query_one(
+                    "SELECT generation FROM projection_generations WHERE projection = 'user_profile' AND status = 'active'",
+                    &[],
+                )
+                .await
+            {
+                Ok(row) => row.get(0),
+                Err(err) => {
+                    observed.violations.push(format!("reading the active generation failed: {err}"));
+                    continue;
+                }
+            };
+            if generation == 2 && observed.published_at_switch.is_none() {
+                observed.published_at_switch = Some(published.load(Ordering::SeqCst));
+            }
+            let rows = match client
+                .query("SELECT user_id::text, prism_version, order_count FROM user_profile", &[])
+                .await
+            {
+                Ok(rows) => rows,
+                Err(err) => {
+                    observed
+                        .violations
+                        .push(format!("reading the view failed (generation {generation}): {err}"));
+                    continue;
+                }
+            };
+            *observed.reads_by_generation.entry(generation).or_default() += 1;
+            let mut now: HashMap<String, (i64, i64)> = HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let (user, version, orders): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                if let Some((seen_version, seen_orders)) = seen.get(&user) {
+                    if version < *seen_version || orders < *seen_orders {
+                        observed.violations.push(format!(
+                            "user {user} went back from version {seen_version} / {seen_orders} orders to {version} / \
+                             {orders} (generation {generation} active)"
+                        ));
+                    }
+                }
+                now.insert(user, (version, orders));
+            }
+            let missing = seen.keys().filter(|user| !now.contains_key(*user)).count();
+            if missing > 0 {
+                observed.violations.push(format!(
+                    "{missing} of {} rows seen before are missing (generation {generation} active)",
+                    seen.len()
+                ));
+            }
+            observed.rows = now.len();
+            seen = now;
+            // Pacing of the reads, not synchronisation.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        observed
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_the_same_checksum() {
     prism_testkit::init_logging();
@@ -182,59 +295,68 @@ async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_
     let (env, events, initial, live) = projected_start(41, 6000, 1500).await;
 
     // Corrupt the model: a rebuild that does not clear would keep these.
-    let target = ProjectionInstance::new(ProjectionName::OrderSummary, 1);
+    let target = ProjectionInstance::new(ORDER_SUMMARY, 1);
     let pg = env.pg().await.expect("postgres");
     let corrupted = pg
         .execute("UPDATE order_summary_g1 SET status = 'corrupted' WHERE order_id IN (SELECT order_id FROM order_summary_g1 LIMIT 5)", &[])
         .await
         .expect("corrupt rows");
     assert!(corrupted > 0, "the workload placed orders");
-    let cache_prefix = target.cache_prefix(&env.config.redis.key_prefix).expect("order_summary is cached");
-    corrupt_cache_entry(&env, &cache_prefix).await;
+    let prefix = cache_prefix(&env, target);
+    corrupt_cache_entry(&env, &prefix).await;
+    let still_corrupt = || async {
+        let count: i64 = pg
+            .query_one("SELECT count(*) FROM order_summary_g1 WHERE status = 'corrupted'", &[])
+            .await
+            .expect("count")
+            .get(0);
+        count as u64
+    };
 
-    let stop_traffic = Arc::new(AtomicBool::new(false));
-    let publisher = traffic(&env, events.clone(), initial, stop_traffic.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let traffic = Traffic::start(&env, events.clone(), initial);
+    traffic.wait_published(initial + 24).await;
 
     // While a worker runs, an in-place rebuild is refused before anything is cleared.
     let (refused_ok, refused) =
         run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--yes", "--no-wait"]).await;
     assert!(!refused_ok && refused.contains("active member"), "{refused}");
-    let still_corrupt: i64 = pg
-        .query_one("SELECT count(*) FROM order_summary_g1 WHERE status = 'corrupted'", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(still_corrupt as u64, corrupted, "a refused rebuild changes nothing");
+    assert_eq!(still_corrupt().await, corrupted, "a refused rebuild changes nothing");
 
     // Workers stopped, traffic keeps flowing; the rebuild waits for them to come back.
-    live.stop().await;
+    live.stop(&env).await;
     let (dry_ok, dry) =
         run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--dry-run"]).await;
     assert!(
         dry_ok && dry.contains("dry run: nothing changed") && dry.contains("skip them as duplicates"),
         "{dry}"
     );
-    let still_corrupt: i64 = pg
-        .query_one("SELECT count(*) FROM order_summary_g1 WHERE status = 'corrupted'", &[])
+    assert_eq!(still_corrupt().await, corrupted, "a dry run changes nothing");
+    // Not confirmed (no terminal, no --yes): refused, nothing cleared or reset.
+    let group = prism_kafka::admin::projector_group_id(&env.config);
+    let offsets_before = prism_testkit::kafka::committed_offsets(&env.config, &group, &env.event_topics())
         .await
-        .expect("count")
-        .get(0);
-    assert_eq!(still_corrupt as u64, corrupted, "a dry run changes nothing");
+        .expect("committed");
+    let (unconfirmed_ok, unconfirmed) =
+        run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--no-wait"]).await;
+    assert!(!unconfirmed_ok && unconfirmed.contains("stdin is not a terminal"), "{unconfirmed}");
+    assert_eq!(still_corrupt().await, corrupted, "an unconfirmed rebuild changes nothing");
+    assert_eq!(
+        prism_testkit::kafka::committed_offsets(&env.config, &group, &env.event_topics())
+            .await
+            .expect("committed"),
+        offsets_before,
+        "no offset reset"
+    );
 
     let rebuild_started = Instant::now();
-    let mut child = prismctl(
-        &env,
-        &[
-            "rebuild",
-            "order_summary",
-            "--mode",
-            "in-place",
-            "--yes",
-            "--timeout",
-            "240",
-        ],
+    let published_at_start = traffic.published();
+    let mut child = command(
+        &env.env_vars,
+        &["rebuild", "order_summary", "--mode", "in-place", "--yes", "--timeout", "240"],
     )
+    .await
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
     .spawn()
     .expect("prismctl starts");
     let stdout = child.stdout.take().expect("stdout");
@@ -264,35 +386,34 @@ async fn in_place_rebuild_under_live_traffic_equals_the_oracle_and_repeats_with_
     assert!(output.contains("cleared order_summary_g1:"), "{output}");
     assert!(output.contains("reset ") && output.contains("earliest offsets"), "{output}");
     assert!(output.contains("progress: "), "{output}");
+    assert!(traffic.published() > published_at_start, "traffic flowed during the rebuild");
     eprintln!("in-place rebuild under traffic took {:.1}s", rebuild_started.elapsed().as_secs_f64());
     let first_md5 = printed_md5(&output, "caught up:");
 
-    stop_traffic.store(true, Ordering::SeqCst);
-    let published = publisher.await.expect("traffic task");
-    assert!(published > initial, "traffic flowed during the rebuild");
+    let published = traffic.stop().await;
     let summary = wait_for_oracle(&env, &events[..published], Duration::from_secs(120)).await;
     eprintln!("after the in-place rebuild: {published} events, {summary:?}");
     let client = env.pg().await.expect("postgres");
-    let after_first = prism_store::rebuild::checksum(&client, target).await.expect("checksum");
+    let after_first = prism_read_store::rebuild::checksum(&client, target).await.expect("checksum");
     assert!(after_first.rows > 0);
     eprintln!("checksum after the first rebuild: {after_first} (printed at catch-up: {first_md5})");
 
     // Again, without waiting: the same events give the same checksum.
-    live.stop().await;
+    live.stop(&env).await;
     let (ok, output) =
         run_prismctl(&env, &["rebuild", "order_summary", "--mode", "in-place", "--yes", "--no-wait"]).await;
     assert!(ok, "{output}");
     assert!(output.contains(&format!("cleared order_summary_g1: {} rows", after_first.rows)), "{output}");
     assert_eq!(
-        prism_store::rebuild::checksum(&client, target).await.expect("checksum").rows,
+        prism_read_store::rebuild::checksum(&client, target).await.expect("checksum").rows,
         0,
         "--no-wait returns with the model cleared"
     );
     let live = Live::start(&env);
     wait_for_oracle(&env, &events[..published], Duration::from_secs(120)).await;
-    let after_second = prism_store::rebuild::checksum(&client, target).await.expect("checksum");
+    let after_second = prism_read_store::rebuild::checksum(&client, target).await.expect("checksum");
     assert_eq!(after_second, after_first, "rebuilding twice gives the same checksum");
-    live.stop().await;
+    live.stop(&env).await;
     eprintln!("in-place test: {:.1}s, checksum {after_second}", started.elapsed().as_secs_f64());
 }
 
@@ -301,22 +422,33 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
     prism_testkit::init_logging();
     let started = Instant::now();
     let (env, events, initial, live) = projected_start(42, 9000, 2000).await;
-    let g1 = ProjectionInstance::new(ProjectionName::UserProfile, 1);
-    let g2 = ProjectionInstance::new(ProjectionName::UserProfile, 2);
-    let g3 = ProjectionInstance::new(ProjectionName::UserProfile, 3);
-    let key_prefix = env.config.redis.key_prefix.clone();
+    let g1 = ProjectionInstance::new(USER_PROFILE, 1);
+    let g2 = ProjectionInstance::new(USER_PROFILE, 2);
+    let g3 = ProjectionInstance::new(USER_PROFILE, 3);
     let pg = env.pg().await.expect("postgres");
 
     let (dry_ok, dry) =
         run_prismctl(&env, &["rebuild", "user_profile", "--mode", "blue-green", "--dry-run"]).await;
     assert!(dry_ok && dry.contains("dry run: nothing changed") && dry.contains("user_profile_g2"), "{dry}");
-    assert_eq!(active_instances(&pg).await.iter().find(|i| i.projection == g1.projection), Some(&g1));
+    assert_eq!(active(&env, USER_PROFILE).await, Some(g1));
+    let (unconfirmed_ok, unconfirmed) =
+        run_prismctl(&env, &["rebuild", "user_profile", "--mode", "blue-green"]).await;
+    assert!(!unconfirmed_ok && unconfirmed.contains("stdin is not a terminal"), "{unconfirmed}");
+    let generations: i64 = pg
+        .query_one("SELECT count(*) FROM projection_generations WHERE projection = 'user_profile'", &[])
+        .await
+        .expect("registry")
+        .get(0);
+    assert_eq!(generations, 1, "an unconfirmed rebuild registers nothing");
 
-    // Rebuild while events keep arriving; user_profile is fed by two topics (users, orders).
-    let stop_traffic = Arc::new(AtomicBool::new(false));
-    let publisher = traffic(&env, events.clone(), initial, stop_traffic.clone());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Rebuild while events keep arriving (user_profile is fed by two topics: users, orders) and
+    // a reader keeps reading the served view.
+    let traffic = Traffic::start(&env, events.clone(), initial);
+    traffic.wait_published(initial + 24).await;
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = watch_user_profiles(&env, stop_reader.clone(), traffic.published.clone());
     let rebuild_started = Instant::now();
+    let published_at_start = traffic.published();
     let (ok, output) = run_prismctl(
         &env,
         &[
@@ -333,9 +465,12 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
     )
     .await;
     let rebuild_took = rebuild_started.elapsed();
-    let traffic_was_live = !publisher.is_finished();
     assert!(ok, "blue/green rebuild failed:\n{output}");
-    assert!(traffic_was_live, "the event list ran out before the rebuild finished: make it longer");
+    assert!(
+        !traffic.task.is_finished(),
+        "the event list ran out before the rebuild finished: make it longer"
+    );
+    assert!(traffic.published() > published_at_start, "traffic flowed during the rebuild");
     assert!(output.contains("switched: user_profile_g1 ("), "{output}");
     assert!(output.contains("retired user_profile_g1: table dropped true"), "{output}");
     let switch_line = output.lines().find(|l| l.starts_with("switched:")).expect("switched line");
@@ -349,13 +484,30 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
     assert_eq!(sums[0], sums[1], "both generations are equal at the common position: {switch_line}");
     eprintln!("blue/green rebuild under traffic took {:.1}s", rebuild_took.as_secs_f64());
 
-    // Traffic after the switch must land in g2 through the live workers.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop_traffic.store(true, Ordering::SeqCst);
-    let published = publisher.await.expect("traffic task");
+    // Traffic after the switch must land in g2 through the live workers: let some more flow,
+    // while the reader keeps reading.
+    traffic.wait_published(traffic.published() + 60).await;
+    stop_reader.store(true, Ordering::SeqCst);
+    let observed = reader.await.expect("reader task");
+    let published = traffic.stop().await;
+    eprintln!(
+        "the reader saw: {:?}",
+        (&observed.reads_by_generation, observed.rows, observed.published_at_switch)
+    );
+    assert!(
+        observed.violations.is_empty(),
+        "the switch was not atomic for readers:\n{}",
+        observed.violations.join("\n")
+    );
+    let reads = |generation| observed.reads_by_generation.get(&generation).copied().unwrap_or(0);
+    assert!(reads(1) >= 10 && reads(2) >= 10, "the reader read before and after the switch: {observed:?}");
+    assert!(observed.rows > 0, "the reader saw rows");
+    let at_switch = observed.published_at_switch.expect("the reader saw generation 2 become active");
+    assert!(at_switch > published_at_start && published > at_switch, "traffic before and after the switch");
+
     let summary = wait_for_oracle(&env, &events[..published], Duration::from_secs(120)).await;
     eprintln!("after the blue/green rebuild: {published} events published, {summary:?}");
-    assert_eq!(active_instances(&pg).await.iter().find(|i| i.projection == g2.projection), Some(&g2));
+    assert_eq!(active(&env, USER_PROFILE).await, Some(g2));
     let old_table: Option<String> =
         pg.query_one("SELECT to_regclass('user_profile_g1')::text", &[]).await.expect("regclass").get(0);
     assert_eq!(old_table, None, "the old generation's table is dropped");
@@ -365,13 +517,9 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
         .expect("gate")
         .get(0);
     assert_eq!(old_gate, 0, "the old generation's gate rows are deleted");
-    assert_eq!(
-        redis_keys(&env, &g1.cache_prefix(&key_prefix).expect("cached")).await,
-        0,
-        "old cache keys deleted"
-    );
+    assert_eq!(redis_keys(&env, &cache_prefix(&env, g1)).await.len(), 0, "old cache keys deleted");
     let view_rows: i64 = pg.query_one("SELECT count(*) FROM user_profile", &[]).await.expect("view").get(0);
-    let after_first = prism_store::rebuild::checksum(&pg, g2).await.expect("checksum");
+    let after_first = prism_read_store::rebuild::checksum(&pg, g2).await.expect("checksum");
     assert_eq!(view_rows, after_first.rows, "the view reads the new generation");
     let statuses: Vec<(i32, String)> = pg
         .query("SELECT generation, status FROM projection_generations WHERE projection = 'user_profile' ORDER BY 1", &[])
@@ -403,11 +551,7 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
     .await;
     assert!(!ok, "a difference at the common position stops the switch:\n{output}");
     assert!(output.contains("verification failed at a common position"), "{output}");
-    assert_eq!(
-        active_instances(&pg).await.iter().find(|i| i.projection == g2.projection),
-        Some(&g2),
-        "g2 still serves"
-    );
+    assert_eq!(active(&env, USER_PROFILE).await, Some(g2), "g2 still serves");
     // ...and with --allow-changes the rebuild repairs it, to the same checksum as before.
     let (ok, output) = run_prismctl(
         &env,
@@ -428,21 +572,21 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
     .await;
     assert!(ok, "{output}");
     assert!(output.contains("dropped abandoned user_profile_g3"), "{output}");
-    let g4 = ProjectionInstance::new(ProjectionName::UserProfile, 4);
+    let g4 = ProjectionInstance::new(USER_PROFILE, 4);
     assert_eq!(
         printed_md5(&output, "checksum user_profile_g4:"),
         after_first.md5,
         "rebuilding twice gives the same checksum"
     );
     wait_for_oracle(&env, &events[..published], Duration::from_secs(120)).await;
-    assert_eq!(active_instances(&pg).await.iter().find(|i| i.projection == g4.projection), Some(&g4));
-    let after_second = prism_store::rebuild::checksum(&pg, g4).await.expect("checksum");
+    assert_eq!(active(&env, USER_PROFILE).await, Some(g4));
+    let after_second = prism_read_store::rebuild::checksum(&pg, g4).await.expect("checksum");
     assert_eq!(after_second, after_first);
     for gone in [g2, g3] {
         let table: Option<String> =
             pg.query_one("SELECT to_regclass($1)::text", &[&gone.id()]).await.expect("regclass").get(0);
         assert_eq!(table, None, "{gone} dropped");
     }
-    live.stop().await;
+    live.stop(&env).await;
     eprintln!("blue/green test: {:.1}s, checksum {after_second}", started.elapsed().as_secs_f64());
 }

@@ -2,15 +2,14 @@
 //! Kafka node of the test's own), under both group protocols: consumption pauses and resumes
 //! from the committed offsets, and every row and cache entry ends equal to the oracle.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{dead_letter_counts, InProcess};
+use crate::support::{dead_letter_counts, InProcess};
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivateKafka;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, Services, TestEnv};
 
 group_protocol_tests!(a_broker_restart_mid_run_loses_and_duplicates_nothing => broker_restarts);
@@ -20,7 +19,7 @@ async fn broker_restarts(protocol: GroupProtocol) {
     let mut broker = PrivateKafka::start().await.expect("private broker");
     let services = Services { kafka: broker.bootstrap_servers(), ..Services::from_env() };
     let protocol = protocol.as_librdkafka();
-    let env = TestEnv::on(
+    let env = TestEnv::on(&shop_model::application(), 
         services,
         &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500"), ("PRISM__KAFKA__GROUP_PROTOCOL", protocol)],
     )
@@ -48,7 +47,7 @@ async fn broker_restarts(protocol: GroupProtocol) {
         publish_events(&producer, env.topic_prefix(), &events[4_500..]).await.expect("publish");
     }
 
-    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(180)).await.expect("oracle");
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(180)).await.expect("oracle");
     assert!(dead_letter_counts(&env).await.is_empty(), "broker outages never dead-letter valid events");
     projector.stop().await;
 }

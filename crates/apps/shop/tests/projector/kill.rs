@@ -3,14 +3,13 @@
 //! twice, every row and cache entry ends equal to the oracle, and nothing is dead-lettered.
 //! A killed member's partitions reach the survivors once its session expires.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::WorkerProcess;
+use crate::support::WorkerProcess;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 use rand::Rng;
 
@@ -18,7 +17,7 @@ group_protocol_tests!(workers_killed_again_and_again_lose_and_duplicate_nothing 
 
 async fn killed_again_and_again(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let events = Workload::generate(11, 20_000);
 
     let mut workers: Vec<WorkerProcess> =
@@ -49,7 +48,7 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     publisher.await.expect("publisher");
     eprintln!("{kills} kills in {:?}", started.elapsed());
 
-    let summary = env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(240)).await;
+    let summary = env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(240)).await;
     if summary.is_err() {
         for w in &workers {
             eprintln!("--- {} ---\n{}", w.name, w.log_tail());
@@ -57,7 +56,7 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     }
     let summary = summary.expect("read models equal the oracle");
     eprintln!("{} events -> {summary:?} after {:?}", events.len(), started.elapsed());
-    assert!(common::dead_letter_counts(&env).await.is_empty(), "valid events must never be dead-lettered");
+    assert!(crate::support::dead_letter_counts(&env).await.is_empty(), "valid events must never be dead-lettered");
     for w in &mut workers {
         assert!(
             w.terminate(Duration::from_secs(30)).await.is_some_and(|s| s.success()),

@@ -7,15 +7,14 @@
 //! - a worker restarted with the same `projector.group_instance_id` (static membership) gets
 //!   exactly its partitions back, and the other worker keeps its own without a revocation.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::WorkerProcess;
+use crate::support::WorkerProcess;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 
 /// 4 topics of 4 partitions.
@@ -56,7 +55,7 @@ group_protocol_tests!(a_killed_workers_partitions_move_to_the_survivor_within_th
 
 async fn kill_moves_partitions(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let session = match protocol {
         GroupProtocol::Classic => Duration::from_millis(CLASSIC_SESSION_MS.parse().expect("ms")),
         GroupProtocol::Consumer => CONSUMER_SESSION,
@@ -78,7 +77,7 @@ async fn kill_moves_partitions(protocol: GroupProtocol) {
         moved_after <= session + Duration::from_secs(6),
         "the killed worker's partitions moved only after {moved_after:?}, session timeout {session:?}"
     );
-    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
 }
 
 /// The partitions a worker holds, from its log: every `partitions assigned` adds its list,
@@ -103,7 +102,7 @@ group_protocol_tests!(a_static_member_restarted_gets_its_partitions_back_without
 
 async fn static_restart(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let settings = |instance: &'static str| {
         [("PRISM__PROJECTOR__GROUP_INSTANCE_ID", instance), ("PRISM__PROJECTOR__SESSION_TIMEOUT_MS", "30000")]
     };
@@ -134,5 +133,5 @@ async fn static_restart(protocol: GroupProtocol) {
 
     let events = Workload::generate(23, 1_000);
     publish_events(&producer(&env.config).expect("producer"), env.topic_prefix(), &events).await.expect("publish");
-    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
 }

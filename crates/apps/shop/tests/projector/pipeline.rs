@@ -8,13 +8,13 @@ use prism_runtime::metric_names as m;
 use prism_runtime::Health;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workload_lands_exactly_in_postgres_and_redis() {
     prism_testkit::init_logging();
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let events = Workload::generate(1, 3000);
     publish_events(&producer(&env.config).expect("producer"), env.topic_prefix(), &events)
         .await
@@ -25,12 +25,13 @@ async fn a_workload_lands_exactly_in_postgres_and_redis() {
     config.projector.listen = format!("127.0.0.1:{port}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let mut worker = tokio::spawn(prism_projector::run(config, Health::new(), async {
+    let mut worker = tokio::spawn(prism_projector::run(config, shop_model::application(), Health::new(), async {
         let _ = stopped.await;
     }));
 
+    let expected = shop::testing::oracle::fold(&events);
     let summary = tokio::select! {
-        summary = env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)) => {
+        summary = env.wait_for_oracle(&expected, CacheCheck::Complete, Duration::from_secs(120)) => {
             summary.expect("read models equal the oracle")
         }
         exit = &mut worker => panic!("the projector stopped early: {exit:?}"),

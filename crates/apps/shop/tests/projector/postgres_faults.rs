@@ -4,21 +4,20 @@
 //! (invariant 1); in the end every row and cache entry equals the oracle. Under both group
 //! protocols.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{dead_letter_counts, InProcess};
+use crate::support::{dead_letter_counts, InProcess};
 use prism_testkit::kafka::{committed_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivatePostgres;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, Services, TestEnv};
 
 async fn terminate_projector_backends(admin: &tokio_postgres::Client) -> u64 {
     admin
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'prism-projector'",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'shop-projector'",
             &[],
         )
         .await
@@ -32,7 +31,7 @@ async fn postgres_outages(protocol: GroupProtocol) {
     let mut postgres = PrivatePostgres::start().await.expect("private PostgreSQL");
     let services = Services { postgres: postgres.url(), ..Services::from_env() };
     let protocol = protocol.as_librdkafka();
-    let env = TestEnv::on(
+    let env = TestEnv::on(&shop_model::application(), 
         services,
         &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500"), ("PRISM__KAFKA__GROUP_PROTOCOL", protocol)],
     )
@@ -59,7 +58,7 @@ async fn postgres_outages(protocol: GroupProtocol) {
     postgres.restart().await.expect("restart PostgreSQL");
 
     // 3. The server refusing writes: nothing may be committed while it does.
-    env.wait_for_oracle(&events[..6_000], CacheCheck::Complete, Duration::from_secs(120))
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events[..6_000]), CacheCheck::Complete, Duration::from_secs(120))
         .await
         .expect("caught up after the outages");
     let admin = env.pg().await.expect("admin connection after restart");
@@ -81,7 +80,7 @@ async fn postgres_outages(protocol: GroupProtocol) {
     admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
 
     let summary =
-        env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+        env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
     eprintln!("{summary:?}");
     assert!(dead_letter_counts(&env).await.is_empty(), "outages never dead-letter valid events");
     projector.stop().await;

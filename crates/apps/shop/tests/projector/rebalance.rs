@@ -5,14 +5,13 @@
 //! the group's offsets: at the end they are the end of every topic, and the read models equal
 //! the oracle.
 
-mod common;
 
 use std::time::Duration;
 
-use common::{dead_letter_counts, WorkerProcess};
+use crate::support::{dead_letter_counts, WorkerProcess};
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 
 /// A short shutdown deadline, and no periodic commits: whatever is committed at the end was
@@ -38,7 +37,7 @@ group_protocol_tests!(workers_joining_and_leaving_hand_over_cleanly => join_and_
 
 async fn join_and_leave(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(protocol, &[]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let producer = producer(&env.config).expect("producer");
     let events = Workload::generate(71, 12_000);
     let chunks: Vec<&[prism_events::Event]> = events.chunks(2_000).collect();
@@ -57,7 +56,7 @@ async fn join_and_leave(protocol: GroupProtocol) {
     duplicates += stop(&mut w2).await;
     publish_events(&producer, env.topic_prefix(), chunks[5]).await.expect("publish");
 
-    env.wait_for_oracle(&events, CacheCheck::Complete, Duration::from_secs(180)).await.expect("oracle");
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(180)).await.expect("oracle");
     assert!(dead_letter_counts(&env).await.is_empty());
 
     duplicates += stop(&mut w3).await;

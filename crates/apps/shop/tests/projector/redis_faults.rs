@@ -4,18 +4,19 @@
 //! written; a flush mid-run is survived the same way. Cache entries are never newer than
 //! PostgreSQL and never stale: every one present equals the oracle.
 
-mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{dead_letter_counts, InProcess};
-use prism_events::{AggregateType, Event};
-use prism_projections::{ProjectionInstance, ProjectionName};
+use crate::support::{dead_letter_counts, InProcess};
+use prism_events::Event;
+use prism_projections::ProjectionInstance;
+use shop_model::aggregates::{CART, ORDER, PRODUCT, USER};
+use shop_model::read_models::{CART_VIEW, ORDER_SUMMARY, PRODUCT_CATALOG, USER_PROFILE};
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivateRedis;
-use prism_testkit::workload::Workload;
+use shop::testing::workload::Workload;
 use prism_testkit::{Services, TestEnv};
 
 /// Cache keys of the entity rows `events` touch (their own aggregates).
@@ -24,12 +25,14 @@ fn touched_keys(env: &TestEnv, events: &[Event]) -> BTreeSet<String> {
         .iter()
         .filter_map(|e| {
             let projection = match e.meta.aggregate_type {
-                AggregateType::Order => ProjectionName::OrderSummary,
-                AggregateType::Product => ProjectionName::ProductCatalog,
-                AggregateType::Cart => ProjectionName::CartView,
-                AggregateType::User => ProjectionName::UserProfile,
+                t if t == ORDER => ORDER_SUMMARY,
+                t if t == PRODUCT => PRODUCT_CATALOG,
+                t if t == CART => CART_VIEW,
+                t if t == USER => USER_PROFILE,
+                _ => return None,
             };
-            let prefix = ProjectionInstance::new(projection, 1).cache_prefix(&env.config.redis.key_prefix)?;
+            let kind = env.app.read_model(projection)?.cache_kind()?;
+            let prefix = ProjectionInstance::new(projection, 1).cache_prefix(kind, &env.config.redis.key_prefix);
             Some(format!("{prefix}{}", e.meta.aggregate_id))
         })
         .collect()
@@ -53,7 +56,7 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     prism_testkit::init_logging();
     let mut redis = PrivateRedis::start().await.expect("private Redis");
     let services = Services { redis: redis.url(), ..Services::from_env() };
-    let env = TestEnv::on(services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
+    let env = TestEnv::on(&shop_model::application(), services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
         .await
         .expect("test environment");
     let producer = producer(&env.config).expect("producer");
@@ -63,7 +66,7 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     let projector = InProcess::start(env.config.clone());
 
     publish_events(&producer, env.topic_prefix(), first).await.expect("publish");
-    env.wait_for_oracle(first, CacheCheck::Complete, Duration::from_secs(120))
+    env.wait_for_oracle(&shop::testing::oracle::fold(first), CacheCheck::Complete, Duration::from_secs(120))
         .await
         .expect("first part lands");
 
@@ -101,7 +104,7 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     redis.restart().await.expect("restart Redis");
     let mut applied: Vec<Event> = first.to_vec();
     applied.extend_from_slice(second);
-    env.wait_for_oracle(&applied, CacheCheck::PresentOnly, Duration::from_secs(120))
+    env.wait_for_oracle(&shop::testing::oracle::fold(&applied), CacheCheck::PresentOnly, Duration::from_secs(120))
         .await
         .expect("second part lands");
     let wanted = touched_keys(&env, second);
@@ -126,7 +129,7 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
     publish_events(&producer, env.topic_prefix(), &third[1_000..]).await.expect("publish");
-    env.wait_for_oracle(&events, CacheCheck::PresentOnly, Duration::from_secs(120))
+    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::PresentOnly, Duration::from_secs(120))
         .await
         .expect("everything lands");
     let missing = missing_keys(&redis.url(), &touched_keys(&env, &third[1_000..])).await;

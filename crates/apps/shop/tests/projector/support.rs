@@ -36,7 +36,7 @@ impl WorkerProcess {
             .map(|a| a.port())
             .expect("a free port");
         let listen = format!("127.0.0.1:{port}");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_prism-projector"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shop-projector"));
         command
             .envs(env.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("PRISM__PROJECTOR__LISTEN", &listen)
@@ -114,7 +114,7 @@ pub struct InProcess(prism_projector::Embedded);
 impl InProcess {
     /// Starts [`prism_projector::run`] with `config` (its listen address made ephemeral).
     pub fn start(config: PrismConfig) -> Self {
-        Self(prism_projector::Embedded::start(config))
+        Self(prism_projector::Embedded::start(config, shop_model::application()))
     }
 
     /// Asks it to stop and waits for a clean exit.

@@ -5,35 +5,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use prism_events::events::{
-    CartCheckedOut, CartItemAdded, CartOpened, OrderLine, OrderPlaced, UserRegistered,
-};
-use prism_events::{AggregateType, DomainEvent, Event, EventMeta};
-use prism_store::{
+use prism_event_store::{
     idempotency, outbox, outbox_lane, EventStore, EventStoreError, IdempotencyRecord, LaneClaims,
     StreamAppend,
 };
+use prism_events::{AggregateType, Event, EventPosition};
 use prism_testkit::TestEnv;
+use shop_model::aggregates::{CART, ORDER, USER};
+use shop_model::events::{
+    CartCheckedOut, CartItemAdded, CartOpened, OrderLine, OrderPlaced, ShopEvent, UserRegistered,
+};
 use tokio::sync::Barrier;
 use uuid::Uuid;
 
-fn event(aggregate_type: AggregateType, aggregate_id: Uuid, version: u64, body: DomainEvent) -> Event {
-    Event {
-        meta: EventMeta {
-            event_id: Uuid::new_v4(),
-            aggregate_type,
-            aggregate_id,
-            aggregate_version: version,
-            // Nanoseconds on purpose: the store must truncate them to what it keeps.
-            occurred_at: Utc::now(),
-            correlation_id: Uuid::new_v4(),
-            causation_id: Uuid::new_v4(),
-        },
-        body,
-    }
+fn event(_: AggregateType, aggregate_id: Uuid, version: u64, body: ShopEvent) -> Event {
+    let position = EventPosition {
+        event_id: Uuid::new_v4(),
+        aggregate_id,
+        aggregate_version: version,
+        // Nanoseconds on purpose: events keep microseconds, what the store keeps.
+        occurred_at: Utc::now(),
+        correlation_id: Uuid::new_v4(),
+        causation_id: Uuid::new_v4(),
+    };
+    Event::new(position, body)
 }
 
-fn registered(n: usize) -> DomainEvent {
+fn registered(n: usize) -> ShopEvent {
     UserRegistered {
         email: format!("user{n}@example.com"),
         display_name: format!("User {n}"),
@@ -43,7 +41,7 @@ fn registered(n: usize) -> DomainEvent {
 }
 
 fn store(env: &TestEnv) -> EventStore {
-    EventStore::new(env.db.clone(), env.topic_prefix())
+    EventStore::new(env.db.clone(), shop_model::events::registry(), env.topic_prefix())
 }
 
 async fn count(env: &TestEnv, sql: &str) -> i64 {
@@ -58,17 +56,17 @@ async fn count(env: &TestEnv, sql: &str) -> i64 {
 async fn concurrent_appends_one_winner_per_version() {
     const WRITERS: usize = 6;
     const VERSIONS: u64 = 10;
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let store = store(&env);
     let cart = Uuid::new_v4();
     let user = Uuid::new_v4();
     store
         .append(
             &[StreamAppend {
-                aggregate_type: AggregateType::Cart,
+                aggregate_type: CART,
                 aggregate_id: cart,
                 expected_version: 0,
-                events: vec![event(AggregateType::Cart, cart, 1, CartOpened { user_id: user }.into())],
+                events: vec![event(CART, cart, 1, CartOpened { user_id: user }.into())],
             }],
             None,
         )
@@ -83,7 +81,7 @@ async fn concurrent_appends_one_winner_per_version() {
             let mut outcomes = Vec::new();
             for _ in 1..VERSIONS {
                 barrier.wait().await;
-                let stream = store.load(AggregateType::Cart, cart).await.expect("load");
+                let stream = store.load(CART, cart).await.expect("load");
                 let version = stream.version();
                 // Everyone has loaded before anyone appends.
                 barrier.wait().await;
@@ -95,10 +93,10 @@ async fn concurrent_appends_one_winner_per_version() {
                 let result = store
                     .append(
                         &[StreamAppend {
-                            aggregate_type: AggregateType::Cart,
+                            aggregate_type: CART,
                             aggregate_id: cart,
                             expected_version: version,
-                            events: vec![event(AggregateType::Cart, cart, version + 1, body.into())],
+                            events: vec![event(CART, cart, version + 1, body.into())],
                         }],
                         None,
                     )
@@ -130,7 +128,7 @@ async fn concurrent_appends_one_winner_per_version() {
     assert_eq!(wins, expected, "exactly one writer must win each version");
     assert_eq!(conflicts, (WRITERS - 1) * (VERSIONS as usize - 1), "every other append must conflict");
 
-    let stream = store.load(AggregateType::Cart, cart).await.expect("load");
+    let stream = store.load(CART, cart).await.expect("load");
     let versions: Vec<u64> = stream.events.iter().map(|e| e.meta.aggregate_version).collect();
     assert_eq!(versions, (1..=VERSIONS).collect::<Vec<_>>(), "stored stream has gaps or extras");
     assert_eq!(count(&env, "SELECT count(*) FROM outbox").await, VERSIONS as i64, "one outbox row per event");
@@ -141,22 +139,22 @@ async fn concurrent_appends_one_winner_per_version() {
 /// envelope bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_stream_append_round_trips_with_outbox_rows() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let store = store(&env);
     let (cart, order, user, product) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let line = OrderLine { product_id: product, quantity: 2, unit_price_cents: 350 };
     let cart_events = vec![
-        event(AggregateType::Cart, cart, 1, CartOpened { user_id: user }.into()),
+        event(CART, cart, 1, CartOpened { user_id: user }.into()),
         event(
-            AggregateType::Cart,
+            CART,
             cart,
             2,
             CartItemAdded { product_id: product, quantity: 2, unit_price_cents: 350 }.into(),
         ),
-        event(AggregateType::Cart, cart, 3, CartCheckedOut { order_id: order }.into()),
+        event(CART, cart, 3, CartCheckedOut { order_id: order }.into()),
     ];
     let order_events = vec![event(
-        AggregateType::Order,
+        ORDER,
         order,
         1,
         OrderPlaced { user_id: user, cart_id: Some(cart), lines: vec![line], total_cents: 700 }.into(),
@@ -165,13 +163,13 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
         .append(
             &[
                 StreamAppend {
-                    aggregate_type: AggregateType::Cart,
+                    aggregate_type: CART,
                     aggregate_id: cart,
                     expected_version: 0,
                     events: cart_events.clone(),
                 },
                 StreamAppend {
-                    aggregate_type: AggregateType::Order,
+                    aggregate_type: ORDER,
                     aggregate_id: order,
                     expected_version: 0,
                     events: order_events.clone(),
@@ -192,14 +190,14 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
             })
             .collect()
     };
-    assert_eq!(store.load(AggregateType::Cart, cart).await.expect("cart").events, truncated(&cart_events));
+    assert_eq!(store.load(CART, cart).await.expect("cart").events, truncated(&cart_events));
     assert_eq!(
-        store.load(AggregateType::Order, order).await.expect("order").events,
+        store.load(ORDER, order).await.expect("order").events,
         truncated(&order_events)
     );
-    assert!(store.load(AggregateType::Order, Uuid::new_v4()).await.expect("empty").events.is_empty());
+    assert!(store.load(ORDER, Uuid::new_v4()).await.expect("empty").events.is_empty());
 
-    let all_lanes: Vec<i16> = (0..prism_store::OUTBOX_LANES).collect();
+    let all_lanes: Vec<i16> = (0..prism_event_store::OUTBOX_LANES).collect();
     let rows = outbox::read_lanes(&env.db, &all_lanes, 100).await.expect("read outbox");
     assert_eq!(rows.len(), 4);
     for expected in truncated(&cart_events).iter().chain(&truncated(&order_events)) {
@@ -208,7 +206,7 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
         assert_eq!(row.topic, expected.meta.aggregate_type.topic(env.topic_prefix()));
         assert_eq!(row.key, expected.meta.aggregate_id.hyphenated().to_string());
         assert_eq!(row.value, expected.to_json_bytes(), "outbox value must be the exact envelope bytes");
-        assert_eq!(row.event_type, expected.event_type().as_str());
+        assert_eq!(row.event_type, expected.event_type());
         assert_eq!(row.aggregate_version as u64, expected.meta.aggregate_version);
     }
     let cart_rows: Vec<i64> =
@@ -226,14 +224,14 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
 /// other stream's events, not their outbox rows, not the idempotency record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflict_rolls_back_the_whole_append() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let store = store(&env);
     let (user_a, user_b) = (Uuid::new_v4(), Uuid::new_v4());
     let first = |id, n| StreamAppend {
-        aggregate_type: AggregateType::User,
+        aggregate_type: USER,
         aggregate_id: id,
         expected_version: 0,
-        events: vec![event(AggregateType::User, id, 1, registered(n))],
+        events: vec![event(USER, id, 1, registered(n))],
     };
     store.append(&[first(user_b, 1)], None).await.expect("user b");
     let record = IdempotencyRecord {
@@ -248,7 +246,7 @@ async fn a_conflict_rolls_back_the_whole_append() {
         matches!(err, EventStoreError::Conflict { aggregate_id, .. } if aggregate_id == user_b),
         "{err:?}"
     );
-    assert!(store.load(AggregateType::User, user_a).await.expect("load").events.is_empty());
+    assert!(store.load(USER, user_a).await.expect("load").events.is_empty());
     assert_eq!(count(&env, "SELECT count(*) FROM outbox").await, 1);
     assert_eq!(idempotency::lookup(&env.db, "k-1", record.ttl).await.expect("lookup"), None);
 
@@ -262,7 +260,7 @@ async fn a_conflict_rolls_back_the_whole_append() {
 /// key is refused, expired records are ignored, replaced and purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_records_live_and_expire() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let store = store(&env);
     let ttl = Duration::from_secs(3600);
     let record = |fingerprint: &str| IdempotencyRecord {
@@ -273,10 +271,10 @@ async fn idempotency_records_live_and_expire() {
         ttl,
     };
     let user = |id| StreamAppend {
-        aggregate_type: AggregateType::User,
+        aggregate_type: USER,
         aggregate_id: id,
         expected_version: 0,
-        events: vec![event(AggregateType::User, id, 1, registered(9))],
+        events: vec![event(USER, id, 1, registered(9))],
     };
     store.append(&[user(Uuid::new_v4())], Some(&record("first"))).await.expect("first");
     let stored = idempotency::lookup(&env.db, "retry-me", ttl).await.expect("lookup").expect("stored");
@@ -287,7 +285,7 @@ async fn idempotency_records_live_and_expire() {
     let second = Uuid::new_v4();
     let err = store.append(&[user(second)], Some(&record("second"))).await.expect_err("key taken");
     assert!(matches!(err, EventStoreError::IdempotencyKeyTaken), "{err:?}");
-    assert!(store.load(AggregateType::User, second).await.expect("load").events.is_empty());
+    assert!(store.load(USER, second).await.expect("load").events.is_empty());
 
     // Age the record past a one-second retention: lookups ignore it, a new request takes the
     // key over, and the purge removes what has expired.
@@ -312,7 +310,7 @@ async fn idempotency_records_live_and_expire() {
 /// Stored events at older schema versions are upcast on load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_schema_versions_are_upcast_on_load() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let user = Uuid::new_v4();
     let client = env.db.client().await.expect("client");
     client
@@ -324,15 +322,15 @@ async fn older_schema_versions_are_upcast_on_load() {
         )
         .await
         .expect("insert v1");
-    let stream = store(&env).load(AggregateType::User, user).await.expect("load");
+    let stream = store(&env).load(USER, user).await.expect("load");
     match &stream.events[..] {
         [e] => assert_eq!(
-            e.body,
-            DomainEvent::UserRegistered(UserRegistered {
+            e.body::<ShopEvent>(),
+            Some(&ShopEvent::UserRegistered(UserRegistered {
                 email: "ada@example.com".into(),
                 display_name: "Ada".into(),
                 marketing_opt_in: false
-            })
+            }))
         ),
         other => panic!("expected one event, got {other:?}"),
     }
@@ -342,7 +340,7 @@ async fn older_schema_versions_are_upcast_on_load() {
 /// connection goes away; an append wakes the listening control connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lane_claims_are_exclusive_and_die_with_their_connection() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let first = LaneClaims::connect(&env.config.postgres, "relay-a").await.expect("a");
     let second = LaneClaims::connect(&env.config.postgres, "relay-b").await.expect("b");
     assert!(first.try_claim(3).await.expect("claim"));
@@ -366,10 +364,10 @@ async fn lane_claims_are_exclusive_and_die_with_their_connection() {
 
     let user = Uuid::new_v4();
     let append = StreamAppend {
-        aggregate_type: AggregateType::User,
+        aggregate_type: USER,
         aggregate_id: user,
         expected_version: 0,
-        events: vec![event(AggregateType::User, user, 1, registered(5))],
+        events: vec![event(USER, user, 1, registered(5))],
     };
     store(&env).append(&[append], None).await.expect("append");
     tokio::time::timeout(Duration::from_secs(5), second.notified())

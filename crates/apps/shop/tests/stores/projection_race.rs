@@ -2,20 +2,21 @@
 //! (two workers on one partition during a rebalance, a redelivery racing the original) land
 //! it exactly once — the totals fed by many aggregates would show a double application.
 
-use prism_events::AggregateType;
-use prism_projections::{GapPolicy, ProjectionInstance, ProjectionName};
-use prism_store::projection::{apply_batch, MessageContent, SourceMessage};
+use prism_projections::{GapPolicy, ProjectionInstance};
+use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
 use prism_testkit::oracle;
-use prism_testkit::workload::Workload;
+use shop_model::aggregates::ORDER;
+use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY, USER_PROFILE};
+use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_of_one_batch_apply_it_once() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let events = Workload::generate(81, 1_500);
     let orders: Vec<SourceMessage> = events
         .iter()
-        .filter(|e| e.meta.aggregate_type == AggregateType::Order)
+        .filter(|e| e.meta.aggregate_type == ORDER)
         .enumerate()
         .map(|(i, e)| SourceMessage {
             offset: i as i64,
@@ -26,11 +27,13 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
         .collect();
     // Totals first: no entity row lock earlier in the transaction serialises the writers by
     // accident, so only the gate's locks keep the increments from doubling.
+    let app = shop_model::application();
     let instances: Vec<ProjectionInstance> =
-        [ProjectionName::UserProfile, ProjectionName::ProductSalesDaily, ProjectionName::OrderSummary]
-            .into_iter()
-            .map(|p| ProjectionInstance::new(p, 1))
-            .collect();
+        [USER_PROFILE, PRODUCT_SALES_DAILY, ORDER_SUMMARY].into_iter().map(|p| ProjectionInstance::new(p, 1)).collect();
+    let targets: Vec<Target<'_>> = instances
+        .iter()
+        .map(|instance| Target { instance: *instance, model: app.read_model(instance.projection).expect("a shop read model") })
+        .collect();
 
     // Every order's placement first, by one writer: from here on every gate row exists, so
     // nothing but the gate's row locks stands between the racing writers below.
@@ -39,16 +42,21 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
             MessageContent::Event(e) => e.meta.aggregate_version == 1,
             MessageContent::Poison(_) => false,
         });
-    apply_batch(&env.db, &instances, GapPolicy::DeadLetter, "orders", 0, &placed).await.expect("placements");
+    apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed).await.expect("placements");
 
     // Six writers, each applying the rest of the stream in batches of 50, all at once.
     let writers = (0..6).map(|_| {
         let (db, orders, instances) = (env.db.clone(), later.clone(), instances.clone());
         tokio::spawn(async move {
+            let app = shop_model::application();
+            let targets: Vec<Target<'_>> = instances
+                .iter()
+                .map(|instance| Target { instance: *instance, model: app.read_model(instance.projection).expect("a shop read model") })
+                .collect();
             for batch in orders.chunks(50) {
                 // Deadlocks and serialization failures are transient: retry like the runtime.
                 loop {
-                    match apply_batch(&db, &instances, GapPolicy::DeadLetter, "orders", 0, batch).await {
+                    match apply_batch(&db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, batch).await {
                         Ok(_) => break,
                         Err(err) if err.is_transient() => {
                             tokio::time::sleep(std::time::Duration::from_millis(20)).await
@@ -64,12 +72,13 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
     }
 
     let order_events: Vec<_> =
-        events.iter().filter(|e| e.meta.aggregate_type == AggregateType::Order).cloned().collect();
+        events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
     let client = env.pg().await.expect("pg");
-    let expected = oracle::fold(&order_events);
-    for instance in &instances {
-        let want = &expected.rows[&instance.projection];
-        let got = oracle::stored_rows(&client, *instance).await.expect("rows");
+    let expected = shop::testing::oracle::fold(&order_events);
+    for target in &targets {
+        let instance = &target.instance;
+        let want = &expected.rows[instance.projection];
+        let got = oracle::stored_rows(&client, *instance, target.model).await.expect("rows");
         // User rows here carry only order totals (no user events were applied).
         assert_eq!(got.len(), want.len(), "{instance}: row count");
         for (key, row) in want {

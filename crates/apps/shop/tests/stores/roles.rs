@@ -12,13 +12,13 @@
 //! itself with an advisory lock and is idempotent, which the test exercises by applying it
 //! twice at once. Grants are per schema, so each test's schema stays its own.
 
-use prism_projections::{ProjectionInstance, ProjectionName};
+use prism_projections::ProjectionInstance;
 use prism_testkit::TestEnv;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 /// The file under test, with `{schema}` standing for the schema.
-const ROLES_SQL: &str = include_str!("../../../ops/postgres/roles.sql");
+const ROLES_SQL: &str = include_str!("../../../../../ops/postgres/roles.sql");
 
 /// `roles.sql` for `schema`.
 fn roles_sql(schema: &str) -> String {
@@ -63,7 +63,7 @@ const INSERT_ORDER: &str = "INSERT INTO order_summary_g1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn roles_grant_each_service_what_it_needs_and_no_ddl() {
     prism_testkit::init_logging();
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let schema = env.config.postgres.schema.clone();
     let sql = roles_sql(&schema);
 
@@ -104,6 +104,12 @@ async fn roles_grant_each_service_what_it_needs_and_no_ddl() {
     denied(&c, "prism_projector", "ALTER TABLE order_summary_g1 ADD COLUMN sneaky int").await;
     denied(&c, "prism_projector", "UPDATE projection_generations SET status = 'retired'").await;
     denied(&c, "prism_projector", "DELETE FROM events").await;
+    // The registry is the owner's (`<app>-projector migrate`); workers read it and answer
+    // operator requests.
+    allowed(&c, "prism_projector", "SELECT 1 FROM read_models").await;
+    denied(&c, "prism_projector", "DELETE FROM read_models").await;
+    denied(&c, "prism_projector", "UPDATE application_aggregates SET application = 'other'").await;
+    allowed(&c, "prism_projector", "UPDATE operator_requests SET status = status").await;
 
     // prism_query: reads the read models (view and table), writes nothing.
     let seen: i64 = {
@@ -146,11 +152,15 @@ async fn roles_grant_each_service_what_it_needs_and_no_ddl() {
     // `prismctl migrate` and `prismctl rebuild` do) on the schema roles.sql adopted.
     let mut owner = env.pg().await.expect("owner connection");
     owner.batch_execute("SET ROLE prism_owner").await.expect("SET ROLE prism_owner");
-    let report = prism_store::migrate(&mut owner, &schema).await.expect("migrate as prism_owner");
+    let report = prism_postgres::migrate(&mut owner, &schema).await.expect("migrate as prism_owner");
     assert!(report.applied.is_empty(), "the schema was already migrated: {report:?}");
-    prism_store::read_models::ensure_active(&mut owner).await.expect("ensure_active as prism_owner");
-    let next = ProjectionInstance::new(ProjectionName::OrderSummary, 2);
-    prism_store::read_models::create_tables(&owner, next).await.expect("prism_owner creates a generation");
+    let registered = prism_read_store::registry::read_models(&owner).await.expect("the registry, as prism_owner");
+    prism_read_store::read_models::ensure_active(&mut owner, &registered).await.expect("ensure_active as prism_owner");
+    let next = ProjectionInstance::new(shop_model::read_models::ORDER_SUMMARY, 2);
+    let order_summary = registered.iter().find(|m| m.name == "order_summary").expect("order_summary is registered");
+    prism_read_store::read_models::create_tables(&owner, next, &order_summary.table_sql)
+        .await
+        .expect("prism_owner creates a generation");
     owner.batch_execute("RESET ROLE").await.expect("RESET ROLE");
 
     // The new generation's grants come from the default privileges, without rerunning roles.sql.
@@ -165,7 +175,7 @@ async fn roles_grant_each_service_what_it_needs_and_no_ddl() {
 /// the harness sees a denial where one is due (a role with no grants at all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_role_drops_superuser_rights() {
-    let env = TestEnv::new().await.expect("test environment");
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let c = env.pg().await.expect("connection");
     c.batch_execute(&roles_sql(&env.config.postgres.schema)).await.expect("roles.sql");
     // Grants are per schema: revoke the query role's SELECT here and it must be refused.

@@ -119,12 +119,10 @@ async fn hostile_messages_are_dead_lettered_with_a_reason_and_their_devices_park
 
 /// A NUL byte where the engine copies event data into its own dead-letter record — the
 /// envelope's `event_type`, the message key — rather than in a payload field the application
-/// validates. PostgreSQL `text` cannot hold NUL: today the dead-letter insert fails, the
-/// failure is retried as if PostgreSQL were away, and the partition stalls for good (valid
-/// events behind it never land). Ignored until the engine sanitises what it copies (see the
-/// report of issue 10, item 7); run it with `--ignored`.
+/// validates. PostgreSQL `text` cannot hold NUL: the engine spells it out (`\u{0}`) in every
+/// text it writes, so each message ends as a dead letter naming what was wrong, and the valid
+/// events behind them land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "engine bug: a NUL byte in the envelope's event_type or in the key stalls the partition (dead-letter insert refused)"]
 async fn a_nul_byte_in_what_the_engine_copies_into_a_dead_letter_does_not_stall_the_partition() {
     prism_testkit::init_logging();
     let app = telemetry::application();
@@ -161,5 +159,9 @@ async fn a_nul_byte_in_what_the_engine_copies_into_a_dead_letter_does_not_stall_
     let kinds: BTreeSet<&str> = dead.iter().map(|d| d.kind.as_str()).collect();
     assert_eq!(dead.len(), 2 * 16, "every NUL message dead-lettered for both read models: {dead:#?}");
     assert_eq!(kinds, BTreeSet::from(["unknown_event_type", "key_mismatch"]));
+    assert!(
+        dead.iter().all(|d| d.message.contains("\\u{0}")),
+        "every reason shows the NUL it found: {dead:#?}"
+    );
     projector.stop(Duration::from_secs(30)).await.expect("the projector stops cleanly");
 }

@@ -10,9 +10,19 @@ use crate::client::base_client_config;
 use crate::error::KafkaError;
 
 /// The consumer group of the projector workers: `projector.group` under `topics.prefix`
-/// (the same name `prism_projector::group_id` gives the workers).
+/// (the same name `prism_projector::group_id` gives the workers, and builders of blue/green
+/// generations, whose `projector.group` is their build group).
+///
+/// A `projector.group` that already starts with the prefix is taken as is: operators often
+/// write the full group name (`prism.projector` with prefix `prism.`), and prefixing it again
+/// (`prism.prism.projector`) would silently start a new group with no committed offsets.
 pub fn projector_group_id(config: &PrismConfig) -> String {
-    format!("{}{}", config.topics.prefix, config.projector.group)
+    let (prefix, group) = (config.topics.prefix.as_str(), config.projector.group.as_str());
+    if group.starts_with(prefix) {
+        group.to_owned()
+    } else {
+        format!("{prefix}{group}")
+    }
 }
 
 /// Where one group stands on one partition.
@@ -172,4 +182,29 @@ pub async fn offsets_for_timestamp(
             .collect())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(prefix: &str, group: &str) -> PrismConfig {
+        let env = vec![
+            ("PRISM__TOPICS__PREFIX".to_owned(), prefix.to_owned()),
+            ("PRISM__PROJECTOR__GROUP".to_owned(), group.to_owned()),
+        ];
+        PrismConfig::load(&prism_config::ConfigSources { env, ..Default::default() }).expect("configuration")
+    }
+
+    #[test]
+    fn the_projector_group_carries_the_prefix_once() {
+        assert_eq!(projector_group_id(&config("prism.", "projector")), "prism.projector");
+        assert_eq!(
+            projector_group_id(&config("prism.", "prism.projector")),
+            "prism.projector",
+            "not doubled"
+        );
+        assert_eq!(projector_group_id(&config("", "projector")), "projector");
+        assert_eq!(projector_group_id(&config("shop.", "prism.projector")), "shop.prism.projector");
+    }
 }

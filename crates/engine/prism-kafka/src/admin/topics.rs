@@ -42,12 +42,29 @@ pub fn topic_plan(config: &PrismConfig, aggregate_types: &[AggregateType]) -> Ve
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicOutcome {
     /// Created now with the planned partitions.
-    Created { name: String, partitions: i32 },
+    Created {
+        /// The topic.
+        name: String,
+        /// Its partitions.
+        partitions: i32,
+    },
     /// Already there with the planned partitions.
-    Exists { name: String, partitions: i32 },
+    Exists {
+        /// The topic.
+        name: String,
+        /// Its partitions.
+        partitions: i32,
+    },
     /// Already there with another partition count. Left alone on purpose: adding partitions
     /// moves keys to other partitions and breaks per-aggregate order for events in flight.
-    PartitionMismatch { name: String, planned: i32, actual: i32 },
+    PartitionMismatch {
+        /// The topic.
+        name: String,
+        /// The partitions configured (`topics.partitions`).
+        planned: i32,
+        /// The partitions it has.
+        actual: i32,
+    },
 }
 
 impl std::fmt::Display for TopicOutcome {

@@ -8,6 +8,13 @@
 //!   answer again;
 //! - the process may start while Redis is unreachable: the probe connects later
 //!   ([`CacheSlot::fill`]).
+//!
+//! On a Redis Cluster (`redis.mode = "cluster"`) the same calls work unchanged: reads follow
+//! the cluster's redirections, one master that fails (until its replica takes over) is a
+//! failed call like any other, and the readiness probe pings every master. Refills do not wait
+//! for replicas ([`Cache::refill_if_newer`]): the projector writes the same revision (or a
+//! newer one) and waits for them, so a refill lost in a failover leaves nothing stale, and
+//! reads are spared the replication round trip.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -108,9 +115,10 @@ impl CacheSlot {
         outcome
     }
 
-    /// Writes entries that are newer than the cached ones, bounded by [`CALL_TIMEOUT`].
+    /// Refills entries that are newer than the cached ones (without waiting for replicas),
+    /// bounded by [`CALL_TIMEOUT`].
     pub(crate) async fn put_if_newer(&self, cache: &Cache, entries: &[Entry<'_>]) -> Result<usize, CacheFailure> {
-        let outcome = match tokio::time::timeout(CALL_TIMEOUT, cache.put_if_newer(entries)).await {
+        let outcome = match tokio::time::timeout(CALL_TIMEOUT, cache.refill_if_newer(entries)).await {
             Ok(outcome) => outcome.map_err(CacheFailure::from),
             Err(_) => Err(CacheFailure::Timeout),
         };

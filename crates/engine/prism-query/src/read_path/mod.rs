@@ -9,6 +9,10 @@
 //! - **Lists and ranges** ([`ReadPath::query_rows`]): an application's own SQL over the views,
 //!   answered as JSON rows, from PostgreSQL only (caching pages would need invalidation the
 //!   projector does not do).
+//! - **Read replicas** (`query.replica_urls`): every PostgreSQL read above may be answered by a
+//!   replica; a read-your-writes read only by one whose row has the version asked for, the
+//!   primary answering otherwise within the same wait (see `source`). A row a replica answered
+//!   never refills Redis.
 //!
 //! Rows are JSON objects of the application's columns ([`StoredRow::document`]); the engine's
 //! bookkeeping columns never reach the application or its clients. A document served from
@@ -27,7 +31,12 @@
 //! (which delivers the notification) before it writes the cache, so right after a notification
 //! Redis may still hold the previous version.
 //!
-//! - `source`: the seam to PostgreSQL (the primary today; read replicas later).
+//! Why only the primary's rows refill Redis: a replica may be behind the primary, and an older
+//! row written into an empty cache slot (after an eviction, say) would stay there until its
+//! aggregate changed again, so the cache would be stale for good.
+//!
+//! - `source`: the seam to PostgreSQL: the primary and the read replicas, and which one
+//!   answers a read.
 //! - `cache`: the optional, bounded use of Redis.
 
 pub(crate) mod cache;
@@ -46,7 +55,7 @@ use tokio::time::Instant;
 use tokio_postgres::types::ToSql;
 
 use self::cache::{CacheFailure, CacheSlot};
-use self::source::{Freshness, RowSource};
+use self::source::{Freshness, RowSource, Source};
 use crate::error::ReadError;
 use crate::generations::ActiveGenerations;
 use crate::metrics;
@@ -144,7 +153,7 @@ struct Inner {
     app: Application,
     /// Its read models, by name.
     targets: BTreeMap<&'static str, Target>,
-    /// PostgreSQL.
+    /// PostgreSQL: the primary and the read replicas.
     rows: RowSource,
     /// Redis.
     cache: CacheSlot,
@@ -163,7 +172,9 @@ impl ReadPath {
     /// the configured schema as `app` defines it (registered with the same key and cache kind,
     /// with an active generation): otherwise the error says what to run. Redis being
     /// unreachable is not an error (reads are served from PostgreSQL and [`crate::serve`]
-    /// connects later); a Redis misconfiguration is.
+    /// connects later); a Redis misconfiguration is. The same goes for the read replicas of
+    /// `query.replica_urls`: one that does not answer is skipped (the primary answers its
+    /// reads) until a probe connects it; a malformed URL or refused credentials are errors.
     pub async fn connect(config: &PrismConfig, app: Application) -> anyhow::Result<Self> {
         let db = Database::connect(&config.postgres, "prism-query")
             .await
@@ -192,12 +203,13 @@ impl ReadPath {
                 None
             }
         };
-        Ok(Self::assemble(app, db, cache, config, generations, AppliedSignals::new(&names)))
+        let rows = RowSource::connect(db, &config.postgres, &config.query).await?;
+        Ok(Self::assemble(app, rows, cache, config, generations, AppliedSignals::new(&names)))
     }
 
     fn assemble(
         app: Application,
-        db: Database,
+        rows: RowSource,
         cache: Option<Cache>,
         config: &PrismConfig,
         generations: ActiveGenerations,
@@ -207,7 +219,7 @@ impl ReadPath {
         let inner = Inner {
             app,
             targets,
-            rows: RowSource::new(db),
+            rows,
             cache: CacheSlot::new(cache),
             key_prefix: config.redis.key_prefix.clone(),
             generations,
@@ -248,17 +260,19 @@ impl ReadPath {
         }
     }
 
-    /// The row of `read_model` under `key` as PostgreSQL has it now (no cache).
+    /// The row of `read_model` under `key` as PostgreSQL has it now: the primary's (no cache,
+    /// no replica).
     pub async fn stored(&self, read_model: &str, key: &str) -> Result<Option<StoredRow>, ReadError> {
         let target = self.keyed(read_model)?;
-        self.read_postgres(target, key, Freshness::Any).await
+        Ok(self.read_postgres(target, key, Freshness::Latest).await?.0)
     }
 
     /// Runs an application's query over its read models' views and answers each row's first
     /// column, which must be jsonb — typically `SELECT to_jsonb(t) FROM <read model> t WHERE …`
     /// — with the engine's bookkeeping columns removed from objects. `read_model` names the
     /// read model queried (for metrics). The SQL is the application's own (static, with `$n`
-    /// parameters); it is prepared once per connection.
+    /// parameters); it is prepared once per connection. With read replicas, a replica within
+    /// `query.replica_max_lag_ms` answers it (the primary when none can).
     pub async fn query_rows(
         &self,
         read_model: &str,
@@ -267,8 +281,9 @@ impl ReadPath {
     ) -> Result<Vec<Value>, ReadError> {
         let target = self.target(read_model)?;
         metrics::postgres_read(target.name);
-        let rows = self.inner.rows.rows(sql, params, Freshness::Any).await?;
-        Ok(rows
+        let answer = self.inner.rows.rows(target.name, sql, params, Freshness::Any).await?;
+        Ok(answer
+            .rows
             .into_iter()
             .map(|row| match row {
                 Value::Object(mut columns) => {
@@ -314,6 +329,11 @@ impl ReadPath {
         self.inner.rows.primary()
     }
 
+    /// PostgreSQL: the primary and the read replicas (their probes and state).
+    pub(crate) fn row_source(&self) -> &RowSource {
+        &self.inner.rows
+    }
+
     /// Whether PostgreSQL answers (readiness).
     pub(crate) async fn ping_postgres(&self) -> Result<(), StoreError> {
         self.inner.rows.ping().await
@@ -338,7 +358,7 @@ impl ReadPath {
     }
 
     /// The row now, from Redis when it has one at least `min` new, else from PostgreSQL
-    /// (refilling Redis).
+    /// (refilling Redis when the primary answered).
     async fn current(&self, target: &Target, key: &str, min: Option<i64>) -> Result<Option<StoredRow>, ReadError> {
         if let Some(cache_key) = self.key_of(target, key) {
             if let Some(cached) = self.cached(target, &cache_key).await {
@@ -348,8 +368,8 @@ impl ReadPath {
             }
         }
         let freshness = min.map_or(Freshness::Any, Freshness::AtLeast);
-        let row = self.read_postgres(target, key, freshness).await?;
-        if let Some(row) = &row {
+        let (row, source) = self.read_postgres(target, key, freshness).await?;
+        if let (Some(row), Source::Primary) = (&row, source) {
             self.refill_target(target, row).await;
         }
         Ok(row)
@@ -371,19 +391,21 @@ impl ReadPath {
             // Ends at the deadline (or if the signal closed, which only happens at shutdown).
             while let Ok(Ok(())) = tokio::time::timeout_at(deadline, landed.changed()).await {
                 drop(landed.borrow_and_update());
-                let row = self.read_postgres(target, key, Freshness::AtLeast(min)).await?;
+                let (row, source) = self.read_postgres(target, key, Freshness::AtLeast(min)).await?;
                 if let Some(current) = row.as_ref().filter(|r| r.version >= min) {
-                    self.refill_target(target, current).await;
+                    if source == Source::Primary {
+                        self.refill_target(target, current).await;
+                    }
                     return Ok(Served { row, fresh: true });
                 }
             }
         }
         // One last read at the deadline: covers a notification lost while the listener
         // reconnected. A single query, not a poll.
-        let row = self.read_postgres(target, key, Freshness::AtLeast(min)).await?;
+        let (row, source) = self.read_postgres(target, key, Freshness::AtLeast(min)).await?;
         let fresh = satisfies(&row, min);
         match &row {
-            Some(current) if fresh => {
+            Some(current) if fresh && source == Source::Primary => {
                 self.refill_target(target, current).await;
             }
             _ => {}
@@ -395,13 +417,14 @@ impl ReadPath {
         Ok(Served { row, fresh })
     }
 
-    /// The row as PostgreSQL's view has it.
+    /// The row as PostgreSQL's view has it, on a server that satisfies `freshness`, and which
+    /// server that was.
     async fn read_postgres(
         &self,
         target: &Target,
         key: &str,
         freshness: Freshness,
-    ) -> Result<Option<StoredRow>, ReadError> {
+    ) -> Result<(Option<StoredRow>, Source), ReadError> {
         let (Some(sql), [column]) = (&target.by_key, target.key_columns.as_slice()) else {
             return Err(ReadError::NotReadableByKey { read_model: target.name, columns: target.key_columns.len() });
         };
@@ -409,8 +432,8 @@ impl ReadPath {
         let mut key_row = Map::new();
         key_row.insert((*column).to_owned(), Value::String(key.to_owned()));
         let key_row = Value::Object(key_row);
-        let rows = match self.inner.rows.rows(sql, &[&key_row], freshness).await {
-            Ok(rows) => rows,
+        let answer = match self.inner.rows.rows(target.name, sql, &[&key_row], freshness).await {
+            Ok(answer) => answer,
             // Class 22 (data exception): the key does not read as the column's type.
             Err(err) if err.sql_state().is_some_and(|s| s.code().starts_with("22")) => {
                 return Err(ReadError::InvalidKey {
@@ -421,12 +444,15 @@ impl ReadPath {
             }
             Err(err) => return Err(err.into()),
         };
-        match rows.into_iter().next() {
-            None => Ok(None),
-            Some(value) => StoredRow::from_jsonb(value).map(Some).ok_or_else(|| ReadError::Corrupt {
-                read_model: target.name,
-                detail: "a row is not a JSON object".into(),
-            }),
+        match answer.rows.into_iter().next() {
+            None => Ok((None, answer.source)),
+            Some(value) => match StoredRow::from_jsonb(value) {
+                Some(row) => Ok((Some(row), answer.source)),
+                None => Err(ReadError::Corrupt {
+                    read_model: target.name,
+                    detail: "a row is not a JSON object".into(),
+                }),
+            },
         }
     }
 

@@ -2,7 +2,7 @@
 -- reads the last applied version and the parked flag of each aggregate. Held until commit:
 -- a second worker on the same aggregates (during a rebalance) waits here and then sees what
 -- this batch applied.
-SELECT g.aggregate_type, g.aggregate_id, g.last_version, (p.projection IS NOT NULL) AS parked
+SELECT g.aggregate_type, g.aggregate_id, g.last_version, (p.projection IS NOT NULL) AS parked, g.last_event_id
 FROM projection_gate g
 LEFT JOIN parked_aggregates p
     ON p.projection = g.projection AND p.aggregate_type = g.aggregate_type AND p.aggregate_id = g.aggregate_id

@@ -169,6 +169,25 @@ impl DeadLetterRecord {
         record
     }
 
+    /// The record of last resort, when PostgreSQL refused even the dead-letter record: the
+    /// message's bytes and position and its aggregate, no text taken from the message.
+    pub(crate) fn minimal(
+        projection: &str,
+        topic: &str,
+        partition: i32,
+        message: &SourceMessage,
+        refused: &StoreError,
+    ) -> Self {
+        let mut record = Self::base(projection, topic, partition, message);
+        record.event_type = None;
+        record.error_kind = "unrecordable".into();
+        record.error_message = format!(
+            "PostgreSQL refused this message and then its dead-letter record ({}); the message is kept as bytes",
+            prism_events::error::clip(&refused.to_string())
+        );
+        record
+    }
+
     /// The record for a message whose write PostgreSQL refused permanently.
     pub(crate) fn refused_by_store(
         projection: &str,
@@ -193,12 +212,20 @@ pub struct BatchOutcome {
     pub applied_across_gap: u64,
     /// Duplicates skipped.
     pub duplicates: u64,
+    /// Events skipped because another event was applied at their version (see
+    /// [`ItemOutcome::Conflict`]).
+    pub conflicts: u64,
+    /// Each conflict, for the log: `order:<id> version 3: applied <event id>, arrived <event id>`.
+    pub conflict_details: Vec<String>,
     /// Dead letters by kind (parked ones under `parked`).
     pub dead_lettered: Vec<(String, u64)>,
     /// What the cache should now hold.
     pub cache_entries: Vec<CacheEntry>,
     /// Dead letters of this batch's offsets not yet in the dead-letter topic.
     pub unpublished_dead_letters: Vec<DeadLetterRecord>,
+    /// Aggregates whose events this batch parked behind an open dead letter: one of them may
+    /// be the event a version gap waited for (see `redrive::heal`).
+    pub parked_aggregates: Vec<AggregateKey>,
 }
 
 impl BatchOutcome {
@@ -219,6 +246,7 @@ impl BatchOutcome {
                     outcome.applied_across_gap += 1;
                 }
                 ItemOutcome::Duplicate => outcome.duplicates += 1,
+                ItemOutcome::Conflict { .. } => outcome.conflicts += 1,
                 ItemOutcome::Poisoned | ItemOutcome::DeadLettered(_) | ItemOutcome::Parked => {}
             }
         }

@@ -41,7 +41,7 @@ pub(super) async fn lock(
         let last_version: i64 = row.get(2);
         gates.insert(
             (aggregate_type, row.get::<_, Uuid>(1)),
-            GateState { last_version: last_version.unsigned_abs(), parked: row.get(3) },
+            GateState { last_version: last_version.unsigned_abs(), parked: row.get(3), last_event_id: row.get(4) },
         );
     }
     Ok(gates)
@@ -54,20 +54,21 @@ pub(super) async fn advance(
     before: &HashMap<AggregateKey, GateState>,
     after: &HashMap<AggregateKey, GateState>,
 ) -> Result<(), StoreError> {
-    let moved: Vec<(&AggregateKey, i64)> = after
+    let moved: Vec<(&AggregateKey, i64, Option<Uuid>)> = after
         .iter()
         .filter(|(key, state)| before.get(key).map(|b| b.last_version) != Some(state.last_version))
-        .map(|(key, state)| (key, i64::try_from(state.last_version).unwrap_or(i64::MAX)))
+        .map(|(key, state)| (key, i64::try_from(state.last_version).unwrap_or(i64::MAX), state.last_event_id))
         .collect();
     if moved.is_empty() {
         return Ok(());
     }
-    let types: Vec<&str> = moved.iter().map(|((t, _), _)| t.as_str()).collect();
-    let ids: Vec<Uuid> = moved.iter().map(|((_, id), _)| *id).collect();
-    let versions: Vec<i64> = moved.iter().map(|(_, v)| *v).collect();
+    let types: Vec<&str> = moved.iter().map(|((t, _), _, _)| t.as_str()).collect();
+    let ids: Vec<Uuid> = moved.iter().map(|((_, id), _, _)| *id).collect();
+    let versions: Vec<i64> = moved.iter().map(|(_, v, _)| *v).collect();
+    let event_ids: Vec<Option<Uuid>> = moved.iter().map(|(_, _, e)| *e).collect();
     tx.execute(
         include_str!("../../sql/projection/gate_advance.sql"),
-        &[&projection, &types, &ids, &versions],
+        &[&projection, &types, &ids, &versions, &event_ids],
     )
     .await?;
     Ok(())

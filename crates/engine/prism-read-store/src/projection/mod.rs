@@ -62,7 +62,7 @@ pub async fn apply_batch(
     let mut outcomes = Vec::with_capacity(targets.len());
     for target in targets {
         outcomes
-            .push((target.instance, apply_instance(&tx, target, policy, source, topic, partition, messages).await?));
+            .push((target.instance, apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?));
     }
     // Delivered at commit, once per instance: wakes queries waiting for a version.
     let channel = crate::read_models::applied_channel(db.schema());
@@ -73,8 +73,10 @@ pub async fn apply_batch(
 }
 
 /// One instance's share of a batch, inside the batch's transaction.
+#[allow(clippy::too_many_arguments)]
 async fn apply_instance(
     tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
     target: &Target<'_>,
     policy: GapPolicy,
     source: AggregateType,
@@ -98,7 +100,7 @@ async fn apply_instance(
         })
         .collect();
     let (outcomes, cache_entries) =
-        writers::fold_and_write(tx, target, Some(source), &items, &mut gates, policy).await?;
+        writers::fold_and_write(tx, schema, target, Some(source), &items, &mut gates, policy).await?;
 
     gate::advance(tx, &projection_id, &initial, &gates).await?;
     let dead_letters: Vec<DeadLetterRecord> = messages
@@ -113,7 +115,26 @@ async fn apply_instance(
     let unpublished =
         gate::unpublished_dead_letters(tx, &projection_id, topic, partition, first.offset, last.offset)
             .await?;
-    Ok(BatchOutcome::tally(&outcomes, cache_entries, unpublished, new_kinds))
+    let mut outcome = BatchOutcome::tally(&outcomes, cache_entries, unpublished, new_kinds);
+    let parked: BTreeSet<AggregateKey> = messages
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| matches!(outcome, ItemOutcome::Parked))
+        .filter_map(|(message, _)| message.aggregate())
+        .collect();
+    outcome.parked_aggregates = parked.into_iter().collect();
+    outcome.conflict_details = messages
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(message, outcome)| match (outcome, &message.content) {
+            (ItemOutcome::Conflict { applied }, MessageContent::Event(event)) => Some(format!(
+                "{}:{} version {}: applied event {applied}, arrived event {}",
+                event.meta.aggregate_type, event.meta.aggregate_id, event.meta.aggregate_version, event.meta.event_id
+            )),
+            _ => None,
+        })
+        .collect();
+    Ok(outcome)
 }
 
 /// Marks dead letters as copied to the dead-letter topic.
@@ -128,6 +149,10 @@ pub async fn mark_dead_letters_published(db: &Database, ids: &[i64]) -> Result<(
 
 /// Records one message the store itself refused to write (a permanent database error isolated
 /// to that message) as a dead letter, parking its aggregate. Used after bisecting a batch.
+///
+/// A dead-letter record must always be writable, or the partition would wait behind the
+/// message forever: if PostgreSQL refuses the full record too, a minimal one is written (the
+/// message's bytes, its position and aggregate, and engine text only).
 pub async fn dead_letter_one(
     db: &Database,
     instance: ProjectionInstance,
@@ -135,6 +160,25 @@ pub async fn dead_letter_one(
     partition: i32,
     message: &SourceMessage,
     error: &StoreError,
+) -> Result<Vec<DeadLetterRecord>, StoreError> {
+    let record = DeadLetterRecord::refused_by_store(&instance.id(), topic, partition, message, error);
+    match write_dead_letter(db, instance, topic, partition, message, record).await {
+        Err(refused) if !refused.is_transient() => {
+            tracing::error!(%instance, topic, partition, offset = message.offset, error = %refused, "the dead-letter record was refused; writing a minimal one");
+            let minimal = DeadLetterRecord::minimal(&instance.id(), topic, partition, message, &refused);
+            write_dead_letter(db, instance, topic, partition, message, minimal).await
+        }
+        other => other,
+    }
+}
+
+async fn write_dead_letter(
+    db: &Database,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    message: &SourceMessage,
+    record: DeadLetterRecord,
 ) -> Result<Vec<DeadLetterRecord>, StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
@@ -145,7 +189,6 @@ pub async fn dead_letter_one(
     for key in &keys {
         parked.entry(*key).or_default().parked = true;
     }
-    let record = DeadLetterRecord::refused_by_store(&projection_id, topic, partition, message, error);
     gate::record_dead_letters(&tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
     let unpublished =
         gate::unpublished_dead_letters(&tx, &projection_id, topic, partition, message.offset, message.offset)

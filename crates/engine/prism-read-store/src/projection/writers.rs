@@ -50,9 +50,13 @@ fn shapes() -> &'static Mutex<HashMap<(String, String), Arc<TableShape>>> {
 }
 
 /// The shape of `instance`'s table, read from the catalog the first time.
-async fn shape(tx: &Transaction<'_>, model: &ReadModel, instance: ProjectionInstance) -> Result<Arc<TableShape>, StoreError> {
-    let schema: String = tx.query_one("SELECT current_schema()", &[]).await?.get(0);
-    let cache_key = (schema, instance.id());
+async fn shape(
+    tx: &Transaction<'_>,
+    schema: &str,
+    model: &ReadModel,
+    instance: ProjectionInstance,
+) -> Result<Arc<TableShape>, StoreError> {
+    let cache_key = (schema.to_owned(), instance.id());
     if let Some(shape) = shapes().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
         return Ok(shape.clone());
     }
@@ -88,9 +92,12 @@ async fn shape(tx: &Transaction<'_>, model: &ReadModel, instance: ProjectionInst
         .collect();
     let mut sets: Vec<String> = owned.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
     sets.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
+    // The written rows come back only for a cached read model: their revisions are the
+    // cache's compare-and-set.
+    let returning = if model.cache_kind().is_some() { " RETURNING to_jsonb(t)" } else { "" };
     let upsert = format!(
         "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
-         ON CONFLICT ({conflict}) DO UPDATE SET {} RETURNING to_jsonb(t)",
+         ON CONFLICT ({conflict}) DO UPDATE SET {}{returning}",
         sets.join(", ")
     );
     let add = (!additive.is_empty()).then(|| {
@@ -98,7 +105,7 @@ async fn shape(tx: &Transaction<'_>, model: &ReadModel, instance: ProjectionInst
         adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
         format!(
             "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
-             ON CONFLICT ({conflict}) DO UPDATE SET {} RETURNING to_jsonb(t)",
+             ON CONFLICT ({conflict}) DO UPDATE SET {}",
             adds.join(", ")
         )
     });
@@ -196,6 +203,7 @@ struct EventEffect {
 /// decided.
 pub(super) async fn fold_and_write(
     tx: &Transaction<'_>,
+    schema: &str,
     target: &Target<'_>,
     source: Option<AggregateType>,
     items: &[PlannedItem<'_>],
@@ -204,7 +212,7 @@ pub(super) async fn fold_and_write(
 ) -> Result<Written, StoreError> {
     let model = target.model;
     let instance = target.instance;
-    let shape = shape(tx, model, instance).await?;
+    let shape = shape(tx, schema, model, instance).await?;
     let key = model.key_columns();
     let feeds: Vec<&FeedKind> =
         model.feeds().iter().filter(|f| Some(f.source) == source).map(|f| &f.kind).collect();

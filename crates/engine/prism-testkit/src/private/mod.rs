@@ -9,6 +9,8 @@
 //!
 //! - [`kafka`]: [`PrivateKafka`], Apache Kafka 4.4 from the dev stack's jars, one node or three.
 //! - [`postgres`]: [`PrivatePostgres`], a PostgreSQL cluster of its own.
+//! - [`postgres_replica`]: [`PrivatePostgresPair`], a primary and a streaming hot standby whose
+//!   replay can be paused, delayed and stopped.
 //! - [`redis`]: [`PrivateRedis`], a Redis server of its own.
 //! - [`tls`]: [`TestCa`], certificates a test generates, for servers that speak TLS
 //!   ([`PrivateKafka::start_sasl_ssl`], [`PrivatePostgres::start_tls`], [`PrivateRedis::start_tls`]).
@@ -21,12 +23,15 @@
 
 mod kafka;
 mod postgres;
+mod postgres_replica;
 mod redis;
+pub mod redis_cluster;
 mod stack;
 mod tls;
 
 pub use kafka::PrivateKafka;
 pub use postgres::PrivatePostgres;
+pub use postgres_replica::PrivatePostgresPair;
 pub use redis::PrivateRedis;
 pub use stack::{TlsStack, TLS_STACK_USER};
 pub use tls::{ServerCert, TestCa};

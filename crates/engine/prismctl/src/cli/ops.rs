@@ -13,7 +13,7 @@ pub enum OutputFormat {
     /// Aligned columns for people.
     #[default]
     Text,
-    /// One JSON document (per refresh with `--watch`), for scripts.
+    /// JSON on one line, for scripts.
     Json,
 }
 
@@ -37,7 +37,7 @@ pub struct LagArgs {
     /// With --watch: stop after this many refreshes.
     #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Output format.
+    /// Output format; with --watch, one table or JSON document per refresh.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
@@ -56,20 +56,23 @@ pub struct ResetArgs {
     /// Where to move the offsets.
     #[command(flatten)]
     pub to: ResetTo,
-    /// Topic to reset, optionally with partitions: `orders.events` or `orders.events:0,2`
-    /// (repeatable). Default: every event topic, every partition.
+    /// Event topic to reset, `<topics.prefix><aggregate type>.events` (e.g. `prism.order.events`
+    /// with the prefix `prism.`), optionally with partitions: `prism.order.events:0,2`
+    /// (repeatable). Only this deployment's event topics are accepted. Default: every event
+    /// topic, every partition.
     #[arg(long = "topic", value_name = "TOPIC[:P[,P..]]", value_parser = parse_topic_selection)]
     pub topics: Vec<TopicSelection>,
-    /// Consumer group. Default: the projector group, `<topics.prefix><projector.group>`.
+    /// Consumer group, under this deployment's `topics.prefix`. Default: the projector group,
+    /// `<topics.prefix><projector.group>`.
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
     /// Commit the new offsets. Without it nothing changes (dry run).
     #[arg(long)]
     pub execute: bool,
-    /// Do not ask for confirmation before committing.
+    /// Commit without asking for confirmation (required when stdin is not a terminal).
     #[arg(long, short = 'y', requires = "execute")]
     pub yes: bool,
-    /// Output format.
+    /// Output format of the plan.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
@@ -203,7 +206,7 @@ pub enum DlqCommand {
     Discard {
         /// Dead-letter id (from `dlq list`).
         id: i64,
-        /// Do not ask for confirmation.
+        /// Discard without asking for confirmation (required when stdin is not a terminal).
         #[arg(long, short = 'y')]
         yes: bool,
     },
@@ -261,7 +264,10 @@ pub struct DlqRedriveArgs {
     /// Only in this projection (`order_summary`) or instance (`order_summary_g2`).
     #[arg(long, value_name = "P")]
     pub projection: Option<String>,
-    /// Output format.
+    /// Redrive without asking for confirmation (required when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Output format of the workers' reports.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }

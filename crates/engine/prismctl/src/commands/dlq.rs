@@ -9,13 +9,18 @@
 //! transaction per aggregate, then writing the cache version-guarded (Redis is checked before
 //! PostgreSQL is touched). The worker's report (applied, already applied, still open and why)
 //! is printed here.
+//!
+//! `redrive` and `discard` change the read models and the record: both ask for confirmation
+//! (`--yes`, or a `y` on the terminal) and refuse without one.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use prism_config::PrismConfig;
 use prism_postgres::Database;
-use prism_read_store::projection::redrive::{self, ChainReport, DeadLetter, DeadLetterFilter, DiscardOutcome};
+use prism_read_store::projection::redrive::{
+    self, ChainReport, DeadLetter, DeadLetterFilter, DiscardOutcome,
+};
 use prism_read_store::requests::{self, RedriveRequest};
 
 use super::{confirm, POSTGRES_HINT};
@@ -31,7 +36,7 @@ pub async fn run(config: &PrismConfig, command: &DlqCommand) -> anyhow::Result<(
     match command {
         DlqCommand::List(args) => list(&db, args).await,
         DlqCommand::Show { id, output } => show(&db, *id, *output).await,
-        DlqCommand::Redrive(args) => redrive_command(config, &db, args).await,
+        DlqCommand::Redrive(args) => redrive_command(&db, args).await,
         DlqCommand::Discard { id, yes } => discard(&db, *id, *yes).await,
     }
 }
@@ -194,8 +199,7 @@ fn event_id(r: &DeadLetter) -> Option<String> {
     value.get("event_id")?.as_str().map(str::to_owned)
 }
 
-async fn redrive_command(config: &PrismConfig, db: &Database, args: &DlqRedriveArgs) -> anyhow::Result<()> {
-    let _ = config;
+async fn redrive_command(db: &Database, args: &DlqRedriveArgs) -> anyhow::Result<()> {
     let request = match (args.id, args.aggregate, args.all) {
         (Some(id), _, _) => {
             match redrive::get(db, id).await? {
@@ -227,11 +231,27 @@ async fn redrive_command(config: &PrismConfig, db: &Database, args: &DlqRedriveA
         }
         return Ok(());
     }
+    let what = match &request {
+        RedriveRequest::One { id } => format!("dead letter {id} and the rest of its aggregate's chain"),
+        RedriveRequest::Aggregate { aggregate_type, aggregate_id } => {
+            format!("the open dead letters of {aggregate_type}:{aggregate_id}")
+        }
+        RedriveRequest::All => "every open dead letter".to_owned(),
+    };
+    confirm(
+        &format!(
+            "redrive {what} in {}: the application's workers apply them to the read models?",
+            instances.join(", ")
+        ),
+        args.yes,
+    )?;
     let mut reports: Vec<ChainReport> = Vec::new();
     for instance in &instances {
         let id = requests::request_redrive(db, instance, &request).await?;
         if args.output == OutputFormat::Text {
-            println!("redrive of {instance} requested (request {id}); waiting for a worker of the application");
+            println!(
+                "redrive of {instance} requested (request {id}); waiting for a worker of the application"
+            );
         }
         reports.extend(wait_for(db, id, instance).await?);
     }

@@ -7,18 +7,24 @@
 //! rate at which the group gains on the producers between two samples. Without `--watch` there
 //! is one sample and no rate, so the estimate is `n/a`.
 //!
+//! A group that has never committed on any of the topics would show every message as lag,
+//! which is what a mistyped `--group` looks like too: such a group is named as never having
+//! committed, with the consumer groups the broker knows under this deployment's prefix, and a
+//! `--group` the broker does not know at all is an error rather than a table of full lag.
+//!
 //! Nothing here joins the group or commits: the offsets come from a consumer that never
 //! subscribes, so looking at lag never rebalances the workers.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::bail;
 use prism_config::PrismConfig;
 use prism_kafka::admin::{group_offsets, messages_at, projector_group_id, PartitionOffsets};
 use serde::Serialize;
 
-use super::KAFKA_HINT;
+use super::groups::{known_groups, listed};
+use super::kafka_error;
 use crate::cli::{LagArgs, OutputFormat};
 
 /// One sample of one group.
@@ -74,6 +80,9 @@ pub struct GroupLag {
     pub catch_up_seconds: Option<f64>,
     /// Group-wide estimate in words.
     pub catch_up: String,
+    /// Whether the group has committed on none of the partitions (its lag is every message;
+    /// a mistyped group name looks like this).
+    pub never_committed: bool,
 }
 
 pub async fn run(config: &PrismConfig, args: &LagArgs) -> anyhow::Result<()> {
@@ -86,6 +95,9 @@ pub async fn run(config: &PrismConfig, args: &LagArgs) -> anyhow::Result<()> {
         let mut samples = Vec::with_capacity(groups.len());
         for group in &groups {
             samples.push(sample(config, group, &topics).await?);
+        }
+        if refreshes == 0 {
+            check_committed(config, &samples, &topics, !args.group.is_empty()).await?;
         }
         let reports: Vec<GroupLag> = samples
             .iter()
@@ -105,11 +117,55 @@ pub async fn run(config: &PrismConfig, args: &LagArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Says so when a group never committed on any of `topics`: an error for a `--group` the
+/// broker does not know (a typo, most likely), a note on stderr otherwise (workers that have not
+/// committed yet), with the groups the broker knows under this deployment's prefix.
+async fn check_committed(
+    config: &PrismConfig,
+    samples: &[Sample],
+    topics: &[String],
+    named: bool,
+) -> anyhow::Result<()> {
+    let never: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.partitions.iter().all(|p| p.committed.is_none()))
+        .map(|s| s.group.as_str())
+        .collect();
+    if never.is_empty() {
+        return Ok(());
+    }
+    let known = known_groups(config).await?;
+    let prefix = &config.topics.prefix;
+    for group in never {
+        let known_list =
+            format!("consumer groups of this deployment (prefix \"{prefix}\"): {}", listed(&known, 20));
+        if named && !known.iter().any(|k| k == group) {
+            bail!(
+                "group {group} has never committed offsets on this deployment's event topics ({}), and the \
+                 broker does not know it: is the name right? Known {known_list}",
+                topics.join(", ")
+            );
+        }
+        eprintln!(
+            "note: group {group} has never committed offsets on {}: the lag below counts every message. {}; \
+             known {known_list}",
+            topics.join(", "),
+            if named {
+                "Its members have not committed yet"
+            } else {
+                "No projector worker has committed yet, or the workers run with another projector.group or \
+                 topics.prefix"
+            }
+        );
+    }
+    Ok(())
+}
+
 async fn sample(config: &PrismConfig, group: &str, topics: &[String]) -> anyhow::Result<Sample> {
     let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
     let partitions = group_offsets(&config.kafka, group, topics, timeout)
         .await
-        .with_context(|| format!("reading the offsets of group {group} ({KAFKA_HINT})"))?;
+        .map_err(|e| kafka_error(e, format!("reading the offsets of group {group}")))?;
     let taken = Instant::now();
     let lagging: Vec<(String, i32, i64)> = partitions
         .iter()
@@ -120,7 +176,7 @@ async fn sample(config: &PrismConfig, group: &str, topics: &[String]) -> anyhow:
         .collect();
     let found = messages_at(&config.kafka, &lagging, Duration::from_secs(5))
         .await
-        .with_context(|| format!("reading the oldest unconsumed messages ({KAFKA_HINT})"))?;
+        .map_err(|e| kafka_error(e, "reading the oldest unconsumed messages"))?;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let ages = found
         .into_iter()
@@ -222,6 +278,7 @@ fn report(current: &Sample, previous: Option<&Sample>, watching: bool) -> GroupL
         consumed_per_second,
         catch_up_seconds,
         catch_up,
+        never_committed: current.partitions.iter().all(|p| p.committed.is_none()),
     }
 }
 

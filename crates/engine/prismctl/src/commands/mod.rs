@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod dlq;
+pub mod groups;
 pub mod lag;
 pub mod migrate;
 pub mod offsets;
@@ -18,15 +19,19 @@ pub const REDIS_HINT: &str =
 pub const KAFKA_HINT: &str =
     "is the broker running and kafka.bootstrap_servers right? On a development machine `ops/dev-stack up` starts one";
 
-/// Asks `question` on the terminal; `true` for yes. Without a terminal (scripts, CI) there is
-/// nobody to ask: the caller must have been given `--yes`.
+/// Asks `question` on the terminal before a destructive step; `Ok` for yes. `--yes` answers
+/// in advance. Without a terminal on stdin (scripts, CI, a pipe) there is nobody to ask, and
+/// a destructive step is never taken on a guess: the command stops, having changed nothing.
 pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question} — no terminal to confirm on; add --yes to proceed without asking");
+        anyhow::bail!(
+            "{question} Refusing without confirmation: stdin is not a terminal, so there is nobody to ask. \
+             Nothing was changed. Pass --yes to proceed without asking."
+        );
     }
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
@@ -36,5 +41,17 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("not confirmed; nothing was changed")
+    }
+}
+
+/// A broker failure while doing `what`: the hint about starting a broker only when the broker
+/// did not answer. A topic or group the broker answered about is named as such, not blamed on
+/// a broker that is running fine.
+pub fn kafka_error(err: prism_kafka::KafkaError, what: impl std::fmt::Display) -> anyhow::Error {
+    match err {
+        prism_kafka::KafkaError::Topic { .. } | prism_kafka::KafkaError::Group { .. } => {
+            anyhow::Error::new(err).context(what.to_string())
+        }
+        other => anyhow::Error::new(other).context(format!("{what} ({KAFKA_HINT})")),
     }
 }

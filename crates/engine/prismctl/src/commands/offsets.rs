@@ -2,7 +2,13 @@
 //!
 //! Dry run by default: prints `topic partition current -> target` per partition. With
 //! `--execute` the targets are committed for the group from outside it (a consumer that never
-//! subscribes, so no live member is rebalanced).
+//! subscribes, so no live member is rebalanced), after confirmation (`--yes`, or a `y` on the
+//! terminal).
+//!
+//! Only this deployment's event topics and groups are touched: a `--topic` is checked against
+//! the event topics of the registered aggregate types (a typo is named as a topic that does
+//! not exist, with the known ones), and a topic or group outside `topics.prefix` belongs to
+//! another deployment sharing the cluster and is refused.
 //!
 //! A reset while workers are running would be overwritten by their next commit, so it is
 //! refused while the group has live members, with two guards:
@@ -17,16 +23,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use prism_config::PrismConfig;
 use prism_kafka::admin::{
-    commit_offsets_outside_group, group_membership, group_offsets, offsets_for_timestamp, projector_group_id,
-    GroupMembership, OutsideCommit, PartitionOffsets,
+    commit_offsets_outside_group, group_membership, group_offsets, offsets_for_timestamp, partition_counts,
+    projector_group_id, GroupMembership, OutsideCommit, PartitionOffsets,
 };
 use serde::Serialize;
 
-use super::{confirm, KAFKA_HINT};
-use crate::cli::{OutputFormat, ResetArgs, ResetTarget};
+use super::groups::in_deployment;
+use super::{confirm, kafka_error};
+use crate::cli::{OutputFormat, ResetArgs, ResetTarget, TopicSelection};
 
 /// One partition of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,9 +56,18 @@ pub struct Move {
 
 pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()> {
     let group = args.group.clone().unwrap_or_else(|| projector_group_id(config));
+    if !in_deployment(config, &group) {
+        bail!(
+            "group {group} is outside this deployment's prefix \"{}\" (topics.prefix): it belongs to another \
+             deployment sharing the cluster, and this configuration must not move its offsets. Nothing was \
+             changed; run prismctl with that deployment's configuration instead",
+            config.topics.prefix
+        );
+    }
     let timeout = Duration::from_millis(config.kafka.request_timeout_ms);
     let db = super::read_models::connect(config).await?;
     let event_topics = super::read_models::event_topics(config, &db).await?;
+    check_topics(config, &event_topics, &args.topics, timeout).await?;
     let selection: BTreeMap<String, Option<Vec<i32>>> = if args.topics.is_empty() {
         event_topics.iter().map(|t| (t.clone(), None)).collect()
     } else {
@@ -68,7 +84,7 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
     let topics: Vec<String> = selection.keys().cloned().collect();
     let offsets = group_offsets(&config.kafka, &group, &topics, timeout)
         .await
-        .with_context(|| format!("reading the offsets of group {group} ({KAFKA_HINT})"))?;
+        .map_err(|e| kafka_error(e, format!("reading the offsets of group {group}")))?;
     let mut chosen: Vec<PartitionOffsets> = Vec::new();
     for (topic, partitions) in &selection {
         let of_topic: Vec<&PartitionOffsets> = offsets.iter().filter(|p| &p.topic == topic).collect();
@@ -76,9 +92,9 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
             None => chosen.extend(of_topic.into_iter().cloned()),
             Some(wanted) => {
                 for partition in wanted {
-                    let found = of_topic.iter().find(|p| p.partition == *partition).with_context(|| {
-                        format!("topic {topic} has no partition {partition} (it has {})", of_topic.len())
-                    })?;
+                    let Some(found) = of_topic.iter().find(|p| p.partition == *partition) else {
+                        bail!("topic {topic} has no partition {partition} (it has {})", of_topic.len())
+                    };
                     if !chosen.iter().any(|c| c.topic == *topic && c.partition == *partition) {
                         chosen.push((*found).clone());
                     }
@@ -93,7 +109,7 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
                 chosen.iter().map(|p| (p.topic.clone(), p.partition)).collect();
             offsets_for_timestamp(&config.kafka, &partitions, ms, timeout)
                 .await
-                .with_context(|| format!("looking up offsets by time ({KAFKA_HINT})"))?
+                .map_err(|e| kafka_error(e, "looking up offsets by time"))?
         }
         _ => BTreeMap::new(),
     };
@@ -106,7 +122,10 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
         return Ok(());
     }
 
-    match group_membership(&config.kafka, &group, timeout).await? {
+    match group_membership(&config.kafka, &group, timeout)
+        .await
+        .map_err(|e| kafka_error(e, format!("asking the broker about group {group}")))?
+    {
         GroupMembership::Active { state, members } => bail!(
             "group {group} has {} active member(s) (state {state}): {}. Refusing to reset: a running worker \
              would overwrite the new offsets with its next commit. Stop the projector workers (scale their \
@@ -127,7 +146,7 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
         moves.iter().map(|m| (m.topic.clone(), m.partition, m.target)).collect();
     match commit_offsets_outside_group(&config.kafka, &group, &commits, timeout)
         .await
-        .with_context(|| format!("committing the offsets of group {group} ({KAFKA_HINT})"))?
+        .map_err(|e| kafka_error(e, format!("committing the offsets of group {group}")))?
     {
         OutsideCommit::Committed => {
             if args.output == OutputFormat::Text {
@@ -141,6 +160,37 @@ pub async fn reset(config: &PrismConfig, args: &ResetArgs) -> anyhow::Result<()>
              run this again."
         ),
     }
+}
+
+/// Refuses `--topic`s that are not event topics of this deployment, saying which they are:
+/// missing from the broker (a typo), another deployment's (outside `topics.prefix`), or some
+/// other topic of this one (a dead-letter topic, say). The known event topics are listed.
+async fn check_topics(
+    config: &PrismConfig,
+    event_topics: &[String],
+    selection: &[TopicSelection],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut unknown: Vec<String> =
+        selection.iter().map(|s| s.topic.clone()).filter(|t| !event_topics.contains(t)).collect();
+    unknown.dedup();
+    let Some(first) = unknown.first() else { return Ok(()) };
+    let known = event_topics.join(", ");
+    let existing = partition_counts(&config.kafka, std::slice::from_ref(first), timeout)
+        .await
+        .map_err(|e| kafka_error(e, format!("looking up topic {first}")))?;
+    if !existing.iter().any(|(name, _)| name == first) {
+        bail!("topic {first} does not exist (known event topics: {known})");
+    }
+    if !in_deployment(config, first) {
+        bail!(
+            "topic {first} belongs to another deployment: it is outside this deployment's topic prefix \"{}\" \
+             (topics.prefix). Refusing to touch it. Nothing was changed. This deployment's event topics: {known}. \
+             To act on the other deployment, run prismctl with its configuration",
+            config.topics.prefix
+        );
+    }
+    bail!("topic {first} is not an event topic of this deployment (known event topics: {known})")
 }
 
 /// The target of one partition.

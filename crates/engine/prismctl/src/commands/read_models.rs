@@ -12,7 +12,9 @@ use crate::cli::OutputFormat;
 
 /// Connects to the configured schema.
 pub async fn connect(config: &PrismConfig) -> anyhow::Result<Database> {
-    Database::connect(&config.postgres, "prismctl").await.with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))
+    Database::connect(&config.postgres, "prismctl")
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))
 }
 
 /// What to tell an operator whose schema has no registered application.
@@ -27,9 +29,9 @@ fn nothing_registered(config: &PrismConfig) -> String {
 /// Every registered read model; an error when there is none.
 pub async fn registered(config: &PrismConfig, db: &Database) -> anyhow::Result<Vec<RegisteredReadModel>> {
     let client = db.client().await?;
-    let models = registry::read_models(&**client)
-        .await
-        .with_context(|| format!("reading the read-model registry (run `prismctl migrate` first; {POSTGRES_HINT})"))?;
+    let models = registry::read_models(&**client).await.with_context(|| {
+        format!("reading the read-model registry (run `prismctl migrate` first; {POSTGRES_HINT})")
+    })?;
     anyhow::ensure!(!models.is_empty(), nothing_registered(config));
     Ok(models)
 }
@@ -98,9 +100,14 @@ pub async fn list(config: &PrismConfig, output: OutputFormat) -> anyhow::Result<
         });
     }
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&serde_json::json!({ "read_models": listed }))?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string(&serde_json::json!({ "read_models": listed }))?)
+        }
         OutputFormat::Text => {
-            println!("{:<24} {:<12} {:<20} {:<24} {:<10} GENERATIONS", "READ MODEL", "APPLICATION", "SOURCES", "KEY", "CACHE");
+            println!(
+                "{:<24} {:<12} {:<20} {:<24} {:<10} GENERATIONS",
+                "READ MODEL", "APPLICATION", "SOURCES", "KEY", "CACHE"
+            );
             for m in &listed {
                 let generations: Vec<String> =
                     m.generations.iter().map(|g| format!("g{} {}", g.generation, g.status)).collect();

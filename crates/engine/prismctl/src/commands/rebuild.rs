@@ -15,7 +15,7 @@
 //! **Blue/green** (the active generation keeps serving throughout): register generation N+1
 //! as `building` and create its table (from the SQL the application registered); the
 //! application's running workers notice and build it — a projector of this read model alone at
-//! generation N+1 in the group `prism.rebuild.<projection>.g<N+1>`, from the earliest offsets
+//! generation N+1 in the group `<prefix>prism.rebuild.<projection>.g<N+1>`, from the earliest offsets
 //! (prismctl has no folds; see `prism_projector::builder`) — until the build group's committed
 //! offsets reach the end offsets seen when it started; then switch at a common position
 //! (`prism_store::rebuild::switch`: under a share lock on the gate and both tables, every
@@ -58,7 +58,7 @@ pub struct RebuildArgs {
     /// Print the plan and the current positions; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Do not ask for confirmation.
+    /// Rebuild without asking for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub yes: bool,
     /// In place: return after the reset instead of reporting progress until caught up.
@@ -89,8 +89,9 @@ aggregates and Redis keys are cleared; start the workers and the command reports
 they have caught up. The group consumes every read model's topics: the other read models fed by
 the same topics receive those events again and skip them as duplicates (version gate).
 
-Blue/green: the serving generation keeps serving. A new generation is built in this process
-under its own group (prism.rebuild.<projection>.g<N>), then switched to in one transaction at a
+Blue/green: the serving generation keeps serving. A new generation is built by the
+application's running projector workers (prismctl has no folds) under its own group
+(<topics.prefix>prism.rebuild.<projection>.g<N>), then switched to in one transaction at a
 common position: both generations have applied the same version of every aggregate, and their
 row counts and checksums are equal (or --allow-changes). Live workers follow the switch at their
 next batch and continue from their own offsets. The old generation is dropped after
@@ -125,9 +126,10 @@ pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> 
         .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?;
     let model = super::read_models::resolve(config, &db, args.projection).await?;
     let client = db.client().await?;
-    let active = prism_read_store::read_models::active_generation(&**client, args.projection)
-        .await?
-        .with_context(|| format!("{} has no active generation: run `prismctl migrate` first", args.projection))?;
+    let active =
+        prism_read_store::read_models::active_generation(&**client, args.projection).await?.with_context(
+            || format!("{} has no active generation: run `prismctl migrate` first", args.projection),
+        )?;
     drop(client);
     let active = ProjectionInstance::new(args.projection, active);
     match args.mode {
@@ -146,6 +148,15 @@ fn projector_group(config: &PrismConfig) -> String {
     admin::projector_group_id(config)
 }
 
+/// The group the application's workers build `instance` in: a builder is a projector whose
+/// `projector.group` is `prism.rebuild.<projection>.g<N>` (`prism_projector::builder`), so its
+/// group id comes from the same derivation as the workers' own.
+fn build_group(config: &PrismConfig, instance: ProjectionInstance) -> String {
+    let mut builder = config.clone();
+    builder.projector.group = format!("prism.rebuild.{}.g{}", instance.projection, instance.generation);
+    admin::projector_group_id(&builder)
+}
+
 async fn offsets(
     config: &PrismConfig,
     group: &str,
@@ -153,7 +164,7 @@ async fn offsets(
 ) -> anyhow::Result<Vec<PartitionOffsets>> {
     admin::group_offsets(&config.kafka, group, topics, REQUEST_TIMEOUT)
         .await
-        .with_context(|| format!("reading the offsets of group {group} ({KAFKA_HINT})"))
+        .map_err(|e| super::kafka_error(e, format!("reading the offsets of group {group}")))
 }
 
 /// Messages between the group's position and the end, over all partitions.
@@ -243,7 +254,11 @@ async fn delete_cache(
 }
 
 /// The Redis key prefix of `instance`, when `model` is cached.
-fn cache_prefix(config: &PrismConfig, model: &RegisteredReadModel, instance: ProjectionInstance) -> Option<String> {
+fn cache_prefix(
+    config: &PrismConfig,
+    model: &RegisteredReadModel,
+    instance: ProjectionInstance,
+) -> Option<String> {
     model.cache_kind.as_deref().map(|kind| instance.cache_prefix(kind, &config.redis.key_prefix))
 }
 
@@ -401,8 +416,7 @@ async fn blue_green(
         .get(0);
     drop(client);
     let next = ProjectionInstance::new(projection, max_generation.unsigned_abs() + 1);
-    let build_group_name = format!("prism.rebuild.{projection}.g{}", next.generation);
-    let build_group = format!("{}{build_group_name}", config.topics.prefix);
+    let build_group = build_group(config, next);
     println!("rebuild {projection} blue/green: {old} keeps serving while {next} is built");
     if !abandoned.is_empty() {
         println!(
@@ -430,7 +444,8 @@ async fn blue_green(
     println!(
         "  4. after {}s: drop {old}, its gate rows and parked aggregates, discard its open dead letters{}",
         args.retire_grace,
-        cache_prefix(config, model, old).map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
+        cache_prefix(config, model, old)
+            .map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
     );
     println!("     then delete the stopped rebuild group {build_group} from the broker");
     if args.dry_run {
@@ -454,15 +469,16 @@ async fn blue_green(
     }
 
     let mut client = db.client().await?;
-    let (old, new) = store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql).await?;
+    let (old, new) =
+        store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql).await?;
     drop(client);
     if new != next {
         bail!("another rebuild allocated {next} meanwhile; {new} was registered instead and left building");
     }
     println!("registered {new} (building), table created; waiting for the application's workers to build it");
-    let _ = &build_group_name;
     let mut builders = BuilderWatch::new(config, &build_group);
-    let result = build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builders, args).await;
+    let result =
+        build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builders, args).await;
     let (old_sum, new_sum) = match result {
         Ok(sums) => sums,
         Err(err) => {
@@ -530,7 +546,13 @@ struct BuilderWatch {
 
 impl BuilderWatch {
     fn new(config: &PrismConfig, group: &str) -> Self {
-        Self { kafka: config.kafka.clone(), group: group.to_owned(), started: Instant::now(), last_look: None, members: 0 }
+        Self {
+            kafka: config.kafka.clone(),
+            group: group.to_owned(),
+            started: Instant::now(),
+            last_look: None,
+            members: 0,
+        }
     }
 
     /// Looks at the build group now and then; fails when nobody has joined it for a while.
@@ -543,7 +565,11 @@ impl BuilderWatch {
             admin::group_membership(&self.kafka, &self.group, REQUEST_TIMEOUT).await?
         {
             if self.members == 0 {
-                println!("{} worker(s) of the application are building it: {}", members.len(), members.join(", "));
+                println!(
+                    "{} worker(s) of the application are building it: {}",
+                    members.len(),
+                    members.join(", ")
+                );
             }
             self.members = members.len();
             return Ok(());
@@ -578,7 +604,9 @@ async fn build_and_switch(
     let target = ends(&offsets(config, build_group, topics).await?);
     let started = Instant::now();
     let label = format!("building {new}:");
-    if let Some(lag) = follow_progress(config, build_group, topics, &target, deadline, &label, Some(builders)).await? {
+    if let Some(lag) =
+        follow_progress(config, build_group, topics, &target, deadline, &label, Some(builders)).await?
+    {
         bail!("{new} has not caught up after {}s (lag {lag})", args.timeout);
     }
     println!(

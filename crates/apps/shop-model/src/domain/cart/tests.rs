@@ -1,15 +1,13 @@
 //! Given/when/then tests of the `cart` aggregate: every command's success and refusals.
 
 use crate::events::fields::bounds::{MAX_LINES, MAX_LINE_QUANTITY};
-use crate::events::{
-    CartCheckedOut, CartItemAdded, CartItemRemoved, CartOpened, OrderLine, UserRegistered,
-};
 use crate::events::ShopEvent;
+use crate::events::{CartCheckedOut, CartItemAdded, CartItemRemoved, CartOpened, OrderLine, UserRegistered};
 use uuid::Uuid;
 
 use super::{CartCommand, CartLine, CartState, ProductSnapshot};
 use crate::domain::testing::given;
-use crate::domain::{rehydrate, EvolveError};
+use crate::domain::{rehydrate, Aggregate, EvolveError};
 
 const OWNER: Uuid = Uuid::from_u128(0xA11CE);
 const STRANGER: Uuid = Uuid::from_u128(0xB0B);
@@ -37,8 +35,14 @@ fn on_sale(price_cents: i64) -> Option<ProductSnapshot> {
     Some(ProductSnapshot { listed: true, price_cents })
 }
 
+/// Adding as a registered user (as the service says when the user aggregate exists).
 fn add(user_id: Uuid, product_id: Uuid, quantity: u32, product: Option<ProductSnapshot>) -> CartCommand {
-    CartCommand::AddItem { user_id, product_id, quantity, product }
+    CartCommand::AddItem { user_id, user_registered: true, product_id, quantity, product }
+}
+
+/// Adding as a user id that was never registered.
+fn add_unregistered(user_id: Uuid, product_id: Uuid, product: Option<ProductSnapshot>) -> CartCommand {
+    CartCommand::AddItem { user_id, user_registered: false, product_id, quantity: 1, product }
 }
 
 #[test]
@@ -71,6 +75,28 @@ fn add_item_refusals_about_the_product() {
     given::<CartState>([opened()])
         .when(add(OWNER, MUG, 1, Some(ProductSnapshot { listed: false, price_cents: 1200 })))
         .then_rejected("product_not_listed");
+}
+
+#[test]
+fn only_a_registered_user_opens_or_fills_a_cart() {
+    let state = CartState::default();
+    match state.decide(&add_unregistered(STRANGER, MUG, on_sale(1200))) {
+        Err(crate::domain::DomainError::Rejected { reason, message }) => {
+            assert_eq!(reason.as_str(), "user_not_found");
+            assert!(message.contains(&STRANGER.to_string()), "the message names the user: {message}");
+        }
+        other => panic!("expected user_not_found, got {other:?}"),
+    }
+    // Checked before the product: an unknown user learns nothing about the catalog.
+    given::<CartState>([]).when(add_unregistered(STRANGER, MUG, None)).then_rejected("user_not_found");
+    // A cart opened before the rule existed by an unregistered owner takes no more items.
+    given::<CartState>([opened(), added(MUG, 1, 1200)])
+        .when(add_unregistered(OWNER, TEAPOT, on_sale(3000)))
+        .then_rejected("user_not_found");
+    // Someone else's cart stays someone else's, registered or not.
+    given::<CartState>([opened()])
+        .when(add_unregistered(STRANGER, TEAPOT, on_sale(3000)))
+        .then_rejected("not_cart_owner");
 }
 
 #[test]

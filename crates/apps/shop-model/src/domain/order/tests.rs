@@ -1,16 +1,16 @@
 //! Given/when/then tests of the `order` aggregate: every command's success, every refusal,
 //! and the status machine as `evolve` enforces it.
 
+use crate::events::ShopEvent;
 use crate::events::{
     CartOpened, OrderCancelled, OrderLine, OrderPaymentFailed, OrderPaymentRequested, OrderPaymentSucceeded,
     OrderPlaced, OrderShipped, PaymentMethod,
 };
-use crate::events::ShopEvent;
 use uuid::Uuid;
 
 use super::{OrderCommand, OrderState, OrderStatus};
 use crate::domain::testing::given;
-use crate::domain::{rehydrate, EvolveError};
+use crate::domain::{rehydrate, Aggregate, EvolveError};
 
 const USER: Uuid = Uuid::from_u128(0xA11CE);
 const CART: Uuid = Uuid::from_u128(0xCA);
@@ -55,8 +55,9 @@ fn cancelled() -> ShopEvent {
     OrderCancelled { reason: "changed my mind".into() }.into()
 }
 
+/// Placing for a registered user (as the service says when the user aggregate exists).
 fn place(lines: Vec<OrderLine>) -> OrderCommand {
-    OrderCommand::Place { user_id: USER, cart_id: Some(CART), lines }
+    OrderCommand::Place { user_id: USER, user_registered: true, cart_id: Some(CART), lines }
 }
 
 fn pay() -> OrderCommand {
@@ -101,6 +102,26 @@ fn place_totals_the_lines() {
 #[test]
 fn place_twice_is_rejected() {
     given::<OrderState>([placed()]).when(place(lines())).then_rejected("already_placed");
+}
+
+#[test]
+fn place_for_an_unregistered_user_is_rejected_naming_the_user() {
+    let stranger = Uuid::from_u128(0x5742);
+    let command =
+        OrderCommand::Place { user_id: stranger, user_registered: false, cart_id: None, lines: lines() };
+    let state = OrderState::default();
+    match state.decide(&command) {
+        Err(crate::domain::DomainError::Rejected { reason, message }) => {
+            assert_eq!(reason.as_str(), "user_not_found");
+            assert!(message.contains(&stranger.to_string()), "the message names the user: {message}");
+        }
+        other => panic!("expected user_not_found, got {other:?}"),
+    }
+    // Before the lines are judged; after the order's own lifecycle.
+    let malformed =
+        OrderCommand::Place { user_id: stranger, user_registered: false, cart_id: None, lines: vec![] };
+    given::<OrderState>([]).when(malformed.clone()).then_rejected("user_not_found");
+    given::<OrderState>([placed()]).when(malformed).then_rejected("already_placed");
 }
 
 #[test]

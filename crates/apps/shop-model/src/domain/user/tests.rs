@@ -1,7 +1,7 @@
 //! Given/when/then tests of the `user` aggregate: every command's success and refusals.
 
-use crate::events::{CartOpened, UserProfileChanged, UserRegistered};
 use crate::events::ShopEvent;
+use crate::events::{CartOpened, UserProfileChanged, UserRegistered};
 use uuid::Uuid;
 
 use super::{UserCommand, UserState};

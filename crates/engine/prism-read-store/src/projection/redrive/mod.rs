@@ -333,6 +333,54 @@ where
     Ok(reports)
 }
 
+/// Heals the chains of `targets` whose missing event has arrived (see
+/// `sql/healable_chains.sql`): each is redriven, in version order, like an operator's redrive
+/// would. `only`: just these aggregates (those a batch just parked); `None`: every chain (a
+/// periodic sweep, which also finds chains whose heal a crash interrupted).
+pub async fn heal<F>(
+    db: &Database,
+    targets: &[Target<'_>],
+    only: Option<&[AggregateKey]>,
+    policy: GapPolicy,
+    decode: F,
+) -> Result<Vec<ChainReport>, StoreError>
+where
+    F: Fn(&DeadLetter) -> SourceMessage,
+{
+    if targets.is_empty() || only.is_some_and(<[AggregateKey]>::is_empty) {
+        return Ok(Vec::new());
+    }
+    let rows = {
+        let client = db.client().await?;
+        let projections: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
+        let types: Option<Vec<&str>> = only.map(|keys| keys.iter().map(|(t, _)| t.as_str()).collect());
+        let ids: Option<Vec<Uuid>> = only.map(|keys| keys.iter().map(|(_, id)| *id).collect());
+        client.query(include_str!("sql/healable_chains.sql"), &[&projections, &types, &ids]).await?
+    };
+    let mut reports = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let projection: String = row.get(0);
+        let Some(target) = targets.iter().find(|t| t.instance.id() == projection) else { continue };
+        let aggregate_type: String = row.get(1);
+        if !AggregateType::is_valid_name(&aggregate_type) {
+            continue;
+        }
+        let key = (AggregateType::new(intern(&aggregate_type)), row.get::<_, Uuid>(2));
+        let report = redrive_chain(db, target, Some(key), None, policy, &decode).await?;
+        if !report.applied.is_empty() {
+            tracing::info!(
+                projection,
+                aggregate = report.aggregate.as_deref().unwrap_or("?"),
+                applied = report.applied.len(),
+                still_open = report.still_open.len(),
+                "a version gap was filled: applied the events parked behind it"
+            );
+        }
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
 /// One chain, in one transaction.
 async fn redrive_chain<F>(
     db: &Database,
@@ -424,7 +472,7 @@ where
         MessageContent::Event(event) => Some(event.meta.aggregate_type),
         MessageContent::Poison(_) => None,
     });
-    let (outcomes, cache_entries) = writers::fold_and_write(&tx, target, source, &items, &mut gates, policy).await?;
+    let (outcomes, cache_entries) = writers::fold_and_write(&tx, db.schema(), target, source, &items, &mut gates, policy).await?;
 
     // 4. Gate, parking, and the rows' new state.
     gate::advance(&tx, &projection_id, &initial, &gates).await?;
@@ -433,7 +481,7 @@ where
     for ((letter, message), outcome) in decoded.iter().zip(&outcomes) {
         match outcome {
             ItemOutcome::Applied | ItemOutcome::AppliedAcrossGap { .. } => report.applied.push(letter.id),
-            ItemOutcome::Duplicate => report.already_applied.push(letter.id),
+            ItemOutcome::Duplicate | ItemOutcome::Conflict { .. } => report.already_applied.push(letter.id),
             ItemOutcome::Poisoned | ItemOutcome::DeadLettered(_) | ItemOutcome::Parked => {
                 let record = DeadLetterRecord::from_outcome(
                     &projection_id,

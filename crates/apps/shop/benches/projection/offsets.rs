@@ -1,0 +1,80 @@
+//! Where a consumer group stands: its committed offsets against the topics' end offsets, read
+//! from the broker (OffsetFetch) by one client that is reused for every look, so watching a
+//! contender costs the broker one small request per look and nothing else.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prism_config::PrismConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// End offset of every partition, by (topic, partition).
+pub type Ends = BTreeMap<(String, i32), i64>;
+
+/// Watches one group's committed offsets on a fixed set of partitions.
+pub struct GroupWatch {
+    /// The group.
+    pub group: String,
+    /// A client carrying the group's id; it never subscribes, so it never joins the group.
+    client: Arc<BaseConsumer>,
+    /// The partitions and the offsets that mean "done".
+    ends: Ends,
+}
+
+/// How far a group got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Messages committed, summed over the partitions (each capped at its end).
+    pub committed: i64,
+    /// Whether every partition's committed offset reached its end.
+    pub done: bool,
+}
+
+impl GroupWatch {
+    /// A watch of `group` until it has committed `ends`.
+    pub fn new(config: &PrismConfig, group: &str, ends: &Ends) -> anyhow::Result<Self> {
+        let client: BaseConsumer = prism_kafka::base_client_config(&config.kafka, "bench-watch")
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating the offset-watching client")?;
+        Ok(Self { group: group.to_owned(), client: Arc::new(client), ends: ends.clone() })
+    }
+
+    /// The group's committed offsets now.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let client = self.client.clone();
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in self.ends.keys() {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = tokio::task::spawn_blocking(move || client.committed_offsets(tpl, Duration::from_secs(10)))
+            .await?
+            .with_context(|| format!("reading the committed offsets of {}", self.group))?;
+        let mut total = 0;
+        let mut done = true;
+        for element in committed.elements() {
+            let end = self.ends.get(&(element.topic().to_owned(), element.partition())).copied().unwrap_or(0);
+            let at = match element.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            total += at.min(end);
+            done &= at >= end;
+        }
+        Ok(Progress { committed: total, done })
+    }
+}
+
+/// The end offset of every partition of `topics`.
+pub async fn end_offsets(config: &PrismConfig, topics: &[String]) -> anyhow::Result<Ends> {
+    prism_testkit::kafka::end_offsets(config, topics).await
+}
+
+/// Messages in `ends`, summed.
+pub fn total(ends: &Ends) -> i64 {
+    ends.values().sum()
+}

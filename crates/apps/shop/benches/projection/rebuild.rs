@@ -1,0 +1,228 @@
+//! Rebuild rate: `prismctl rebuild` of every read model, in place and blue/green, on the events
+//! of the throughput run, against Prism's live rate on the same workload.
+//!
+//! - **In place** needs the projector workers stopped (prismctl refuses otherwise). For each
+//!   read model: `prismctl rebuild <model> --mode in-place --yes --no-wait` resets the
+//!   projector group's offsets on the model's source topics to the earliest and clears the
+//!   model; then the projector (the same binary and configuration as in the throughput run) is
+//!   started and timed exactly like a contender, on those source topics, until its group has
+//!   committed their ends again. The other read models fed by the same topics see the events
+//!   again and skip them as duplicates (their version gates): that is part of an in-place
+//!   rebuild's cost.
+//! - **Blue/green** runs beside the serving generation, with the projector running. For each
+//!   read model: `prismctl rebuild <model> --mode blue-green --yes --retire-grace 1` registers
+//!   the next generation; the running worker builds it in its own group
+//!   (`<prefix>prism.rebuild.<model>.g<N>`), which is timed from prismctl's start until it has
+//!   committed the source topics' ends. Verification and the switch come after that and are
+//!   reported separately (prismctl's whole run).
+//!
+//! Events replayed = messages in the read model's source topics. Rates are steady rates (first
+//! commit → done), as the live rate is; whole-window rates include start-up.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use prism_testkit::TestEnv;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::binaries::{self, Binaries};
+use crate::contender::{self, Contender, Measured};
+use crate::offsets::{self, GroupWatch};
+use crate::procs::Services;
+
+/// One rebuild's figures.
+#[derive(Debug, Clone)]
+pub struct Rebuilt {
+    /// The read model.
+    pub read_model: &'static str,
+    /// `in-place` or `blue-green`.
+    pub mode: &'static str,
+    /// The replay, timed.
+    pub measured: Measured,
+    /// prismctl's whole run, seconds (blue/green: with verification, switch and retirement).
+    pub prismctl_seconds: f64,
+}
+
+/// Rebuilds every read model in place, then every one blue/green; the projector is stopped
+/// when this returns.
+pub async fn run(env: &TestEnv, binaries: &Binaries, services: &Services, work: &Path) -> anyhow::Result<Vec<Rebuilt>> {
+    let mut out = Vec::new();
+    for model in env.app.read_models() {
+        out.push(in_place(env, binaries, services, work, model.name()).await?);
+    }
+    let listen = format!("127.0.0.1:{}", binaries::free_port()?);
+    let projector = Contender {
+        key: "prism-live".into(),
+        name: "Prism projector (serving during blue/green rebuilds)".into(),
+        does: String::new(),
+        command: binaries::projector(binaries, env, &listen),
+        watch: GroupWatch::new(&env.config, &prism_projector::group_id(&env.config), &offsets::end_offsets(&env.config, &env.event_topics()).await?)?,
+        ready_line: None,
+        error_prefix: None,
+        log: work.join("prism-blue-green.log"),
+        events: 0,
+    };
+    // Already at the end of every topic: measure() returns as soon as the worker is up and
+    // the group's offsets are read.
+    let (_, running) = contender::measure(projector, services).await?;
+    let pid = running.pid().context("the projector is not running")?;
+    binaries::wait_ready(&format!("http://{listen}"), Duration::from_secs(60), || Ok(())).await?;
+    for model in env.app.read_models() {
+        match blue_green(env, binaries, services, work, model.name(), pid).await {
+            Ok(rebuilt) => out.push(rebuilt),
+            Err(err) => {
+                let err = err.context(running.log_tail());
+                running.stop().await;
+                return Err(err);
+            }
+        }
+    }
+    running.stop().await;
+    Ok(out)
+}
+
+/// The source topics of a read model and their end offsets.
+async fn sources(env: &TestEnv, read_model: &str) -> anyhow::Result<(Vec<String>, offsets::Ends)> {
+    let model = env.app.read_model(read_model).context("no such read model")?;
+    let topics: Vec<String> = model.sources().iter().map(|t| t.topic(env.topic_prefix())).collect();
+    let ends = offsets::end_offsets(&env.config, &topics).await?;
+    Ok((topics, ends))
+}
+
+/// Runs prismctl to the end; its output goes to `log`.
+async fn prismctl(env: &TestEnv, binaries: &Binaries, args: &[&str], log: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(log)?;
+    let status = binaries::command(&binaries.prismctl, &binaries::prism_vars(env))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(file.try_clone()?))
+        .stderr(Stdio::from(file))
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("prismctl {} failed ({status})\n{}", args.join(" "), contender::log_tail(log));
+    }
+    Ok(())
+}
+
+async fn in_place(
+    env: &TestEnv,
+    binaries: &Binaries,
+    services: &Services,
+    work: &Path,
+    read_model: &'static str,
+) -> anyhow::Result<Rebuilt> {
+    let (_, ends) = sources(env, read_model).await?;
+    let started = Instant::now();
+    prismctl(
+        env,
+        binaries,
+        &["rebuild", read_model, "--mode", "in-place", "--yes", "--no-wait"],
+        &work.join(format!("prismctl-in-place-{read_model}.log")),
+    )
+    .await?;
+    let listen = format!("127.0.0.1:{}", binaries::free_port()?);
+    let replay = Contender {
+        key: format!("rebuild-in-place-{read_model}"),
+        name: format!("in-place rebuild of {read_model}"),
+        does: String::new(),
+        command: binaries::projector(binaries, env, &listen),
+        watch: GroupWatch::new(&env.config, &prism_projector::group_id(&env.config), &ends)?,
+        ready_line: None,
+        error_prefix: None,
+        log: work.join(format!("prism-in-place-{read_model}.log")),
+        events: offsets::total(&ends),
+    };
+    let (measured, running) = contender::measure(replay, services).await?;
+    let prismctl_seconds = started.elapsed().as_secs_f64();
+    running.stop().await;
+    Ok(Rebuilt { read_model, mode: "in-place", measured, prismctl_seconds })
+}
+
+async fn blue_green(
+    env: &TestEnv,
+    binaries: &Binaries,
+    services: &Services,
+    work: &Path,
+    read_model: &'static str,
+    projector: u32,
+) -> anyhow::Result<Rebuilt> {
+    println!("blue/green rebuild of {read_model} ...");
+    let (_, ends) = sources(env, read_model).await?;
+    let log = work.join(format!("prismctl-blue-green-{read_model}.log"));
+    let mut child = binaries::command(&binaries.prismctl, &binaries::prism_vars(env))
+        .args(["rebuild", read_model, "--mode", "blue-green", "--yes", "--retire-grace", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let started = Instant::now();
+    let start = services.sample(Some(projector));
+    let stdout = child.stdout.take().context("prismctl's stdout")?;
+    let stderr = child.stderr.take().context("prismctl's stderr")?;
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for stream in [Box::new(stdout) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(stderr)] {
+        let tx = lines_tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(lines_tx);
+    let mut transcript = String::new();
+    // "registered <model>_g<N> (building), …" names the generation, hence the build group.
+    let generation = loop {
+        let line = tokio::time::timeout(Duration::from_secs(120), lines_rx.recv())
+            .await
+            .context("prismctl printed nothing for 120 s")?;
+        let Some(line) = line else {
+            let status = child.wait().await?;
+            bail!("prismctl rebuild {read_model} --mode blue-green ended ({status}) before registering a generation:\n{transcript}");
+        };
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if let Some(rest) = line.strip_prefix(&format!("registered {read_model}_g")) {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse::<u32>().with_context(|| format!("reading the generation from `{line}`"))?;
+        }
+    };
+    let mut builder = env.config.clone();
+    builder.projector.group = format!("prism.rebuild.{read_model}.g{generation}");
+    let group = prism_kafka::admin::projector_group_id(&builder);
+    let watch = GroupWatch::new(&env.config, &group, &ends)?;
+    let deadline = started + contender::timeout();
+    let window = contender::follow(&watch, offsets::total(&ends), services, projector, start, deadline, || {
+        while let Ok(line) = lines_rx.try_recv() {
+            transcript.push_str(&line);
+            transcript.push('\n');
+        }
+        match child.try_wait() {
+            Ok(Some(status)) if !status.success() => bail!("prismctl failed ({status}):\n{transcript}"),
+            _ => Ok(()),
+        }
+    })
+    .await?;
+    let status = tokio::time::timeout(contender::timeout(), child.wait()).await.context("prismctl did not finish")??;
+    while let Some(line) = lines_rx.recv().await {
+        transcript.push_str(&line);
+        transcript.push('\n');
+    }
+    std::fs::write(&log, &transcript)?;
+    if !status.success() {
+        bail!("prismctl rebuild {read_model} --mode blue-green failed ({status}):\n{transcript}");
+    }
+    let prismctl_seconds = started.elapsed().as_secs_f64();
+    let measured = window.into_measured(
+        format!("rebuild-blue-green-{read_model}"),
+        format!("blue/green rebuild of {read_model}"),
+        String::new(),
+        offsets::total(&ends),
+    );
+    measured.print();
+    Ok(Rebuilt { read_model, mode: "blue-green", measured, prismctl_seconds })
+}

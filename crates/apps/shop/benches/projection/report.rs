@@ -1,0 +1,416 @@
+//! The results: printed as tables, with every target's ratio and a PASS or MISS that is never
+//! adjusted; written into the marked sections of `BENCHMARKS.md`, into
+//! `docs/benchmarks/results.json` and `docs/benchmarks/latency-series.csv`, and drawn by
+//! `ops/bench/plot` into `docs/benchmarks/throughput.png` and `latency.png`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::contender::Measured;
+use crate::latency;
+use crate::rebuild::Rebuilt;
+
+/// Everything one run measured.
+#[derive(Default)]
+pub struct Run {
+    /// When (UTC).
+    pub when: String,
+    /// The machine, in a few words.
+    pub machine: String,
+    /// Events in the throughput run.
+    pub events: usize,
+    /// Aggregates they belong to.
+    pub aggregates: usize,
+    /// Partitions per topic.
+    pub partitions: i32,
+    /// The contenders of the throughput run, in the order they ran.
+    pub contenders: Vec<Measured>,
+    /// What was checked after each contender (rows, oracle).
+    pub checks: Vec<String>,
+    /// Rebuilds.
+    pub rebuilds: Vec<Rebuilt>,
+    /// Latency.
+    pub latency: Option<latency::Outcome>,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or("n/a".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Run {
+    /// A contender by key.
+    pub fn contender(&self, key: &str) -> Option<&Measured> {
+        self.contenders.iter().find(|c| c.key == key)
+    }
+
+    fn ratio(&self, of: &Measured, to: &str) -> String {
+        match self.contender(to) {
+            Some(base) => format!("{:.2}×", of.rate() / base.rate()),
+            None => "–".into(),
+        }
+    }
+
+    /// The throughput table.
+    pub fn throughput_table(&self) -> String {
+        let mut t = String::from(
+            "| contender | does | events/s | whole run | × consume only | × set-write ceiling | × Debezium defaults | × Debezium tuned |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for c in &self.contenders {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.0} | {:.0}/s in {:.1} s | {} | {} | {} | {} |",
+                c.name,
+                c.does,
+                c.rate(),
+                c.whole_rate(),
+                c.whole_seconds(),
+                self.ratio(c, "consume"),
+                self.ratio(c, "ceiling"),
+                self.ratio(c, "debezium-defaults"),
+                self.ratio(c, "debezium-tuned"),
+            );
+        }
+        t
+    }
+
+    /// CPU per event of every process, and the contender's memory.
+    pub fn cost_table(&self) -> String {
+        let mut t = String::from(
+            "| contender | contender µs/event | broker µs/event | PostgreSQL µs/event | Redis µs/event | all four µs/event | contender CPU s (of which start-up) | contender peak RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for c in &self.contenders {
+            let parts = [
+                c.us_per_event(|s| s.contender),
+                c.us_per_event(|s| s.broker),
+                c.us_per_event(|s| s.postgres),
+                c.us_per_event(|s| s.redis),
+            ];
+            let total: Option<f64> = parts.iter().copied().sum();
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+                c.name,
+                opt(parts[0], 1),
+                opt(parts[1], 1),
+                opt(parts[2], 1),
+                opt(parts[3], 1),
+                opt(total, 1),
+                opt(c.contender_cpu_total(), 1),
+                opt(c.contender_cpu_startup(), 1),
+                opt(c.peak_rss.map(|b| b as f64 / MIB), 0),
+            );
+        }
+        t
+    }
+
+    fn live_rate(&self) -> Option<f64> {
+        self.contender("prism").map(Measured::rate)
+    }
+
+    /// The rebuild table, with each mode's total.
+    pub fn rebuild_table(&self) -> String {
+        let live = self.live_rate();
+        let mut t = String::from(
+            "| read model | mode | events replayed | events/s | × live rate | whole window | prismctl run |\n\
+             |---|---|---:|---:|---:|---:|---:|\n",
+        );
+        let times_live = |rate: f64| live.map_or("–".into(), |l| format!("{:.2}×", rate / l));
+        for r in &self.rebuilds {
+            let m = &r.measured;
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {:.0} | {} | {:.1} s | {:.1} s |",
+                r.read_model,
+                r.mode,
+                m.events,
+                m.rate(),
+                times_live(m.rate()),
+                m.whole_seconds(),
+                r.prismctl_seconds
+            );
+        }
+        for (mode, events, seconds) in self.rebuild_totals() {
+            let rate = events as f64 / seconds;
+            let _ = writeln!(
+                t,
+                "| **all read models** | {mode} | {events} | {rate:.0} | {} | | |",
+                times_live(rate)
+            );
+        }
+        t
+    }
+
+    /// Per mode: events replayed and steady seconds, summed over the read models.
+    fn rebuild_totals(&self) -> Vec<(&'static str, i64, f64)> {
+        ["in-place", "blue-green"]
+            .into_iter()
+            .filter_map(|mode| {
+                let of: Vec<&Rebuilt> = self.rebuilds.iter().filter(|r| r.mode == mode).collect();
+                (!of.is_empty()).then(|| {
+                    (
+                        mode,
+                        of.iter().map(|r| r.measured.steady_events()).sum(),
+                        of.iter().map(|r| r.measured.steady_seconds()).sum(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The latency table.
+    pub fn latency_table(&self) -> String {
+        let Some(l) = &self.latency else { return String::new() };
+        let mut t = String::from("| path | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
+        for (name, series) in [
+            ("produce → visible in PostgreSQL", &l.produce_pg),
+            ("produce → visible in Redis", &l.produce_redis),
+            ("command answered → visible through the query API", &l.command_visible),
+            ("command sent → answered (for reference)", &l.command_answer),
+        ] {
+            let p = series.percentiles();
+            let _ = writeln!(t, "| {name} | {} | {:.1} | {:.1} | {:.1} |", p.count, p.p50, p.p99, p.max);
+        }
+        let _ = writeln!(
+            t,
+            "\nLoad: {:.0} events/s asked, {:.0} produced ({} events over {:.1} s), plus {} clients doing {:.0} commands/s \
+             ({} answers 202 and asked again, {} errors, {} events never seen). The method's own cost: a PostgreSQL look takes \
+             p50 {:.2} ms (p99 {:.2}), a Redis look p50 {:.2} ms (p99 {:.2}); a query API read with nothing to wait for p50 {:.2} ms \
+             (p99 {:.2}).",
+            l.target_rate,
+            l.produced_rate,
+            l.produced,
+            l.seconds,
+            l.clients,
+            l.command_rate,
+            l.stale_answers,
+            l.errors,
+            l.not_visible,
+            l.pg_look.p50,
+            l.pg_look.p99,
+            l.redis_look.p50,
+            l.redis_look.p99,
+            l.plain_read.p50,
+            l.plain_read.p99
+        );
+        t
+    }
+
+    /// Every target of the issue: measured value, goal, PASS / MISS (or not measured).
+    pub fn targets(&self) -> Vec<(String, String, String, Option<bool>)> {
+        let mut out = Vec::new();
+        let prism = self.contender("prism");
+        let mut ratio_target = |what: &str, base: Option<f64>, goal: f64| {
+            let (value, pass) = match (prism, base) {
+                (Some(p), Some(b)) => (format!("{:.2}×", p.rate() / b), Some(p.rate() / b >= goal)),
+                _ => ("not measured".into(), None),
+            };
+            out.push((what.to_owned(), value, format!("≥ {goal}×"), pass));
+        };
+        let floor = match (self.contender("consume"), self.contender("ceiling")) {
+            (Some(c), Some(s)) => Some(c.rate().min(s.rate())),
+            _ => None,
+        };
+        ratio_target("Prism / min(consume only, set-write ceiling)", floor, 0.5);
+        ratio_target("Prism / Debezium sink, defaults", self.contender("debezium-defaults").map(Measured::rate), 5.0);
+        ratio_target("Prism / Debezium sink, tuned", self.contender("debezium-tuned").map(Measured::rate), 2.0);
+        let cost = |what: &str, value: Option<f64>, goal: f64, unit: &str| {
+            (
+                what.to_owned(),
+                value.map_or("not measured".into(), |v| format!("{v:.1} {unit}")),
+                format!("≤ {goal} {unit}"),
+                value.map(|v| v <= goal),
+            )
+        };
+        out.push(cost("Prism's process, CPU per event", prism.and_then(|p| p.us_per_event(|s| s.contender)), 15.0, "µs"));
+        out.push(cost(
+            "PostgreSQL, CPU per event (Prism's window)",
+            prism.and_then(|p| p.us_per_event(|s| s.postgres)),
+            25.0,
+            "µs",
+        ));
+        let p99 = |pick: fn(&latency::Outcome) -> &latency::Series| {
+            self.latency.as_ref().map(|l| pick(l).percentiles().p99)
+        };
+        out.push(cost("produce → visible in PostgreSQL, p99 at half load", p99(|l| &l.produce_pg), 100.0, "ms"));
+        out.push(cost("produce → visible in Redis, p99 at half load", p99(|l| &l.produce_redis), 100.0, "ms"));
+        out.push(cost("command → visible through the query API, p99", p99(|l| &l.command_visible), 100.0, "ms"));
+        let live = self.live_rate();
+        for (mode, events, seconds) in self.rebuild_totals() {
+            let rate = events as f64 / seconds;
+            let value = live.map(|l| rate / l);
+            out.push((
+                format!("rebuild of every read model, {mode} / live rate"),
+                value.map_or("not measured".into(), |v| format!("{v:.2}×")),
+                "≥ 3×".into(),
+                value.map(|v| v >= 3.0),
+            ));
+        }
+        out.push(cost(
+            "a worker's peak RSS under load, default configuration",
+            prism.and_then(|p| p.peak_rss).map(|b| b as f64 / MIB),
+            150.0,
+            "MiB",
+        ));
+        out
+    }
+
+    /// The targets as a table.
+    pub fn targets_table(&self) -> String {
+        let mut t = String::from("| target | measured | goal | verdict |\n|---|---:|---:|---|\n");
+        for (what, value, goal, pass) in self.targets() {
+            let verdict = match pass {
+                Some(true) => "PASS",
+                Some(false) => "**MISS**",
+                None => "–",
+            };
+            let _ = writeln!(t, "| {what} | {value} | {goal} | {verdict} |");
+        }
+        t
+    }
+
+    /// Prints everything.
+    pub fn print(&self) {
+        println!("\n== {} — {} events, {} aggregates, {} partitions per topic, {}", self.when, self.events, self.aggregates, self.partitions, self.machine);
+        if !self.contenders.is_empty() {
+            println!("\n-- throughput (events/s over the steady window: first commit → every partition committed)\n{}", self.throughput_table());
+            println!("-- CPU per event of each process (steady window) and the contender's memory\n{}", self.cost_table());
+            for check in &self.checks {
+                println!("{check}");
+            }
+        }
+        if !self.rebuilds.is_empty() {
+            println!("\n-- rebuilds\n{}", self.rebuild_table());
+        }
+        if self.latency.is_some() {
+            println!("\n-- latency\n{}", self.latency_table());
+        }
+        println!("\n-- targets\n{}", self.targets_table());
+    }
+
+    fn header(&self) -> String {
+        format!(
+            "Measured {} on {}, one run, one machine (broker: the dev stack's Apache Kafka 4.4; PostgreSQL and Redis \
+             local), {} events of {} aggregates, {} partitions per topic.",
+            self.when, self.machine, self.events, self.aggregates, self.partitions
+        )
+    }
+
+    /// Writes the marked sections of BENCHMARKS.md for the parts that ran, and the data files.
+    pub fn write(&self, repo: &Path) -> anyhow::Result<()> {
+        let path = repo.join("BENCHMARKS.md");
+        let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        if !self.contenders.is_empty() {
+            let section = format!(
+                "{}\n\n{}\n{}\nCPU per event of every process over each contender's steady window, and the contender's peak memory:\n\n{}\nTargets (ratios on this machine, same run; a miss is reported as measured):\n\n{}\n![throughput](docs/benchmarks/throughput.png)\n",
+                self.header(),
+                self.throughput_table(),
+                self.checks.iter().map(|c| format!("- {c}\n")).collect::<String>(),
+                self.cost_table(),
+                self.targets_table()
+            );
+            text = replace_section(&text, "projection-benchmark", &section)?;
+        }
+        if !self.rebuilds.is_empty() {
+            let section = format!(
+                "{}\n\nLive rate (Prism's steady rate in the throughput run): {}.\n\n{}",
+                self.header(),
+                opt(self.live_rate(), 0),
+                self.rebuild_table()
+            );
+            text = replace_section(&text, "rebuild-benchmark", &section)?;
+        }
+        if self.latency.is_some() {
+            let section = format!("{}\n\n{}\n![latency](docs/benchmarks/latency.png)\n", self.header(), self.latency_table());
+            text = replace_section(&text, "latency-benchmark", &section)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+
+        let dir = repo.join("docs/benchmarks");
+        std::fs::create_dir_all(&dir)?;
+        let json_path = dir.join("results.json");
+        let mut results: Value = std::fs::read_to_string(&json_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| json!({}));
+        results["machine"] = json!(self.machine);
+        if !self.contenders.is_empty() {
+            results["throughput"] = json!({
+                "when": self.when,
+                "events": self.events,
+                "contenders": self.contenders.iter().map(measured_json).collect::<Vec<_>>(),
+            });
+        }
+        if !self.rebuilds.is_empty() {
+            results["rebuild"] = json!({
+                "when": self.when,
+                "live_rate": self.live_rate(),
+                "rebuilds": self.rebuilds.iter().map(|r| json!({
+                    "read_model": r.read_model, "mode": r.mode, "prismctl_seconds": r.prismctl_seconds,
+                    "measured": measured_json(&r.measured),
+                })).collect::<Vec<_>>(),
+            });
+        }
+        if let Some(l) = &self.latency {
+            let p = |s: &latency::Series| {
+                let p = s.percentiles();
+                json!({"count": p.count, "p50_ms": p.p50, "p99_ms": p.p99, "max_ms": p.max})
+            };
+            results["latency"] = json!({
+                "when": self.when,
+                "target_rate": l.target_rate, "produced_rate": l.produced_rate, "command_rate": l.command_rate,
+                "clients": l.clients,
+                "produce_to_postgres": p(&l.produce_pg), "produce_to_redis": p(&l.produce_redis),
+                "command_to_query": p(&l.command_visible), "command_answer": p(&l.command_answer),
+            });
+            std::fs::write(dir.join("latency-series.csv"), latency::series_csv(l))?;
+        }
+        results["targets"] = Value::Array(
+            self.targets()
+                .into_iter()
+                .map(|(what, value, goal, pass)| json!({"target": what, "measured": value, "goal": goal, "pass": pass}))
+                .collect(),
+        );
+        std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")?;
+        Ok(())
+    }
+}
+
+fn measured_json(m: &Measured) -> Value {
+    json!({
+        "key": m.key,
+        "name": m.name,
+        "does": m.does,
+        "events": m.events,
+        "rate": m.rate(),
+        "whole_rate": m.whole_rate(),
+        "whole_seconds": m.whole_seconds(),
+        "steady_seconds": m.steady_seconds(),
+        "us_per_event": {
+            "contender": m.us_per_event(|s| s.contender),
+            "broker": m.us_per_event(|s| s.broker),
+            "postgres": m.us_per_event(|s| s.postgres),
+            "redis": m.us_per_event(|s| s.redis),
+        },
+        "contender_cpu_seconds": m.contender_cpu_total(),
+        "contender_startup_cpu_seconds": m.contender_cpu_startup(),
+        "peak_rss_bytes": m.peak_rss,
+    })
+}
+
+/// `text` with the part between `<!-- name:begin -->` and `<!-- name:end -->` replaced.
+pub fn replace_section(text: &str, name: &str, section: &str) -> anyhow::Result<String> {
+    let (begin, end) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    let (Some(b), Some(e)) = (text.find(&begin), text.find(&end)) else {
+        anyhow::bail!("BENCHMARKS.md lacks the {begin} … {end} markers");
+    };
+    anyhow::ensure!(b < e, "BENCHMARKS.md: {end} comes before {begin}");
+    Ok(format!("{}{begin}\n{section}{}", &text[..b], &text[e..]))
+}

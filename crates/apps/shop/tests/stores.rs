@@ -1,0 +1,13 @@
+//! The engine's stores against the real PostgreSQL, with the shop's events and read models.
+//! One test binary; each file under `stores/` is a module.
+//!
+//! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
+//! - `projection_race`: the version gate lands a batch once however many writers race.
+//! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
+
+#[path = "stores/event_store.rs"]
+mod event_store;
+#[path = "stores/projection_race.rs"]
+mod projection_race;
+#[path = "stores/roles.rs"]
+mod roles;
