@@ -60,9 +60,13 @@ pub struct Cached {
 
 impl Cached {
     /// An entry from `HMGET key rev ver doc`; `None` unless it has a revision and a document.
-    fn from_fields((revision, version, document): (Option<i64>, Option<i64>, Option<String>)) -> Option<Self> {
+    fn from_fields(
+        (revision, version, document): (Option<i64>, Option<i64>, Option<String>),
+    ) -> Option<Self> {
         match (revision, document) {
-            (Some(revision), Some(document)) => Some(Self { revision, version: version.unwrap_or(0), document }),
+            (Some(revision), Some(document)) => {
+                Some(Self { revision, version: version.unwrap_or(0), document })
+            }
             _ => None,
         }
     }
@@ -105,7 +109,9 @@ impl Cache {
         let put_if_newer = Script::new(include_str!("put_if_newer.lua"));
         let backend = match config.mode {
             RedisMode::Standalone => Backend::Standalone(standalone::Standalone::connect(config).await?),
-            RedisMode::Cluster => Backend::Cluster(Box::new(cluster::Cluster::connect(config, &put_if_newer).await?)),
+            RedisMode::Cluster => {
+                Backend::Cluster(Box::new(cluster::Cluster::connect(config, &put_if_newer).await?))
+            }
         };
         Ok(Self { backend, put_if_newer })
     }

@@ -5,10 +5,11 @@
 -- never replace a newer entry with an older one. Returns how many entries were written.
 --
 -- ARGV[1] is '1' when the caller waits for replicas afterwards (Redis WAIT, cluster mode).
--- WAIT only covers what this connection's commands replicated; when no entry was newer, the
--- cached ones may have been written by another client whose write no replica has yet, so the
--- script then rewrites one entry's revision unchanged: that replicates something, and the
--- caller's WAIT then covers every earlier write on this master, including those.
+-- WAIT waits for the replication offset this connection reached, which some Redis versions
+-- advance only on commands that replicated something. When no entry was newer, the cached
+-- ones may have been written by another client whose write no replica has yet, so the script
+-- then rewrites one entry's revision unchanged: that replicates something, and the caller's
+-- WAIT then covers every earlier write on this master, including those.
 local confirm = ARGV[1] == '1'
 local written = 0
 local touch_key, touch_rev
@@ -23,7 +24,7 @@ for i, key in ipairs(KEYS) do
         touch_key, touch_rev = key, cached
     end
 end
-if false and confirm and written == 0 and touch_key then
+if confirm and written == 0 and touch_key then
     redis.call('HSET', touch_key, 'rev', touch_rev)
 end
 return written

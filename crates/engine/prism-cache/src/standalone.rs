@@ -87,7 +87,11 @@ impl Standalone {
     }
 
     /// One script call per chunk of [`ENTRIES_PER_CALL`] entries.
-    pub(crate) async fn put_if_newer(&self, script: &Script, entries: &[Entry<'_>]) -> Result<usize, CacheError> {
+    pub(crate) async fn put_if_newer(
+        &self,
+        script: &Script,
+        entries: &[Entry<'_>],
+    ) -> Result<usize, CacheError> {
         let mut written = 0;
         let mut connection = self.connection.clone();
         for chunk in entries.chunks(ENTRIES_PER_CALL) {

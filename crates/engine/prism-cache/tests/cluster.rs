@@ -16,7 +16,9 @@ use prism_testkit::private::redis_cluster::PrivateRedisCluster;
 const PREFIX: &str = "prism-test:g1:row:";
 
 async fn start_cluster() -> PrivateRedisCluster {
-    PrivateRedisCluster::start().await.expect("a private Redis Cluster starts (see the message for what is missing)")
+    PrivateRedisCluster::start()
+        .await
+        .expect("a private Redis Cluster starts (see the message for what is missing)")
 }
 
 /// The cache in cluster mode, configured through the real loader with `extra` settings.
@@ -27,7 +29,8 @@ async fn connect(cluster: &PrivateRedisCluster, extra: &[(&str, &str)]) -> Cache
         ("PRISM__REDIS__CLUSTER_SEEDS".into(), format!("[\"{}\", \"{}\"]", cluster.url(1), cluster.url(2))),
     ];
     env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let config = PrismConfig::load(&ConfigSources { env, ..Default::default() }).expect("configuration loads");
+    let config =
+        PrismConfig::load(&ConfigSources { env, ..Default::default() }).expect("configuration loads");
     assert_eq!(config.redis.mode, RedisMode::Cluster);
     assert_eq!(config.redis.cluster_seeds.len(), 2, "seeds from PRISM__REDIS__CLUSTER_SEEDS");
     Cache::connect(&config.redis).await.expect("the cache connects to the cluster")
@@ -106,7 +109,11 @@ async fn writes_across_many_slots_land_on_every_master() {
         let held = keys_on_node(&cluster, master, &format!("{PREFIX}*")).await;
         assert!(held.len() > keys.len() / 6, "master {master} holds only {} keys", held.len());
         for key in &held {
-            assert_eq!(cluster.master_of_slot(key_slot(key.as_bytes())).await.expect("owner"), master, "{key}");
+            assert_eq!(
+                cluster.master_of_slot(key_slot(key.as_bytes())).await.expect("owner"),
+                master,
+                "{key}"
+            );
         }
         total += held.len();
     }
@@ -115,7 +122,8 @@ async fn writes_across_many_slots_land_on_every_master() {
     // The slot the cache computes is the one Redis computes.
     let mut node = cluster.node(0).await.expect("node");
     for key in keys.iter().step_by(97) {
-        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut node).await.expect("keyslot");
+        let slot: u16 =
+            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut node).await.expect("keyslot");
         assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
     }
 }
@@ -131,15 +139,19 @@ async fn compare_and_set_refuses_older_revisions_on_a_cluster() {
     assert_eq!(put_all(&cache, &keys, 3).await.expect("older write"), 0);
     assert_eq!(put_all(&cache, &keys, 5).await.expect("equal write"), 0);
     let stale: Vec<String> = keys.iter().map(|k| document(k, 4)).collect();
-    let refills: Vec<Entry<'_>> =
-        keys.iter().zip(&stale).map(|(key, document)| Entry { key, revision: 4, version: 4, document }).collect();
+    let refills: Vec<Entry<'_>> = keys
+        .iter()
+        .zip(&stale)
+        .map(|(key, document)| Entry { key, revision: 4, version: 4, document })
+        .collect();
     assert_eq!(cache.refill_if_newer(&refills).await.expect("older refill"), 0);
     for key in &keys {
         assert_eq!(cache.get(key).await.expect("read"), Some(entry(key, 5)), "{key} kept revision 5");
     }
 
     // Newer revisions win, entry by entry, in a batch mixing newer and older ones.
-    let mixed: Vec<(String, i64)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), if i % 2 == 0 { 7 } else { 2 })).collect();
+    let mixed: Vec<(String, i64)> =
+        keys.iter().enumerate().map(|(i, k)| (k.clone(), if i % 2 == 0 { 7 } else { 2 })).collect();
     let documents: Vec<String> = mixed.iter().map(|(k, r)| document(k, *r)).collect();
     let entries: Vec<Entry<'_>> = mixed
         .iter()
@@ -163,13 +175,21 @@ async fn prefix_delete_removes_keys_on_every_master() {
     put_all(&cache, &kept, 1).await.expect("write");
     let masters = cluster.masters().await.expect("masters");
     for &master in &masters {
-        assert!(!keys_on_node(&cluster, master, &format!("{PREFIX}*")).await.is_empty(), "master {master} holds keys to delete");
+        assert!(
+            !keys_on_node(&cluster, master, &format!("{PREFIX}*")).await.is_empty(),
+            "master {master} holds keys to delete"
+        );
     }
 
     assert_eq!(cache.delete_prefix(PREFIX).await.expect("prefix delete"), doomed.len() as u64);
     for &master in &masters {
         let left = keys_on_node(&cluster, master, &format!("{PREFIX}*")).await;
-        assert!(left.is_empty(), "master {master} still holds {} keys: {:?}", left.len(), left.iter().take(3).collect::<Vec<_>>());
+        assert!(
+            left.is_empty(),
+            "master {master} still holds {} keys: {:?}",
+            left.len(),
+            left.iter().take(3).collect::<Vec<_>>()
+        );
     }
     let mut survivors = 0;
     for &master in &masters {
@@ -281,8 +301,13 @@ async fn writes_wait_for_a_disconnected_replica_until_the_cluster_declares_it_fa
     // The replica hangs and the master drops its link: the master has no replica online.
     cluster.pause(replica).expect("pause the replica");
     let mut on_master = cluster.node(master).await.expect("master connection");
-    let dropped: i64 =
-        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("replica").query_async(&mut on_master).await.expect("CLIENT KILL");
+    let dropped: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut on_master)
+        .await
+        .expect("CLIENT KILL");
     assert_eq!(dropped, 1, "the replica's link was dropped");
     let err = put_all(&cache, std::slice::from_ref(&key), 2)
         .await
@@ -298,7 +323,8 @@ async fn writes_wait_for_a_disconnected_replica_until_the_cluster_declares_it_fa
     cluster.wait_until_settled().await.expect("the replica is back in sync");
     assert_eq!(put_all(&cache, std::slice::from_ref(&key), 3).await.expect("write with the replica back"), 1);
     cluster.pause(replica).expect("pause the replica again");
-    let err = put_all(&cache, std::slice::from_ref(&key), 4).await.expect_err("writes wait for the replica again");
+    let err =
+        put_all(&cache, std::slice::from_ref(&key), 4).await.expect_err("writes wait for the replica again");
     assert!(matches!(err, CacheError::NotReplicated { .. }), "{err}");
     cluster.resume(replica).expect("resume");
 }
@@ -314,7 +340,8 @@ async fn a_write_finding_an_unreplicated_refill_waits_for_it() {
     let key = key_where("refilled", |_| true);
     let slot = key_slot(key.as_bytes());
     assert_eq!(put_all(&projector, std::slice::from_ref(&key), 1).await.expect("first write"), 1);
-    let replica = cluster.replica_of(cluster.master_of_slot(slot).await.expect("owner")).await.expect("replica");
+    let replica =
+        cluster.replica_of(cluster.master_of_slot(slot).await.expect("owner")).await.expect("replica");
 
     cluster.pause(replica).expect("pause the replica");
     let doc = document(&key, 2);
@@ -329,8 +356,67 @@ async fn a_write_finding_an_unreplicated_refill_waits_for_it() {
     assert_eq!(put_all(&projector, std::slice::from_ref(&key), 2).await.expect("confirmed now"), 0);
     let mut on_replica = cluster.node(replica).await.expect("replica connection");
     let () = redis::cmd("READONLY").query_async(&mut on_replica).await.expect("READONLY");
-    let revision: Option<i64> = redis::cmd("HGET").arg(&key).arg("rev").query_async(&mut on_replica).await.expect("HGET");
+    let revision: Option<i64> =
+        redis::cmd("HGET").arg(&key).arg("rev").query_async(&mut on_replica).await.expect("HGET");
     assert_eq!(revision, Some(2), "the replica has the refilled revision");
+}
+
+/// `WAIT` waits for the replication offset the waiting connection reached with its last
+/// command — on some Redis versions only with a command that replicated something (Debian's
+/// 7.0 counts every command). So when a confirmed call finds nothing newer to write, the
+/// script rewrites one entry's revision unchanged: the call then replicates something on
+/// every version, and the caller's `WAIT` covers whatever write put that entry there (which
+/// may have been another client's, unconfirmed — see the refill test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_call_that_writes_nothing_still_replicates_something() {
+    let cluster = start_cluster().await;
+    let cache = connect(&cluster, &[]).await;
+    let key = key_where("touch", |_| true);
+    put_all(&cache, std::slice::from_ref(&key), 3).await.expect("write");
+    let mut master = cluster
+        .node(cluster.master_of_slot(key_slot(key.as_bytes())).await.expect("owner"))
+        .await
+        .expect("master");
+    let script = redis::Script::new(include_str!("../src/put_if_newer.lua"));
+    let doc = document(&key, 2);
+    let call = |confirm: &'static str| {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(confirm).key(&key).arg(2).arg(2).arg(&doc);
+        invocation
+    };
+    let offset = |text: String| -> i64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("master_repl_offset:"))
+            .and_then(|n| n.parse().ok())
+            .expect("offset")
+    };
+
+    // Unconfirmed, not newer: nothing replicated. (The master pings its replicas every 10 s
+    // through the same stream; a ping between the two readings is retried.)
+    let mut unchanged = false;
+    for _ in 0..3 {
+        let before =
+            offset(redis::cmd("INFO").arg("replication").query_async(&mut master).await.expect("INFO"));
+        let written: usize = call("0").invoke_async(&mut master).await.expect("script");
+        assert_eq!(written, 0);
+        let after =
+            offset(redis::cmd("INFO").arg("replication").query_async(&mut master).await.expect("INFO"));
+        if after == before {
+            unchanged = true;
+            break;
+        }
+    }
+    assert!(unchanged, "an unconfirmed call that writes nothing replicates nothing");
+
+    let before = offset(redis::cmd("INFO").arg("replication").query_async(&mut master).await.expect("INFO"));
+    let written: usize = call("1").invoke_async(&mut master).await.expect("script");
+    assert_eq!(written, 0, "revision 2 is older than the cached 3");
+    let after = offset(redis::cmd("INFO").arg("replication").query_async(&mut master).await.expect("INFO"));
+    assert!(
+        after > before,
+        "a confirmed call that writes nothing must still replicate something ({before} -> {after})"
+    );
+    assert_eq!(cache.get(&key).await.expect("read"), Some(entry(&key, 3)), "the touch changes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,4 +451,26 @@ async fn a_mode_that_does_not_match_the_server_is_refused_at_connect() {
     })
     .expect_err("an unknown mode");
     assert!(err.to_string().contains("clustr"), "{err}");
+    let cluster_config = |extra: (&str, &str)| {
+        let env = vec![
+            ("PRISM__REDIS__MODE".to_owned(), "cluster".to_owned()),
+            ("PRISM__REDIS__URL".to_owned(), "rediss://cache.example:6380/0".to_owned()),
+            (extra.0.to_owned(), extra.1.to_owned()),
+        ];
+        PrismConfig::load(&ConfigSources { env, ..Default::default() }).map(|_| ()).map_err(|e| e.to_string())
+    };
+    for (extra, names) in [
+        (("PRISM__REDIS__CLUSTER_SEEDS", "[\"redis://cache-2.example:6380\"]"), "same scheme as redis.url"),
+        (
+            ("PRISM__REDIS__CLUSTER_SEEDS", "[\"rediss://u:secret@cache-2.example:6380\"]"),
+            "contains a password",
+        ),
+        (("PRISM__REDIS__TLS_CA_CERT", "/etc/prism/ca.pem"), "system's trust store"),
+        (("PRISM__REDIS__CLUSTER_REPLICA_ACK_TIMEOUT_MS", "0"), "cluster_replica_ack_timeout_ms"),
+    ] {
+        let err = cluster_config(extra).expect_err(extra.0);
+        assert!(err.contains(names) && !err.contains("secret"), "{extra:?}: {err}");
+    }
+    cluster_config(("PRISM__REDIS__CLUSTER_SEEDS", "[\"rediss://cache-2.example:6380\"]"))
+        .expect("a valid cluster setup");
 }

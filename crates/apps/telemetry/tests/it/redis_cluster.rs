@@ -38,7 +38,8 @@ async fn the_pipeline_on_a_redis_cluster_loses_nothing_when_a_master_fails_over(
     let app = telemetry::application();
     let services = Services { redis: cluster.seed_url(), ..Services::from_env() };
     let seeds = format!("[\"{}\", \"{}\"]", cluster.url(1), cluster.url(2));
-    let mut overrides = vec![("PRISM__REDIS__MODE", "cluster"), ("PRISM__REDIS__CLUSTER_SEEDS", seeds.as_str())];
+    let mut overrides =
+        vec![("PRISM__REDIS__MODE", "cluster"), ("PRISM__REDIS__CLUSTER_SEEDS", seeds.as_str())];
     overrides.extend_from_slice(FAST_FAILOVER);
     let env = TestEnv::on(&app, services, &overrides).await.expect("test environment on the cluster");
     let cache_pattern = format!("{}*", prism_testkit::env::escape_glob(&env.config.redis.key_prefix));
@@ -52,7 +53,10 @@ async fn the_pipeline_on_a_redis_cluster_loses_nothing_when_a_master_fails_over(
     let replica = cluster.replica_of(victim).await.expect("its replica");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while keys_on_node(&cluster, victim, &cache_pattern).await.len() < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "the projector wrote no cache entries to master {victim}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the projector wrote no cache entries to master {victim}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cluster.kill(victim).await.expect("SIGKILL the master");
@@ -68,7 +72,10 @@ async fn the_pipeline_on_a_redis_cluster_loses_nothing_when_a_master_fails_over(
         produced.events.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(traffic_outlived_failover, "the producer finished before the failover: make the traffic last longer");
+    assert!(
+        traffic_outlived_failover,
+        "the producer finished before the failover: make the traffic last longer"
+    );
 
     let expected = oracle::fold(&produced.events);
     let cached = wait_for_oracle_on_cluster(&env, &cluster, &expected, Duration::from_secs(90)).await;
@@ -86,9 +93,15 @@ async fn the_pipeline_on_a_redis_cluster_loses_nothing_when_a_master_fails_over(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(prism_query::serve(env.config.clone(), app.clone(), telemetry::query::routes(), listener, async {
-        let _ = stopped.await;
-    }));
+    let service = tokio::spawn(prism_query::serve(
+        env.config.clone(),
+        app.clone(),
+        telemetry::query::routes(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     let devices = &expected.rows["device_status"];
     for round in ["from PostgreSQL", "from the cache"] {
@@ -103,8 +116,16 @@ async fn the_pipeline_on_a_redis_cluster_loses_nothing_when_a_master_fails_over(
         assert_eq!(refilled, devices.len(), "every read device is cached on the cluster again ({round})");
     }
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), service).await.expect("stops").expect("task").expect("clean exit");
-    eprintln!("{} events, failover and query reads in {:.1}s", produced.events.len(), started.elapsed().as_secs_f64());
+    tokio::time::timeout(Duration::from_secs(30), service)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("clean exit");
+    eprintln!(
+        "{} events, failover and query reads in {:.1}s",
+        produced.events.len(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Waits until PostgreSQL equals `expected` and the cache entries on every master of the
@@ -119,7 +140,8 @@ async fn wait_for_oracle_on_cluster(
     let client = env.pg().await.expect("postgres");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let targets: Vec<(ProjectionInstance, &ReadModel)> = env.active_targets().await.expect("active generations");
+        let targets: Vec<(ProjectionInstance, &ReadModel)> =
+            env.active_targets().await.expect("active generations");
         let want: usize = targets
             .iter()
             .filter(|(_, model)| model.cache_kind().is_some())
@@ -129,9 +151,16 @@ async fn wait_for_oracle_on_cluster(
         let mut found = 0;
         for master in cluster.masters().await.expect("masters") {
             // Each master holds only its slots' entries: check those present, count them.
-            match check_expected(expected, &client, &node_url(cluster, master), &env.config.redis.key_prefix, &targets, CacheCheck::PresentOnly)
-                .await
-                .expect("the oracle check runs")
+            match check_expected(
+                expected,
+                &client,
+                &node_url(cluster, master),
+                &env.config.redis.key_prefix,
+                &targets,
+                CacheCheck::PresentOnly,
+            )
+            .await
+            .expect("the oracle check runs")
             {
                 Ok(summary) => found += summary.cache_entries,
                 Err(diff) => problems.push(format!("master {master}: {diff}")),

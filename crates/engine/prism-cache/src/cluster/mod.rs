@@ -59,7 +59,8 @@ impl Cluster {
         let urls = std::iter::once(("redis.url", config.url.as_str()))
             .chain(config.cluster_seeds.iter().map(|seed| ("redis.cluster_seeds", seed.as_str())));
         for (key, url) in urls {
-            let info = url.into_connection_info().map_err(|e| CacheError::Config(format!("{key} `{url}`: {e}")))?;
+            let info =
+                url.into_connection_info().map_err(|e| CacheError::Config(format!("{key} `{url}`: {e}")))?;
             if info.redis_settings().db() != 0 {
                 return Err(CacheError::Config(format!(
                     "{key} `{url}` selects database {}, but a Redis Cluster has only database 0",
@@ -135,7 +136,9 @@ impl Layout {
     async fn get(&self, connection: &ClusterConnection) -> Result<Arc<Topology>, CacheError> {
         let mut current = self.current.lock().await;
         match current.as_ref() {
-            Some(topology) if !topology.expired() && !self.stale.load(Ordering::Acquire) => Ok(topology.clone()),
+            Some(topology) if !topology.expired() && !self.stale.load(Ordering::Acquire) => {
+                Ok(topology.clone())
+            }
             _ => {
                 let topology = Arc::new(read_topology(connection).await?);
                 self.stale.store(false, Ordering::Release);
@@ -178,7 +181,9 @@ async fn read_topology(connection: &ClusterConnection) -> Result<Topology, Cache
 /// `host:port` of a node.
 fn address(addr: &ConnectionAddr) -> String {
     match addr {
-        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port}"),
+        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
         other => other.to_string(),
     }
 }

@@ -36,7 +36,10 @@ impl Cluster {
             if before.assignment() == after.assignment() {
                 return Ok(deleted);
             }
-            tracing::info!(prefix, "the cluster's slot layout changed during a prefix delete; scanning every master again");
+            tracing::info!(
+                prefix,
+                "the cluster's slot layout changed during a prefix delete; scanning every master again"
+            );
         }
         Err(CacheError::Redis(redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain),
@@ -51,7 +54,8 @@ impl Cluster {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = crate::scan_cmd(cursor, pattern).query_async(&mut node).await?;
+            let (next, keys): (u64, Vec<String>) =
+                crate::scan_cmd(cursor, pattern).query_async(&mut node).await?;
             if !keys.is_empty() {
                 let count: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut cluster).await?;
                 deleted += count;

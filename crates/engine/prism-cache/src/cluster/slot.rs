@@ -96,8 +96,11 @@ mod tests {
     #[test]
     fn grouping_keeps_every_entry_once_in_its_slot_and_in_order() {
         let keys: Vec<String> = (0..500).map(|i| format!("k:{}", i % 120)).collect();
-        let entries: Vec<Entry<'_>> =
-            keys.iter().enumerate().map(|(i, key)| Entry { key, revision: i as i64, version: 0, document: "{}" }).collect();
+        let entries: Vec<Entry<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| Entry { key, revision: i as i64, version: 0, document: "{}" })
+            .collect();
         let groups = group_by_slot(&entries);
         let total: usize = groups.iter().map(|g| g.entries.len()).sum();
         assert_eq!(total, entries.len());
@@ -105,7 +108,10 @@ mod tests {
         for group in &groups {
             assert!(seen.insert(group.slot), "slot {} in two groups", group.slot);
             assert!(group.entries.iter().all(|e| key_slot(e.key.as_bytes()) == group.slot));
-            assert!(group.entries.windows(2).all(|w| w[0].revision < w[1].revision), "order kept within a slot");
+            assert!(
+                group.entries.windows(2).all(|w| w[0].revision < w[1].revision),
+                "order kept within a slot"
+            );
         }
     }
 }

@@ -65,16 +65,20 @@ impl Topology {
     /// <flags> <master id or -> <ping> <pong> <epoch> <link> <slot or range>…`; slots being
     /// imported or migrated (`[…]`) are left to their current owner.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let lines: Vec<Line<'_>> = text.lines().filter(|l| !l.trim().is_empty()).map(parse_line).collect::<Result<_, _>>()?;
+        let lines: Vec<Line<'_>> =
+            text.lines().filter(|l| !l.trim().is_empty()).map(parse_line).collect::<Result<_, _>>()?;
         let mut ranges = Vec::new();
         for master in lines.iter().filter(|l| !l.slots.is_empty()) {
             let replicas = lines
                 .iter()
-                .filter(|l| l.master_id == Some(master.id) && l.flags.contains(&"slave") && !l.flags.contains(&"fail"))
+                .filter(|l| {
+                    l.master_id == Some(master.id) && l.flags.contains(&"slave") && !l.flags.contains(&"fail")
+                })
                 .count();
             let replicas = u32::try_from(replicas).unwrap_or(u32::MAX);
             for &(start, end) in &master.slots {
-                let master = Master { id: master.id.to_owned(), host: master.host.clone(), port: master.port };
+                let master =
+                    Master { id: master.id.to_owned(), host: master.host.clone(), port: master.port };
                 ranges.push(SlotRange { start, end, master, replicas });
             }
         }
@@ -120,12 +124,15 @@ fn parse_line(line: &str) -> Result<Line<'_>, String> {
         None => (fields[1], None),
     };
     let address = address.split('@').next().unwrap_or(address);
-    let (ip, port) = address.rsplit_once(':').ok_or_else(|| format!("no port in CLUSTER NODES line `{line}`"))?;
+    let (ip, port) =
+        address.rsplit_once(':').ok_or_else(|| format!("no port in CLUSTER NODES line `{line}`"))?;
     let port = port.parse().map_err(|_| format!("bad port in CLUSTER NODES line `{line}`"))?;
     let mut slots = Vec::new();
     for slot in fields[8..].iter().filter(|s| !s.starts_with('[')) {
         let (start, end) = slot.split_once('-').unwrap_or((slot, slot));
-        let parse = |s: &str| s.parse::<u16>().map_err(|_| format!("bad slot `{slot}` in CLUSTER NODES line `{line}`"));
+        let parse = |s: &str| {
+            s.parse::<u16>().map_err(|_| format!("bad slot `{slot}` in CLUSTER NODES line `{line}`"))
+        };
         slots.push((parse(start)?, parse(end)?));
     }
     Ok(Line {
@@ -165,14 +172,19 @@ h 127.0.0.1:7007@17007 master,fail - 0 1 0 disconnected
             topology.masters().into_iter().map(|(m, first)| (m.id, m.host, first)).collect();
         assert_eq!(
             masters,
-            [("a".into(), "127.0.0.1".into(), 0), ("b".into(), "127.0.0.1".into(), 5461), ("c".into(), "cache-c.example".into(), 10923)],
+            [
+                ("a".into(), "127.0.0.1".into(), 0),
+                ("b".into(), "127.0.0.1".into(), 5461),
+                ("c".into(), "cache-c.example".into(), 10923)
+            ],
             "each master serving slots once, by its host name when it announces one"
         );
     }
 
     #[test]
     fn slots_without_a_master_have_no_range() {
-        let topology = Topology::parse("a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-99\n").expect("parses");
+        let topology =
+            Topology::parse("a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-99\n").expect("parses");
         assert!(topology.range_of(99).is_some());
         assert!(topology.range_of(100).is_none());
         assert!(topology.range_of(16383).is_none());

@@ -75,7 +75,11 @@ impl Cluster {
         }
     }
 
-    async fn put_unconfirmed(&self, script: &Script, groups: &[SlotGroup<'_, '_>]) -> Result<usize, CacheError> {
+    async fn put_unconfirmed(
+        &self,
+        script: &Script,
+        groups: &[SlotGroup<'_, '_>],
+    ) -> Result<usize, CacheError> {
         // Boxed, and built in a loop rather than by closures, so the whole future stays `Send`
         // for callers whatever the entries borrow.
         let mut calls: Vec<Call<'_>> = Vec::new();
@@ -86,11 +90,16 @@ impl Cluster {
                 calls.push(Box::pin(async move { Ok(invocation.invoke_async(&mut connection).await?) }));
             }
         }
-        let counts: Vec<usize> = futures::stream::iter(calls).buffer_unordered(CALLS_IN_FLIGHT).try_collect().await?;
+        let counts: Vec<usize> =
+            futures::stream::iter(calls).buffer_unordered(CALLS_IN_FLIGHT).try_collect().await?;
         Ok(counts.into_iter().sum())
     }
 
-    async fn put_confirmed(&self, script: &Script, groups: &[SlotGroup<'_, '_>]) -> Result<usize, CacheError> {
+    async fn put_confirmed(
+        &self,
+        script: &Script,
+        groups: &[SlotGroup<'_, '_>],
+    ) -> Result<usize, CacheError> {
         let layout = self.layout.get(&self.connection).await?;
         let mut batches: BTreeMap<&str, MasterBatch<'_, '_, '_>> = BTreeMap::new();
         for group in groups {
@@ -104,7 +113,11 @@ impl Cluster {
             };
             batches
                 .entry(range.master.id.as_str())
-                .or_insert_with(|| MasterBatch { route_slot: group.slot, replicas: range.replicas, groups: Vec::new() })
+                .or_insert_with(|| MasterBatch {
+                    route_slot: group.slot,
+                    replicas: range.replicas,
+                    groups: Vec::new(),
+                })
                 .groups
                 .push(group);
         }
@@ -118,7 +131,11 @@ impl Cluster {
 
     /// One master's pipeline, sent again (at most [`ATTEMPTS`] times) when the master did not
     /// know the script or has more replicas to wait for than the pipeline waited for.
-    async fn write_to_master(&self, script: &Script, batch: MasterBatch<'_, '_, '_>) -> Result<usize, CacheError> {
+    async fn write_to_master(
+        &self,
+        script: &Script,
+        batch: MasterBatch<'_, '_, '_>,
+    ) -> Result<usize, CacheError> {
         let mut listed = batch.replicas;
         let mut wait_for = self.replica_acks.min(listed);
         let mut refreshed = false;
@@ -177,7 +194,10 @@ impl Cluster {
             }
         }
         if wait_for > 0 {
-            pipeline.cmd("WAIT").arg(wait_for).arg(u64::try_from(self.ack_timeout.as_millis()).unwrap_or(u64::MAX));
+            pipeline
+                .cmd("WAIT")
+                .arg(wait_for)
+                .arg(u64::try_from(self.ack_timeout.as_millis()).unwrap_or(u64::MAX));
         }
         pipeline.cmd("ROLE");
         let count = pipeline.len();
@@ -252,7 +272,11 @@ fn online_replicas(role: &Value) -> Option<u32> {
 }
 
 fn unexpected(detail: String) -> CacheError {
-    CacheError::Redis(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "unexpected answer", detail)))
+    CacheError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected answer",
+        detail,
+    )))
 }
 
 #[cfg(test)]
@@ -265,20 +289,31 @@ mod tests {
             Value::BulkString(b"7003".to_vec()),
             Value::BulkString(b"100".to_vec()),
         ]);
-        Value::Array(vec![Value::BulkString(b"master".to_vec()), Value::Int(100), Value::Array(vec![replica; replicas])])
+        Value::Array(vec![
+            Value::BulkString(b"master".to_vec()),
+            Value::Int(100),
+            Value::Array(vec![replica; replicas]),
+        ])
     }
 
     #[test]
     fn answers_are_read_in_order() {
         let values = [Value::Int(3), Value::Int(2), Value::Int(1), role(1)];
-        assert_eq!(read_answer(&values, 2, true).expect("read"), Answer::Done { written: 5, acked: 1, online: Some(1) });
+        assert_eq!(
+            read_answer(&values, 2, true).expect("read"),
+            Answer::Done { written: 5, acked: 1, online: Some(1) }
+        );
         let values = [Value::Int(3), role(2)];
-        assert_eq!(read_answer(&values, 1, false).expect("read"), Answer::Done { written: 3, acked: 0, online: Some(2) });
+        assert_eq!(
+            read_answer(&values, 1, false).expect("read"),
+            Answer::Done { written: 3, acked: 0, online: Some(2) }
+        );
     }
 
     #[test]
     fn a_missing_script_asks_for_a_load_and_other_errors_fail() {
-        let noscript = redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").expect("an error reply");
+        let noscript =
+            redis::parse_redis_value(b"-NOSCRIPT No matching script.\r\n").expect("an error reply");
         assert!(matches!(&noscript, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript)));
         let values = [Value::Int(1), noscript, Value::Int(0), role(1)];
         assert_eq!(read_answer(&values, 2, true).expect("read"), Answer::NoScript { written: 1 });
@@ -301,7 +336,10 @@ mod tests {
     fn role_counts_only_a_master_s_listed_replicas() {
         assert_eq!(online_replicas(&role(0)), Some(0));
         assert_eq!(online_replicas(&role(2)), Some(2));
-        let replica = Value::Array(vec![Value::BulkString(b"slave".to_vec()), Value::BulkString(b"127.0.0.1".to_vec())]);
+        let replica = Value::Array(vec![
+            Value::BulkString(b"slave".to_vec()),
+            Value::BulkString(b"127.0.0.1".to_vec()),
+        ]);
         assert_eq!(online_replicas(&replica), None);
     }
 }

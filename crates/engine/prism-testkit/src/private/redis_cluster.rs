@@ -92,7 +92,13 @@ impl PrivateRedisCluster {
         for i in 0..MASTERS * 2 {
             let node_dir = dir.0.join(format!("node-{i}"));
             std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
-            nodes.push(Node { port: ports[2 * i], bus_port: ports[2 * i + 1], child: None, paused: false, dir: node_dir });
+            nodes.push(Node {
+                port: ports[2 * i],
+                bus_port: ports[2 * i + 1],
+                child: None,
+                paused: false,
+                dir: node_dir,
+            });
         }
         let mut cluster = Self { nodes, binary, cli, dir };
         for i in 0..cluster.nodes.len() {
@@ -242,7 +248,10 @@ impl PrivateRedisCluster {
 
     /// The index of the node with client port `port`.
     fn index_of_port(&self, port: u16) -> anyhow::Result<usize> {
-        self.nodes.iter().position(|n| n.port == port).with_context(|| format!("no node listens on port {port}"))
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .with_context(|| format!("no node listens on port {port}"))
     }
 
     /// The node serving `slot` as master, as the first live node sees it.
@@ -258,7 +267,10 @@ impl PrivateRedisCluster {
     /// Nodes serving slots as healthy masters.
     pub async fn masters(&self) -> anyhow::Result<Vec<usize>> {
         let view = self.view().await?;
-        view.iter().filter(|n| n.is_healthy_master() && !n.slots.is_empty()).map(|n| self.index_of_port(n.port)).collect()
+        view.iter()
+            .filter(|n| n.is_healthy_master() && !n.slots.is_empty())
+            .map(|n| self.index_of_port(n.port))
+            .collect()
     }
 
     /// The replica of master `master` (the first one, if it has several).
@@ -312,7 +324,9 @@ impl PrivateRedisCluster {
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
         loop {
             let promoted = match self.view_from(replica).await {
-                Ok(view) => view.iter().any(|n| n.port == self.nodes[replica].port && n.is_healthy_master() && !n.slots.is_empty()),
+                Ok(view) => view.iter().any(|n| {
+                    n.port == self.nodes[replica].port && n.is_healthy_master() && !n.slots.is_empty()
+                }),
                 Err(_) => false,
             };
             if promoted && self.all_live_ok().await {
@@ -336,7 +350,8 @@ impl PrivateRedisCluster {
             let mut marked = true;
             for other in (0..self.nodes.len()).filter(|o| *o != i && self.is_live(*o)) {
                 let view = self.view_from(other).await?;
-                marked &= view.iter().any(|n| n.port == self.nodes[i].port && n.flags.iter().any(|f| f == "fail"));
+                marked &=
+                    view.iter().any(|n| n.port == self.nodes[i].port && n.flags.iter().any(|f| f == "fail"));
             }
             if marked {
                 return Ok(());
@@ -365,7 +380,10 @@ impl PrivateRedisCluster {
         let from = self.master_of_slot(slot).await?;
         ensure!(from != to, "slot {slot} is on node {to} already");
         let id = |view: &[ClusterNodeView], i: usize| {
-            view.iter().find(|n| n.port == self.nodes[i].port).map(|n| n.id.clone()).context("node not in the cluster")
+            view.iter()
+                .find(|n| n.port == self.nodes[i].port)
+                .map(|n| n.id.clone())
+                .context("node not in the cluster")
         };
         let view = self.view().await?;
         let (from_id, to_id) = (id(&view, from)?, id(&view, to)?);
@@ -378,8 +396,12 @@ impl PrivateRedisCluster {
         let () = setslot("IMPORTING", &from_id).query_async(&mut target).await?;
         let () = setslot("MIGRATING", &to_id).query_async(&mut source).await?;
         loop {
-            let keys: Vec<String> =
-                redis::cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100).query_async(&mut source).await?;
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut source)
+                .await?;
             if keys.is_empty() {
                 break;
             }
@@ -413,7 +435,9 @@ impl PrivateRedisCluster {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the move of slot {slot} to node {to} did not reach every node within {SETTLE_TIMEOUT:?}");
+                bail!(
+                    "the move of slot {slot} to node {to} did not reach every node within {SETTLE_TIMEOUT:?}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -440,8 +464,9 @@ impl PrivateRedisCluster {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                let logs: Vec<String> =
-                    (0..self.nodes.len()).map(|i| format!("--- node {i} ---\n{}", self.log_tail(i))).collect();
+                let logs: Vec<String> = (0..self.nodes.len())
+                    .map(|i| format!("--- node {i} ---\n{}", self.log_tail(i)))
+                    .collect();
                 bail!("the Redis cluster did not settle within {SETTLE_TIMEOUT:?}:\n{}", logs.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -456,7 +481,8 @@ impl PrivateRedisCluster {
         let live_ports: Vec<u16> = live.iter().map(|i| self.nodes[*i].port).collect();
         for &i in &live {
             let view = self.view_from(i).await?;
-            if view.len() != self.nodes.len() || view.iter().any(|n| n.flags.iter().any(|f| f == "handshake")) {
+            if view.len() != self.nodes.len() || view.iter().any(|n| n.flags.iter().any(|f| f == "handshake"))
+            {
                 return Ok(false);
             }
             // Every running node, in every running node's view, is a master serving slots or
@@ -477,7 +503,10 @@ impl PrivateRedisCluster {
         for master in view.iter().filter(|n| n.is_healthy_master() && !n.slots.is_empty()) {
             let listed = view
                 .iter()
-                .filter(|n| n.master_id.as_deref() == Some(master.id.as_str()) && !n.flags.iter().any(|f| f.starts_with("fail")))
+                .filter(|n| {
+                    n.master_id.as_deref() == Some(master.id.as_str())
+                        && !n.flags.iter().any(|f| f.starts_with("fail"))
+                })
                 .count();
             let index = self.index_of_port(master.port)?;
             let role: redis::Value = redis::cmd("ROLE").query_async(&mut self.node(index).await?).await?;
@@ -556,7 +585,8 @@ mod tests {
         .expect("replica line");
         assert_eq!(replica.master_id.as_deref(), Some("07c37dfeb235213a872192d90877d0cd55635b91"));
         assert!(!replica.is_healthy_master());
-        let failed = parse_node_line("abc 127.0.0.1:30002@31002 master,fail - 0 0 2 disconnected").expect("failed line");
+        let failed = parse_node_line("abc 127.0.0.1:30002@31002 master,fail - 0 0 2 disconnected")
+            .expect("failed line");
         assert!(!failed.is_healthy_master());
     }
 }
