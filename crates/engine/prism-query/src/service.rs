@@ -84,7 +84,8 @@ pub async fn serve(
     let replicas = read.row_source().has_replicas();
     if replicas {
         metrics::describe_replicas(read.app());
-        replicas_state(&health, &read.row_source().probe_replicas().await);
+        // Connecting measured them once already.
+        replicas_state(&health, &read.row_source().replica_reports());
     }
 
     let service = http::router(read.clone(), app_routes)

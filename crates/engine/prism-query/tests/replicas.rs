@@ -250,9 +250,9 @@ async fn publish(env: &TestEnv, ids: &[Uuid], version: i64) {
     prism_testkit::kafka::publish_events(&producer, env.topic_prefix(), &events).await.expect("publish");
 }
 
-/// Rows of `read_model` at `version` or later on the server at `url` (the primary or the
-/// standby), read directly.
-async fn rows_at(url: &str, env: &TestEnv, read_model: &str, version: i64) -> i64 {
+/// Rows of `read_model` of the aggregates `ids` at `version` or later on the server at `url`
+/// (the primary or the standby), read directly.
+async fn rows_at(url: &str, env: &TestEnv, read_model: &str, ids: &[Uuid], version: i64) -> i64 {
     let client = prism_testkit::services::connect_pg(&format!(
         "{url}/{}?options=-csearch_path%3D{}",
         env.services.database, env.config.postgres.schema
@@ -260,23 +260,28 @@ async fn rows_at(url: &str, env: &TestEnv, read_model: &str, version: i64) -> i6
     .await
     .expect("connect");
     client
-        .query_one(&format!("SELECT count(*) FROM {read_model} WHERE prism_version >= $1"), &[&version])
+        .query_one(
+            &format!("SELECT count(*) FROM {read_model} WHERE id = ANY($1) AND prism_version >= $2"),
+            &[&ids, &version],
+        )
         .await
         .expect("count")
         .get(0)
 }
 
-/// Waits until the primary holds `expected` rows of `read_model` at `version` or later.
+/// Waits until the primary holds the rows of `read_model` of all aggregates `ids` at `version`
+/// or later.
 async fn wait_on_primary(
     pair: &PrivatePostgresPair,
     env: &TestEnv,
     read_model: &str,
+    ids: &[Uuid],
     version: i64,
-    expected: i64,
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = ids.len() as i64;
     loop {
-        let found = rows_at(&pair.primary_url(), env, read_model, version).await;
+        let found = rows_at(&pair.primary_url(), env, read_model, ids, version).await;
         if found == expected {
             return;
         }
@@ -320,7 +325,7 @@ async fn read_your_writes_is_never_older_than_asked_while_the_replica_lags() {
     // The projector consumes before the timed waves start.
     let warm = ids(1);
     publish(&env, &warm, 1).await;
-    wait_on_primary(&pair, &env, note, 1, 1).await;
+    wait_on_primary(&pair, &env, note, &warm, 1).await;
 
     // Replay paused: the replica has none of what lands from now on.
     pair.pause_replay().await.expect("pause replay");
@@ -341,7 +346,7 @@ async fn read_your_writes_is_never_older_than_asked_while_the_replica_lags() {
         }
     }
     assert_eq!(
-        rows_at(&pair.standby_url(), &env, note, 1).await,
+        rows_at(&pair.standby_url(), &env, note, &aggregates, 1).await,
         0,
         "the paused replica has none of the rows"
     );
@@ -393,8 +398,8 @@ async fn reads_without_min_version_come_from_the_replica_and_converge_once_it_re
     let (note, card) = (probe.note, probe.card);
     let aggregates = ids(10);
     publish(&env, &aggregates, 1).await;
-    wait_on_primary(&pair, &env, note, 1, 10).await;
-    wait_on_primary(&pair, &env, card, 1, 10).await;
+    wait_on_primary(&pair, &env, note, &aggregates, 1).await;
+    wait_on_primary(&pair, &env, card, &aggregates, 1).await;
     pair.wait_for_standby(Duration::from_secs(60)).await.expect("version 1 reaches the standby");
 
     let replica = replica_url(&pair, &env);
@@ -412,8 +417,8 @@ async fn reads_without_min_version_come_from_the_replica_and_converge_once_it_re
     // Replay paused, version 2 lands on the primary (and in Redis, written by the projector).
     pair.pause_replay().await.expect("pause replay");
     publish(&env, &aggregates, 2).await;
-    wait_on_primary(&pair, &env, note, 2, 10).await;
-    wait_on_primary(&pair, &env, card, 2, 10).await;
+    wait_on_primary(&pair, &env, note, &aggregates, 2).await;
+    wait_on_primary(&pair, &env, card, &aggregates, 2).await;
 
     // Without a lag bound the replica answers, with what it has: version 1.
     let before = unbounded
@@ -524,7 +529,7 @@ async fn a_stopped_replica_sends_every_read_to_the_primary_and_the_service_stays
     let note = probe.note;
     let aggregates = ids(10);
     publish(&env, &aggregates, 1).await;
-    wait_on_primary(&pair, &env, note, 1, 10).await;
+    wait_on_primary(&pair, &env, note, &aggregates, 1).await;
     pair.wait_for_standby(Duration::from_secs(60)).await.expect("version 1 reaches the standby");
     let replica = replica_url(&pair, &env);
     let label = replica_label(&pair, &env);

@@ -117,7 +117,11 @@ impl CacheSlot {
 
     /// Refills entries that are newer than the cached ones (without waiting for replicas),
     /// bounded by [`CALL_TIMEOUT`].
-    pub(crate) async fn put_if_newer(&self, cache: &Cache, entries: &[Entry<'_>]) -> Result<usize, CacheFailure> {
+    pub(crate) async fn put_if_newer(
+        &self,
+        cache: &Cache,
+        entries: &[Entry<'_>],
+    ) -> Result<usize, CacheFailure> {
         let outcome = match tokio::time::timeout(CALL_TIMEOUT, cache.refill_if_newer(entries)).await {
             Ok(outcome) => outcome.map_err(CacheFailure::from),
             Err(_) => Err(CacheFailure::Timeout),

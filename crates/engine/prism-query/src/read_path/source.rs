@@ -146,7 +146,7 @@ pub(crate) struct Answer {
     pub(crate) source: Source,
 }
 
-/// What the last probe saw of one replica.
+/// What is known of one replica (from the last probe, and reads that failed since).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReplicaReport {
     /// `host:port/database`.
@@ -309,7 +309,7 @@ impl RowSource {
     ) -> Result<Answer, StoreError> {
         if freshness != Freshness::Latest && self.has_replicas() {
             let fallback = match self.pick() {
-                Ok((index, db)) => match self.from_replica(index, &db, sql, params).await {
+                Ok((index, db)) => match self.read_replica(index, &db, sql, params).await {
                     Ok(rows) if freshness.accepts(&rows) => {
                         metrics::source_read(read_model, Source::Replica);
                         return Ok(Answer { rows, source: Source::Replica });
@@ -404,14 +404,24 @@ impl RowSource {
             _ => {}
         }
         state.trouble = trouble;
-        let lag = state.caught_up_at.map(|at| now.saturating_duration_since(at));
-        metrics::replica_up(&replica.target, state.trouble.is_none());
-        metrics::replica_lag(&replica.target, lag);
+        let report = self.report(replica, &state, now);
+        metrics::replica_up(&replica.target, report.trouble.is_none());
+        metrics::replica_lag(&replica.target, report.lag);
+        report
+    }
+
+    /// What is known of every replica now, without probing.
+    pub(crate) fn replica_reports(&self) -> Vec<ReplicaReport> {
+        let now = Instant::now();
+        self.inner.replicas.iter().map(|replica| self.report(replica, &replica.state(), now)).collect()
+    }
+
+    fn report(&self, replica: &Replica, state: &ReplicaState, now: Instant) -> ReplicaReport {
         ReplicaReport {
             target: replica.target.clone(),
             trouble: state.trouble.clone(),
-            lag,
-            lagging: self.too_far_behind(&state, now),
+            lag: state.caught_up_at.map(|at| now.saturating_duration_since(at)),
+            lagging: self.too_far_behind(state, now),
         }
     }
 
@@ -448,7 +458,7 @@ impl RowSource {
 
     /// A read on `replica`, bounded by `query.replica_timeout_ms`. A failure of the connection
     /// (not of the statement) or a timeout marks it down.
-    async fn from_replica(
+    async fn read_replica(
         &self,
         index: usize,
         db: &Database,
