@@ -34,8 +34,17 @@ pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> Pri
     config.projector.generation = instance.generation;
     config.projector.projections = vec![instance.projection.to_owned()];
     config.projector.group_instance_id = String::new();
+    // A build replays a backlog, not a trickle: larger batches mean fewer transactions and
+    // fewer writes of the same row (a batch writes each aggregate's row once, however many of
+    // its events it holds).
+    config.projector.batch_max_events = config.projector.batch_max_events.max(BUILD_BATCH_EVENTS);
+    config.projector.max_buffered_per_partition =
+        config.projector.max_buffered_per_partition.max(2 * config.projector.batch_max_events);
     config
 }
+
+/// The smallest batch a builder uses (see [`builder_config`]).
+pub const BUILD_BATCH_EVENTS: usize = 5_000;
 
 /// Runs builders for the building generations of `read_models` until `stop`.
 pub async fn watch(

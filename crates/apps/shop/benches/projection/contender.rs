@@ -193,7 +193,9 @@ pub async fn measure(mut contender: Contender, services: &Services) -> anyhow::R
         Err(err) => bail!("{}: {err:#}\n{}", contender.name, running.log_tail()),
     };
     let measured = window.into_measured(contender.key, contender.name, contender.does, contender.events);
-    measured.print();
+    if measured.events > 0 {
+        measured.print();
+    }
     Ok((measured, running))
 }
 

@@ -91,20 +91,29 @@ async fn sources(env: &TestEnv, read_model: &str) -> anyhow::Result<(Vec<String>
     Ok((topics, ends))
 }
 
-/// Runs prismctl to the end; its output goes to `log`.
+/// Runs prismctl to the end; its output goes to `log`. While the broker still counts the
+/// stopped projector as a member of its group (it left, but the group has not settled), an
+/// in-place rebuild is refused: that is retried for up to 30 s.
 async fn prismctl(env: &TestEnv, binaries: &Binaries, args: &[&str], log: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::create(log)?;
-    let status = binaries::command(&binaries.prismctl, &binaries::prism_vars(env))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("prismctl {} failed ({status})\n{}", args.join(" "), contender::log_tail(log));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let file = std::fs::File::create(log)?;
+        let status = binaries::command(&binaries.prismctl, &binaries::prism_vars(env))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .status()
+            .await?;
+        if status.success() {
+            return Ok(());
+        }
+        let output = std::fs::read_to_string(log).unwrap_or_default();
+        if !output.contains("active member") || Instant::now() > deadline {
+            bail!("prismctl {} failed ({status})\n{}", args.join(" "), contender::log_tail(log));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(())
 }
 
 async fn in_place(

@@ -49,6 +49,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish a realistic workload of shop events straight to the event topics (bypassing
+    /// the command side), e.g. to load a projector for profiling or a rebuild.
+    Publish {
+        /// Configuration file layered over the defaults (repeatable); PRISM__ variables win.
+        #[arg(long, value_name = "FILE")]
+        config: Vec<PathBuf>,
+        /// Events to generate (about; whole aggregate histories).
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Seed of the generated histories.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Wait until the pipeline drained, then check every read-model row (PostgreSQL) and
     /// cache entry (Redis) against the fold of the event store.
     Verify {
@@ -109,6 +122,31 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Publish { config, events, seed } => {
+            let config =
+                match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(config)) {
+                    Ok(config) => config,
+                    Err(err) => {
+                        eprintln!("error: {err}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let events = shop::testing::workload::Workload::generate(seed, events);
+            let published = runtime.block_on(async {
+                let producer = prism_testkit::kafka::producer(&config)?;
+                prism_testkit::kafka::publish_events(&producer, &config.topics.prefix, &events).await
+            });
+            match published {
+                Ok(_) => {
+                    println!("published {} events to {}*.events", events.len(), config.topics.prefix);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("error: publishing to {}: {err:#}", config.kafka.bootstrap_servers);
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Verify { config, wait, json, quiet } => {
