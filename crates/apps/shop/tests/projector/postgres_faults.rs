@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{dead_letter_counts, InProcess};
-use prism_testkit::kafka::{committed_offsets, producer, publish_events};
+use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivatePostgres;
 use shop::testing::workload::Workload;
@@ -68,7 +68,21 @@ async fn postgres_outages(protocol: GroupProtocol) {
     terminate_projector_backends(&admin).await;
     let group = prism_projector::group_id(&env.config);
     let topics = env.event_topics();
-    let before = committed_offsets(&env.config, &group, &topics).await.expect("committed");
+    // What landed before the refusal is committed within a commit interval; from then on
+    // nothing may move.
+    let before = end_offsets(&env.config, &topics).await.expect("end offsets");
+    let settle = Instant::now();
+    loop {
+        let committed = committed_offsets(&env.config, &group, &topics).await.expect("committed");
+        if committed == before {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(30),
+            "the landed events' offsets were not committed within 30s: {committed:?} of {before:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     publish_events(&producer, env.topic_prefix(), chunks[2]).await.expect("publish");
     let refused_since = Instant::now();
     while refused_since.elapsed() < Duration::from_secs(4) {

@@ -69,8 +69,9 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
         .await
         .expect("the history is projected");
 
-    // Live traffic (other devices, same sites) during the whole rebuild.
-    let mut traffic = PythonProducer::spawn(&env, "live", &Workload::new(150, 6, 60, 32).rate(250));
+    // Live traffic (other devices, same sites) during the whole rebuild: enough for three
+    // minutes at this rate, stopped once the rebuild is done.
+    let mut traffic = PythonProducer::spawn(&env, "live", &Workload::new(150, 6, 240, 32).rate(200));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rebuild_started = Instant::now();
     let (ok, output) = prismctl(

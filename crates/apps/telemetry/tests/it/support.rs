@@ -49,7 +49,8 @@ pub fn ensure_python_kafka_client() {
                 .output()
                 .unwrap_or_else(|e| panic!("running `python3 -m pip install confluent-kafka`: {e}"));
             assert!(
-                install.status.success() && importable().is_ok_and(|ok| ok),
+                // Another test process may have installed it meanwhile: importable is what counts.
+                importable().is_ok_and(|ok| ok),
                 "the Python Kafka client is missing and `python3 -m pip install --quiet confluent-kafka` failed \
                  (install it by hand): {}{}",
                 String::from_utf8_lossy(&install.stdout),
