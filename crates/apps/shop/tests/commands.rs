@@ -4,7 +4,7 @@
 //! module.
 //!
 //! - `http`: every status code of the error table, idempotent replays, contexts, concurrent
-//!   commands, readiness, and issue 13's hardening (a missing schema named, object bodies only,
+//!   commands, readiness, and the hardening of the HTTP edge (a missing schema named, object bodies only,
 //!   JSON 405s, empty bodies on all-optional commands).
 //! - `stock`: the rules across aggregates — carts and orders only for registered users, stock
 //!   reserved with the order (409 `insufficient_stock` when short), released on cancel,

@@ -6,7 +6,7 @@
 //! configured read models. Per batch of one partition: decode and validate → version gate →
 //! the read models' folds and sums, for every read model the topic feeds → one PostgreSQL
 //! transaction → version-guarded Redis writes → dead letters copied to their topic → offsets
-//! stored for commit. See DESIGN.md §2 for the invariants this upholds.
+//! stored for commit. The README's guarantees list the invariants this upholds.
 //!
 //! Besides the live group, each worker does what `prismctl` asks of the application (it has the
 //! folds, prismctl has none): it builds the generations a blue/green rebuild registered

@@ -29,7 +29,7 @@
 //! - [`read_path`]: [`ReadPath`] — by key (Redis first, PostgreSQL on a miss, refilling Redis
 //!   with the projector's compare-and-set), read-your-writes with `min_version`, and
 //!   [`ReadPath::query_rows`] for an application's lists and ranges. PostgreSQL is reached
-//!   through one small seam (`read_path::source`), where read replicas will plug in.
+//!   through one small seam (`read_path::source`), which reads from the primary or its read replicas.
 //! - [`http`]: the generic route, the entity answer (200 / 202 stale / 404, `X-Prism-Version`)
 //!   and the router that puts the engine's and an application's routes together.
 //! - [`params`]: query string, path, `limit`, dates and `min_version` parsing, each failing with

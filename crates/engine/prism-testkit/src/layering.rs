@@ -1,4 +1,4 @@
-//! The engine knows no domain (DESIGN.md, invariant 8): no crate under `crates/engine` may
+//! The engine knows no domain (the README's guarantee 8): no crate under `crates/engine` may
 //! depend — for building, testing or anything else — on a crate under `crates/apps`.
 //! [`engine_dependencies_on_applications`] reads every manifest of the workspace and lists the
 //! offending dependencies; this module's test fails when the list is not empty.

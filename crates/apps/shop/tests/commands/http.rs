@@ -1,6 +1,6 @@
 //! The shop's HTTP command API against the real PostgreSQL: every status code of the error
 //! table, idempotent replays, contexts, concurrent commands on one aggregate, readiness, and
-//! the hardening of issue 13 (a missing schema named, object bodies only, JSON 405s, empty
+//! the hardening of the HTTP edge (a missing schema named, object bodies only, JSON 405s, empty
 //! bodies on commands whose fields are all optional).
 
 use std::io::{BufRead, BufReader};
@@ -448,7 +448,7 @@ async fn readiness_follows_postgres() {
     server.stop().await;
 }
 
-/// Issue 13 #5: bodies are JSON objects. A positional array (which serde would read field by
+/// Bodies are JSON objects. A positional array (which serde would read field by
 /// field) is a 400 about the body, in the API's words; so is a positional line inside an
 /// order; wrong types are described as JSON, never as Rust types. Nothing is appended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -521,7 +521,7 @@ async fn positional_bodies_are_refused_in_the_apis_words() {
     server.stop().await;
 }
 
-/// Issue 13 #6: a known path with another method is a 405 with the JSON error body and
+/// A known path with another method is a 405 with the JSON error body and
 /// `content-type: application/json` (and `Allow`), on the shop's routes and on the operations
 /// endpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,7 +550,7 @@ async fn method_not_allowed_answers_in_json() {
     server.stop().await;
 }
 
-/// Issue 13 #6: commands whose fields are all optional (delist, checkout) accept an empty body,
+/// Commands whose fields are all optional (delist, checkout) accept an empty body,
 /// with or without a JSON content type, as `{}`; a command with required fields answers an
 /// empty body with the missing field, not 415.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,7 +584,7 @@ async fn empty_bodies_are_empty_objects() {
     server.stop().await;
 }
 
-/// Issue 13 #3, in process: with the schema never migrated, `/readyz` is 503 and its body
+/// In process: with the schema never migrated, `/readyz` is 503 and its body
 /// names the missing table and what to run; commands answer 503 `unavailable`, not 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_schema_is_not_ready() {
@@ -610,7 +610,7 @@ async fn a_missing_schema_is_not_ready() {
     server.stop().await;
 }
 
-/// Issue 13 #3, as operators run it: the `shop-commands` binary on a schema never migrated
+/// As operators run it: the `shop-commands` binary on a schema never migrated
 /// starts, is not ready, and the log line of a failed command names the table and the fix
 /// (not just `PostgreSQL: db error`). SIGTERM still ends it with 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

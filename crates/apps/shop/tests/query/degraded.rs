@@ -1,4 +1,4 @@
-//! What the query service can serve when a dependency is away (issue 13 #4). Every read works
+//! What the query service can serve when a dependency is away. Every read works
 //! from PostgreSQL alone, so a Redis outage keeps the service ready — the degraded cache shows
 //! in `/readyz`'s body and in `prism_query_cache_up`, and reads stop waiting on Redis — and the
 //! cache is used again when Redis is back, even when it was down at start. Without PostgreSQL

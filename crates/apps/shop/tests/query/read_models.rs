@@ -1,7 +1,7 @@
 //! The engine's generic route, `GET /read-models/{name}/{key}`, on the shop's read models: the
 //! same rows, versions and read-your-writes as the shop's own routes, none of the engine's
 //! bookkeeping columns, and clear errors for what it cannot serve. And every error of the
-//! service is JSON, a 405 included (issue 13 #6).
+//! service is JSON, a 405 included.
 
 use std::time::Duration;
 

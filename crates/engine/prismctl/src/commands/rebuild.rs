@@ -1,5 +1,5 @@
 //! `prismctl rebuild <projection> --mode in-place|blue-green`: rebuild one read model from
-//! the event topics (DESIGN.md §6).
+//! the event topics.
 //!
 //! **In place** (the read model is empty while it replays; workers must be stopped):
 //! check the projector group has no members (DescribeConsumerGroups, either protocol), commit the earliest offsets of the projection's source topics for the projector group from
