@@ -166,11 +166,17 @@ async fn attempt(
     let names: Vec<&'static str> = if config.projector.projections.is_empty() {
         app.read_models().iter().map(|m| m.name()).collect()
     } else {
-        app.read_models().iter().map(|m| m.name()).filter(|n| config.projector.projections.iter().any(|p| p == n)).collect()
+        app.read_models()
+            .iter()
+            .map(|m| m.name())
+            .filter(|n| config.projector.projections.iter().any(|p| p == n))
+            .collect()
     };
     let instances = prism_read_store::rebuild::active_generations(&**client, &names).await?;
     if instances.len() != names.len() {
-        anyhow::bail!("not every read model of {names:?} has an active generation: run `shop-projector migrate`");
+        anyhow::bail!(
+            "not every read model of {names:?} has an active generation: run `shop-projector migrate`"
+        );
     }
     let targets: Vec<(ProjectionInstance, &prism_projections::ReadModel)> =
         instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();

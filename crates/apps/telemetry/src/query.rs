@@ -28,18 +28,28 @@ pub fn routes() -> Router<ReadPath> {
 }
 
 /// `GET /sites/{site_id}/readings?metric=&limit=`.
-async fn site_readings(State(read): State<ReadPath>, path: PathIds, query: QueryParams) -> Result<Response, ApiError> {
+async fn site_readings(
+    State(read): State<ReadPath>,
+    path: PathIds,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
     let site_id = path.text("site_id");
-    fields::site_id("site_id", site_id).map_err(|err| ApiError::invalid_parameter("site_id", err.to_string()))?;
+    fields::site_id("site_id", site_id)
+        .map_err(|err| ApiError::invalid_parameter("site_id", err.to_string()))?;
     let query = query.only(&["metric", "limit"])?;
     let metric = query.get("metric").map(str::to_owned);
     if let Some(metric) = &metric {
-        fields::metric("metric", metric).map_err(|err| ApiError::invalid_parameter("metric", err.to_string()))?;
+        fields::metric("metric", metric)
+            .map_err(|err| ApiError::invalid_parameter("metric", err.to_string()))?;
     }
     let limit = query.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = read
-        .query_rows(SITE_HOURLY_READINGS, include_str!("../sql/readings_of_site.sql"), &[&site_id, &metric, &fetch])
+        .query_rows(
+            SITE_HOURLY_READINGS,
+            include_str!("../sql/readings_of_site.sql"),
+            &[&site_id, &metric, &fetch],
+        )
         .await?;
     Ok(Json(json!({ "site_id": site_id, "readings": rows })).into_response())
 }

@@ -255,7 +255,8 @@ impl EventStore {
                     payload: row.try_get("payload")?,
                 };
                 events.push(
-                    envelope_to_event(&self.events, envelope).map_err(|e: DecodeError| corrupt(e.to_string()))?,
+                    envelope_to_event(&self.events, envelope)
+                        .map_err(|e: DecodeError| corrupt(e.to_string()))?,
                 );
             }
             if (rows.len() as i64) < LOAD_ALL_PAGE {

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use prism_postgres::StoreError;
 use crate::event_store::ttl_seconds;
 use prism_postgres::Database;
+use prism_postgres::StoreError;
 
 const INSERT: &str = include_str!("../sql/event_store/insert_idempotency.sql");
 const LOOKUP: &str = include_str!("../sql/event_store/lookup_idempotency.sql");

@@ -16,6 +16,8 @@ pub mod event_store;
 pub mod idempotency;
 pub mod outbox;
 
-pub use event_store::{notify_channel, outbox_lane, EventStore, EventStoreError, Stream, StreamAppend, OUTBOX_LANES};
+pub use event_store::{
+    notify_channel, outbox_lane, EventStore, EventStoreError, Stream, StreamAppend, OUTBOX_LANES,
+};
 pub use idempotency::{IdempotencyRecord, StoredResponse};
 pub use outbox::{Backlog, ClaimStatus, LaneClaims, OutboxMessage};

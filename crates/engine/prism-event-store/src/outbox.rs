@@ -19,10 +19,10 @@ use tokio::sync::{watch, Notify};
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
-use prism_postgres::StoreError;
 use crate::event_store::{notify_channel, OUTBOX_LANES};
 use prism_postgres::pool::client_config;
 use prism_postgres::Database;
+use prism_postgres::StoreError;
 
 const READ_LANES: &str = include_str!("../sql/event_store/read_lanes.sql");
 const HELD_LANES: &str = include_str!("../sql/event_store/held_lanes.sql");

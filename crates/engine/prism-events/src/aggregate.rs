@@ -41,7 +41,9 @@ pub trait Aggregate: Default + Clone + fmt::Debug + Send + Sync + 'static {
 }
 
 /// Folds an aggregate's events, oldest first, into its current state.
-pub fn rehydrate<'a, A: Aggregate>(events: impl IntoIterator<Item = &'a A::Event>) -> Result<A, A::EvolveError> {
+pub fn rehydrate<'a, A: Aggregate>(
+    events: impl IntoIterator<Item = &'a A::Event>,
+) -> Result<A, A::EvolveError> {
     let mut state = A::default();
     for event in events {
         state.evolve(event)?;

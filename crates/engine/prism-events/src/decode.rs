@@ -69,7 +69,10 @@ pub fn envelope_to_event(registry: &EventRegistry, envelope: Envelope) -> Result
         .event_type(&envelope.event_type)
         .ok_or_else(|| DecodeError::UnknownEventType { event_type: clip(&envelope.event_type) })?;
     let declared = registry.aggregate_type(&envelope.aggregate_type).ok_or_else(|| {
-        DecodeError::invalid("aggregate_type", format!("unknown aggregate type `{}`", clip(&envelope.aggregate_type)))
+        DecodeError::invalid(
+            "aggregate_type",
+            format!("unknown aggregate type `{}`", clip(&envelope.aggregate_type)),
+        )
     })?;
     if declared != event_type.aggregate_type {
         return Err(DecodeError::AggregateTypeMismatch {

@@ -152,7 +152,11 @@ impl Event {
     }
 
     /// Assembles a decoded event (see [`crate::decode`]).
-    pub(crate) fn decoded(meta: EventMeta, payload: serde_json::Value, body: Arc<dyn Any + Send + Sync>) -> Self {
+    pub(crate) fn decoded(
+        meta: EventMeta,
+        payload: serde_json::Value,
+        body: Arc<dyn Any + Send + Sync>,
+    ) -> Self {
         Self { meta, payload, body }
     }
 
@@ -206,4 +210,3 @@ impl Event {
 pub fn truncate_to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
 }
-

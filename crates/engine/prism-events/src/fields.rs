@@ -8,10 +8,7 @@ use crate::error::{clip, DecodeError};
 
 /// Deserialises `value` into `T`, turning serde's message into a [`DecodeError`] that names
 /// the field by its full path below `root` (e.g. `payload.lines[2].quantity`).
-pub fn from_value<T: DeserializeOwned>(
-    value: serde_json::Value,
-    root: &str,
-) -> Result<T, DecodeError> {
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, root: &str) -> Result<T, DecodeError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let field = join_path(root, &path);
@@ -169,7 +166,8 @@ mod timestamp_tests {
     fn nanoseconds_are_truncated_to_microseconds_and_offsets_refused() {
         let at: At = serde_json::from_str(r#"{"at": "2026-03-01T12:00:00.123456789Z"}"#).expect("parses");
         assert_eq!(at.at.to_rfc3339(), "2026-03-01T12:00:00.123456+00:00");
-        let err = serde_json::from_str::<At>(r#"{"at": "2026-03-01T12:00:00+02:00"}"#).err().expect("refused");
+        let err =
+            serde_json::from_str::<At>(r#"{"at": "2026-03-01T12:00:00+02:00"}"#).err().expect("refused");
         assert!(err.to_string().contains("in UTC"), "{err}");
     }
 }

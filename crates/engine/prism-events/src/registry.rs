@@ -130,8 +130,14 @@ impl EventRegistry {
         let mut types = BTreeMap::new();
         let mut aggregate_types = Vec::new();
         for info in E::event_types() {
-            if info.name.is_empty() || info.name.len() > 100 || !info.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(problem(format!("event type name `{}` must be 1 to 100 letters, digits or `_`", info.name)));
+            if info.name.is_empty()
+                || info.name.len() > 100
+                || !info.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(problem(format!(
+                    "event type name `{}` must be 1 to 100 letters, digits or `_`",
+                    info.name
+                )));
             }
             if !AggregateType::is_valid_name(info.aggregate_type.as_str()) {
                 return Err(problem(format!(

@@ -35,7 +35,8 @@ impl ConsumerObserver for Recorder {}
 
 impl BatchHandler for Recorder {
     async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
-        let stall = self.one_batch_each && self.handled.lock().expect("lock").contains_key(&partition.partition);
+        let stall =
+            self.one_batch_each && self.handled.lock().expect("lock").contains_key(&partition.partition);
         while stall || self.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -83,8 +84,9 @@ group_protocol_tests!(a_paused_partition_that_moves_away_and_back_is_fetched_aga
 async fn paused_partition_comes_back(protocol: GroupProtocol) {
     prism_testkit::init_logging();
     let app = prism_testkit::probe::application();
-    let env =
-        TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")])
+        .await
+        .expect("test environment");
     let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let group = env.group("flow-control");
 

@@ -211,7 +211,8 @@ async fn churn(protocol: GroupProtocol) {
     }
     // Every offset handled by someone; the last commits carried everything.
     for ((_, partition), end) in &ends {
-        let handled: BTreeSet<i64> = entries.iter().filter(|e| e.partition == *partition).map(|e| e.offset).collect();
+        let handled: BTreeSet<i64> =
+            entries.iter().filter(|e| e.partition == *partition).map(|e| e.offset).collect();
         let missing: Vec<i64> = (0..*end).filter(|o| !handled.contains(o)).take(10).collect();
         assert!(missing.is_empty(), "partition {partition}: offsets never handled (first ten): {missing:?}");
     }
@@ -256,16 +257,16 @@ struct Stall {
 impl Stall {
     fn watch(env: &TestEnv, group: &str, topics: &[String]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let (config, group, topics, flag) = (env.config.clone(), group.to_owned(), topics.to_vec(), stop.clone());
+        let (config, group, topics, flag) =
+            (env.config.clone(), group.to_owned(), topics.to_vec(), stop.clone());
         let task = tokio::spawn(async move {
             let mut last: Option<BTreeMap<(String, i32), i64>> = None;
             let mut still_since = Instant::now();
             let mut longest = Duration::ZERO;
             while !flag.load(Ordering::SeqCst) {
-                let (Ok(committed), Ok(ends)) = (
-                    committed_offsets(&config, &group, &topics).await,
-                    end_offsets(&config, &topics).await,
-                ) else {
+                let (Ok(committed), Ok(ends)) =
+                    (committed_offsets(&config, &group, &topics).await, end_offsets(&config, &topics).await)
+                else {
                     continue;
                 };
                 let behind = ends.iter().any(|(p, end)| committed.get(p).is_none_or(|c| c < end));

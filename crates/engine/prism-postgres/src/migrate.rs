@@ -35,7 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "read_model_registry",
         sql: include_str!("../migrations/0003_read_model_registry.sql"),
     },
-    Migration { version: 4, name: "gate_event_ids", sql: include_str!("../migrations/0004_gate_event_ids.sql") },
+    Migration {
+        version: 4,
+        name: "gate_event_ids",
+        sql: include_str!("../migrations/0004_gate_event_ids.sql"),
+    },
 ];
 
 /// What a run did.

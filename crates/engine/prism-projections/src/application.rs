@@ -33,7 +33,11 @@ impl Application {
     /// The application `name` (lowercase letters, digits and `_`), with its events and read
     /// models, checked: every read model's definition against the events, and read-model
     /// names unique.
-    pub fn new(name: &'static str, events: EventRegistry, read_models: Vec<ReadModel>) -> Result<Self, DefinitionError> {
+    pub fn new(
+        name: &'static str,
+        events: EventRegistry,
+        read_models: Vec<ReadModel>,
+    ) -> Result<Self, DefinitionError> {
         if !is_identifier(name, 40) {
             return Err(DefinitionError {
                 read_model: String::new(),

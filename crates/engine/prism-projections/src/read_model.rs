@@ -305,7 +305,10 @@ impl ReadModel {
         }
         for feed in &self.feeds {
             if events.aggregate_type(feed.source.as_str()).is_none() {
-                return fail(format!("it is fed by `{}`, which the application's events do not have", feed.source));
+                return fail(format!(
+                    "it is fed by `{}`, which the application's events do not have",
+                    feed.source
+                ));
             }
             if let FeedKind::Sum { columns, .. } = &feed.kind {
                 if columns.is_empty() {
@@ -316,7 +319,8 @@ impl ReadModel {
                 }
             }
         }
-        let mut sources = self.feeds.iter().map(|f| (f.source, matches!(f.kind, FeedKind::Fold(_)))).collect::<Vec<_>>();
+        let mut sources =
+            self.feeds.iter().map(|f| (f.source, matches!(f.kind, FeedKind::Fold(_)))).collect::<Vec<_>>();
         sources.sort();
         sources.dedup();
         if sources.len() != self.feeds.len() {

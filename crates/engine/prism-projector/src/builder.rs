@@ -71,7 +71,14 @@ pub async fn watch(
                 for instance in building {
                     if !running.contains_key(&instance) {
                         tracing::info!(%instance, group = %build_group(instance), "building a new generation");
-                        running.insert(instance, Embedded::start_with(builder_config(&config, instance), app.clone(), Duties::GroupOnly));
+                        running.insert(
+                            instance,
+                            Embedded::start_with(
+                                builder_config(&config, instance),
+                                app.clone(),
+                                Duties::GroupOnly,
+                            ),
+                        );
                     }
                 }
             }

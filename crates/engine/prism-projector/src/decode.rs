@@ -2,7 +2,9 @@
 //! aggregate it belongs to (so later events of that aggregate can be parked behind it).
 
 use prism_events::decode::{decode_envelope, WireHeaders};
-use prism_events::{decode_event, AggregateType, EventRegistry, Limits, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
+use prism_events::{
+    decode_event, AggregateType, EventRegistry, Limits, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION,
+};
 use prism_read_store::projection::{MessageContent, Poison, SourceMessage};
 use rdkafka::message::{Headers, Message, OwnedMessage};
 use uuid::Uuid;

@@ -121,7 +121,9 @@ impl ProjectionHandler {
     fn targets(&self, instances: &[ProjectionInstance]) -> Vec<Target<'_>> {
         instances
             .iter()
-            .filter_map(|instance| self.app.read_model(instance.projection).map(|model| Target { instance: *instance, model }))
+            .filter_map(|instance| {
+                self.app.read_model(instance.projection).map(|model| Target { instance: *instance, model })
+            })
             .collect()
     }
 
@@ -266,18 +268,29 @@ impl ProjectionHandler {
         }
         let Some(model) = self.app.read_model(instance.projection) else { return Ok(()) };
         let targets = [Target { instance, model }];
-        let reports = projection::redrive::heal(&self.db, &targets, Some(parked), self.policy, |letter: &projection::redrive::DeadLetter| {
-            crate::requests::decode_stored(&self.app, &self.limits, letter)
-        })
+        let reports = projection::redrive::heal(
+            &self.db,
+            &targets,
+            Some(parked),
+            self.policy,
+            |letter: &projection::redrive::DeadLetter| {
+                crate::requests::decode_stored(&self.app, &self.limits, letter)
+            },
+        )
         .await
         .map_err(|e| transient("postgres", e))?;
         for report in &reports {
-            counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => instance.id()).increment(report.applied.len() as u64);
+            counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => instance.id())
+                .increment(report.applied.len() as u64);
             counter!(m::PROJECTOR_GAPS_HEALED, "projection" => instance.id()).increment(1);
             if let Some(kind) = model.cache_kind() {
-                crate::requests::write_cache(&self.cache, &instance.cache_prefix(kind, &self.key_prefix), report)
-                    .await
-                    .map_err(|e| transient("redis", format!("{e:#}")))?;
+                crate::requests::write_cache(
+                    &self.cache,
+                    &instance.cache_prefix(kind, &self.key_prefix),
+                    report,
+                )
+                .await
+                .map_err(|e| transient("redis", format!("{e:#}")))?;
             }
         }
         Ok(())

@@ -65,7 +65,11 @@ pub fn selected_read_models(config: &PrismConfig, app: &Application) -> anyhow::
         .map(|name| {
             app.read_model(name).map(|m| m.name()).with_context(|| {
                 let known: Vec<&str> = app.read_models().iter().map(|m| m.name()).collect();
-                format!("projector.projections names `{name}`, which {} does not define (it has: {})", app.name(), known.join(", "))
+                format!(
+                    "projector.projections names `{name}`, which {} does not define (it has: {})",
+                    app.name(),
+                    known.join(", ")
+                )
             })
         })
         .collect()
@@ -74,15 +78,24 @@ pub fn selected_read_models(config: &PrismConfig, app: &Application) -> anyhow::
 /// The projection instances this process builds: the configured read models at
 /// `projector.generation`, or at their active generation when it is 0. Their tables must
 /// exist and match the application's definitions (the application's `migrate` sets them up).
-pub async fn instances(config: &PrismConfig, app: &Application, db: &Database) -> anyhow::Result<Vec<ProjectionInstance>> {
+pub async fn instances(
+    config: &PrismConfig,
+    app: &Application,
+    db: &Database,
+) -> anyhow::Result<Vec<ProjectionInstance>> {
     let client = db.client().await?;
     setup::check_registered(&**client, app).await?;
     let mut instances = Vec::new();
     for name in selected_read_models(config, app)? {
         let generation = match config.projector.generation {
-            0 => prism_read_store::read_models::active_generation(&**client, name).await?.with_context(|| {
-                format!("read model {name} has no active generation: run `{}-projector migrate` first", app.name())
-            })?,
+            0 => prism_read_store::read_models::active_generation(&**client, name).await?.with_context(
+                || {
+                    format!(
+                        "read model {name} has no active generation: run `{}-projector migrate` first",
+                        app.name()
+                    )
+                },
+            )?,
             generation => generation,
         };
         let instance = ProjectionInstance::new(name, generation);
@@ -102,13 +115,14 @@ pub fn group_id(config: &PrismConfig) -> String {
     prism_kafka::admin::projector_group_id(config)
 }
 
-fn consumer_settings(config: &PrismConfig, app: &Application, instances: &[ProjectionInstance]) -> ConsumerSettings {
+fn consumer_settings(
+    config: &PrismConfig,
+    app: &Application,
+    instances: &[ProjectionInstance],
+) -> ConsumerSettings {
     let p = &config.projector;
-    let mut sources: Vec<prism_events::AggregateType> = instances
-        .iter()
-        .filter_map(|i| app.read_model(i.projection))
-        .flat_map(|m| m.sources())
-        .collect();
+    let mut sources: Vec<prism_events::AggregateType> =
+        instances.iter().filter_map(|i| app.read_model(i.projection)).flat_map(|m| m.sources()).collect();
     sources.sort();
     sources.dedup();
     ConsumerSettings {
@@ -168,9 +182,11 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     let metrics = prism_runtime::telemetry::install();
     let application_name = format!("{}-projector", app.name());
-    let db = Database::connect(&config.postgres, &application_name).await.context("connecting to PostgreSQL")?;
+    let db =
+        Database::connect(&config.postgres, &application_name).await.context("connecting to PostgreSQL")?;
     let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
-    let producer = EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
+    let producer =
+        EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
     let policy = gap_policy(&config);
 
     let instances = instances(&config, &app, &db).await?;
@@ -260,7 +276,13 @@ pub async fn run_with(
 }
 
 /// Keeps `/readyz` current: PostgreSQL and Redis answer, and the group member is not stalled.
-async fn watch_readiness(health: Health, db: Database, cache: Cache, progress: Arc<Progress>, stall_after: Duration) {
+async fn watch_readiness(
+    health: Health,
+    db: Database,
+    cache: Cache,
+    progress: Arc<Progress>,
+    stall_after: Duration,
+) {
     loop {
         match db.ping().await {
             Ok(()) => health.set("postgres", true, "connected"),

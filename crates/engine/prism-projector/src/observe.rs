@@ -66,7 +66,8 @@ impl Progress {
         }
         counter!(m::PROJECTOR_GENERATION_SWITCHES, "group" => label.to_owned()).absolute(0);
         for outcome in ["ok", "failed"] {
-            counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => label.to_owned(), "outcome" => outcome).absolute(0);
+            counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => label.to_owned(), "outcome" => outcome)
+                .absolute(0);
         }
         gauge!(m::PROJECTOR_ASSIGNED_PARTITIONS, "group" => label.to_owned()).set(0.0);
         gauge!(m::PROJECTOR_STALLED_PARTITIONS, "group" => label.to_owned()).set(0.0);
@@ -79,7 +80,8 @@ impl Progress {
             let label = instance.id();
             counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => label.clone()).absolute(0);
             for reason in ["duplicate", "conflict"] {
-                counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => reason).absolute(0);
+                counter!(m::PROJECTOR_EVENTS_SKIPPED, "projection" => label.clone(), "reason" => reason)
+                    .absolute(0);
             }
             for policy in ["apply", "dead_letter"] {
                 counter!(m::PROJECTOR_VERSION_GAPS, "projection" => label.clone(), "policy" => policy)
@@ -107,7 +109,8 @@ impl Progress {
             gauge!(m::PROJECTOR_RETRYING_SECONDS, &partition_labels(&self.label, id)).set(retrying);
             let idle = state.last_landed.elapsed();
             if state.lag > 0 && idle > stall_after {
-                let mut reason = format!("{id}: lag {} messages, nothing landed for {}s", state.lag, idle.as_secs());
+                let mut reason =
+                    format!("{id}: lag {} messages, nothing landed for {}s", state.lag, idle.as_secs());
                 if let Some((since, error)) = &state.failing {
                     reason.push_str(&format!(
                         "; its batch has failed for {}s, last: {error}",
@@ -163,7 +166,8 @@ impl Progress {
     /// re-reads events the version gate skips.
     pub fn committed(&self, error: Option<&str>) {
         let outcome = if error.is_some() { "failed" } else { "ok" };
-        counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => self.label.clone(), "outcome" => outcome).increment(1);
+        counter!(m::PROJECTOR_OFFSET_COMMITS, "group" => self.label.clone(), "outcome" => outcome)
+            .increment(1);
     }
 
     /// A batch of `partition` failed and will be retried (a blue/green switch is only counted).
@@ -205,21 +209,51 @@ fn unix_now() -> f64 {
 
 /// The HELP text of every projector metric (`# HELP` lines in `/metrics`).
 fn describe() {
-    describe_counter!(m::PROJECTOR_EVENTS_APPLIED, "Events applied to a read model, by projection (read model and generation).");
+    describe_counter!(
+        m::PROJECTOR_EVENTS_APPLIED,
+        "Events applied to a read model, by projection (read model and generation)."
+    );
     describe_counter!(m::PROJECTOR_EVENTS_SKIPPED, "Events skipped by the version gate, by projection and reason (duplicate: already applied; conflict: another event was applied at its version).");
-    describe_counter!(m::PROJECTOR_EVENTS_DEAD_LETTERED, "Events moved to the dead letters, by projection and error kind (parked: waiting behind another).");
+    describe_counter!(
+        m::PROJECTOR_EVENTS_DEAD_LETTERED,
+        "Events moved to the dead letters, by projection and error kind (parked: waiting behind another)."
+    );
     describe_counter!(m::PROJECTOR_GAPS_HEALED, "Version gaps healed by themselves: the missing event arrived and the events parked behind it applied, by projection.");
-    describe_counter!(m::PROJECTOR_VERSION_GAPS, "Events that arrived after a missing aggregate version, by projection and gap policy.");
-    describe_histogram!(m::PROJECTOR_BATCH_DURATION, Unit::Seconds, "Time from a batch's first message to its offsets being stored.");
+    describe_counter!(
+        m::PROJECTOR_VERSION_GAPS,
+        "Events that arrived after a missing aggregate version, by projection and gap policy."
+    );
+    describe_histogram!(
+        m::PROJECTOR_BATCH_DURATION,
+        Unit::Seconds,
+        "Time from a batch's first message to its offsets being stored."
+    );
     describe_histogram!(m::PROJECTOR_BATCH_SIZE, "Messages per batch.");
     describe_counter!(m::PROJECTOR_REBALANCES, "Rebalance callbacks, by kind (assign, revoke).");
     describe_counter!(m::PROJECTOR_GENERATION_SWITCHES, "Batches applied again because a blue/green switch made another generation active while they ran (expected, not an error).");
-    describe_counter!(m::PROJECTOR_OFFSET_COMMITS, "Offset commits answered by the broker, by outcome (failed ones are carried by the next commit).");
+    describe_counter!(
+        m::PROJECTOR_OFFSET_COMMITS,
+        "Offset commits answered by the broker, by outcome (failed ones are carried by the next commit)."
+    );
     describe_gauge!(m::PROJECTOR_ASSIGNED_PARTITIONS, "Partitions assigned to this member.");
     describe_gauge!(m::PROJECTOR_LAG_MESSAGES, "Messages between the landed position and the high watermark, per partition (the whole log when nothing was ever committed).");
-    describe_gauge!(m::PROJECTOR_LAG_SECONDS, Unit::Seconds, "Age of the oldest message not yet landed, per partition (0 when caught up).");
-    describe_counter!(m::PROJECTOR_TRANSIENT_ERRORS, "Batch failures that a retry can cure, by dependency (postgres, redis, kafka).");
+    describe_gauge!(
+        m::PROJECTOR_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest message not yet landed, per partition (0 when caught up)."
+    );
+    describe_counter!(
+        m::PROJECTOR_TRANSIENT_ERRORS,
+        "Batch failures that a retry can cure, by dependency (postgres, redis, kafka)."
+    );
     describe_gauge!(m::PROJECTOR_LAST_PROGRESS, Unit::Seconds, "Unix time of the last batch that landed.");
-    describe_gauge!(m::PROJECTOR_STALLED_PARTITIONS, "Assigned partitions with lag that landed nothing for projector.stall_after_seconds.");
-    describe_gauge!(m::PROJECTOR_RETRYING_SECONDS, Unit::Seconds, "Seconds since the partition's current batch first failed (0 while its batches land).");
+    describe_gauge!(
+        m::PROJECTOR_STALLED_PARTITIONS,
+        "Assigned partitions with lag that landed nothing for projector.stall_after_seconds."
+    );
+    describe_gauge!(
+        m::PROJECTOR_RETRYING_SECONDS,
+        Unit::Seconds,
+        "Seconds since the partition's current batch first failed (0 while its batches land)."
+    );
 }

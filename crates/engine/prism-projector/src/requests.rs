@@ -99,7 +99,11 @@ async fn sweep(
     Ok(())
 }
 
-async fn next(db: &Database, read_models: &[&'static str], worker: &str) -> anyhow::Result<Option<OperatorRequest>> {
+async fn next(
+    db: &Database,
+    read_models: &[&'static str],
+    worker: &str,
+) -> anyhow::Result<Option<OperatorRequest>> {
     let client = db.client().await?;
     let mut instances = prism_read_store::rebuild::active_generations(&**client, read_models).await?;
     instances.extend(prism_read_store::rebuild::building_instances(&**client, read_models).await?);
@@ -143,14 +147,14 @@ async fn handle(
 
 /// The message the projector would decode from a stored dead letter, through its own decoder.
 pub fn decode_stored(app: &Application, limits: &Limits, letter: &DeadLetter) -> SourceMessage {
-    let topic_type = letter
-        .aggregate_type
-        .as_deref()
-        .and_then(|t| app.events().aggregate_type(t))
-        .or_else(|| {
+    let topic_type =
+        letter.aggregate_type.as_deref().and_then(|t| app.events().aggregate_type(t)).or_else(|| {
             // `<prefix><type>.events`: the prefix is the deployment's, so match the suffix.
             app.aggregate_types().iter().copied().find(|t| {
-                letter.source_topic.strip_suffix(&t.topic("")).is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('.'))
+                letter
+                    .source_topic
+                    .strip_suffix(&t.topic(""))
+                    .is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('.'))
             })
         });
     let Some(topic_type) = topic_type else {

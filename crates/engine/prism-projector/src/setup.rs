@@ -44,22 +44,28 @@ pub async fn migrate(config: &PrismConfig, app: &Application) -> anyhow::Result<
         .await
         .context("connecting to PostgreSQL")?;
     let mut client = db.client().await?;
-    let report = prism_postgres::migrate(&mut client, &config.postgres.schema).await.context("engine migrations")?;
+    let report =
+        prism_postgres::migrate(&mut client, &config.postgres.schema).await.context("engine migrations")?;
     let registered = registry::register(&mut client, app.name(), app.aggregate_types(), app.read_models())
         .await
         .context("registering the read models")?;
     let active = prism_read_store::read_models::ensure_active(&mut client, &registered)
         .await
         .context("creating the read models' tables")?;
-    Ok(MigrationReport { application: app.name(), applied: report.applied, already_applied: report.already_applied, active })
+    Ok(MigrationReport {
+        application: app.name(),
+        applied: report.applied,
+        already_applied: report.already_applied,
+        active,
+    })
 }
 
 /// Checks that every read model of `app` is registered as its code defines it: a worker must
 /// not write rows into a table shaped for another definition.
 pub async fn check_registered(client: &impl GenericClient, app: &Application) -> anyhow::Result<()> {
-    let stored = registry::read_models(client)
-        .await
-        .with_context(|| format!("reading the read-model registry (run `{}-projector migrate` first)", app.name()))?;
+    let stored = registry::read_models(client).await.with_context(|| {
+        format!("reading the read-model registry (run `{}-projector migrate` first)", app.name())
+    })?;
     for model in app.read_models() {
         let expected = RegisteredReadModel::of(app.name(), model);
         match stored.iter().find(|m| m.name == model.name()) {

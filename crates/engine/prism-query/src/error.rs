@@ -66,9 +66,10 @@ impl ReadError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
-            Self::UnknownReadModel(_) | Self::NotReadableByKey { .. } | Self::InvalidKey { .. } | Self::Corrupt { .. } => {
-                false
-            }
+            Self::UnknownReadModel(_)
+            | Self::NotReadableByKey { .. }
+            | Self::InvalidKey { .. }
+            | Self::Corrupt { .. } => false,
         }
     }
 }
@@ -105,7 +106,10 @@ impl ApiError {
 
     /// 400: a header is malformed.
     pub fn invalid_header(header: &str, message: impl Into<String>) -> Self {
-        Self { field: Some(header.to_owned()), ..Self::new(StatusCode::BAD_REQUEST, "invalid_header", message) }
+        Self {
+            field: Some(header.to_owned()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_header", message)
+        }
     }
 
     /// 404: nothing under this key; the message is "`noun` not found".
@@ -158,7 +162,9 @@ impl From<ReadError> for ApiError {
         match err {
             ReadError::Store(err) => err.into(),
             ReadError::InvalidKey { .. } => Self::invalid_parameter("key", err.to_string()),
-            ReadError::NotReadableByKey { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string()),
+            ReadError::NotReadableByKey { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
+            }
             ReadError::UnknownReadModel(_) | ReadError::Corrupt { .. } => {
                 tracing::error!(error = %err, "read failed");
                 Self::internal()

@@ -59,7 +59,9 @@ pub fn router(read: ReadPath, app_routes: Router<ReadPath>) -> Router {
 /// (axum's) the JSON error body, keeping its `Allow` header. Applied to the whole service,
 /// operations endpoints included.
 pub async fn json_method_not_allowed(response: Response) -> Response {
-    if response.status() != StatusCode::METHOD_NOT_ALLOWED || response.headers().contains_key(header::CONTENT_TYPE) {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
         return response;
     }
     let allow = response.headers().get(header::ALLOW).cloned();
@@ -81,7 +83,11 @@ async fn read_model_entity(
     let name = path.text("name");
     let Some(model) = read.app().read_model(name) else {
         let shown: String = name.chars().take(64).collect();
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no read model named `{shown}`")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no read model named `{shown}`"),
+        ));
     };
     let noun = format!("{} row", model.name());
     entity_response(&read, model.name(), path.text("key"), &noun, query, &headers).await
@@ -110,7 +116,9 @@ pub fn respond(served: Served, noun: &str, retry_after_seconds: u64) -> Result<R
     if served.fresh {
         let row = served.row.ok_or_else(|| ApiError::not_found(noun))?;
         let mut response = (StatusCode::OK, Json(row.document)).into_response();
-        response.headers_mut().insert(HeaderName::from_static(VERSION_HEADER), HeaderValue::from(row.version));
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(VERSION_HEADER), HeaderValue::from(row.version));
         return Ok(response);
     }
     let (version, body) = match served.row {

@@ -44,7 +44,10 @@ pub fn describe(app: &Application) {
     describe_counter!(QUERY_STALE_RESPONSES, "Read-your-writes waits that timed out, by read model.");
     describe_counter!(QUERY_POSTGRES_READS, "Reads that went to PostgreSQL, by read model.");
     describe_gauge!(QUERY_CACHE_UP, "1 while Redis answers; 0 while reads bypass the degraded cache.");
-    describe_gauge!(QUERY_WAITING_REQUESTS, "Read-your-writes requests parked until their version lands, by read model.");
+    describe_gauge!(
+        QUERY_WAITING_REQUESTS,
+        "Read-your-writes requests parked until their version lands, by read model."
+    );
     describe_counter!(
         QUERY_SOURCE_READS,
         "PostgreSQL reads by read model and the server that answered (primary, replica)."

@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn the_config_flag_repeats() {
-        let cli = Cli::try_parse_from(["notes-query", "--config", "a.toml", "--config", "b.toml"]).expect("parses");
+        let cli =
+            Cli::try_parse_from(["notes-query", "--config", "a.toml", "--config", "b.toml"]).expect("parses");
         assert_eq!(cli.config, vec![PathBuf::from("a.toml"), PathBuf::from("b.toml")]);
         assert!(Cli::try_parse_from(["notes-query", "--bogus"]).is_err());
         Cli::command().debug_assert();

@@ -171,7 +171,8 @@ async fn any_application_reads_its_read_models_by_key_whatever_the_key_type() {
         .await
         .expect("redis connection");
     let key = format!("{}g1:tally:{EVERYTHING}", env.config.redis.key_prefix);
-    let cached: Option<String> = redis::cmd("HGET").arg(&key).arg("doc").query_async(&mut redis).await.expect("HGET");
+    let cached: Option<String> =
+        redis::cmd("HGET").arg(&key).arg("doc").query_async(&mut redis).await.expect("HGET");
     let cached: Value = serde_json::from_str(&cached.expect("cached by the projector")).expect("json");
     assert_eq!(cached, json!({ "label": EVERYTHING, "total": total }));
 
@@ -209,7 +210,8 @@ async fn any_application_reads_its_read_models_by_key_whatever_the_key_type() {
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "method_not_allowed");
-    let metrics = http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        http.get(format!("{base}/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("prism_query_requests_total{route=\"/pairs\",status=\"405\"} 1"), "{metrics}");
     let (status, _, ready) = get_json(&http, &format!("{base}/readyz")).await;
     assert_eq!(status, StatusCode::OK, "{ready}");

@@ -68,12 +68,17 @@ pub async fn check_columns(
             &[&instance.id()],
         )
         .await?;
-    let type_of = |column: &str| rows.iter().find(|r| r.get::<_, &str>(0) == column).map(|r| r.get::<_, String>(1));
+    let type_of =
+        |column: &str| rows.iter().find(|r| r.get::<_, &str>(0) == column).map(|r| r.get::<_, String>(1));
     for column in &model.key_columns {
         if type_of(column).is_none() {
             return Err(StoreError::Corrupt {
                 what: "read-model table",
-                detail: format!("{} has no key column `{column}` that read model {} names", instance.id(), model.name),
+                detail: format!(
+                    "{} has no key column `{column}` that read model {} names",
+                    instance.id(),
+                    model.name
+                ),
             });
         }
     }
@@ -82,7 +87,11 @@ pub async fn check_columns(
             None => {
                 return Err(StoreError::Corrupt {
                     what: "read-model table",
-                    detail: format!("{} has no additive column `{column}` that read model {} names", instance.id(), model.name),
+                    detail: format!(
+                        "{} has no additive column `{column}` that read model {} names",
+                        instance.id(),
+                        model.name
+                    ),
                 })
             }
             Some("smallint" | "integer" | "bigint" | "numeric") => {}
@@ -116,7 +125,10 @@ pub async fn point_view(client: &impl GenericClient, instance: ProjectionInstanc
 }
 
 /// The generation the query side reads, if the read model has one.
-pub async fn active_generation(client: &impl GenericClient, read_model: &str) -> Result<Option<u32>, StoreError> {
+pub async fn active_generation(
+    client: &impl GenericClient,
+    read_model: &str,
+) -> Result<Option<u32>, StoreError> {
     let row = client
         .query_opt(
             "SELECT generation FROM projection_generations WHERE projection = $1 AND status = 'active'",
@@ -161,6 +173,9 @@ pub async fn ensure_active(
 }
 
 /// Whether the table of `instance` exists.
-pub async fn table_exists(client: &impl GenericClient, instance: ProjectionInstance) -> Result<bool, StoreError> {
+pub async fn table_exists(
+    client: &impl GenericClient,
+    instance: ProjectionInstance,
+) -> Result<bool, StoreError> {
     Ok(client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&instance.id()]).await?.get(0))
 }

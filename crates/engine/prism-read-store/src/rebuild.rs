@@ -174,7 +174,10 @@ pub async fn building_instances(
 }
 
 /// Generations of `projection` in state `building` (left by a rebuild that did not finish).
-pub async fn building_generations(client: &impl GenericClient, projection: &str) -> Result<Vec<u32>, StoreError> {
+pub async fn building_generations(
+    client: &impl GenericClient,
+    projection: &str,
+) -> Result<Vec<u32>, StoreError> {
     let rows = client
         .query(
             "SELECT generation FROM projection_generations WHERE projection = $1 AND status = 'building' \

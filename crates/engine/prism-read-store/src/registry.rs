@@ -87,7 +87,11 @@ pub async fn register(
             .await?
             .map(|r| r.get(0));
         if let Some(owner) = owner.filter(|o| o != application) {
-            return Err(RegistryError::NameTaken { name: entry.name.to_owned(), owner, application: application.to_owned() });
+            return Err(RegistryError::NameTaken {
+                name: entry.name.to_owned(),
+                owner,
+                application: application.to_owned(),
+            });
         }
         tx.execute(
             "INSERT INTO read_models (name, application, sources, key_columns, additive_columns, cache_kind, table_sql) \
@@ -145,7 +149,10 @@ pub async fn read_models(client: &impl GenericClient) -> Result<Vec<RegisteredRe
 }
 
 /// The registered read model called `name`.
-pub async fn read_model(client: &impl GenericClient, name: &str) -> Result<Option<RegisteredReadModel>, StoreError> {
+pub async fn read_model(
+    client: &impl GenericClient,
+    name: &str,
+) -> Result<Option<RegisteredReadModel>, StoreError> {
     Ok(read_models(client).await?.into_iter().find(|m| m.name == name))
 }
 

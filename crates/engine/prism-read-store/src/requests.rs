@@ -86,7 +86,11 @@ fn from_row(row: &tokio_postgres::Row) -> OperatorRequest {
 const COLUMNS: &str = "id, kind, projection, arguments, status, claimed_by, result";
 
 /// Records a redrive request for `projection` (an instance id); returns its id.
-pub async fn request_redrive(db: &Database, projection: &str, request: &RedriveRequest) -> Result<i64, StoreError> {
+pub async fn request_redrive(
+    db: &Database,
+    projection: &str,
+    request: &RedriveRequest,
+) -> Result<i64, StoreError> {
     let arguments = serde_json::to_value(request)
         .map_err(|e| StoreError::Corrupt { what: "operator request", detail: e.to_string() })?;
     let client = db.client().await?;
@@ -102,7 +106,8 @@ pub async fn request_redrive(db: &Database, projection: &str, request: &RedriveR
 /// One request by id.
 pub async fn get(db: &Database, id: i64) -> Result<Option<OperatorRequest>, StoreError> {
     let client = db.client().await?;
-    let row = client.query_opt(&format!("SELECT {COLUMNS} FROM operator_requests WHERE id = $1"), &[&id]).await?;
+    let row =
+        client.query_opt(&format!("SELECT {COLUMNS} FROM operator_requests WHERE id = $1"), &[&id]).await?;
     Ok(row.as_ref().map(from_row))
 }
 

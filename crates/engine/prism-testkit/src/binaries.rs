@@ -14,7 +14,10 @@ pub fn path(package: &str, name: &str) -> anyhow::Result<PathBuf> {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe().context("the test's own path")?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).context("the test binary is not under target/<profile>/deps")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test binary is not under target/<profile>/deps")?;
     let binary = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if !built.iter().any(|b| b == name) {
@@ -32,7 +35,10 @@ pub fn path(package: &str, name: &str) -> anyhow::Result<PathBuf> {
         built.push(name.to_owned());
     }
     if !binary.is_file() {
-        bail!("{} does not exist after building it (cargo build -p {package} --bin {name})", binary.display());
+        bail!(
+            "{} does not exist after building it (cargo build -p {package} --bin {name})",
+            binary.display()
+        );
     }
     Ok(binary)
 }

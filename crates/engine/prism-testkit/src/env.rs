@@ -60,7 +60,11 @@ impl TestEnv {
 
     /// An environment on the given services (e.g. a test's private broker, PostgreSQL or
     /// Redis, see [`crate::private`]), with extra `PRISM__*` overrides.
-    pub async fn on(app: &Application, services: Services, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn on(
+        app: &Application,
+        services: Services,
+        overrides: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         services.check_all().await?;
         // Creation time first, so leftovers in a long-lived broker are easy to date.
         let created =
@@ -115,10 +119,7 @@ impl TestEnv {
     /// The active instances with their read models, as the oracle checks them.
     pub async fn active_targets(&self) -> anyhow::Result<Vec<(ProjectionInstance, &ReadModel)>> {
         let instances = self.active_instances().await?;
-        Ok(instances
-            .into_iter()
-            .filter_map(|i| self.app.read_model(i.projection).map(|m| (i, m)))
-            .collect())
+        Ok(instances.into_iter().filter_map(|i| self.app.read_model(i.projection).map(|m| (i, m))).collect())
     }
 
     /// A plain connection to this environment's schema (for assertions).
@@ -182,7 +183,8 @@ impl TestEnv {
             Err(err) => return format!("group {group}: offsets unavailable: {err}"),
         };
         let mut out = format!("group {group} (topic partition: low..high, committed):\n");
-        for (aggregate, topic) in self.app.aggregate_types().iter().map(|t| (t, t.topic(self.topic_prefix()))) {
+        for (aggregate, topic) in self.app.aggregate_types().iter().map(|t| (t, t.topic(self.topic_prefix())))
+        {
             let produced = expected.events_by_aggregate_type.get(aggregate.as_str()).copied().unwrap_or(0);
             let in_log: i64 = offsets.iter().filter(|p| p.topic == topic).map(|p| p.high - p.low).sum();
             let _ = writeln!(out, "  {topic}: {produced} events folded, {in_log} messages in the log");
@@ -266,7 +268,11 @@ async fn delete_topics_and_groups(config: &PrismConfig) -> anyhow::Result<()> {
             let groups = consumer
                 .fetch_group_list(None, Duration::from_secs(10))
                 .map(|list| {
-                    list.groups().iter().map(|g| g.name().to_owned()).filter(|g| g.starts_with(&prefix)).collect()
+                    list.groups()
+                        .iter()
+                        .map(|g| g.name().to_owned())
+                        .filter(|g| g.starts_with(&prefix))
+                        .collect()
                 })
                 .unwrap_or_default();
             Ok((topics, groups))

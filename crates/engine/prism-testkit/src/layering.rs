@@ -47,7 +47,9 @@ pub fn engine_dependencies_on_applications(root: &Path) -> anyhow::Result<Vec<St
             if !section.contains("dependencies") {
                 continue;
             }
-            let Some(dependency) = line.split(['.', '=', ' ']).next().filter(|d| !d.is_empty()) else { continue };
+            let Some(dependency) = line.split(['.', '=', ' ']).next().filter(|d| !d.is_empty()) else {
+                continue;
+            };
             if applications.iter().any(|app| app == dependency) {
                 offending.push(format!("{engine} -> {dependency} ([{section}])"));
             }
@@ -72,7 +74,10 @@ mod tests {
         let root = tempfile_root();
         for (dir, manifest) in [
             ("crates/apps/shop", "[package]\nname = \"shop\"\n"),
-            ("crates/engine/prism-x", "[package]\nname = \"prism-x\"\n\n[dev-dependencies]\nshop.workspace = true\n"),
+            (
+                "crates/engine/prism-x",
+                "[package]\nname = \"prism-x\"\n\n[dev-dependencies]\nshop.workspace = true\n",
+            ),
         ] {
             std::fs::create_dir_all(root.join(dir)).expect("dir");
             std::fs::write(root.join(dir).join("Cargo.toml"), manifest).expect("manifest");

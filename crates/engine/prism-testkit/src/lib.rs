@@ -24,11 +24,11 @@
 pub mod binaries;
 pub mod env;
 pub mod kafka;
+pub mod layering;
 pub mod oracle;
 pub mod private;
 pub mod probe;
 pub mod services;
-pub mod layering;
 
 pub use env::TestEnv;
 pub use prism_config::GroupProtocol;

@@ -200,25 +200,31 @@ pub async fn check_expected(
                 .query_async(&mut conn)
                 .await?;
             for key in keys {
-                let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) = redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("rev")
-                    .arg("ver")
-                    .arg("doc")
-                    .query_async(&mut conn)
-                    .await?;
+                let (revision, version, document): (Option<i64>, Option<i64>, Option<String>) =
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("rev")
+                        .arg("ver")
+                        .arg("doc")
+                        .query_async(&mut conn)
+                        .await?;
                 let id = key.trim_start_matches(&prefix).to_owned();
                 let (Some(revision), Some(version), Some(document)) = (revision, version, document) else {
                     diffs.push(format!("redis {key}: not a {{rev, ver, doc}} entry"));
                     continue;
                 };
                 let doc: Value = serde_json::from_str(&document)?;
-                let stored_at = |column: &str| stored.get(&id).map(|row| row.get(column).and_then(Value::as_i64).unwrap_or(-1));
+                let stored_at = |column: &str| {
+                    stored.get(&id).map(|row| row.get(column).and_then(Value::as_i64).unwrap_or(-1))
+                };
                 if let Some(stored_revision) = stored_at(REVISION_COLUMN).filter(|r| *r != revision) {
-                    diffs.push(format!("redis {key}: revision {revision}, PostgreSQL row has {stored_revision}"));
+                    diffs.push(format!(
+                        "redis {key}: revision {revision}, PostgreSQL row has {stored_revision}"
+                    ));
                 }
                 if let Some(stored_version) = stored_at(VERSION_COLUMN).filter(|v| *v != version) {
-                    diffs.push(format!("redis {key}: version {version}, PostgreSQL row has {stored_version}"));
+                    diffs
+                        .push(format!("redis {key}: version {version}, PostgreSQL row has {stored_version}"));
                 }
                 cached.insert(id, doc);
             }

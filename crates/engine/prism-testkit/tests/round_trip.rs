@@ -77,8 +77,9 @@ group_protocol_tests!(two_members_share_four_partitions_in_order_per_key => shar
 
 async fn share_four_partitions(protocol: GroupProtocol) {
     let app = prism_testkit::probe::application();
-    let env =
-        TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")]).await.expect("test environment");
+    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")])
+        .await
+        .expect("test environment");
     let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let group = env.group("round-trip");
 

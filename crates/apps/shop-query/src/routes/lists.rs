@@ -20,7 +20,11 @@ use crate::cursor::{OrdersCursor, ProductsCursor};
 
 /// `GET /users/{id}/orders?limit=&cursor=`.
 #[tracing::instrument(skip_all)]
-pub async fn user_orders(State(read): State<ReadPath>, path: PathIds, query: QueryParams) -> Result<Response, ApiError> {
+pub async fn user_orders(
+    State(read): State<ReadPath>,
+    path: PathIds,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
     let user_id = path.uuid("id")?;
     let query = query.only(&["limit", "cursor"])?;
     let limit = query.limit(read.config().default_page_size, read.config().max_page_size)?;
@@ -61,7 +65,11 @@ pub async fn products(State(read): State<ReadPath>, query: QueryParams) -> Resul
     };
     let fetch = page_fetch(limit);
     let rows = read
-        .query_rows(PRODUCT_CATALOG, include_str!("../../sql/listed_products.sql"), &[&name, &product_id, &fetch])
+        .query_rows(
+            PRODUCT_CATALOG,
+            include_str!("../../sql/listed_products.sql"),
+            &[&name, &product_id, &fetch],
+        )
         .await?;
     page(rows, limit, |last| {
         let last: ProductCatalogEntry = typed(last)?;
@@ -94,7 +102,11 @@ pub async fn product_sales(
         ));
     }
     let days = read
-        .query_rows(PRODUCT_SALES_DAILY, include_str!("../../sql/product_sales.sql"), &[&product_id, &from, &to])
+        .query_rows(
+            PRODUCT_SALES_DAILY,
+            include_str!("../../sql/product_sales.sql"),
+            &[&product_id, &from, &to],
+        )
         .await?;
     if days.is_empty() && read.entity(PRODUCT_CATALOG, &product_id.to_string(), None).await?.row.is_none() {
         return Err(ApiError::not_found("product"));

@@ -63,7 +63,11 @@ type State = HashMap<String, (Value, i64, i64)>;
 
 /// Runs the read models' feeds over `events` and writes every event's resulting rows to
 /// `path`. Returns the number of rows each read model ends with.
-pub fn precompute(models: &[ReadModel], events: &[Event], path: &Path) -> anyhow::Result<BTreeMap<&'static str, usize>> {
+pub fn precompute(
+    models: &[ReadModel],
+    events: &[Event],
+    path: &Path,
+) -> anyhow::Result<BTreeMap<&'static str, usize>> {
     let mut states: Vec<State> = models.iter().map(|_| State::new()).collect();
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -77,7 +81,12 @@ pub fn precompute(models: &[ReadModel], events: &[Event], path: &Path) -> anyhow
                         let id = event.meta.aggregate_id.to_string();
                         let current = state.get(&id);
                         let mut next = fold(current.map(|(row, ..)| row.clone()), event).map_err(|e| {
-                            anyhow::anyhow!("{} refuses {} {}: {e}", model.name(), event.event_type(), event.meta.aggregate_id)
+                            anyhow::anyhow!(
+                                "{} refuses {} {}: {e}",
+                                model.name(),
+                                event.event_type(),
+                                event.meta.aggregate_id
+                            )
                         })?;
                         let revision = current.map_or(1, |(_, _, r)| r + 1);
                         if let (Some((row, ..)), Some(map)) = (current, next.as_object_mut()) {
@@ -170,7 +179,10 @@ pub async fn create_tables(client: &tokio_postgres::Client, models: &[ReadModel]
 }
 
 /// Rows in each ceiling table.
-pub async fn row_counts(client: &tokio_postgres::Client, models: &[ReadModel]) -> anyhow::Result<BTreeMap<&'static str, usize>> {
+pub async fn row_counts(
+    client: &tokio_postgres::Client,
+    models: &[ReadModel],
+) -> anyhow::Result<BTreeMap<&'static str, usize>> {
     let mut counts = BTreeMap::new();
     for model in models {
         let n: i64 = client.query_one(&format!("SELECT count(*) FROM {}", table(model)), &[]).await?.get(0);
@@ -192,10 +204,16 @@ fn load(path: &Path) -> anyhow::Result<HashMap<Uuid, Vec<Row>>> {
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         let mut parts = line.splitn(4, '\t');
-        let (Some(id), Some(model), Some(key), Some(json)) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(id), Some(model), Some(key), Some(json)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             bail!("{} line {}: not `event id, model, key, row`", path.display(), n + 1);
         };
-        rows.entry(id.parse()?).or_default().push(Row { model: model.parse()?, key: key.into(), json: json.into() });
+        rows.entry(id.parse()?).or_default().push(Row {
+            model: model.parse()?,
+            key: key.into(),
+            json: json.into(),
+        });
     }
     Ok(rows)
 }
@@ -215,8 +233,11 @@ async fn upsert_sql(client: &tokio_postgres::Client, model: &ReadModel) -> anyho
         .collect();
     anyhow::ensure!(!columns.is_empty(), "{table} does not exist in the benchmark's schema");
     let key = model.key_columns();
-    let sets: Vec<String> =
-        columns.iter().filter(|c| !key.contains(&c.as_str())).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    let sets: Vec<String> = columns
+        .iter()
+        .filter(|c| !key.contains(&c.as_str()))
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
     Ok(format!(
         "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) \
          ON CONFLICT ({}) DO UPDATE SET {}",
@@ -246,7 +267,14 @@ pub async fn run(settings: &ChildSettings) -> anyhow::Result<()> {
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4 * BATCH);
         senders.push(tx);
-        tasks.push(tokio::spawn(write_batches(client, statements, models.len(), rows.clone(), rx, landed.clone())));
+        tasks.push(tokio::spawn(write_batches(
+            client,
+            statements,
+            models.len(),
+            rows.clone(),
+            rx,
+            landed.clone(),
+        )));
     }
     println!("ready");
 
@@ -261,7 +289,12 @@ pub async fn run(settings: &ChildSettings) -> anyhow::Result<()> {
                 let message = message?;
                 let topic = topic_index(&topics, message.topic())?;
                 let writer = (topic * 31 + message.partition() as usize) % senders.len();
-                let item = (topic, message.partition(), message.offset(), message.payload().unwrap_or_default().to_vec());
+                let item = (
+                    topic,
+                    message.partition(),
+                    message.offset(),
+                    message.payload().unwrap_or_default().to_vec(),
+                );
                 senders[writer].blocking_send(item).context("a writer stopped")?;
             }
             if last_commit.elapsed() >= Duration::from_millis(100) {
@@ -306,8 +339,11 @@ async fn write_batches(
         }
         let mut last: Vec<BTreeMap<&str, &str>> = vec![BTreeMap::new(); model_count];
         for (.., value) in &batch {
-            let head: Head = serde_json::from_slice(value).context("a message whose value has no event_id")?;
-            let writes = rows.get(&head.event_id).with_context(|| format!("no precomputed rows for event {}", head.event_id))?;
+            let head: Head =
+                serde_json::from_slice(value).context("a message whose value has no event_id")?;
+            let writes = rows
+                .get(&head.event_id)
+                .with_context(|| format!("no precomputed rows for event {}", head.event_id))?;
             for row in writes {
                 last[row.model].insert(&row.key, &row.json);
             }

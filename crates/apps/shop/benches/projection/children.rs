@@ -115,7 +115,11 @@ fn consume(settings: &ChildSettings) -> anyhow::Result<()> {
             let message = message?;
             // Touch the value, as any consumer that does something with it would.
             bytes = bytes.wrapping_add(message.payload().map_or(0, <[u8]>::len));
-            positions.done(topic_index(&settings.topics, message.topic())?, message.partition(), message.offset());
+            positions.done(
+                topic_index(&settings.topics, message.topic())?,
+                message.partition(),
+                message.offset(),
+            );
             dirty = true;
         }
         if dirty && last_commit.elapsed() >= Duration::from_millis(100) {

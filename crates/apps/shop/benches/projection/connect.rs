@@ -65,7 +65,8 @@ pub fn record(event: &Event) -> (String, String) {
 
 /// Creates the Connect topics (same partitions as the event topics).
 pub async fn create_topics(config: &PrismConfig, topics: &[String], partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = prism_kafka::base_client_config(&config.kafka, "bench-admin").create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        prism_kafka::base_client_config(&config.kafka, "bench-admin").create()?;
     let new: Vec<NewTopic<'_>> =
         topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
@@ -101,7 +102,10 @@ pub async fn publish(producer: &FutureProducer, prefix: &str, events: &[Event]) 
         }
     }
     for delivery in deliveries {
-        delivery.await.map_err(|_| anyhow::anyhow!("producer dropped a message"))?.map_err(|(err, _)| anyhow::anyhow!("delivery failed: {err}"))?;
+        delivery
+            .await
+            .map_err(|_| anyhow::anyhow!("producer dropped a message"))?
+            .map_err(|(err, _)| anyhow::anyhow!("delivery failed: {err}"))?;
     }
     Ok(())
 }
@@ -184,7 +188,8 @@ pub async fn delete_groups(config: &PrismConfig, groups: &[String]) -> anyhow::R
     if groups.is_empty() {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = prism_kafka::base_client_config(&config.kafka, "bench-admin").create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        prism_kafka::base_client_config(&config.kafka, "bench-admin").create()?;
     let names: Vec<&str> = groups.iter().map(String::as_str).collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     admin.delete_groups(&names, &options).await?;

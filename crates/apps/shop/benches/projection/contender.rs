@@ -164,7 +164,14 @@ pub async fn measure(mut contender: Contender, services: &Services) -> anyhow::R
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let (ready_tx, mut ready_rx) = tokio::sync::watch::channel(false);
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(copy_lines(stdout, log.clone(), contender.ready_line, None, Some(ready_tx), failure.clone()));
+        tokio::spawn(copy_lines(
+            stdout,
+            log.clone(),
+            contender.ready_line,
+            None,
+            Some(ready_tx),
+            failure.clone(),
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(copy_lines(stderr, log.clone(), None, contender.error_prefix, None, failure.clone()));
@@ -185,8 +192,10 @@ pub async fn measure(mut contender: Contender, services: &Services) -> anyhow::R
         }
     }
     let start = services.sample(Some(pid));
-    let followed =
-        follow(&contender.watch, contender.events, services, pid, start, deadline, || running.check_alive(&failure)).await;
+    let followed = follow(&contender.watch, contender.events, services, pid, start, deadline, || {
+        running.check_alive(&failure)
+    })
+    .await;
     let window = match followed {
         Ok(window) => window,
         Err(err) if err.to_string().contains("--- last lines of") => return Err(err),
@@ -217,10 +226,22 @@ impl Window {
         // A contender seen done at its very first commit has no steady window of its own: its
         // whole window stands for it.
         let (first, first_committed) = match self.first {
-            Some((sample, committed)) if sample.at < self.done.at && committed < events => (sample, committed),
+            Some((sample, committed)) if sample.at < self.done.at && committed < events => {
+                (sample, committed)
+            }
             _ => (self.start, 0),
         };
-        Measured { key, name, does, events, first_committed, start: self.start, first, done: self.done, peak_rss: self.peak_rss }
+        Measured {
+            key,
+            name,
+            does,
+            events,
+            first_committed,
+            start: self.start,
+            first,
+            done: self.done,
+            peak_rss: self.peak_rss,
+        }
     }
 }
 
@@ -329,5 +350,9 @@ impl Running {
 pub fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    format!("--- last lines of {} ---\n{}", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    )
 }

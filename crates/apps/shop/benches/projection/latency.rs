@@ -163,22 +163,38 @@ struct Sent {
 }
 
 /// Runs the latency measurement with the projector and both services running.
-pub async fn run(env: &TestEnv, binaries: &Binaries, work: &Path, settings: &Settings) -> anyhow::Result<Outcome> {
+pub async fn run(
+    env: &TestEnv,
+    binaries: &Binaries,
+    work: &Path,
+    settings: &Settings,
+) -> anyhow::Result<Outcome> {
     println!(
         "latency: {:.0} events/s for {} s, {} command-then-read clients ...",
         settings.rate, settings.seconds, settings.clients
     );
-    let projector =
-        Service::start(&binaries.projector, env, "PRISM__PROJECTOR__LISTEN", &[], work.join("latency-projector.log"))
+    let projector = Service::start(
+        &binaries.projector,
+        env,
+        "PRISM__PROJECTOR__LISTEN",
+        &[],
+        work.join("latency-projector.log"),
+    )
+    .await
+    .context("starting shop-projector")?;
+    let commands = Service::start(
+        &binaries.commands,
+        env,
+        "PRISM__COMMANDS__LISTEN",
+        &[],
+        work.join("latency-commands.log"),
+    )
+    .await
+    .context("starting shop-commands")?;
+    let query =
+        Service::start(&binaries.query, env, "PRISM__QUERY__LISTEN", &[], work.join("latency-query.log"))
             .await
-            .context("starting shop-projector")?;
-    let commands =
-        Service::start(&binaries.commands, env, "PRISM__COMMANDS__LISTEN", &[], work.join("latency-commands.log"))
-            .await
-            .context("starting shop-commands")?;
-    let query = Service::start(&binaries.query, env, "PRISM__QUERY__LISTEN", &[], work.join("latency-query.log"))
-        .await
-        .context("starting shop-query")?;
+            .context("starting shop-query")?;
     let outcome = measure(env, &commands.base, &query.base, settings).await;
     query.stop().await;
     commands.stop().await;
@@ -196,12 +212,15 @@ async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings
             if !matches!(feed.kind, FeedKind::Fold(_)) || target_of.contains_key(feed.source.as_str()) {
                 continue;
             }
-            let instance = instances.iter().find(|i| i.projection == model.name()).context("no active generation")?;
+            let instance =
+                instances.iter().find(|i| i.projection == model.name()).context("no active generation")?;
             let key = model.key_columns()[0];
             target_of.insert(feed.source.as_str(), targets.len());
             targets.push(Target {
                 sql: format!("SELECT {key}, prism_version FROM {} WHERE {key} = ANY($1)", model.name()),
-                cache_prefix: model.cache_kind().map(|k| instance.cache_prefix(k, &env.config.redis.key_prefix)),
+                cache_prefix: model
+                    .cache_kind()
+                    .map(|k| instance.cache_prefix(k, &env.config.redis.key_prefix)),
             });
         }
     }
@@ -220,13 +239,15 @@ async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings
     for target in &targets {
         statements.push(pg.prepare(&target.sql).await?);
     }
-    let redis = redis::Client::open(env.config.redis.url.as_str())?.get_multiplexed_async_connection().await?;
+    let redis =
+        redis::Client::open(env.config.redis.url.as_str())?.get_multiplexed_async_connection().await?;
     let (listener, notifications) = listen(env).await?;
 
     let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     let t0 = Instant::now();
     let checker = tokio::spawn(check(pg, statements, targets.clone(), redis, notifications, sent_rx, t0));
-    let clients = tokio::spawn(clients(commands.to_owned(), query.to_owned(), settings.clients, settings.seconds, t0));
+    let clients =
+        tokio::spawn(clients(commands.to_owned(), query.to_owned(), settings.clients, settings.seconds, t0));
     let produced = produce(env, &events, &target_of, settings.rate, sent_tx, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
     let (produce_pg, produce_redis, not_visible, pg_look, redis_look) = checker.await??;
@@ -250,7 +271,8 @@ async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings
 async fn listen(
     env: &TestEnv,
 ) -> anyhow::Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<()>)> {
-    let url = format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
+    let url =
+        format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
     let (client, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -275,11 +297,12 @@ async fn produce(
     sent: tokio::sync::mpsc::UnboundedSender<Sent>,
     t0: Instant,
 ) -> anyhow::Result<usize> {
-    let producer: FutureProducer = prism_kafka::base_client_config(&env.config.kafka, "bench-latency-producer")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .create()?;
+    let producer: FutureProducer =
+        prism_kafka::base_client_config(&env.config.kafka, "bench-latency-producer")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .create()?;
     let (delivery_tx, mut delivery_rx) = tokio::sync::mpsc::unbounded_channel();
     let deliveries = tokio::spawn(async move {
         let mut failed = 0usize;
@@ -301,11 +324,19 @@ async fn produce(
         let value = event.to_json_bytes();
         let version = event.meta.schema_version.to_string();
         let headers = OwnedHeaders::new()
-            .insert(rdkafka::message::Header { key: prism_events::HEADER_EVENT_TYPE, value: Some(event.event_type()) })
-            .insert(rdkafka::message::Header { key: prism_events::HEADER_SCHEMA_VERSION, value: Some(&version) });
+            .insert(rdkafka::message::Header {
+                key: prism_events::HEADER_EVENT_TYPE,
+                value: Some(event.event_type()),
+            })
+            .insert(rdkafka::message::Header {
+                key: prism_events::HEADER_SCHEMA_VERSION,
+                value: Some(&version),
+            });
         let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
         let at = Instant::now();
-        let delivery = producer.send_result(record).map_err(|(err, _)| anyhow::anyhow!("producing to {topic}: {err}"))?;
+        let delivery = producer
+            .send_result(record)
+            .map_err(|(err, _)| anyhow::anyhow!("producing to {topic}: {err}"))?;
         let _ = delivery_tx.send(delivery);
         let _ = sent.send(Sent {
             target: target_of[event.meta.aggregate_type.as_str()],
@@ -461,13 +492,21 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// The clients' figures, before the producer's are added.
-async fn clients(commands: String, query: String, n: usize, seconds: u64, t0: Instant) -> anyhow::Result<Outcome> {
+async fn clients(
+    commands: String,
+    query: String,
+    n: usize,
+    seconds: u64,
+    t0: Instant,
+) -> anyhow::Result<Outcome> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(4 * n).build()?;
     let deadline = t0 + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for client in 0..n {
         let (http, commands, query) = (http.clone(), commands.clone(), query.clone());
-        tasks.push(tokio::spawn(async move { one_client(http, &commands, &query, client, t0, deadline).await }));
+        tasks.push(tokio::spawn(
+            async move { one_client(http, &commands, &query, client, t0, deadline).await },
+        ));
     }
     let mut outcome = Outcome { clients: n, ..Outcome::default() };
     let mut cycles = 0usize;
@@ -493,7 +532,12 @@ struct ClientFigures {
 }
 
 /// Posts `body` (or patches, for `patch`) and returns the version the command service answers.
-async fn command(http: &reqwest::Client, url: &str, body: Value, patch: bool) -> anyhow::Result<(String, i64)> {
+async fn command(
+    http: &reqwest::Client,
+    url: &str,
+    body: Value,
+    patch: bool,
+) -> anyhow::Result<(String, i64)> {
     let request = if patch { http.patch(url) } else { http.post(url) };
     let answer = request.json(&body).send().await?;
     let status = answer.status();
@@ -536,9 +580,19 @@ async fn one_client(
     while Instant::now() < deadline {
         n += 1;
         let (url, body, patch, read) = if n % 2 == 0 {
-            (format!("{commands}/users/{user}"), json!({"display_name": format!("Bench {client} {n}")}), true, format!("{query}/users/{user}"))
+            (
+                format!("{commands}/users/{user}"),
+                json!({"display_name": format!("Bench {client} {n}")}),
+                true,
+                format!("{query}/users/{user}"),
+            )
         } else {
-            (format!("{commands}/products/{product}/price"), json!({"price_cents": 1000 + n}), false, format!("{query}/products/{product}"))
+            (
+                format!("{commands}/products/{product}/price"),
+                json!({"price_cents": 1000 + n}),
+                false,
+                format!("{query}/products/{product}"),
+            )
         };
         let sent = Instant::now();
         let version = match command(&http, &url, body, patch).await {

@@ -90,7 +90,9 @@ struct Settings {
 
 fn number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {
-        Ok(value) => value.trim().parse().map_err(|_| anyhow::anyhow!("{name}={value} is not a valid number")),
+        Ok(value) => {
+            value.trim().parse().map_err(|_| anyhow::anyhow!("{name}={value} is not a valid number"))
+        }
         Err(_) => Ok(default),
     }
 }
@@ -106,7 +108,8 @@ fn flag(name: &str, default: bool) -> anyhow::Result<bool> {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Self> {
-        let parts = std::env::var("PRISM_BENCH_PARTS").unwrap_or_else(|_| "throughput,rebuild,latency".into());
+        let parts =
+            std::env::var("PRISM_BENCH_PARTS").unwrap_or_else(|_| "throughput,rebuild,latency".into());
         let parts: Vec<&str> = parts.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
         for part in &parts {
             if !["throughput", "rebuild", "latency"].contains(part) {
@@ -121,7 +124,10 @@ impl Settings {
             latency: parts.contains(&"latency"),
             debezium: flag("PRISM_BENCH_DEBEZIUM", true)?,
             latency_seconds: number("PRISM_BENCH_LATENCY_SECONDS", 60)?,
-            latency_rate: std::env::var("PRISM_BENCH_LATENCY_RATE").ok().map(|_| number("PRISM_BENCH_LATENCY_RATE", 0.0)).transpose()?,
+            latency_rate: std::env::var("PRISM_BENCH_LATENCY_RATE")
+                .ok()
+                .map(|_| number("PRISM_BENCH_LATENCY_RATE", 0.0))
+                .transpose()?,
             clients: number("PRISM_BENCH_CLIENTS", 16)?,
             write: flag("PRISM_BENCH_WRITE", true)?,
             plot: flag("PRISM_BENCH_PLOT", true)?,
@@ -130,7 +136,9 @@ impl Settings {
             bail!("PRISM_BENCH_EVENTS, PRISM_BENCH_PARTITIONS and PRISM_BENCH_CLIENTS must be at least 1");
         }
         if settings.rebuild && !settings.throughput {
-            bail!("PRISM_BENCH_PARTS: the rebuild part replays the throughput part's events; add `throughput`");
+            bail!(
+                "PRISM_BENCH_PARTS: the rebuild part replays the throughput part's events; add `throughput`"
+            );
         }
         if settings.latency && !settings.throughput && settings.latency_rate.is_none() {
             bail!("PRISM_BENCH_PARTS: without `throughput` there is no Prism rate to halve; set PRISM_BENCH_LATENCY_RATE");
@@ -176,9 +184,17 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
         .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_owned)).unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
     format!("{cores} cores ({model}, {}), load average {load} at the start", std::env::consts::ARCH)
 }
 
@@ -217,7 +233,11 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     if settings.rebuild {
         run.rebuilds = rebuild::run(&env, &binaries, &services, &work).await?;
         let summary = env
-            .wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(120))
+            .wait_for_oracle(
+                &shop::testing::oracle::fold(&events),
+                CacheCheck::Complete,
+                Duration::from_secs(120),
+            )
             .await
             .context("after the rebuilds the read models must still equal the oracle")?;
         run.checks.push(format!(
@@ -244,7 +264,10 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             let status = std::process::Command::new(repo.join("ops/bench/plot"))
                 .status()
                 .context("running ops/bench/plot")?;
-            anyhow::ensure!(status.success(), "ops/bench/plot failed ({status}); PRISM_BENCH_PLOT=0 skips it");
+            anyhow::ensure!(
+                status.success(),
+                "ops/bench/plot failed ({status}); PRISM_BENCH_PLOT=0 skips it"
+            );
         }
     } else {
         println!("PRISM_BENCH_WRITE=0: BENCHMARKS.md and docs/benchmarks/ left as they were");
@@ -268,7 +291,12 @@ async fn throughput(
     let topics = env.event_topics();
     run.events = events.len();
     run.aggregates = events.iter().map(|e| e.meta.aggregate_id).collect::<HashSet<_>>().len();
-    println!("publishing {} events ({} aggregates) to {} topics ...", events.len(), run.aggregates, topics.len());
+    println!(
+        "publishing {} events ({} aggregates) to {} topics ...",
+        events.len(),
+        run.aggregates,
+        topics.len()
+    );
     let producer = prism_testkit::kafka::producer(&env.config)?;
     prism_testkit::kafka::publish_events(&producer, env.topic_prefix(), events).await?;
     let ends = offsets::end_offsets(&env.config, &topics).await?;
@@ -281,11 +309,18 @@ async fn throughput(
     let connect_topics: Vec<String> =
         env.app.aggregate_types().iter().map(|t| connect::topic(env.topic_prefix(), t.as_str())).collect();
     let connect_ends = if settings.debezium {
-        println!("publishing them again in the Debezium sink's format to {} topics ...", connect_topics.len());
+        println!(
+            "publishing them again in the Debezium sink's format to {} topics ...",
+            connect_topics.len()
+        );
         connect::create_topics(&env.config, &connect_topics, settings.partitions).await?;
         connect::publish(&producer, env.topic_prefix(), events).await?;
         let ends = offsets::end_offsets(&env.config, &connect_topics).await?;
-        anyhow::ensure!(offsets::total(&ends) as usize == events.len(), "the Connect topics hold {} messages", offsets::total(&ends));
+        anyhow::ensure!(
+            offsets::total(&ends) as usize == events.len(),
+            "the Connect topics hold {} messages",
+            offsets::total(&ends)
+        );
         ends
     } else {
         BTreeMap::new()
@@ -314,7 +349,8 @@ async fn throughput(
         ))
         .await?;
     }
-    let pg_url = format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
+    let pg_url =
+        format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
     let exe = std::env::current_exe()?;
     let child = |role: &str, group: &str| {
         let mut command = binaries::command(&exe, &binaries::prism_vars(env));
@@ -326,7 +362,13 @@ async fn throughput(
             .env("PRISM_BENCH_CEILING_ROWS", &rows_file);
         command
     };
-    let contender = |key: &str, name: &str, does: &str, command, group: &str, ends: &offsets::Ends| -> anyhow::Result<Contender> {
+    let contender = |key: &str,
+                     name: &str,
+                     does: &str,
+                     command,
+                     group: &str,
+                     ends: &offsets::Ends|
+     -> anyhow::Result<Contender> {
         Ok(Contender {
             key: key.into(),
             name: name.into(),
@@ -344,7 +386,14 @@ async fn throughput(
 
     // 1. Consume only.
     let group = env.group("bench-consume");
-    let c = contender("consume", "consume only", "reads and commits, nothing else (broker ceiling)", child("consume", &group), &group, &ends)?;
+    let c = contender(
+        "consume",
+        "consume only",
+        "reads and commits, nothing else (broker ceiling)",
+        child("consume", &group),
+        &group,
+        &ends,
+    )?;
     let (measured, running) = contender::measure(c, services).await?;
     running.stop().await;
     run.contenders.push(measured);
@@ -365,7 +414,9 @@ async fn throughput(
     let metrics = reqwest::get(format!("http://{listen}/metrics")).await?.text().await?;
     std::fs::write(work.join("prism-metrics.txt"), &metrics)?;
     if flag("PRISM_BENCH_SHOW_BATCHES", false)? {
-        for line in metrics.lines().filter(|l| l.contains("batch") && !l.contains("_bucket") && !l.starts_with('#')) {
+        for line in
+            metrics.lines().filter(|l| l.contains("batch") && !l.contains("_bucket") && !l.starts_with('#'))
+        {
             println!("  {line}");
         }
     }
@@ -424,9 +475,16 @@ async fn throughput(
     running.stop().await;
     let mut rows = 0i64;
     for topic in &topics {
-        rows += pg.query_one(&format!("SELECT count(*) FROM {}", children::sink_table(topic)), &[]).await?.get::<_, i64>(0);
+        rows += pg
+            .query_one(&format!("SELECT count(*) FROM {}", children::sink_table(topic)), &[])
+            .await?
+            .get::<_, i64>(0);
     }
-    anyhow::ensure!(rows as usize == run.aggregates, "the upsert sink holds {rows} rows for {} aggregates", run.aggregates);
+    anyhow::ensure!(
+        rows as usize == run.aggregates,
+        "the upsert sink holds {rows} rows for {} aggregates",
+        run.aggregates
+    );
     run.checks.push(format!("Per-record upsert sink: {rows} rows, one per aggregate."));
     run.contenders.push(measured);
 
@@ -435,7 +493,11 @@ async fn throughput(
         let (jdbc, user) = connect::jdbc_url(&env.services.database_url(), &env.config.postgres.schema)?;
         let mut groups = Vec::new();
         for (profile, label, does) in [
-            ("defaults", "Debezium JDBC sink, defaults", "Connect 4.4 standalone, upsert by key, batch 500, 1 task"),
+            (
+                "defaults",
+                "Debezium JDBC sink, defaults",
+                "Connect 4.4 standalone, upsert by key, batch 500, 1 task",
+            ),
             ("tuned", "Debezium JDBC sink, tuned", "batch 5000, UNNEST insert, reduction buffer, 1 task"),
         ] {
             checkpoint().await?;
@@ -474,7 +536,11 @@ async fn throughput(
                     .with_context(|| format!("the Debezium sink's table for {topic}"))?
                     .get::<_, i64>(0);
             }
-            anyhow::ensure!(rows as usize == run.aggregates, "{label} holds {rows} rows for {} aggregates", run.aggregates);
+            anyhow::ensure!(
+                rows as usize == run.aggregates,
+                "{label} holds {rows} rows for {} aggregates",
+                run.aggregates
+            );
             run.checks.push(format!("{label}: {rows} rows, one per aggregate."));
             run.contenders.push(measured);
         }

@@ -51,9 +51,10 @@ impl GroupWatch {
         for (topic, partition) in self.ends.keys() {
             tpl.add_partition(topic, *partition);
         }
-        let committed = tokio::task::spawn_blocking(move || client.committed_offsets(tpl, Duration::from_secs(10)))
-            .await?
-            .with_context(|| format!("reading the committed offsets of {}", self.group))?;
+        let committed =
+            tokio::task::spawn_blocking(move || client.committed_offsets(tpl, Duration::from_secs(10)))
+                .await?
+                .with_context(|| format!("reading the committed offsets of {}", self.group))?;
         let mut total = 0;
         let mut done = true;
         for element in committed.elements() {

@@ -88,7 +88,9 @@ pub fn listener_pid(port: u16) -> Option<u32> {
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             // local_address is "ADDR:PORT" in hex; state 0A is LISTEN; inode is column 9.
-            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9)) else { continue };
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9)) else {
+                continue;
+            };
             let listening_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
             if *state == "0A" && listening_port == Some(port) {
                 inodes.insert(format!("socket:[{inode}]"));
@@ -100,8 +102,9 @@ pub fn listener_pid(port: u16) -> Option<u32> {
     }
     all_pids().into_iter().find(|pid| {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-        fds.filter_map(Result::ok)
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| inodes.contains(link.to_string_lossy().as_ref())))
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|link| inodes.contains(link.to_string_lossy().as_ref()))
+        })
     })
 }
 

@@ -47,7 +47,12 @@ pub struct Rebuilt {
 
 /// Rebuilds every read model in place, then every one blue/green; the projector is stopped
 /// when this returns.
-pub async fn run(env: &TestEnv, binaries: &Binaries, services: &Services, work: &Path) -> anyhow::Result<Vec<Rebuilt>> {
+pub async fn run(
+    env: &TestEnv,
+    binaries: &Binaries,
+    services: &Services,
+    work: &Path,
+) -> anyhow::Result<Vec<Rebuilt>> {
     let mut out = Vec::new();
     for model in env.app.read_models() {
         out.push(in_place(env, binaries, services, work, model.name()).await?);
@@ -58,7 +63,11 @@ pub async fn run(env: &TestEnv, binaries: &Binaries, services: &Services, work: 
         name: "Prism projector (serving during blue/green rebuilds)".into(),
         does: String::new(),
         command: binaries::projector(binaries, env, &listen),
-        watch: GroupWatch::new(&env.config, &prism_projector::group_id(&env.config), &offsets::end_offsets(&env.config, &env.event_topics()).await?)?,
+        watch: GroupWatch::new(
+            &env.config,
+            &prism_projector::group_id(&env.config),
+            &offsets::end_offsets(&env.config, &env.event_topics()).await?,
+        )?,
         ready_line: None,
         error_prefix: None,
         log: work.join("prism-blue-green.log"),
@@ -205,18 +214,21 @@ async fn blue_green(
     let group = prism_kafka::admin::projector_group_id(&builder);
     let watch = GroupWatch::new(&env.config, &group, &ends)?;
     let deadline = started + contender::timeout();
-    let window = contender::follow(&watch, offsets::total(&ends), services, projector, start, deadline, || {
-        while let Ok(line) = lines_rx.try_recv() {
-            transcript.push_str(&line);
-            transcript.push('\n');
-        }
-        match child.try_wait() {
-            Ok(Some(status)) if !status.success() => bail!("prismctl failed ({status}):\n{transcript}"),
-            _ => Ok(()),
-        }
-    })
-    .await?;
-    let status = tokio::time::timeout(contender::timeout(), child.wait()).await.context("prismctl did not finish")??;
+    let window =
+        contender::follow(&watch, offsets::total(&ends), services, projector, start, deadline, || {
+            while let Ok(line) = lines_rx.try_recv() {
+                transcript.push_str(&line);
+                transcript.push('\n');
+            }
+            match child.try_wait() {
+                Ok(Some(status)) if !status.success() => bail!("prismctl failed ({status}):\n{transcript}"),
+                _ => Ok(()),
+            }
+        })
+        .await?;
+    let status = tokio::time::timeout(contender::timeout(), child.wait())
+        .await
+        .context("prismctl did not finish")??;
     while let Some(line) = lines_rx.recv().await {
         transcript.push_str(&line);
         transcript.push('\n');

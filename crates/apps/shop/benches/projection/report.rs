@@ -167,7 +167,8 @@ impl Run {
     /// The latency table.
     pub fn latency_table(&self) -> String {
         let Some(l) = &self.latency else { return String::new() };
-        let mut t = String::from("| path | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
+        let mut t =
+            String::from("| path | samples | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
         for (name, series) in [
             ("produce → visible in PostgreSQL", &l.produce_pg),
             ("produce → visible in Redis", &l.produce_redis),
@@ -218,8 +219,16 @@ impl Run {
             _ => None,
         };
         ratio_target("Prism / min(consume only, set-write ceiling)", floor, 0.5);
-        ratio_target("Prism / Debezium sink, defaults", self.contender("debezium-defaults").map(Measured::rate), 5.0);
-        ratio_target("Prism / Debezium sink, tuned", self.contender("debezium-tuned").map(Measured::rate), 2.0);
+        ratio_target(
+            "Prism / Debezium sink, defaults",
+            self.contender("debezium-defaults").map(Measured::rate),
+            5.0,
+        );
+        ratio_target(
+            "Prism / Debezium sink, tuned",
+            self.contender("debezium-tuned").map(Measured::rate),
+            2.0,
+        );
         let cost = |what: &str, value: Option<f64>, goal: f64, unit: &str| {
             (
                 what.to_owned(),
@@ -228,7 +237,12 @@ impl Run {
                 value.map(|v| v <= goal),
             )
         };
-        out.push(cost("Prism's process, CPU per event", prism.and_then(|p| p.us_per_event(|s| s.contender)), 15.0, "µs"));
+        out.push(cost(
+            "Prism's process, CPU per event",
+            prism.and_then(|p| p.us_per_event(|s| s.contender)),
+            15.0,
+            "µs",
+        ));
         out.push(cost(
             "PostgreSQL, CPU per event (Prism's window)",
             prism.and_then(|p| p.us_per_event(|s| s.postgres)),
@@ -238,9 +252,24 @@ impl Run {
         let p99 = |pick: fn(&latency::Outcome) -> &latency::Series| {
             self.latency.as_ref().map(|l| pick(l).percentiles().p99)
         };
-        out.push(cost("produce → visible in PostgreSQL, p99 at half load", p99(|l| &l.produce_pg), 100.0, "ms"));
-        out.push(cost("produce → visible in Redis, p99 at half load", p99(|l| &l.produce_redis), 100.0, "ms"));
-        out.push(cost("command → visible through the query API, p99", p99(|l| &l.command_visible), 100.0, "ms"));
+        out.push(cost(
+            "produce → visible in PostgreSQL, p99 at half load",
+            p99(|l| &l.produce_pg),
+            100.0,
+            "ms",
+        ));
+        out.push(cost(
+            "produce → visible in Redis, p99 at half load",
+            p99(|l| &l.produce_redis),
+            100.0,
+            "ms",
+        ));
+        out.push(cost(
+            "command → visible through the query API, p99",
+            p99(|l| &l.command_visible),
+            100.0,
+            "ms",
+        ));
         let live = self.live_rate();
         for (mode, events, seconds) in self.rebuild_totals() {
             let rate = events as f64 / seconds;
@@ -277,10 +306,16 @@ impl Run {
 
     /// Prints everything.
     pub fn print(&self) {
-        println!("\n== {} — {} events, {} aggregates, {} partitions per topic, {}", self.when, self.events, self.aggregates, self.partitions, self.machine);
+        println!(
+            "\n== {} — {} events, {} aggregates, {} partitions per topic, {}",
+            self.when, self.events, self.aggregates, self.partitions, self.machine
+        );
         if !self.contenders.is_empty() {
             println!("\n-- throughput (events/s over the steady window: first commit → every partition committed)\n{}", self.throughput_table());
-            println!("-- CPU per event of each process (steady window) and the contender's memory\n{}", self.cost_table());
+            println!(
+                "-- CPU per event of each process (steady window) and the contender's memory\n{}",
+                self.cost_table()
+            );
             for check in &self.checks {
                 println!("{check}");
             }
@@ -305,7 +340,8 @@ impl Run {
     /// Writes the marked sections of BENCHMARKS.md for the parts that ran, and the data files.
     pub fn write(&self, repo: &Path) -> anyhow::Result<()> {
         let path = repo.join("BENCHMARKS.md");
-        let mut text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         if !self.contenders.is_empty() {
             let section = format!(
                 "{}\n\n{}\n{}\nCPU per event of every process over each contender's steady window, and the contender's peak memory:\n\n{}\nTargets (ratios on this machine, same run; a miss is reported as measured):\n\n{}\n![throughput](docs/benchmarks/throughput.png)\n",
@@ -327,7 +363,11 @@ impl Run {
             text = replace_section(&text, "rebuild-benchmark", &section)?;
         }
         if self.latency.is_some() {
-            let section = format!("{}\n\n{}\n![latency](docs/benchmarks/latency.png)\n", self.header(), self.latency_table());
+            let section = format!(
+                "{}\n\n{}\n![latency](docs/benchmarks/latency.png)\n",
+                self.header(),
+                self.latency_table()
+            );
             text = replace_section(&text, "latency-benchmark", &section)?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

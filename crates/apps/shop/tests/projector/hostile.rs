@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::{dead_letter_counts, InProcess};
 use prism_events::{Event, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
-use shop_model::aggregates::{ORDER, USER};
 use prism_testkit::kafka::{consumer, produce, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, Message};
 use serde_json::{json, Value};
+use shop::testing::workload::Workload;
+use shop_model::aggregates::{ORDER, USER};
 use uuid::Uuid;
 
 /// A hostile message: its key, its value and the error kind it must be dead-lettered with.
@@ -59,10 +59,8 @@ async fn hostile_payloads_are_dead_lettered_with_a_reason_and_the_worker_goes_on
     let after: Vec<Event> = others_after.iter().cloned().chain(victim_later.iter().cloned()).collect();
     let landing: Vec<Event> = others.clone();
 
-    let order =
-        spare.iter().find(|e| e.meta.aggregate_type == ORDER).expect("order event").clone();
-    let user =
-        spare.iter().find(|e| e.meta.aggregate_type == USER).expect("user event").clone();
+    let order = spare.iter().find(|e| e.meta.aggregate_type == ORDER).expect("order event").clone();
+    let user = spare.iter().find(|e| e.meta.aggregate_type == USER).expect("user event").clone();
     let fresh = || Uuid::new_v4().to_string().into_bytes();
     let with = |mut envelope: Value, field: &str, value: Value| {
         envelope[field] = value;
@@ -210,9 +208,13 @@ async fn hostile_payloads_are_dead_lettered_with_a_reason_and_the_worker_goes_on
 
     // Valid events all land, except the victim's after its poison message.
     let parked = victim_events.len() - 1;
-    env.wait_for_oracle(&shop::testing::oracle::fold(&landing), CacheCheck::Complete, Duration::from_secs(120))
-        .await
-        .expect("valid events land");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&landing),
+        CacheCheck::Complete,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("valid events land");
 
     // Per read model fed by the order topic: every hostile message, plus the victim's parked events.
     let per_instance = (hostile.len() + parked) as i64;
@@ -318,8 +320,15 @@ async fn hostile_payloads_are_dead_lettered_with_a_reason_and_the_worker_goes_on
 }
 
 /// Events of aggregates other than `victim` in `topic`/`partition` after `offset`.
-async fn count_other_events_after(env: &TestEnv, topic: &str, partition: i32, offset: i64, victim: Uuid) -> usize {
-    let ends = prism_testkit::kafka::end_offsets(&env.config, &[topic.to_owned()]).await.expect("end offsets");
+async fn count_other_events_after(
+    env: &TestEnv,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    victim: Uuid,
+) -> usize {
+    let ends =
+        prism_testkit::kafka::end_offsets(&env.config, &[topic.to_owned()]).await.expect("end offsets");
     let end = ends[&(topic.to_owned(), partition)];
     let reader = consumer(&env.config, &env.group("behind-reader"), &[]).expect("consumer");
     let mut assignment = rdkafka::TopicPartitionList::new();
@@ -331,11 +340,16 @@ async fn count_other_events_after(env: &TestEnv, topic: &str, partition: i32, of
     let mut position = offset + 1;
     while position < end {
         assert!(Instant::now() < deadline, "reading {topic}/{partition} up to {end}");
-        let Some(message) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(200))) else { continue };
+        let Some(message) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(200))) else {
+            continue;
+        };
         let message = message.expect("message");
         position = message.offset() + 1;
         let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-        if key != victim_key && Uuid::parse_str(&key).is_ok() && message.payload().is_some_and(|p| p.starts_with(b"{\"")) {
+        if key != victim_key
+            && Uuid::parse_str(&key).is_ok()
+            && message.payload().is_some_and(|p| p.starts_with(b"{\""))
+        {
             others += 1;
         }
     }

@@ -6,18 +6,17 @@
 //! missing event and the chain parked behind it apply in order, and their dead letters are
 //! resolved.
 
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::InProcess;
 use prism_events::{AggregateType, Event};
-use shop_model::aggregates::{CART, ORDER};
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
 use rdkafka::consumer::{CommitMode, Consumer};
+use shop::testing::workload::Workload;
+use shop_model::aggregates::{CART, ORDER};
 use uuid::Uuid;
 
 /// Dead letters each projection instance must record for an aggregate of `aggregate_type`
@@ -89,10 +88,18 @@ async fn duplicates_replays_and_gaps_never_double_apply_or_reorder() {
     produced.extend(out_of_order.iter().cloned());
 
     let projector = InProcess::start(env.config.clone());
-    env.wait_for_oracle(&shop::testing::oracle::fold(&produced), CacheCheck::Complete, Duration::from_secs(120))
-        .await
-        .expect("oracle after injection");
-    assert_eq!(open_dead_letter_counts(&env).await, expected_dead, "open dead letters per read model: the gaps");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&produced),
+        CacheCheck::Complete,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("oracle after injection");
+    assert_eq!(
+        open_dead_letter_counts(&env).await,
+        expected_dead,
+        "open dead letters per read model: the gaps"
+    );
     let healed = resolved_dead_letters(&env).await;
     assert!(healed > 0, "the swapped streams were dead-lettered, then healed");
 
@@ -126,9 +133,13 @@ async fn duplicates_replays_and_gaps_never_double_apply_or_reorder() {
     // behind them apply, in order, without an operator.
     publish_events(&producer, env.topic_prefix(), &late).await.expect("publish late events");
     produced.extend(late.iter().cloned());
-    env.wait_for_oracle(&shop::testing::oracle::fold(&produced), CacheCheck::Complete, Duration::from_secs(120))
-        .await
-        .expect("oracle after the late events");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&produced),
+        CacheCheck::Complete,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("oracle after the late events");
     assert_eq!(
         open_dead_letter_counts(&env).await,
         still_missing_after_late,
@@ -152,7 +163,8 @@ async fn duplicates_replays_and_gaps_never_double_apply_or_reorder() {
     reset.commit(&tpl, CommitMode::Sync).expect("reset offsets to earliest");
     drop(reset);
     // The reset must have landed, or "no double application" would be judged on no replay.
-    let committed = prism_testkit::kafka::committed_offsets(&env.config, &group, &topics).await.expect("committed");
+    let committed =
+        prism_testkit::kafka::committed_offsets(&env.config, &group, &topics).await.expect("committed");
     assert!(
         !committed.is_empty() && committed.values().all(|offset| *offset == 0),
         "the reset put every partition at 0: {committed:?}"
@@ -161,9 +173,13 @@ async fn duplicates_replays_and_gaps_never_double_apply_or_reorder() {
 
     let projector = InProcess::start(env.config.clone());
     let committed_before = tokio::time::Instant::now();
-    env.wait_for_oracle(&shop::testing::oracle::fold(&produced), CacheCheck::Complete, Duration::from_secs(120))
-        .await
-        .expect("oracle after replay");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&produced),
+        CacheCheck::Complete,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("oracle after replay");
     // The replay must actually have happened before we judge it: wait until the group has
     // committed the end of every topic again.
     let ends = prism_testkit::kafka::end_offsets(&env.config, &topics).await.expect("end offsets");
@@ -179,14 +195,22 @@ async fn duplicates_replays_and_gaps_never_double_apply_or_reorder() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    env.wait_for_oracle(&shop::testing::oracle::fold(&produced), CacheCheck::Complete, Duration::from_secs(10))
-        .await
-        .expect("oracle after replay");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&produced),
+        CacheCheck::Complete,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("oracle after replay");
     assert_eq!(open_dead_letter_counts(&env).await, expected_dead, "a replay records no dead letter twice");
     // And the replay did happen: every event came again and was skipped as a duplicate (at
     // least once: it feeds one read model or more).
     let replayed = skipped("duplicate") - skipped_before;
-    assert!(replayed >= events.len() as f64, "{replayed} duplicates skipped in the replay of {} events", events.len());
+    assert!(
+        replayed >= events.len() as f64,
+        "{replayed} duplicates skipped in the replay of {} events",
+        events.len()
+    );
     projector.stop().await;
 }
 

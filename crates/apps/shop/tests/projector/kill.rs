@@ -8,21 +8,21 @@
 //! which skips them as duplicates; the workers' duplicate counters (read from each victim just
 //! before its kill, and from the survivors at the end) must show such redeliveries.
 
-
 use std::time::{Duration, Instant};
 
 use crate::support::WorkerProcess;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
 use rand::Rng;
+use shop::testing::workload::Workload;
 
 group_protocol_tests!(workers_killed_again_and_again_lose_and_duplicate_nothing => killed_again_and_again);
 
 async fn killed_again_and_again(protocol: GroupProtocol) {
     prism_testkit::init_logging();
-    let env = TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
+    let env =
+        TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let events = Workload::generate(11, 20_000);
 
     let mut workers: Vec<WorkerProcess> =
@@ -55,7 +55,13 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     publisher.await.expect("publisher");
     eprintln!("{kills} kills in {:?}", started.elapsed());
 
-    let summary = env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(240)).await;
+    let summary = env
+        .wait_for_oracle(
+            &shop::testing::oracle::fold(&events),
+            CacheCheck::Complete,
+            Duration::from_secs(240),
+        )
+        .await;
     if summary.is_err() {
         for w in &workers {
             eprintln!("--- {} ---\n{}", w.name, w.log_tail());
@@ -63,7 +69,10 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     }
     let summary = summary.expect("read models equal the oracle");
     eprintln!("{} events -> {summary:?} after {:?}", events.len(), started.elapsed());
-    assert!(crate::support::dead_letter_counts(&env).await.is_empty(), "valid events must never be dead-lettered");
+    assert!(
+        crate::support::dead_letter_counts(&env).await.is_empty(),
+        "valid events must never be dead-lettered"
+    );
     for w in &workers {
         duplicates_seen += w.duplicates_skipped().await;
     }

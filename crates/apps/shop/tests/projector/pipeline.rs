@@ -8,8 +8,8 @@ use prism_runtime::metric_names as m;
 use prism_runtime::Health;
 use prism_testkit::kafka::{producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
-use shop::testing::workload::Workload;
 use prism_testkit::TestEnv;
+use shop::testing::workload::Workload;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_workload_lands_exactly_in_postgres_and_redis() {
@@ -25,9 +25,10 @@ async fn a_workload_lands_exactly_in_postgres_and_redis() {
     config.projector.listen = format!("127.0.0.1:{port}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let mut worker = tokio::spawn(prism_projector::run(config, shop_model::application(), Health::new(), async {
-        let _ = stopped.await;
-    }));
+    let mut worker =
+        tokio::spawn(prism_projector::run(config, shop_model::application(), Health::new(), async {
+            let _ = stopped.await;
+        }));
 
     let expected = shop::testing::oracle::fold(&events);
     let summary = tokio::select! {

@@ -4,15 +4,14 @@
 //! (invariant 1); in the end every row and cache entry equals the oracle. Under both group
 //! protocols.
 
-
 use std::time::{Duration, Instant};
 
 use crate::support::{dead_letter_counts, InProcess};
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivatePostgres;
-use shop::testing::workload::Workload;
 use prism_testkit::{group_protocol_tests, GroupProtocol, Services, TestEnv};
+use shop::testing::workload::Workload;
 
 async fn terminate_projector_backends(admin: &tokio_postgres::Client) -> u64 {
     admin
@@ -31,12 +30,13 @@ async fn postgres_outages(protocol: GroupProtocol) {
     let mut postgres = PrivatePostgres::start().await.expect("private PostgreSQL");
     let services = Services { postgres: postgres.url(), ..Services::from_env() };
     let protocol = protocol.as_librdkafka();
-    let env = TestEnv::on(&shop_model::application(), 
+    let env = TestEnv::on(
+        &shop_model::application(),
         services,
         &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500"), ("PRISM__KAFKA__GROUP_PROTOCOL", protocol)],
     )
-        .await
-        .expect("test environment");
+    .await
+    .expect("test environment");
     let producer = producer(&env.config).expect("producer");
     let events = Workload::generate(41, 9_000);
     let chunks: Vec<&[prism_events::Event]> = events.chunks(3_000).collect();
@@ -58,9 +58,13 @@ async fn postgres_outages(protocol: GroupProtocol) {
     postgres.restart().await.expect("restart PostgreSQL");
 
     // 3. The server refusing writes: nothing may be committed while it does.
-    env.wait_for_oracle(&shop::testing::oracle::fold(&events[..6_000]), CacheCheck::Complete, Duration::from_secs(120))
-        .await
-        .expect("caught up after the outages");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&events[..6_000]),
+        CacheCheck::Complete,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("caught up after the outages");
     let admin = env.pg().await.expect("admin connection after restart");
     // Two statements: ALTER SYSTEM may not share a transaction.
     admin.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on").await.expect("read-only");
@@ -93,8 +97,14 @@ async fn postgres_outages(protocol: GroupProtocol) {
     admin.batch_execute("ALTER SYSTEM RESET default_transaction_read_only").await.expect("writable again");
     admin.batch_execute("SELECT pg_reload_conf()").await.expect("reload");
 
-    let summary =
-        env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::Complete, Duration::from_secs(120)).await.expect("oracle");
+    let summary = env
+        .wait_for_oracle(
+            &shop::testing::oracle::fold(&events),
+            CacheCheck::Complete,
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("oracle");
     eprintln!("{summary:?}");
     assert!(dead_letter_counts(&env).await.is_empty(), "outages never dead-letter valid events");
     projector.stop().await;

@@ -4,20 +4,19 @@
 //! written; a flush mid-run is survived the same way. Cache entries are never newer than
 //! PostgreSQL and never stale: every one present equals the oracle.
 
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::support::{dead_letter_counts, InProcess};
 use prism_events::Event;
 use prism_projections::ProjectionInstance;
-use shop_model::aggregates::{CART, ORDER, PRODUCT, USER};
-use shop_model::read_models::{CART_VIEW, ORDER_SUMMARY, PRODUCT_CATALOG, USER_PROFILE};
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer, publish_events};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::private::PrivateRedis;
-use shop::testing::workload::Workload;
 use prism_testkit::{Services, TestEnv};
+use shop::testing::workload::Workload;
+use shop_model::aggregates::{CART, ORDER, PRODUCT, USER};
+use shop_model::read_models::{CART_VIEW, ORDER_SUMMARY, PRODUCT_CATALOG, USER_PROFILE};
 
 /// Cache keys of the entity rows `events` touch (their own aggregates).
 fn touched_keys(env: &TestEnv, events: &[Event]) -> BTreeSet<String> {
@@ -32,7 +31,8 @@ fn touched_keys(env: &TestEnv, events: &[Event]) -> BTreeSet<String> {
                 _ => return None,
             };
             let kind = env.app.read_model(projection)?.cache_kind()?;
-            let prefix = ProjectionInstance::new(projection, 1).cache_prefix(kind, &env.config.redis.key_prefix);
+            let prefix =
+                ProjectionInstance::new(projection, 1).cache_prefix(kind, &env.config.redis.key_prefix);
             Some(format!("{prefix}{}", e.meta.aggregate_id))
         })
         .collect()
@@ -56,9 +56,13 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     prism_testkit::init_logging();
     let mut redis = PrivateRedis::start().await.expect("private Redis");
     let services = Services { redis: redis.url(), ..Services::from_env() };
-    let env = TestEnv::on(&shop_model::application(), services, &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")])
-        .await
-        .expect("test environment");
+    let env = TestEnv::on(
+        &shop_model::application(),
+        services,
+        &[("PRISM__PROJECTOR__RETRY_MAX_BACKOFF_MS", "500")],
+    )
+    .await
+    .expect("test environment");
     let producer = producer(&env.config).expect("producer");
     let events = Workload::generate(51, 6_000);
     let (first, rest) = events.split_at(2_000);
@@ -104,9 +108,13 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     redis.restart().await.expect("restart Redis");
     let mut applied: Vec<Event> = first.to_vec();
     applied.extend_from_slice(second);
-    env.wait_for_oracle(&shop::testing::oracle::fold(&applied), CacheCheck::PresentOnly, Duration::from_secs(120))
-        .await
-        .expect("second part lands");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&applied),
+        CacheCheck::PresentOnly,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("second part lands");
     let wanted = touched_keys(&env, second);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -129,9 +137,13 @@ async fn redis_down_restarted_and_flushed_never_leaves_a_wrong_or_stale_entry() 
     let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.expect("flush");
     publish_events(&producer, env.topic_prefix(), &third[1_000..]).await.expect("publish");
-    env.wait_for_oracle(&shop::testing::oracle::fold(&events), CacheCheck::PresentOnly, Duration::from_secs(120))
-        .await
-        .expect("everything lands");
+    env.wait_for_oracle(
+        &shop::testing::oracle::fold(&events),
+        CacheCheck::PresentOnly,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("everything lands");
     let missing = missing_keys(&redis.url(), &touched_keys(&env, &third[1_000..])).await;
     assert!(missing.is_empty(), "entries written after the flush are all there: missing {missing:?}");
 

@@ -48,9 +48,12 @@ fn gauge(name: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_that_lands_nothing_shows_in_readiness_metrics_and_lag() {
     prism_testkit::init_logging();
-    let env = TestEnv::with_overrides(&shop_model::application(), &[("PRISM__PROJECTOR__STALL_AFTER_SECONDS", "3")])
-        .await
-        .expect("test environment");
+    let env = TestEnv::with_overrides(
+        &shop_model::application(),
+        &[("PRISM__PROJECTOR__STALL_AFTER_SECONDS", "3")],
+    )
+    .await
+    .expect("test environment");
     let events = Workload::generate(23, 1_200);
     let victim = events.iter().find(|e| e.meta.aggregate_type == ORDER).expect("an order").meta.aggregate_id;
 
@@ -74,9 +77,10 @@ async fn a_partition_that_lands_nothing_shows_in_readiness_metrics_and_lag() {
     let group = prism_projector::group_id(&config);
     let health = Health::new();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let projector = tokio::spawn(prism_projector::run(config, shop_model::application(), health.clone(), async {
-        let _ = stopped.await;
-    }));
+    let projector =
+        tokio::spawn(prism_projector::run(config, shop_model::application(), health.clone(), async {
+            let _ = stopped.await;
+        }));
 
     let reason = wait_for_progress(&health, false, Duration::from_secs(60)).await;
     assert!(!health.is_ready(), "a worker with a stalled partition is not ready");
@@ -94,7 +98,8 @@ async fn a_partition_that_lands_nothing_shows_in_readiness_metrics_and_lag() {
     // In the metrics: one stalled partition, and its backlog in the lag series although it
     // never committed.
     let group_label = format!("group=\"{group}\"");
-    let partition_labels = [group_label.as_str(), &format!("topic=\"{orders}\""), &format!("partition=\"{partition}\"")];
+    let partition_labels =
+        [group_label.as_str(), &format!("topic=\"{orders}\""), &format!("partition=\"{partition}\"")];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stalled_gauge = gauge(m::PROJECTOR_STALLED_PARTITIONS, &[&group_label]);
@@ -108,15 +113,21 @@ async fn a_partition_that_lands_nothing_shows_in_readiness_metrics_and_lag() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let committed = prism_testkit::kafka::committed_offsets(&env.config, &group, &[orders.clone()]).await.expect("committed");
-    assert!(!committed.contains_key(&(orders.clone(), partition)), "the stalled partition never committed: {committed:?}");
+    let committed = prism_testkit::kafka::committed_offsets(&env.config, &group, &[orders.clone()])
+        .await
+        .expect("committed");
+    assert!(
+        !committed.contains_key(&(orders.clone(), partition)),
+        "the stalled partition never committed: {committed:?}"
+    );
 
     // Everything else moves on meanwhile: other topics commit to their ends.
     let others: Vec<String> = env.event_topics().into_iter().filter(|t| *t != orders).collect();
     let ends = prism_testkit::kafka::end_offsets(&env.config, &others).await.expect("ends");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let committed = prism_testkit::kafka::committed_offsets(&env.config, &group, &others).await.expect("committed");
+        let committed =
+            prism_testkit::kafka::committed_offsets(&env.config, &group, &others).await.expect("committed");
         if ends.iter().all(|(tp, end)| committed.get(tp) == Some(end)) {
             break;
         }

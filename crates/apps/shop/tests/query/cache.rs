@@ -52,12 +52,16 @@ async fn redis(env: &TestEnv) -> redis::aio::MultiplexedConnection {
 }
 
 /// (rev, ver, doc) of a cache entry.
-async fn entry(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> (Option<i64>, Option<i64>, Option<String>) {
+async fn entry(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> (Option<i64>, Option<i64>, Option<String>) {
     redis::cmd("HMGET").arg(key).arg("rev").arg("ver").arg("doc").query_async(conn).await.expect("HMGET")
 }
 
 fn order_key(env: &TestEnv, generation: u32, id: Uuid) -> String {
-    let prefix = ProjectionInstance::new(ORDER_SUMMARY, generation).cache_prefix("order", &env.config.redis.key_prefix);
+    let prefix = ProjectionInstance::new(ORDER_SUMMARY, generation)
+        .cache_prefix("order", &env.config.redis.key_prefix);
     format!("{prefix}{id}")
 }
 
@@ -133,7 +137,11 @@ async fn a_miss_refills_the_cache_the_next_read_hits_and_min_version_skips_an_ol
     assert_eq!(got.version_header(), Some(version));
     assert_ne!(got.body["carrier"], "older");
     let (revision, cached_version, _) = entry(&mut conn, &key).await;
-    assert_eq!((revision, cached_version), (Some(order.revision), Some(version)), "the newer row replaced the older entry");
+    assert_eq!(
+        (revision, cached_version),
+        (Some(order.revision), Some(version)),
+        "the newer row replaced the older entry"
+    );
     query.stop().await;
 }
 
@@ -160,7 +168,8 @@ async fn a_refill_never_overwrites_a_newer_cache_entry() {
     assert_eq!(written, 1);
 
     // Concurrent refills of the older row: none lands.
-    let refills: Vec<bool> = futures::future::join_all((0..16).map(|_| reads.refill(ORDER_SUMMARY, &row))).await;
+    let refills: Vec<bool> =
+        futures::future::join_all((0..16).map(|_| reads.refill(ORDER_SUMMARY, &row))).await;
     assert!(refills.iter().all(|written| !written), "{refills:?}");
     let mut conn = redis(&env).await;
     assert_eq!(entry(&mut conn, &key).await, (Some(revision + 1), Some(version + 1), Some(newer.clone())));

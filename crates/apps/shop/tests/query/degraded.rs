@@ -89,7 +89,8 @@ async fn a_redis_outage_degrades_the_cache_but_not_readiness_or_reads() {
     assert_eq!(metric(&query.metrics().await, "prism_query_cache_up"), Some(0.0));
     order_served(&query, order_id, version).await;
     let metrics = query.metrics().await;
-    let bypassed = metric(&metrics, "prism_query_cache_lookups_total{read_model=\"order_summary\",result=\"bypassed\"}");
+    let bypassed =
+        metric(&metrics, "prism_query_cache_lookups_total{read_model=\"order_summary\",result=\"bypassed\"}");
     assert!(bypassed.is_some_and(|n| n >= 1.0), "lookups bypass the degraded cache: {bypassed:?}");
 
     // Redis is back (empty: nothing is persisted): the cache is used and refilled again.

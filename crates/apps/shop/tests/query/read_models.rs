@@ -30,9 +30,12 @@ async fn the_generic_route_serves_every_keyed_read_model_as_the_shop_routes_do()
     let query = Running::query(with_wait(&env, 300)).await;
     let expected = oracle::fold(&events);
 
-    for (read_model, route) in
-        [(ORDER_SUMMARY, "/orders"), (PRODUCT_CATALOG, "/products"), (CART_VIEW, "/carts"), (USER_PROFILE, "/users")]
-    {
+    for (read_model, route) in [
+        (ORDER_SUMMARY, "/orders"),
+        (PRODUCT_CATALOG, "/products"),
+        (CART_VIEW, "/carts"),
+        (USER_PROFILE, "/users"),
+    ] {
         let rows = &expected.rows[read_model];
         assert!(!rows.is_empty(), "the workload produced no {read_model} rows");
         for (id, want) in rows.iter().take(SAMPLE) {
@@ -85,7 +88,8 @@ async fn the_generic_route_serves_every_keyed_read_model_as_the_shop_routes_do()
     }
 
     let metrics = query.metrics().await;
-    let served = metric(&metrics, "prism_query_requests_total{route=\"/read-models/{name}/{key}\",status=\"200\"}");
+    let served =
+        metric(&metrics, "prism_query_requests_total{route=\"/read-models/{name}/{key}\",status=\"200\"}");
     assert!(served.is_some_and(|n| n >= 4.0 * SAMPLE.min(1) as f64), "{served:?}");
     query.stop().await;
 }
@@ -110,7 +114,11 @@ async fn every_error_is_json_a_405_included() {
         assert_eq!(got.header("content-type"), Some("application/json"), "{method} {path}");
         assert_eq!(got.error("code"), Some("method_not_allowed"), "{method} {path}: {:?}", got.body);
         assert!(got.error("message").is_some_and(|m| !m.is_empty()), "{method} {path}");
-        assert!(got.header("allow").is_some_and(|allow| allow.contains("GET")), "{method} {path}: {:?}", got.headers);
+        assert!(
+            got.header("allow").is_some_and(|allow| allow.contains("GET")),
+            "{method} {path}: {:?}",
+            got.headers
+        );
     }
     let unknown = query.request(Method::GET, "/no/such/route").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);

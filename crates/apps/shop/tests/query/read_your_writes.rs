@@ -21,7 +21,8 @@ use shop_model::read_models::{CART_VIEW, ORDER_SUMMARY, PRODUCT_CATALOG, USER_PR
 use uuid::Uuid;
 
 use crate::support::{
-    environment, projector, publish, stored_events, wait_projected, with_wait, AppliedBatches, Answer, Running,
+    environment, projector, publish, stored_events, wait_projected, with_wait, Answer, AppliedBatches,
+    Running,
 };
 
 /// The series of parked read-your-writes requests on orders.
@@ -297,9 +298,12 @@ async fn end_to_end_queries_after_commands_never_see_an_older_version() {
     assert!(events.len() > shoppers * 8, "only {} events stored", events.len());
     wait_projected(&env, &events, Duration::from_secs(60)).await;
     let expected = oracle::fold(&events);
-    for (read_model, route) in
-        [(ORDER_SUMMARY, "orders"), (PRODUCT_CATALOG, "products"), (CART_VIEW, "carts"), (USER_PROFILE, "users")]
-    {
+    for (read_model, route) in [
+        (ORDER_SUMMARY, "orders"),
+        (PRODUCT_CATALOG, "products"),
+        (CART_VIEW, "carts"),
+        (USER_PROFILE, "users"),
+    ] {
         for (id, want) in &expected.rows[read_model] {
             let got = query.get(&format!("/{route}/{id}"), &[]).await;
             assert_eq!(got.status, StatusCode::OK);

@@ -37,8 +37,12 @@ async fn every_route_serves_what_the_oracle_expects() {
     let expected = oracle::fold(&events);
 
     // Entities: body equals the oracle's row, X-Prism-Version equals the row's version.
-    let entity_routes =
-        [(ORDER_SUMMARY, "/orders"), (PRODUCT_CATALOG, "/products"), (CART_VIEW, "/carts"), (USER_PROFILE, "/users")];
+    let entity_routes = [
+        (ORDER_SUMMARY, "/orders"),
+        (PRODUCT_CATALOG, "/products"),
+        (CART_VIEW, "/carts"),
+        (USER_PROFILE, "/users"),
+    ];
     let mut compared = 0;
     for (read_model, route) in entity_routes {
         let rows = &expected.rows[read_model];

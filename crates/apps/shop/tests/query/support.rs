@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 /// its own; under a plain `cargo test` they are threads of one process, so a test that asserts
 /// exact metric values holds this lock exclusively ([`metrics_exclusive`]) and every other test
 /// that runs a service in-process holds it shared ([`metrics_shared`]).
-static METRICS: std::sync::LazyLock<tokio::sync::RwLock<()>> = std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
+static METRICS: std::sync::LazyLock<tokio::sync::RwLock<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
 
 /// For a test that asserts exact metric values: no other in-process service runs meanwhile.
 pub async fn metrics_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
@@ -211,7 +212,10 @@ impl Running {
             let _ = stop.send(());
         }
         match self.task.take() {
-            Some(task) => tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops within 30s").expect("task"),
+            Some(task) => tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("stops within 30s")
+                .expect("task"),
             None => Ok(()),
         }
     }
@@ -283,7 +287,9 @@ pub fn projector(env: &TestEnv) -> Embedded {
 /// Waits until the read models (rows and cache) equal the oracle's fold of `events`.
 pub async fn wait_projected(env: &TestEnv, events: &[Event], timeout: Duration) {
     let expected = shop::testing::oracle::fold(events);
-    env.wait_for_oracle(&expected, CacheCheck::Complete, timeout).await.expect("read models equal the oracle");
+    env.wait_for_oracle(&expected, CacheCheck::Complete, timeout)
+        .await
+        .expect("read models equal the oracle");
 }
 
 /// Counts the projectors' applied-batch notifications of one read model, as the query service
@@ -299,8 +305,10 @@ impl AppliedBatches {
     pub async fn listen(env: &TestEnv, instance: &str) -> Self {
         use futures::StreamExt;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let url = format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
-        let (client, mut connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("listener");
+        let url =
+            format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
+        let (client, mut connection) =
+            tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("listener");
         let count = std::sync::Arc::new(AtomicUsize::new(0));
         let counted = count.clone();
         let instance = instance.to_owned();

@@ -191,10 +191,7 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
             .collect()
     };
     assert_eq!(store.load(CART, cart).await.expect("cart").events, truncated(&cart_events));
-    assert_eq!(
-        store.load(ORDER, order).await.expect("order").events,
-        truncated(&order_events)
-    );
+    assert_eq!(store.load(ORDER, order).await.expect("order").events, truncated(&order_events));
     assert!(store.load(ORDER, Uuid::new_v4()).await.expect("empty").events.is_empty());
 
     let all_lanes: Vec<i16> = (0..prism_event_store::OUTBOX_LANES).collect();

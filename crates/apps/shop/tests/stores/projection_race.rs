@@ -5,10 +5,10 @@
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
 use prism_testkit::oracle;
+use prism_testkit::TestEnv;
+use shop::testing::workload::Workload;
 use shop_model::aggregates::ORDER;
 use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY, USER_PROFILE};
-use shop::testing::workload::Workload;
-use prism_testkit::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_of_one_batch_apply_it_once() {
@@ -28,11 +28,16 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
     // Totals first: no entity row lock earlier in the transaction serialises the writers by
     // accident, so only the gate's locks keep the increments from doubling.
     let app = shop_model::application();
-    let instances: Vec<ProjectionInstance> =
-        [USER_PROFILE, PRODUCT_SALES_DAILY, ORDER_SUMMARY].into_iter().map(|p| ProjectionInstance::new(p, 1)).collect();
+    let instances: Vec<ProjectionInstance> = [USER_PROFILE, PRODUCT_SALES_DAILY, ORDER_SUMMARY]
+        .into_iter()
+        .map(|p| ProjectionInstance::new(p, 1))
+        .collect();
     let targets: Vec<Target<'_>> = instances
         .iter()
-        .map(|instance| Target { instance: *instance, model: app.read_model(instance.projection).expect("a shop read model") })
+        .map(|instance| Target {
+            instance: *instance,
+            model: app.read_model(instance.projection).expect("a shop read model"),
+        })
         .collect();
 
     // Every order's placement first, by one writer: from here on every gate row exists, so
@@ -42,7 +47,9 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
             MessageContent::Event(e) => e.meta.aggregate_version == 1,
             MessageContent::Poison(_) => false,
         });
-    apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed).await.expect("placements");
+    apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed)
+        .await
+        .expect("placements");
 
     // Six writers, each applying the rest of the stream in batches of 50, all at once.
     let writers = (0..6).map(|_| {
@@ -51,7 +58,10 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
             let app = shop_model::application();
             let targets: Vec<Target<'_>> = instances
                 .iter()
-                .map(|instance| Target { instance: *instance, model: app.read_model(instance.projection).expect("a shop read model") })
+                .map(|instance| Target {
+                    instance: *instance,
+                    model: app.read_model(instance.projection).expect("a shop read model"),
+                })
                 .collect();
             for batch in orders.chunks(50) {
                 // Deadlocks and serialization failures are transient: retry like the runtime.
@@ -71,8 +81,7 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
         writer.await.expect("writer");
     }
 
-    let order_events: Vec<_> =
-        events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
+    let order_events: Vec<_> = events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
     let client = env.pg().await.expect("pg");
     let expected = shop::testing::oracle::fold(&order_events);
     for target in &targets {

@@ -154,10 +154,14 @@ async fn roles_grant_each_service_what_it_needs_and_no_ddl() {
     owner.batch_execute("SET ROLE prism_owner").await.expect("SET ROLE prism_owner");
     let report = prism_postgres::migrate(&mut owner, &schema).await.expect("migrate as prism_owner");
     assert!(report.applied.is_empty(), "the schema was already migrated: {report:?}");
-    let registered = prism_read_store::registry::read_models(&owner).await.expect("the registry, as prism_owner");
-    prism_read_store::read_models::ensure_active(&mut owner, &registered).await.expect("ensure_active as prism_owner");
+    let registered =
+        prism_read_store::registry::read_models(&owner).await.expect("the registry, as prism_owner");
+    prism_read_store::read_models::ensure_active(&mut owner, &registered)
+        .await
+        .expect("ensure_active as prism_owner");
     let next = ProjectionInstance::new(shop_model::read_models::ORDER_SUMMARY, 2);
-    let order_summary = registered.iter().find(|m| m.name == "order_summary").expect("order_summary is registered");
+    let order_summary =
+        registered.iter().find(|m| m.name == "order_summary").expect("order_summary is registered");
     prism_read_store::read_models::create_tables(&owner, next, &order_summary.table_sql)
         .await
         .expect("prism_owner creates a generation");

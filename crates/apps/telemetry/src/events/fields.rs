@@ -37,7 +37,10 @@ pub fn site_id(field: &str, value: &str) -> Result<(), DecodeError> {
     if valid {
         Ok(())
     } else {
-        Err(DecodeError::invalid(field, "must be lowercase letters, digits and `-`, starting with a letter or digit"))
+        Err(DecodeError::invalid(
+            field,
+            "must be lowercase letters, digits and `-`, starting with a letter or digit",
+        ))
     }
 }
 
@@ -75,7 +78,12 @@ pub fn measured_at(field: &str, at: DateTime<Utc>) -> Result<(), DecodeError> {
     } else {
         Err(DecodeError::invalid(
             field,
-            format!("year {} is outside {}..={}: the device clock is not set", at.year(), bounds::YEARS.start(), bounds::YEARS.end()),
+            format!(
+                "year {} is outside {}..={}: the device clock is not set",
+                at.year(),
+                bounds::YEARS.start(),
+                bounds::YEARS.end()
+            ),
         ))
     }
 }

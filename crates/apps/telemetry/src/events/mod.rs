@@ -118,7 +118,10 @@ impl TelemetryEvent {
 
     /// Deserialises and validates a payload already upcast to the current version; errors
     /// name the offending field (`payload.value`).
-    pub fn from_current_payload(event_type: EventType, payload: serde_json::Value) -> Result<Self, DecodeError> {
+    pub fn from_current_payload(
+        event_type: EventType,
+        payload: serde_json::Value,
+    ) -> Result<Self, DecodeError> {
         use prism_events::fields::from_value;
         Ok(match event_type {
             EventType::DeviceRegistered => {
@@ -214,12 +217,32 @@ mod tests {
     #[test]
     fn payloads_are_validated_naming_the_field() {
         let cases = [
-            (EventType::DeviceRegistered, json!({"site_id": "Berlin", "model": "TH", "name": "n"}), "payload.site_id"),
+            (
+                EventType::DeviceRegistered,
+                json!({"site_id": "Berlin", "model": "TH", "name": "n"}),
+                "payload.site_id",
+            ),
             (EventType::DeviceRegistered, json!({"site_id": "b", "model": "", "name": "n"}), "payload.model"),
-            (EventType::ReadingReported, json!({"site_id": "b", "metric": "t-c", "value": 1, "measured_at": null}), "payload.metric"),
-            (EventType::ReadingReported, json!({"site_id": "b", "metric": "t", "value": 2e9, "measured_at": null}), "payload.value"),
-            (EventType::ReadingReported, json!({"site_id": "b", "metric": "t", "value": "1", "measured_at": null}), "payload.value"),
-            (EventType::ReadingReported, json!({"site_id": "b", "metric": "t", "value": 1}), "payload.measured_at"),
+            (
+                EventType::ReadingReported,
+                json!({"site_id": "b", "metric": "t-c", "value": 1, "measured_at": null}),
+                "payload.metric",
+            ),
+            (
+                EventType::ReadingReported,
+                json!({"site_id": "b", "metric": "t", "value": 2e9, "measured_at": null}),
+                "payload.value",
+            ),
+            (
+                EventType::ReadingReported,
+                json!({"site_id": "b", "metric": "t", "value": "1", "measured_at": null}),
+                "payload.value",
+            ),
+            (
+                EventType::ReadingReported,
+                json!({"site_id": "b", "metric": "t", "value": 1}),
+                "payload.measured_at",
+            ),
             (
                 EventType::ReadingReported,
                 json!({"site_id": "b", "metric": "t", "value": 1, "measured_at": "1970-01-01T00:00:00Z"}),
@@ -242,7 +265,8 @@ mod tests {
     #[test]
     fn payloads_round_trip() {
         let reading = json!({"site_id": "b-1", "metric": "co2_ppm", "value": 412.5, "measured_at": "2026-03-01T10:15:00.123456Z"});
-        let event = TelemetryEvent::from_current_payload(EventType::ReadingReported, reading.clone()).expect("valid");
+        let event =
+            TelemetryEvent::from_current_payload(EventType::ReadingReported, reading.clone()).expect("valid");
         assert_eq!(event.to_payload(), reading);
         let back = TelemetryEvent::from_current_payload(EventType::DeviceCameBack, json!({})).expect("valid");
         assert_eq!(back.to_payload(), json!({}));

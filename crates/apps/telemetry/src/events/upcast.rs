@@ -32,7 +32,10 @@ mod tests {
 
     use crate::events::{registry, EventType};
 
-    fn upcast(version: u32, payload: serde_json::Value) -> Result<serde_json::Value, prism_events::DecodeError> {
+    fn upcast(
+        version: u32,
+        payload: serde_json::Value,
+    ) -> Result<serde_json::Value, prism_events::DecodeError> {
         let registry = registry();
         let info = registry.event_type(EventType::ReadingReported.as_str()).expect("registered");
         let context = prism_events::UpcastContext {
@@ -56,8 +59,11 @@ mod tests {
 
     #[test]
     fn a_v1_reading_with_a_v2_field_is_refused_naming_it() {
-        let err = upcast(1, json!({"site_id": "s", "metric": "m", "value": 1, "measured_at": "2026-01-01T00:00:00Z"}))
-            .expect_err("refused");
+        let err = upcast(
+            1,
+            json!({"site_id": "s", "metric": "m", "value": 1, "measured_at": "2026-01-01T00:00:00Z"}),
+        )
+        .expect_err("refused");
         assert_eq!(err.kind(), "upcast_failed");
         assert!(err.to_string().contains("measured_at"), "{err}");
     }
@@ -67,7 +73,10 @@ mod tests {
         let v2 = json!({"site_id": "s", "metric": "m", "value": 1, "measured_at": null});
         assert_eq!(upcast(2, v2.clone()).expect("as is"), v2);
         for version in [0, 3] {
-            assert_eq!(upcast(version, v2.clone()).expect_err("refused").kind(), "unsupported_schema_version");
+            assert_eq!(
+                upcast(version, v2.clone()).expect_err("refused").kind(),
+                "unsupported_schema_version"
+            );
         }
     }
 }

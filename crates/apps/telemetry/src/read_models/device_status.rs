@@ -90,15 +90,23 @@ pub fn apply(view: Option<DeviceStatus>, event: &Event) -> Result<DeviceStatus, 
             registered_at: at,
             last_seen_at: at,
         },
-        (TelemetryEvent::DeviceRegistered(_), Some(_)) => return Err(refuse("the device is registered already")),
-        (_, None) => return Err(refuse("the device was never registered (its first event must be DeviceRegistered)")),
+        (TelemetryEvent::DeviceRegistered(_), Some(_)) => {
+            return Err(refuse("the device is registered already"))
+        }
+        (_, None) => {
+            return Err(refuse("the device was never registered (its first event must be DeviceRegistered)"))
+        }
         (TelemetryEvent::ReadingReported(reading), Some(mut device)) => {
             let measured_at = reading.measured_or(at);
-            let newer = device.last_readings.get(&reading.metric).is_none_or(|last| measured_at >= last.measured_at);
+            let newer =
+                device.last_readings.get(&reading.metric).is_none_or(|last| measured_at >= last.measured_at);
             if newer {
-                device.last_readings.insert(reading.metric.clone(), LastReading { value: reading.value, measured_at });
+                device
+                    .last_readings
+                    .insert(reading.metric.clone(), LastReading { value: reading.value, measured_at });
             }
-            device.last_reading_at = Some(device.last_reading_at.map_or(measured_at, |last| last.max(measured_at)));
+            device.last_reading_at =
+                Some(device.last_reading_at.map_or(measured_at, |last| last.max(measured_at)));
             device.reading_count += 1;
             device
         }
@@ -182,13 +190,22 @@ mod tests {
 
     #[test]
     fn goes_offline_and_comes_back() {
-        let offline = fold(&[event(1, 0, registered()), event(2, 3, DeviceWentOffline { reason: "battery low".into() })])
-            .expect("folds")
-            .expect("a row");
+        let offline = fold(&[
+            event(1, 0, registered()),
+            event(2, 3, DeviceWentOffline { reason: "battery low".into() }),
+        ])
+        .expect("folds")
+        .expect("a row");
         assert_eq!(offline.status, Connectivity::Offline);
-        assert_eq!((offline.offline_reason.as_deref(), offline.went_offline_at), (Some("battery low"), Some(at(3))));
+        assert_eq!(
+            (offline.offline_reason.as_deref(), offline.went_offline_at),
+            (Some("battery low"), Some(at(3)))
+        );
         let back = apply(Some(offline), &event(3, 9, DeviceCameBack {})).expect("folds");
-        assert_eq!((back.status, back.offline_reason, back.went_offline_at), (Connectivity::Online, None, None));
+        assert_eq!(
+            (back.status, back.offline_reason, back.went_offline_at),
+            (Connectivity::Online, None, None)
+        );
         assert_eq!(back.last_seen_at, at(9));
     }
 
@@ -198,11 +215,13 @@ mod tests {
         assert!(unregistered.0.contains("never registered"), "{unregistered}");
         let twice = fold(&[event(1, 0, registered()), event(2, 1, registered())]).expect_err("twice");
         assert!(twice.0.contains("registered already"), "{twice}");
-        let back_online = fold(&[event(1, 0, registered()), event(2, 1, DeviceCameBack {})]).expect_err("online");
+        let back_online =
+            fold(&[event(1, 0, registered()), event(2, 1, DeviceCameBack {})]).expect_err("online");
         assert!(back_online.0.contains("version 2"), "{back_online}");
         let offline = DeviceWentOffline { reason: "x".into() };
         let twice_offline =
-            fold(&[event(1, 0, registered()), event(2, 1, offline.clone()), event(3, 2, offline)]).expect_err("offline");
+            fold(&[event(1, 0, registered()), event(2, 1, offline.clone()), event(3, 2, offline)])
+                .expect_err("offline");
         assert!(twice_offline.0.contains("offline already"), "{twice_offline}");
     }
 }

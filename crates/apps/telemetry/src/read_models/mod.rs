@@ -41,6 +41,10 @@ pub fn all() -> Vec<ReadModel> {
 /// application reaching this projector).
 pub fn telemetry_event(event: &Event) -> Result<&TelemetryEvent, Unprojectable> {
     event.body::<TelemetryEvent>().ok_or_else(|| {
-        Unprojectable::new(format!("{} {} is not a telemetry event", event.meta.aggregate_type, event.event_type()))
+        Unprojectable::new(format!(
+            "{} {} is not a telemetry event",
+            event.meta.aggregate_type,
+            event.event_type()
+        ))
     })
 }

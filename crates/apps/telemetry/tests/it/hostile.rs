@@ -31,17 +31,32 @@ async fn hostile_messages_are_dead_lettered_with_a_reason_and_their_devices_park
     let cases: BTreeSet<&str> = produced.hostile.iter().map(|h| h.case.as_str()).collect();
     assert_eq!(
         cases,
-        BTreeSet::from(["malformed_json", "wrong_aggregate_type", "unknown_event_type", "nul_in_field", "oversize", "v2_field_in_v1", "version_gap"]),
+        BTreeSet::from([
+            "malformed_json",
+            "wrong_aggregate_type",
+            "unknown_event_type",
+            "nul_in_field",
+            "oversize",
+            "v2_field_in_v1",
+            "version_gap"
+        ]),
         "the producer wrote every hostile case"
     );
     let last_hostile = produced.hostile.iter().map(|h| h.position).max().unwrap_or(0);
-    let victims: BTreeMap<uuid::Uuid, u64> = produced.hostile.iter().map(|h| (h.aggregate_id, h.after_version)).collect();
-    let later_of_others =
-        produced.events[last_hostile..].iter().filter(|e| !victims.contains_key(&e.meta.aggregate_id)).count();
-    assert!(later_of_others > 50, "valid events of other devices follow the hostile ones ({later_of_others})");
+    let victims: BTreeMap<uuid::Uuid, u64> =
+        produced.hostile.iter().map(|h| (h.aggregate_id, h.after_version)).collect();
+    let later_of_others = produced.events[last_hostile..]
+        .iter()
+        .filter(|e| !victims.contains_key(&e.meta.aggregate_id))
+        .count();
+    assert!(
+        later_of_others > 50,
+        "valid events of other devices follow the hostile ones ({later_of_others})"
+    );
 
     // What must be applied: everything but the victims' events behind their hostile message.
-    let behind = |e: &Event| victims.get(&e.meta.aggregate_id).is_some_and(|after| e.meta.aggregate_version > *after);
+    let behind =
+        |e: &Event| victims.get(&e.meta.aggregate_id).is_some_and(|after| e.meta.aggregate_version > *after);
     let applied: Vec<Event> = produced.events.iter().filter(|e| !behind(e)).cloned().collect();
     let parked_behind: usize = produced.events.iter().filter(|e| behind(e)).count();
     env.wait_for_oracle(&oracle::fold(&applied), CacheCheck::Complete, Duration::from_secs(60))
@@ -57,7 +72,8 @@ async fn hostile_messages_are_dead_lettered_with_a_reason_and_their_devices_park
     let dead: Vec<DeadLetter> = loop {
         let dead = dead_letters(&env).await;
         let complete = instances.iter().all(|instance| {
-            let of = |class: &str| dead.iter().filter(|d| &d.projection == instance && d.class == class).count();
+            let of =
+                |class: &str| dead.iter().filter(|d| &d.projection == instance && d.class == class).count();
             of("permanent") == permanent && of("parked") == parked
         }) && dead.len() == 2 * (permanent + parked)
             && dead.iter().all(|d| d.published);
@@ -75,26 +91,53 @@ async fn hostile_messages_are_dead_lettered_with_a_reason_and_their_devices_park
     for instance in &instances {
         for hostile in &produced.hostile {
             let victim = hostile.aggregate_id.to_string();
-            let of_victim: Vec<&DeadLetter> =
-                dead.iter().filter(|d| &d.projection == instance && d.aggregate_id.as_deref() == Some(victim.as_str())).collect();
+            let of_victim: Vec<&DeadLetter> = dead
+                .iter()
+                .filter(|d| &d.projection == instance && d.aggregate_id.as_deref() == Some(victim.as_str()))
+                .collect();
             let failed: Vec<&&DeadLetter> = of_victim.iter().filter(|d| d.class == "permanent").collect();
-            assert_eq!(failed.len(), 1, "{instance}, {}: one permanent dead letter: {of_victim:#?}", hostile.case);
+            assert_eq!(
+                failed.len(),
+                1,
+                "{instance}, {}: one permanent dead letter: {of_victim:#?}",
+                hostile.case
+            );
             let failed = failed[0];
             assert_eq!(failed.kind, hostile.expect_kind, "{instance}, {}: {}", hostile.case, failed.message);
             for text in &hostile.expect_text {
-                assert!(failed.message.contains(text), "{instance}, {}: `{}` should name `{text}`", hostile.case, failed.message);
+                assert!(
+                    failed.message.contains(text),
+                    "{instance}, {}: `{}` should name `{text}`",
+                    hostile.case,
+                    failed.message
+                );
             }
-            assert!(failed.message.len() < 1_000, "{instance}, {}: a bounded reason: {}", hostile.case, failed.message.len());
-            let parked_versions: Vec<i64> =
-                of_victim.iter().filter(|d| d.class == "parked").filter_map(|d| d.aggregate_version).collect();
+            assert!(
+                failed.message.len() < 1_000,
+                "{instance}, {}: a bounded reason: {}",
+                hostile.case,
+                failed.message.len()
+            );
+            let parked_versions: Vec<i64> = of_victim
+                .iter()
+                .filter(|d| d.class == "parked")
+                .filter_map(|d| d.aggregate_version)
+                .collect();
             let behind_versions: Vec<i64> = produced
                 .events
                 .iter()
-                .filter(|e| e.meta.aggregate_id == hostile.aggregate_id && e.meta.aggregate_version > hostile.after_version)
+                .filter(|e| {
+                    e.meta.aggregate_id == hostile.aggregate_id
+                        && e.meta.aggregate_version > hostile.after_version
+                })
                 .map(|e| e.meta.aggregate_version as i64)
                 .skip(usize::from(hostile.case == "version_gap"))
                 .collect();
-            assert_eq!(parked_versions, behind_versions, "{instance}, {}: the device's later events are parked, in order", hostile.case);
+            assert_eq!(
+                parked_versions, behind_versions,
+                "{instance}, {}: the device's later events are parked, in order",
+                hostile.case
+            );
         }
     }
 
@@ -143,15 +186,29 @@ async fn a_nul_byte_in_what_the_engine_copies_into_a_dead_letter_does_not_stall_
     for n in 0..8 {
         let id = uuid::Uuid::new_v4();
         let key = id.to_string();
-        prism_testkit::kafka::produce(&producer, &topic, Some(key.as_bytes()), Some(&envelope("Device\u{0}Registered", id)), &[])
-            .await
-            .expect("produce");
+        prism_testkit::kafka::produce(
+            &producer,
+            &topic,
+            Some(key.as_bytes()),
+            Some(&envelope("Device\u{0}Registered", id)),
+            &[],
+        )
+        .await
+        .expect("produce");
         let nul_key = format!("device\u{0}{n}");
-        prism_testkit::kafka::produce(&producer, &topic, Some(nul_key.as_bytes()), Some(&envelope("DeviceRegistered", id)), &[])
-            .await
-            .expect("produce");
+        prism_testkit::kafka::produce(
+            &producer,
+            &topic,
+            Some(nul_key.as_bytes()),
+            Some(&envelope("DeviceRegistered", id)),
+            &[],
+        )
+        .await
+        .expect("produce");
     }
-    let valid = PythonProducer::spawn(&env, "after-nul", &Workload::new(20, 3, 5, 43)).finish(Duration::from_secs(60)).await;
+    let valid = PythonProducer::spawn(&env, "after-nul", &Workload::new(20, 3, 5, 43))
+        .finish(Duration::from_secs(60))
+        .await;
     env.wait_for_oracle(&oracle::fold(&valid.events), CacheCheck::Complete, Duration::from_secs(30))
         .await
         .expect("valid events behind the NUL bytes land");

@@ -23,7 +23,8 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     let app = telemetry::application();
     let env = TestEnv::for_protocol(&app, protocol, &[]).await.expect("test environment");
 
-    let mut workers: Vec<WorkerProcess> = (0..3).map(|i| WorkerProcess::spawn(&env, &format!("w{i}"))).collect();
+    let mut workers: Vec<WorkerProcess> =
+        (0..3).map(|i| WorkerProcess::spawn(&env, &format!("w{i}"))).collect();
     // About 24 s of traffic, so the kills land while events arrive.
     let mut producer = PythonProducer::spawn(&env, "kill", &Workload::new(150, 10, 40, 21).rate(250));
 
@@ -41,8 +42,16 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     let kills_took = started.elapsed();
     let traffic_outlived_kills = producer.running();
     let produced = producer.finish(Duration::from_secs(60)).await;
-    eprintln!("{kills} kills in {:.1}s, {} events produced in {:.1}s", kills_took.as_secs_f64(), produced.events.len(), started.elapsed().as_secs_f64());
-    assert!(traffic_outlived_kills, "the producer finished before the last kill: make the traffic last longer");
+    eprintln!(
+        "{kills} kills in {:.1}s, {} events produced in {:.1}s",
+        kills_took.as_secs_f64(),
+        produced.events.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        traffic_outlived_kills,
+        "the producer finished before the last kill: make the traffic last longer"
+    );
 
     let expected = oracle::fold(&produced.events);
     let summary = env.wait_for_oracle(&expected, CacheCheck::Complete, Duration::from_secs(60)).await;
@@ -56,7 +65,17 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     assert!(dead.is_empty(), "valid events must never be dead-lettered: {dead:?}");
     for w in &mut workers {
         let status = w.terminate(Duration::from_secs(30)).await;
-        assert!(status.is_some_and(|s| s.success()), "{} exits 0 on SIGTERM ({status:?}):\n{}", w.name, w.log_tail());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} exits 0 on SIGTERM ({status:?}):\n{}",
+            w.name,
+            w.log_tail()
+        );
     }
-    eprintln!("{:?}: {} events -> {summary:?} in {:.1}s", protocol, produced.events.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "{:?}: {} events -> {summary:?} in {:.1}s",
+        protocol,
+        produced.events.len(),
+        started.elapsed().as_secs_f64()
+    );
 }

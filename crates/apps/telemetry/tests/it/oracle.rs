@@ -61,7 +61,8 @@ fn apply(out: &mut Expected, e: &Event) {
                 .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
                 .map(|t| t.with_timezone(&Utc));
             if previous.is_none_or(|p| measured >= p) {
-                device["last_readings"][&reading.metric] = json!({"value": reading.value, "measured_at": ts(measured)});
+                device["last_readings"][&reading.metric] =
+                    json!({"value": reading.value, "measured_at": ts(measured)});
             }
             let newest = device["last_reading_at"]
                 .as_str()

@@ -28,17 +28,29 @@ async fn python_produced_events_project_to_exactly_the_oracle() {
     // The producer follows the contract: every envelope validates against the schema.
     let schema = events_schema();
     for envelope in &produced.envelopes {
-        let errors: Vec<String> = schema.iter_errors(envelope).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        let errors: Vec<String> =
+            schema.iter_errors(envelope).map(|e| format!("{e} at {}", e.instance_path())).collect();
         assert!(errors.is_empty(), "produce.py wrote an event the schema refuses: {errors:?}\n{envelope}");
     }
     // ... and exercises what the read models must handle.
     let versions = written_versions(&produced);
-    for (event_type, version) in
-        [("DeviceRegistered", 1), ("ReadingReported", 1), ("ReadingReported", 2), ("DeviceWentOffline", 1), ("DeviceCameBack", 1)]
-    {
-        assert!(versions.get(&(event_type.to_owned(), version)).is_some_and(|n| *n > 0), "no {event_type} v{version}: {versions:?}");
+    for (event_type, version) in [
+        ("DeviceRegistered", 1),
+        ("ReadingReported", 1),
+        ("ReadingReported", 2),
+        ("DeviceWentOffline", 1),
+        ("DeviceCameBack", 1),
+    ] {
+        assert!(
+            versions.get(&(event_type.to_owned(), version)).is_some_and(|n| *n > 0),
+            "no {event_type} v{version}: {versions:?}"
+        );
     }
-    let clockless = produced.envelopes.iter().filter(|e| e["schema_version"] == 2 && e["payload"]["measured_at"].is_null()).count();
+    let clockless = produced
+        .envelopes
+        .iter()
+        .filter(|e| e["schema_version"] == 2 && e["payload"]["measured_at"].is_null())
+        .count();
     assert!(clockless > 0, "no v2 reading without a measurement time");
 
     let expected = oracle::fold(&produced.events);

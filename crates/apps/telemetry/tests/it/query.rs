@@ -20,19 +20,29 @@ async fn every_row_reads_back_through_the_query_service_as_the_oracle_has_it() {
     let app = telemetry::application();
     let env = TestEnv::new(&app).await.expect("test environment");
     let projector = prism_projector::Embedded::start(env.config.clone(), app.clone());
-    let produced = PythonProducer::spawn(&env, "query", &Workload::new(30, 4, 20, 17)).finish(Duration::from_secs(60)).await;
+    let produced = PythonProducer::spawn(&env, "query", &Workload::new(30, 4, 20, 17))
+        .finish(Duration::from_secs(60))
+        .await;
     let expected = oracle::fold(&produced.events);
     env.wait_for_oracle(&expected, CacheCheck::Complete, Duration::from_secs(60)).await.expect("oracle");
     projector.stop(Duration::from_secs(30)).await.expect("the projector stops cleanly");
     // Misses first: every read goes to PostgreSQL and refills the cache.
-    prism_testkit::env::delete_keys(&env.config.redis.url, &env.config.redis.key_prefix).await.expect("empty the cache");
+    prism_testkit::env::delete_keys(&env.config.redis.url, &env.config.redis.key_prefix)
+        .await
+        .expect("empty the cache");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("address"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(prism_query::serve(env.config.clone(), app.clone(), telemetry::query::routes(), listener, async {
-        let _ = stopped.await;
-    }));
+    let service = tokio::spawn(prism_query::serve(
+        env.config.clone(),
+        app.clone(),
+        telemetry::query::routes(),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
     let get = |path: String| {
         let http = http.clone();
@@ -62,7 +72,8 @@ async fn every_row_reads_back_through_the_query_service_as_the_oracle_has_it() {
     for (site, mut want) in by_site {
         let (status, body) = get(format!("/sites/{site}/readings?limit=1000")).await;
         assert_eq!(status, 200, "{body}");
-        let mut got: Vec<Value> = body["readings"].as_array().expect("readings").iter().map(normalize).collect();
+        let mut got: Vec<Value> =
+            body["readings"].as_array().expect("readings").iter().map(normalize).collect();
         let order = |v: &Value| (v["metric"].to_string(), v["hour"].to_string());
         got.sort_by_key(order);
         want.sort_by_key(order);
@@ -77,5 +88,9 @@ async fn every_row_reads_back_through_the_query_service_as_the_oracle_has_it() {
     assert_eq!(status, 400, "{body}");
 
     let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), service).await.expect("stops").expect("task").expect("clean exit");
+    tokio::time::timeout(Duration::from_secs(30), service)
+        .await
+        .expect("stops")
+        .expect("task")
+        .expect("clean exit");
 }

@@ -44,7 +44,8 @@ async fn prismctl(env: &TestEnv, args: &[&str]) -> (bool, String) {
         .await
         .expect("prismctl finishes within 120s")
         .expect("prismctl runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     eprintln!("$ prismctl {} ({:.1}s)\n{text}", args.join(" "), started.elapsed().as_secs_f64());
     (output.status.success(), text)
 }
@@ -63,7 +64,9 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
 
     // A projected history first, with the live worker running (following the active generation,
     // and building the generations blue/green rebuilds register).
-    let before = PythonProducer::spawn(&env, "history", &Workload::new(40, 6, 30, 31)).finish(Duration::from_secs(60)).await;
+    let before = PythonProducer::spawn(&env, "history", &Workload::new(40, 6, 30, 31))
+        .finish(Duration::from_secs(60))
+        .await;
     let live = prism_projector::Embedded::start(env.config.clone(), app.clone());
     env.wait_for_oracle(&oracle::fold(&before.events), CacheCheck::Complete, Duration::from_secs(60))
         .await
@@ -76,7 +79,17 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     let rebuild_started = Instant::now();
     let (ok, output) = prismctl(
         &env,
-        &["rebuild", DEVICE_STATUS, "--mode", "blue-green", "--yes", "--retire-grace", "1", "--timeout", "75"],
+        &[
+            "rebuild",
+            DEVICE_STATUS,
+            "--mode",
+            "blue-green",
+            "--yes",
+            "--retire-grace",
+            "1",
+            "--timeout",
+            "75",
+        ],
     )
     .await;
     let rebuild_took = rebuild_started.elapsed();
@@ -86,8 +99,11 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     assert!(output.contains("switched: device_status_g1 ("), "{output}");
     assert!(output.contains("retired device_status_g1: table dropped true"), "{output}");
     let switch_line = output.lines().find(|l| l.starts_with("switched:")).expect("a switched line");
-    let sums: Vec<String> =
-        switch_line.split("md5 ").skip(1).map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect()).collect();
+    let sums: Vec<String> = switch_line
+        .split("md5 ")
+        .skip(1)
+        .map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect())
+        .collect();
     assert!(
         sums.len() == 2 && sums[0].len() == 32 && sums[0] == sums[1],
         "both generations are equal at the common position: {switch_line}"
@@ -98,9 +114,11 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     let during = traffic.stop().await;
     assert!(!during.events.is_empty());
     let all: Vec<_> = before.events.iter().chain(&during.events).cloned().collect();
-    let (summary, instances) = wait_for_oracle_at_active(&env, &oracle::fold(&all), Duration::from_secs(60)).await;
+    let (summary, instances) =
+        wait_for_oracle_at_active(&env, &oracle::fold(&all), Duration::from_secs(60)).await;
     let device_status = instances.iter().find(|i| i.projection == DEVICE_STATUS).expect("device_status");
-    let hourly = instances.iter().find(|i| i.projection == SITE_HOURLY_READINGS).expect("site_hourly_readings");
+    let hourly =
+        instances.iter().find(|i| i.projection == SITE_HOURLY_READINGS).expect("site_hourly_readings");
     assert_eq!((device_status.generation, hourly.generation), (2, 1), "only device_status was rebuilt");
     assert_eq!(summary.cache_entries, 40 + 150, "every device cached in generation 2");
 
@@ -127,7 +145,8 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     assert_eq!(statuses, vec![(1, "retired".to_owned()), (2, "active".to_owned())]);
     let redis = redis::Client::open(env.config.redis.url.as_str()).expect("redis url");
     let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
-    let g1_prefix = prism_projections::ProjectionInstance::new(DEVICE_STATUS, 1).cache_prefix(DEVICE_CACHE_KIND, &env.config.redis.key_prefix);
+    let g1_prefix = prism_projections::ProjectionInstance::new(DEVICE_STATUS, 1)
+        .cache_prefix(DEVICE_CACHE_KIND, &env.config.redis.key_prefix);
     let old_keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}*", prism_testkit::env::escape_glob(&g1_prefix)))
         .query_async(&mut conn)

@@ -154,18 +154,28 @@ impl PythonProducer {
         let registry = telemetry::registry();
         let mut produced = Produced::default();
         for (n, line) in text.lines().enumerate() {
-            let record: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("events file line {}: {e}", n + 1));
+            let record: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("events file line {}: {e}", n + 1));
             match record["kind"].as_str() {
                 Some("event") => {
                     let value = record["value"].as_str().expect("an event line has its value");
-                    let event = decode_event(&registry, Some(value.as_bytes()), WireHeaders::default(), &Limits::default())
-                        .unwrap_or_else(|e| panic!("produce.py wrote an invalid event ({e}): {value}"));
+                    let event = decode_event(
+                        &registry,
+                        Some(value.as_bytes()),
+                        WireHeaders::default(),
+                        &Limits::default(),
+                    )
+                    .unwrap_or_else(|e| panic!("produce.py wrote an invalid event ({e}): {value}"));
                     produced.envelopes.push(serde_json::from_str(value).expect("JSON"));
                     produced.events.push(event);
                 }
                 Some("hostile") => produced.hostile.push(Hostile {
                     case: record["case"].as_str().expect("case").to_owned(),
-                    aggregate_id: record["aggregate_id"].as_str().expect("aggregate_id").parse().expect("uuid"),
+                    aggregate_id: record["aggregate_id"]
+                        .as_str()
+                        .expect("aggregate_id")
+                        .parse()
+                        .expect("uuid"),
                     after_version: record["after_version"].as_u64().expect("after_version"),
                     expect_kind: record["expect_kind"].as_str().expect("expect_kind").to_owned(),
                     expect_text: record["expect_text"]
@@ -357,7 +367,11 @@ pub async fn active_instances(client: &tokio_postgres::Client, env: &TestEnv) ->
 
 /// Waits until every read model, at the generation active at each look, and its cache equal
 /// `expected`; panics with the last difference after `timeout`.
-pub async fn wait_for_oracle_at_active(env: &TestEnv, expected: &Expected, timeout: Duration) -> (CheckSummary, Vec<ProjectionInstance>) {
+pub async fn wait_for_oracle_at_active(
+    env: &TestEnv,
+    expected: &Expected,
+    timeout: Duration,
+) -> (CheckSummary, Vec<ProjectionInstance>) {
     let client = env.pg().await.expect("postgres");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

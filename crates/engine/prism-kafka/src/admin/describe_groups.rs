@@ -56,8 +56,10 @@ pub async fn describe_group(
     let group = group.to_owned();
     let bootstrap = kafka.bootstrap_servers.clone();
     blocking(kafka, move || {
-        describe_blocking(&admin, &group, timeout)
-            .map_err(|detail| KafkaError::Unreachable { bootstrap, detail: format!("describing group {group}: {detail}") })
+        describe_blocking(&admin, &group, timeout).map_err(|detail| KafkaError::Unreachable {
+            bootstrap,
+            detail: format!("describing group {group}: {detail}"),
+        })
     })
     .await
 }
@@ -136,7 +138,13 @@ fn describe_blocking(
             return Err(owned(errstr.as_ptr()).unwrap_or_default());
         }
         let mut names = [name.as_ptr()];
-        ffi::rd_kafka_DescribeConsumerGroups(client, names.as_mut_ptr(), names.len(), request.options, request.queue);
+        ffi::rd_kafka_DescribeConsumerGroups(
+            client,
+            names.as_mut_ptr(),
+            names.len(),
+            request.options,
+            request.queue,
+        );
         // The request timeout bounds the answer; the extra second covers the queue hand-off.
         request.event = ffi::rd_kafka_queue_poll(request.queue, timeout_ms.saturating_add(1_000));
         if request.event.is_null() {
@@ -160,17 +168,21 @@ fn describe_blocking(
             let code = ffi::rd_kafka_error_code(error);
             // A group the coordinator does not know: nothing to describe, nobody in it.
             if code == ffi::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND {
-                return Ok(GroupDescription { state: "Dead".into(), group_type: "Unknown".into(), members: Vec::new() });
+                return Ok(GroupDescription {
+                    state: "Dead".into(),
+                    group_type: "Unknown".into(),
+                    members: Vec::new(),
+                });
             }
             return Err(owned(ffi::rd_kafka_error_string(error)).unwrap_or_default());
         }
-        let state = owned(ffi::rd_kafka_consumer_group_state_name(ffi::rd_kafka_ConsumerGroupDescription_state(
-            description,
-        )))
+        let state = owned(ffi::rd_kafka_consumer_group_state_name(
+            ffi::rd_kafka_ConsumerGroupDescription_state(description),
+        ))
         .unwrap_or_default();
-        let group_type = owned(ffi::rd_kafka_consumer_group_type_name(ffi::rd_kafka_ConsumerGroupDescription_type(
-            description,
-        )))
+        let group_type = owned(ffi::rd_kafka_consumer_group_type_name(
+            ffi::rd_kafka_ConsumerGroupDescription_type(description),
+        ))
         .unwrap_or_default();
         let members = (0..ffi::rd_kafka_ConsumerGroupDescription_member_count(description))
             .map(|index| ffi::rd_kafka_ConsumerGroupDescription_member(description, index))

@@ -17,7 +17,9 @@ mod topics;
 use std::time::Duration;
 
 pub use describe_groups::{describe_group, GroupDescription, GroupMember};
-pub use membership::{commit_offsets_outside_group, delete_group, group_membership, GroupMembership, OutsideCommit};
+pub use membership::{
+    commit_offsets_outside_group, delete_group, group_membership, GroupMembership, OutsideCommit,
+};
 pub use offsets::{
     group_offsets, messages_at, offsets_for_timestamp, projector_group_id, MessageAt, PartitionOffsets,
 };
@@ -89,4 +91,3 @@ where
         .await
         .map_err(|e| KafkaError::Unreachable { bootstrap, detail: format!("worker thread failed: {e}") })?
 }
-

@@ -69,8 +69,8 @@ pub async fn group_offsets(
                 });
             }
             for partition in partitions {
-                let (low, high) =
-                    settled(timeout, || consumer.fetch_watermarks(topic, partition, timeout)).map_err(unreachable)?;
+                let (low, high) = settled(timeout, || consumer.fetch_watermarks(topic, partition, timeout))
+                    .map_err(unreachable)?;
                 tpl.add_partition(topic, partition);
                 out.push(PartitionOffsets { topic: topic.clone(), partition, low, high, committed: None });
             }

@@ -146,15 +146,17 @@ async fn wait_for_topics(
     loop {
         let names: Vec<String> = plan.iter().map(|spec| spec.name.clone()).collect();
         let states = partition_states(kafka, &names, timeout).await?;
-        let missing = plan
-            .iter()
-            .find(|spec| !states.iter().any(|(name, count, led)| name == &spec.name && *count > 0 && led == count));
+        let missing = plan.iter().find(|spec| {
+            !states.iter().any(|(name, count, led)| name == &spec.name && *count > 0 && led == count)
+        });
         match missing {
             None => return Ok(states.into_iter().map(|(name, count, _)| (name, count)).collect()),
             Some(spec) if tokio::time::Instant::now() >= deadline => {
                 return Err(KafkaError::Topic {
                     topic: spec.name.clone(),
-                    detail: format!("not visible with a leader for every partition {timeout:?} after creation"),
+                    detail: format!(
+                        "not visible with a leader for every partition {timeout:?} after creation"
+                    ),
                 })
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -171,7 +173,11 @@ pub async fn partition_counts(
     topics: &[String],
     timeout: Duration,
 ) -> Result<Vec<(String, i32)>, KafkaError> {
-    Ok(partition_states(kafka, topics, timeout).await?.into_iter().map(|(name, count, _)| (name, count)).collect())
+    Ok(partition_states(kafka, topics, timeout)
+        .await?
+        .into_iter()
+        .map(|(name, count, _)| (name, count))
+        .collect())
 }
 
 /// Per known topic: its partition count and how many of its partitions have a leader.
@@ -189,12 +195,15 @@ async fn partition_states(
         let mut states = Vec::with_capacity(topics.len());
         for topic in &topics {
             let metadata = client.fetch_metadata(Some(topic), timeout)?;
-            states.extend(metadata.topics().iter().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(
-                |t| {
-                    let led = t.partitions().iter().filter(|p| p.leader() >= 0 && p.error().is_none()).count();
-                    (t.name().to_owned(), t.partitions().len() as i32, led as i32)
-                },
-            ));
+            states.extend(
+                metadata.topics().iter().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(
+                    |t| {
+                        let led =
+                            t.partitions().iter().filter(|p| p.leader() >= 0 && p.error().is_none()).count();
+                        (t.name().to_owned(), t.partitions().len() as i32, led as i32)
+                    },
+                ),
+            );
         }
         Ok::<_, rdkafka::error::KafkaError>(states)
     })

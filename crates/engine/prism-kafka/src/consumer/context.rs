@@ -133,7 +133,8 @@ impl<H: BatchHandler> Shared<H> {
             Ok(()) => self.handler.on_commit(None),
             Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
             Err(err) => {
-                let code = err.rdkafka_error_code().map_or_else(|| "Unknown".to_owned(), |c| format!("{c:?}"));
+                let code =
+                    err.rdkafka_error_code().map_or_else(|| "Unknown".to_owned(), |c| format!("{c:?}"));
                 self.handler.on_commit(Some(&code));
             }
         }

@@ -105,7 +105,10 @@ fn group_protocol_settings(client: &mut rdkafka::ClientConfig, settings: &Consum
             client
                 .set("partition.assignment.strategy", "cooperative-sticky")
                 .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
-                .set("heartbeat.interval.ms", (settings.session_timeout.as_millis() / 3).max(100).to_string());
+                .set(
+                    "heartbeat.interval.ms",
+                    (settings.session_timeout.as_millis() / 3).max(100).to_string(),
+                );
         }
         prism_config::GroupProtocol::Consumer => {}
     }

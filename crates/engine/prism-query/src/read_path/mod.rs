@@ -199,7 +199,9 @@ impl ReadPath {
             }
             Ok(Err(err)) => return Err(anyhow::Error::new(err).context("connecting to Redis")),
             Err(_) => {
-                tracing::warn!("redis not answering at start; serving reads from PostgreSQL until it answers");
+                tracing::warn!(
+                    "redis not answering at start; serving reads from PostgreSQL until it answers"
+                );
                 None
             }
         };
@@ -245,7 +247,12 @@ impl ReadPath {
     /// aggregate existed", nothing to wait for) the read waits up to
     /// `query.min_version_wait_ms` for the projector to get there, and counts a stale answer
     /// when it does not.
-    pub async fn entity(&self, read_model: &str, key: &str, min_version: Option<i64>) -> Result<Served, ReadError> {
+    pub async fn entity(
+        &self,
+        read_model: &str,
+        key: &str,
+        min_version: Option<i64>,
+    ) -> Result<Served, ReadError> {
         let target = self.keyed(read_model)?;
         if key.chars().count() > MAX_KEY_CHARS {
             return Err(ReadError::InvalidKey {
@@ -340,14 +347,20 @@ impl ReadPath {
     }
 
     fn target(&self, read_model: &str) -> Result<&Target, ReadError> {
-        self.inner.targets.get(read_model).ok_or_else(|| ReadError::UnknownReadModel(read_model.chars().take(64).collect()))
+        self.inner
+            .targets
+            .get(read_model)
+            .ok_or_else(|| ReadError::UnknownReadModel(read_model.chars().take(64).collect()))
     }
 
     fn keyed(&self, read_model: &str) -> Result<&Target, ReadError> {
         let target = self.target(read_model)?;
         match target.by_key {
             Some(_) => Ok(target),
-            None => Err(ReadError::NotReadableByKey { read_model: target.name, columns: target.key_columns.len() }),
+            None => Err(ReadError::NotReadableByKey {
+                read_model: target.name,
+                columns: target.key_columns.len(),
+            }),
         }
     }
 
@@ -359,7 +372,12 @@ impl ReadPath {
 
     /// The row now, from Redis when it has one at least `min` new, else from PostgreSQL
     /// (refilling Redis when the primary answered).
-    async fn current(&self, target: &Target, key: &str, min: Option<i64>) -> Result<Option<StoredRow>, ReadError> {
+    async fn current(
+        &self,
+        target: &Target,
+        key: &str,
+        min: Option<i64>,
+    ) -> Result<Option<StoredRow>, ReadError> {
         if let Some(cache_key) = self.key_of(target, key) {
             if let Some(cached) = self.cached(target, &cache_key).await {
                 if min.is_none_or(|min| cached.version >= min) {
@@ -426,7 +444,10 @@ impl ReadPath {
         freshness: Freshness,
     ) -> Result<(Option<StoredRow>, Source), ReadError> {
         let (Some(sql), [column]) = (&target.by_key, target.key_columns.as_slice()) else {
-            return Err(ReadError::NotReadableByKey { read_model: target.name, columns: target.key_columns.len() });
+            return Err(ReadError::NotReadableByKey {
+                read_model: target.name,
+                columns: target.key_columns.len(),
+            });
         };
         metrics::postgres_read(target.name);
         let mut key_row = Map::new();
@@ -458,12 +479,14 @@ impl ReadPath {
 
     async fn refill_target(&self, target: &Target, row: &StoredRow) -> bool {
         let Some(slot_cache) = self.inner.cache.usable() else { return false };
-        let Some(cache_key) = target.key_columns.first().and_then(|c| row.key_text(c)).and_then(|k| self.key_of(target, &k))
+        let Some(cache_key) =
+            target.key_columns.first().and_then(|c| row.key_text(c)).and_then(|k| self.key_of(target, &k))
         else {
             return false;
         };
         let document = row.document.to_string();
-        let entry = Entry { key: &cache_key, revision: row.revision, version: row.version, document: &document };
+        let entry =
+            Entry { key: &cache_key, revision: row.revision, version: row.version, document: &document };
         match self.inner.cache.put_if_newer(slot_cache, &[entry]).await {
             Ok(written) => written > 0,
             Err(err) => {
@@ -515,7 +538,9 @@ fn satisfies(row: &Option<StoredRow>, min: i64) -> bool {
 /// PostgreSQL's own message of a failed statement (e.g. `invalid input syntax for type uuid`).
 fn database_message(err: &StoreError) -> String {
     match err {
-        StoreError::Postgres(pg) => pg.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_owned()),
+        StoreError::Postgres(pg) => {
+            pg.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_owned())
+        }
         other => other.to_string(),
     }
 }

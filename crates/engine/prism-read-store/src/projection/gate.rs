@@ -41,7 +41,11 @@ pub(super) async fn lock(
         let last_version: i64 = row.get(2);
         gates.insert(
             (aggregate_type, row.get::<_, Uuid>(1)),
-            GateState { last_version: last_version.unsigned_abs(), parked: row.get(3), last_event_id: row.get(4) },
+            GateState {
+                last_version: last_version.unsigned_abs(),
+                parked: row.get(3),
+                last_event_id: row.get(4),
+            },
         );
     }
     Ok(gates)

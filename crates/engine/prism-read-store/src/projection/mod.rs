@@ -61,8 +61,10 @@ pub async fn apply_batch(
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(targets.len());
     for target in targets {
-        outcomes
-            .push((target.instance, apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?));
+        outcomes.push((
+            target.instance,
+            apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?,
+        ));
     }
     // Delivered at commit, once per instance: wakes queries waiting for a version.
     let channel = crate::read_models::applied_channel(db.schema());
@@ -129,7 +131,10 @@ async fn apply_instance(
         .filter_map(|(message, outcome)| match (outcome, &message.content) {
             (ItemOutcome::Conflict { applied }, MessageContent::Event(event)) => Some(format!(
                 "{}:{} version {}: applied event {applied}, arrived event {}",
-                event.meta.aggregate_type, event.meta.aggregate_id, event.meta.aggregate_version, event.meta.event_id
+                event.meta.aggregate_type,
+                event.meta.aggregate_id,
+                event.meta.aggregate_version,
+                event.meta.event_id
             )),
             _ => None,
         })

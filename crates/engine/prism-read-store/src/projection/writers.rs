@@ -45,7 +45,8 @@ pub struct TableShape {
 /// Generated statements per (schema, table): a table's columns do not change while it lives
 /// (a new generation is a new table).
 fn shapes() -> &'static Mutex<HashMap<(String, String), Arc<TableShape>>> {
-    static SHAPES: std::sync::OnceLock<Mutex<HashMap<(String, String), Arc<TableShape>>>> = std::sync::OnceLock::new();
+    static SHAPES: std::sync::OnceLock<Mutex<HashMap<(String, String), Arc<TableShape>>>> =
+        std::sync::OnceLock::new();
     SHAPES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -71,7 +72,10 @@ async fn shape(
     if columns.is_empty() {
         return Err(StoreError::Corrupt {
             what: "read-model table",
-            detail: format!("{} does not exist: run the projector's table setup (prismctl migrate) first", instance.id()),
+            detail: format!(
+                "{} does not exist: run the projector's table setup (prismctl migrate) first",
+                instance.id()
+            ),
         });
     }
     let key = model.key_columns();
@@ -80,7 +84,11 @@ async fn shape(
         if !columns.iter().any(|c| c == column) {
             return Err(StoreError::Corrupt {
                 what: "read-model table",
-                detail: format!("{} has no column `{column}` the read model {} names", instance.id(), model.name()),
+                detail: format!(
+                    "{} has no column `{column}` the read model {} names",
+                    instance.id(),
+                    model.name()
+                ),
             });
         }
     }
@@ -88,7 +96,9 @@ async fn shape(
     let conflict = key.join(", ");
     let owned: Vec<&String> = columns
         .iter()
-        .filter(|c| !key.contains(&c.as_str()) && !additive.contains(&c.as_str()) && c.as_str() != REVISION_COLUMN)
+        .filter(|c| {
+            !key.contains(&c.as_str()) && !additive.contains(&c.as_str()) && c.as_str() != REVISION_COLUMN
+        })
         .collect();
     let mut sets: Vec<String> = owned.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect();
     sets.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
@@ -154,7 +164,12 @@ pub fn key_text(row: &Value, key: &[&str]) -> String {
 fn cache_entry(key: &[&str], stored: &StoredRow) -> Result<CacheEntry, StoreError> {
     let document = serde_json::to_string(&stored.row)
         .map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.to_string() })?;
-    Ok(CacheEntry { id: key_text(&stored.row, key), revision: stored.revision, version: stored.version, document })
+    Ok(CacheEntry {
+        id: key_text(&stored.row, key),
+        revision: stored.revision,
+        version: stored.version,
+        document,
+    })
 }
 
 async fn load_by_ids(
@@ -243,7 +258,8 @@ pub(super) async fn fold_and_write(
         let id = event.meta.aggregate_id;
         let mut effect = EventEffect { folded: None, sums: Vec::new() };
         if let Some(fold) = &fold {
-            let current = folded.get(&id).map(|(row, _)| row.clone()).or_else(|| rows.get(&id).map(|s| s.row.clone()));
+            let current =
+                folded.get(&id).map(|(row, _)| row.clone()).or_else(|| rows.get(&id).map(|s| s.row.clone()));
             let next = fold(current, event)?;
             let next_key = next.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
             if next_key != Some(id) {
@@ -284,10 +300,8 @@ pub(super) async fn fold_and_write(
     let cached = model.cache_kind().is_some();
 
     if !folded.is_empty() {
-        let documents: Vec<Value> = folded
-            .values()
-            .map(|(row, version)| with_bookkeeping(row.clone(), *version))
-            .collect();
+        let documents: Vec<Value> =
+            folded.values().map(|(row, version)| with_bookkeeping(row.clone(), *version)).collect();
         let written = tx.query(&shape.upsert, &[&Value::Array(documents)]).await?;
         for row in written {
             let stored = StoredRow::from_db(row.get(0));
@@ -372,7 +386,9 @@ fn check_sum_row(row: &Value, key: &[&str], columns: &[&str], model: &str) -> Re
     }
     for column in columns {
         if !map.get(*column).is_some_and(Value::is_number) {
-            return Err(Unprojectable::new(format!("a {model} row's additive column `{column}` is not a number")));
+            return Err(Unprojectable::new(format!(
+                "a {model} row's additive column `{column}` is not a number"
+            )));
         }
     }
     Ok(())

@@ -308,7 +308,8 @@ where
         let aggregate_type: Option<String> = row.get(1);
         let aggregate_id: Option<Uuid> = row.get(2);
         let lone_id: Option<i64> = row.get(3);
-        let key = match (aggregate_type.as_deref().filter(|n| AggregateType::is_valid_name(n)), aggregate_id) {
+        let key = match (aggregate_type.as_deref().filter(|n| AggregateType::is_valid_name(n)), aggregate_id)
+        {
             (Some(t), Some(id)) => Some((AggregateType::new(intern(t)), id)),
             _ => None,
         };
@@ -472,7 +473,8 @@ where
         MessageContent::Event(event) => Some(event.meta.aggregate_type),
         MessageContent::Poison(_) => None,
     });
-    let (outcomes, cache_entries) = writers::fold_and_write(&tx, db.schema(), target, source, &items, &mut gates, policy).await?;
+    let (outcomes, cache_entries) =
+        writers::fold_and_write(&tx, db.schema(), target, source, &items, &mut gates, policy).await?;
 
     // 4. Gate, parking, and the rows' new state.
     gate::advance(&tx, &projection_id, &initial, &gates).await?;
