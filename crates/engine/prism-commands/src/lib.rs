@@ -135,6 +135,7 @@ async fn serve_inner(
     let db = Database::connect(&config.postgres, name)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {}", config.postgres.url))?;
+    prism_kafka::client::refuse_wrong_credentials(&config.kafka, name).await?;
     let health = Health::new();
     health.set("postgres", true, "connected");
     if !readiness::check_event_store(&db, &health).await {

@@ -16,11 +16,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use prism_config::PostgresConfig;
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use crate::event_store::{notify_channel, OUTBOX_LANES};
-use prism_postgres::pool::client_config;
 use prism_postgres::Database;
 use prism_postgres::StoreError;
 
@@ -133,14 +132,8 @@ impl LaneClaims {
     /// Opens the control connection, listens on the outbox channel and registers the
     /// instance.
     pub async fn connect(config: &PostgresConfig, application_name: &str) -> Result<Self, StoreError> {
-        let pg_config = client_config(config, application_name)?;
-        let (client, mut connection) = pg_config.connect(NoTls).await.map_err(|e| match e.code() {
-            Some(_) => StoreError::Postgres(e),
-            None => StoreError::Unreachable {
-                target: "postgres (relay control connection)".into(),
-                detail: e.to_string(),
-            },
-        })?;
+        // With the configured TLS, like every other connection; errors name the server.
+        let (client, mut connection) = prism_postgres::pool::connect_one(config, application_name).await?;
         let wake = Arc::new(Notify::new());
         let (alive_tx, alive) = watch::channel(true);
         let notify = wake.clone();

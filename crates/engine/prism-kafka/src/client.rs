@@ -92,6 +92,20 @@ impl BrokerCheckError {
     }
 }
 
+/// [`check_brokers`] at a process's start: refused credentials, an untrusted certificate or a
+/// failed handshake stop it with an error saying so; brokers that are merely away are logged
+/// and waited for in the background, as librdkafka does.
+pub async fn refuse_wrong_credentials(kafka: &KafkaConfig, role: &str) -> Result<(), BrokerCheckError> {
+    match check_brokers(kafka, role).await {
+        Err(err) if !err.is_transient() => Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, "the Kafka brokers do not answer yet; carrying on, they are retried");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Collects librdkafka's error events (with their reasons) while the check runs.
 #[derive(Default)]
 struct CheckContext {

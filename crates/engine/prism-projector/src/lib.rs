@@ -185,6 +185,7 @@ pub async fn run_with(
     let db =
         Database::connect(&config.postgres, &application_name).await.context("connecting to PostgreSQL")?;
     let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
+    prism_kafka::client::refuse_wrong_credentials(&config.kafka, &application_name).await?;
     let producer =
         EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
     let policy = gap_policy(&config);

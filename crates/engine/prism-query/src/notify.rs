@@ -127,8 +127,8 @@ impl Listener {
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Result<(), StoreError> {
-        let config = prism_postgres::pool::client_config(&self.postgres, "prism-query-listener")?;
-        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (client, mut connection) =
+            prism_postgres::pool::connect_one(&self.postgres, "prism-query-listener").await?;
         let (tx, mut notifications) = mpsc::unbounded_channel::<Notification>();
         // The connection object delivers notifications only while it is polled; this task
         // polls it and forwards them, and ends when the connection does.

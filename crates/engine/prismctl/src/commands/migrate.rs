@@ -7,16 +7,15 @@ use prism_config::PrismConfig;
 use prism_postgres::pool::client_config;
 use prism_postgres::MIGRATIONS;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use super::POSTGRES_HINT;
 
 pub async fn run(config: &PrismConfig) -> anyhow::Result<()> {
     let pg = client_config(&config.postgres, "prismctl-migrate")?;
-    let mut client = match connect(&pg).await {
-        Err(err) if err.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-            create_database(&pg).await?;
-            connect(&pg).await?
+    let mut client = match connect(config, &pg).await {
+        Err(err) if err.sql_state() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+            create_database(config, &pg).await?;
+            connect(config, &pg).await?
         }
         other => other.with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?,
     };
@@ -51,8 +50,12 @@ pub async fn run(config: &PrismConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = pg.connect(NoTls).await?;
+/// One connection with the configured TLS (the migration needs a client of its own).
+async fn connect(
+    config: &PrismConfig,
+    pg: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, prism_postgres::StoreError> {
+    let (client, connection) = prism_postgres::pool::connect_with(&config.postgres, pg).await?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             tracing::warn!(error = %err, "postgres connection ended");
@@ -63,7 +66,7 @@ async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, 
 
 /// Creates the configured database from the server's maintenance database, so a fresh
 /// server needs no manual step.
-async fn create_database(pg: &tokio_postgres::Config) -> anyhow::Result<()> {
+async fn create_database(config: &PrismConfig, pg: &tokio_postgres::Config) -> anyhow::Result<()> {
     let name = pg.get_dbname().context("postgres.url names no database")?.to_owned();
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         anyhow::bail!(
@@ -72,7 +75,7 @@ async fn create_database(pg: &tokio_postgres::Config) -> anyhow::Result<()> {
     }
     let mut maintenance = pg.clone();
     maintenance.dbname("postgres");
-    let client = connect(&maintenance).await.with_context(|| {
+    let client = connect(config, &maintenance).await.with_context(|| {
         format!("database `{name}` does not exist and the maintenance database is unreachable")
     })?;
     match client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await {
