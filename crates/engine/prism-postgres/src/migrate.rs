@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "gate_event_ids",
         sql: include_str!("../migrations/0004_gate_event_ids.sql"),
     },
+    Migration {
+        version: 5,
+        name: "gate_fillfactor",
+        sql: include_str!("../migrations/0005_gate_fillfactor.sql"),
+    },
 ];
 
 /// What a run did.

@@ -60,11 +60,20 @@ pub async fn apply_batch(
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
     let mut outcomes = Vec::with_capacity(targets.len());
+    let mut pending_sums = Vec::new();
     for target in targets {
-        outcomes.push((
-            target.instance,
-            apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?,
-        ));
+        let (outcome, pending_sum) =
+            apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?;
+        if let Some(pending_sum) = pending_sum {
+            pending_sums.push((outcomes.len(), pending_sum));
+        }
+        outcomes.push((target.instance, outcome));
+    }
+    // Rows shared with other partitions' batches last, so their locks are held for the commit
+    // alone (see [`writers::PendingSum`]); in target order, like the gate rows.
+    for (index, pending_sum) in pending_sums {
+        let entries = pending_sum.write(&tx).await?;
+        writers::merge_cache_entries(&mut outcomes[index].1.cache_entries, entries);
     }
     // Delivered at commit, once per instance: wakes queries waiting for a version.
     let channel = crate::read_models::applied_channel(db.schema());
@@ -85,9 +94,9 @@ async fn apply_instance(
     topic: &str,
     partition: i32,
     messages: &[SourceMessage],
-) -> Result<BatchOutcome, StoreError> {
+) -> Result<(BatchOutcome, Option<writers::PendingSum>), StoreError> {
     let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-        return Ok(BatchOutcome::default());
+        return Ok((BatchOutcome::default(), None));
     };
     let projection_id = target.instance.id();
     let keys: BTreeSet<AggregateKey> = messages.iter().filter_map(SourceMessage::aggregate).collect();
@@ -101,7 +110,7 @@ async fn apply_instance(
             MessageContent::Poison(poison) => PlannedItem::Poison { key: poison.aggregate },
         })
         .collect();
-    let (outcomes, cache_entries) =
+    let (outcomes, cache_entries, pending_sum) =
         writers::fold_and_write(tx, schema, target, Some(source), &items, &mut gates, policy).await?;
 
     gate::advance(tx, &projection_id, &initial, &gates).await?;
@@ -139,7 +148,7 @@ async fn apply_instance(
             _ => None,
         })
         .collect();
-    Ok(outcome)
+    Ok((outcome, pending_sum))
 }
 
 /// Marks dead letters as copied to the dead-letter topic.

@@ -31,7 +31,51 @@ use super::Target;
 use prism_postgres::StoreError;
 
 type Gates = HashMap<AggregateKey, GateState>;
-type Written = (Vec<ItemOutcome>, Vec<CacheEntry>);
+type Written = (Vec<ItemOutcome>, Vec<CacheEntry>, Option<PendingSum>);
+
+/// A sum feed's write, decided but not yet sent: [`fold_and_write`] leaves it for the caller to
+/// send last in the transaction ([`PendingSum::write`]). A sum's rows are shared with the
+/// batches of other partitions (a user's totals fed by all of that user's orders), and the
+/// row locks its write takes are held until the commit; sent last, they are held for the
+/// commit alone instead of for the rest of the batch, so concurrent batches queue on each
+/// other far less.
+#[derive(Debug)]
+pub(super) struct PendingSum {
+    instance: ProjectionInstance,
+    /// The insert-or-add statement of the table.
+    add: String,
+    /// One row per key, sorted by key (so concurrent batches lock shared rows in one order).
+    documents: Vec<Value>,
+    key: Vec<&'static str>,
+    /// With a cache: every row an event of the batch names, duplicates included, to read back
+    /// after the write (concurrent additions from other partitions are in it then).
+    cache_keys: Option<Vec<Value>>,
+}
+
+impl PendingSum {
+    /// Sends the write; returns the cache entries of the rows it touched (none without a
+    /// cache).
+    pub(super) async fn write(self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
+        if !self.documents.is_empty() {
+            tx.query(&self.add, &[&Value::Array(self.documents)]).await?;
+        }
+        let mut entries = Vec::new();
+        if let Some(keys) = self.cache_keys {
+            for stored in load_by_keys(tx, self.instance, &self.key, &keys).await? {
+                entries.push(cache_entry(&self.key, &stored)?);
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Adds `entries` to `cache`, replacing the entries of the same rows.
+pub(super) fn merge_cache_entries(cache: &mut Vec<CacheEntry>, entries: Vec<CacheEntry>) {
+    for entry in entries {
+        cache.retain(|existing| existing.id != entry.id);
+        cache.push(entry);
+    }
+}
 
 /// The columns of one read-model table and the statements generated from them.
 #[derive(Debug)]
@@ -321,14 +365,11 @@ pub(super) async fn fold_and_write(
         }
     }
 
+    let mut pending = None;
     if let (Some((_, rows_of)), Some(add)) = (&sum, &shape.add) {
-        if !summed.is_empty() {
-            let documents: Vec<Value> = summed.values().map(|row| with_bookkeeping(row.clone(), 0)).collect();
-            tx.query(add, &[&Value::Array(documents)]).await?;
-        }
-        if cached {
-            // Every row an event of the batch names, duplicates included (see above); read back
-            // after the writes, so concurrent additions from other partitions are in it too.
+        let documents: Vec<Value> = summed.values().map(|row| with_bookkeeping(row.clone(), 0)).collect();
+        let cache_keys = cached.then(|| {
+            // Every row an event of the batch names, duplicates included (see above).
             for item in items {
                 if let PlannedItem::Event(event) = item {
                     for row in rows_of(event).unwrap_or_default() {
@@ -336,14 +377,11 @@ pub(super) async fn fold_and_write(
                     }
                 }
             }
-            let keys: Vec<Value> = sum_keys_touched.into_values().collect();
-            for stored in load_by_keys(tx, instance, key, &keys).await? {
-                cache.retain(|entry| entry.id != key_text(&stored.row, key));
-                cache.push(cache_entry(key, &stored)?);
-            }
-        }
+            std::mem::take(&mut sum_keys_touched).into_values().collect()
+        });
+        pending = Some(PendingSum { instance, add: add.clone(), documents, key: key.to_vec(), cache_keys });
     }
-    Ok((outcomes, cache))
+    Ok((outcomes, cache, pending))
 }
 
 /// Aggregate ids of the batch's events, sorted.

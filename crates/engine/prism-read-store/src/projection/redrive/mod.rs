@@ -473,8 +473,12 @@ where
         MessageContent::Event(event) => Some(event.meta.aggregate_type),
         MessageContent::Poison(_) => None,
     });
-    let (outcomes, cache_entries) =
+    let (outcomes, mut cache_entries, pending_sum) =
         writers::fold_and_write(&tx, db.schema(), target, source, &items, &mut gates, policy).await?;
+    if let Some(pending_sum) = pending_sum {
+        let entries = pending_sum.write(&tx).await?;
+        writers::merge_cache_entries(&mut cache_entries, entries);
+    }
 
     // 4. Gate, parking, and the rows' new state.
     gate::advance(&tx, &projection_id, &initial, &gates).await?;
