@@ -20,6 +20,7 @@
 //! certificate against `redis.tls_ca_cert` (or the system's trust store) and its host name.
 //! [`Cache::connect`] proves the connection, the password, the certificate and the mode, and
 //! says which of them failed ([`CacheError`], in [`error`]).
+#![deny(missing_docs)]
 
 mod cluster;
 mod error;

@@ -48,7 +48,7 @@
 //! SQL lives in `sql/*.sql`; the statements that read a row by key are generated once per read
 //! model from its definition.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod generations;
