@@ -9,8 +9,8 @@
 //! newer entry.
 //!
 //! Where the keys live is `redis.mode`'s business:
-//! - [`standalone`]: one server; a whole chunk of entries in one script call.
-//! - [`cluster`]: Redis Cluster. A script call may only touch keys of one hash slot, and
+//! - `standalone`: one server; a whole chunk of entries in one script call.
+//! - `cluster`: Redis Cluster. A script call may only touch keys of one hash slot, and
 //!   Prism's keys spread over all 16384 slots on purpose (no hash tags), so writes are grouped
 //!   per slot and the groups of one master sent together; projector writes wait until the
 //!   master's replicas have them (so a failover cannot bring back an older entry); prefix
@@ -19,7 +19,7 @@
 //! `rediss://` URLs connect over TLS (native-tls, the system OpenSSL), verifying the server's
 //! certificate against `redis.tls_ca_cert` (or the system's trust store) and its host name.
 //! [`Cache::connect`] proves the connection, the password, the certificate and the mode, and
-//! says which of them failed ([`CacheError`], in [`error`]).
+//! says which of them failed ([`CacheError`], in `error`).
 #![deny(missing_docs)]
 
 mod cluster;

@@ -5,7 +5,7 @@
 //!   [`pool::connect_one`], the single connection every other PostgreSQL session uses.
 //! - [`tls`]: TLS (the URL's `sslmode`, `postgres.ssl_root_cert`) and the errors that name
 //!   a refused password or an untrusted certificate.
-//! - [`migrate`]: the engine's numbered migrations from `migrations/` (event store, outbox,
+//! - [`migrate`](mod@migrate): the engine's numbered migrations from `migrations/` (event store, outbox,
 //!   idempotency, projection state, the read-model registry), applied under an advisory lock.
 //! - [`error`]: [`StoreError`] and its transient/permanent class, decided here once.
 //!

@@ -5,7 +5,7 @@
 //! - [`binaries`]: workspace binaries of other packages (`prismctl`), built when missing.
 //! - [`services`]: where the shared services are, and a check that fails with a message
 //!   naming the service and the command that starts it when one is unreachable.
-//! - [`env`]: [`TestEnv`], one per test: its own topic prefix, PostgreSQL schema and Redis
+//! - [`env`](mod@env): [`TestEnv`], one per test: its own topic prefix, PostgreSQL schema and Redis
 //!   key prefix, migrated, the application's read models registered and its topics created,
 //!   removed again when the test ends.
 //! - [`kafka`]: producing and consuming raw messages in tests.

@@ -125,14 +125,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Publish { config, events, seed } => {
-            let config =
-                match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(config)) {
-                    Ok(config) => config,
-                    Err(err) => {
-                        eprintln!("error: {err}");
-                        return ExitCode::from(2);
-                    }
-                };
+            let Some(config) = load_config(config) else { return ExitCode::from(2) };
             let events = shop::testing::workload::Workload::generate(seed, events);
             let published = runtime.block_on(async {
                 let producer = prism_testkit::kafka::producer(&config)?;
@@ -150,14 +143,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Verify { config, wait, json, quiet } => {
-            let config =
-                match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(config)) {
-                    Ok(config) => config,
-                    Err(err) => {
-                        eprintln!("error: {err}");
-                        return ExitCode::from(2);
-                    }
-                };
+            let Some(config) = load_config(config) else { return ExitCode::from(2) };
             let settings = VerifyConfig { wait: Duration::from_secs(wait), progress: !quiet };
             match runtime.block_on(verify::run(&config, &settings)) {
                 Ok(report) => {
@@ -204,5 +190,17 @@ mod tests {
         assert!(Cli::try_parse_from(["shop-bench", "verify", "--wait", "soon"]).is_err());
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+}
+
+/// The deployment's configuration from `files` and the process's environment; `None` after
+/// printing why it could not be read.
+fn load_config(files: Vec<std::path::PathBuf>) -> Option<prism_config::PrismConfig> {
+    match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(files)) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            eprintln!("error: {err}");
+            None
+        }
     }
 }

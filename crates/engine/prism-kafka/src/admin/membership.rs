@@ -30,7 +30,7 @@ pub enum GroupMembership {
 }
 
 /// Asks the broker whether `group` has members, for groups of either protocol (see
-/// [`super::describe_groups`]). Never joins the group.
+/// `super::describe_groups`). Never joins the group.
 pub async fn group_membership(
     kafka: &prism_config::KafkaConfig,
     group: &str,

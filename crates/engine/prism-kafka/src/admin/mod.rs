@@ -1,12 +1,12 @@
 //! Kafka administration, without ever joining a consumer group:
 //!
-//! - [`topics`]: create the event and dead-letter topics with the configured shape,
+//! - `topics`: create the event and dead-letter topics with the configured shape,
 //!   idempotently, and report what exists (`prismctl topics ensure`).
-//! - [`offsets`]: watermarks, committed offsets, messages at an offset and offsets by time, for
+//! - `offsets`: watermarks, committed offsets, messages at an offset and offsets by time, for
 //!   `prismctl lag` and `prismctl offsets reset`.
-//! - [`membership`]: whether a group has live members, and offset commits made from outside the
+//! - `membership`: whether a group has live members, and offset commits made from outside the
 //!   group (a live group's members are never rebalanced by them).
-//! - [`describe_groups`]: librdkafka's DescribeConsumerGroups, the one call that describes
+//! - `describe_groups`: librdkafka's DescribeConsumerGroups, the one call that describes
 //!   groups of both protocols (the classic DescribeGroups reports a KIP-848 group as `Dead`).
 
 mod describe_groups;

@@ -6,7 +6,7 @@
 //! - a dedicated poll thread owns the librdkafka consumer: it polls, routes each message to
 //!   its partition's worker, pauses partitions whose worker falls behind (and resumes them),
 //!   stores the offsets workers report as landed, and serves rebalance callbacks;
-//! - one tokio task per assigned partition ([`worker`]) collects batches (up to
+//! - one tokio task per assigned partition (`worker`) collects batches (up to
 //!   `batch_max_messages`, or whatever arrived within `batch_max_wait`) and hands each to the
 //!   [`BatchHandler`], retrying transient failures with capped exponential backoff — never
 //!   skipping a batch;
@@ -26,8 +26,8 @@
 //! is released with nothing of it still being written.
 //!
 //! - [`settings`]: the [`ConsumerSettings`] of a member.
-//! - [`context`]: the librdkafka context with the rebalance and statistics callbacks.
-//! - [`worker`]: the per-partition task.
+//! - `context`: the librdkafka context with the rebalance and statistics callbacks.
+//! - `worker`: the per-partition task.
 
 mod context;
 mod poll;

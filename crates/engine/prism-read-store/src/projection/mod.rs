@@ -13,8 +13,8 @@
 //! and this is how the cache still catches up.
 //!
 //! - [`batch`]: the input and output types.
-//! - [`gate`]: gate rows, dead letters and parking.
-//! - [`writers`]: any read model's load, fold or sum, and set-based write.
+//! - `gate`: gate rows, dead letters and parking.
+//! - `writers`: any read model's load, fold or sum, and set-based write.
 //! - [`redrive`]: dead letters listed, redriven through the same planner and writers, or
 //!   discarded (`prismctl dlq`).
 

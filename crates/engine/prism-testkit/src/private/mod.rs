@@ -7,14 +7,14 @@
 //! the same ports with the same data. `stop` is graceful, `kill` is SIGKILL. Dropping an
 //! instance kills it and removes its directory.
 //!
-//! - [`kafka`]: [`PrivateKafka`], Apache Kafka 4.4 from the dev stack's jars, one node or three.
-//! - [`postgres`]: [`PrivatePostgres`], a PostgreSQL cluster of its own.
-//! - [`postgres_replica`]: [`PrivatePostgresPair`], a primary and a streaming hot standby whose
+//! - `kafka`: [`PrivateKafka`], Apache Kafka 4.4 from the dev stack's jars, one node or three.
+//! - `postgres`: [`PrivatePostgres`], a PostgreSQL cluster of its own.
+//! - `postgres_replica`: [`PrivatePostgresPair`], a primary and a streaming hot standby whose
 //!   replay can be paused, delayed and stopped.
-//! - [`redis`]: [`PrivateRedis`], a Redis server of its own.
-//! - [`tls`]: [`TestCa`], certificates a test generates, for servers that speak TLS
+//! - `redis`: [`PrivateRedis`], a Redis server of its own.
+//! - `tls`: [`TestCa`], certificates a test generates, for servers that speak TLS
 //!   ([`PrivateKafka::start_sasl_ssl`], [`PrivatePostgres::start_tls`], [`PrivateRedis::start_tls`]).
-//! - [`stack`]: [`TlsStack`], all three over TLS with passwords, and the `PRISM__*` variables
+//! - `stack`: [`TlsStack`], all three over TLS with passwords, and the `PRISM__*` variables
 //!   that reach them.
 //!
 //! This module holds what they share: scratch directories, free ports, starting, signalling
