@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `decide` refuses every command the table does not allow from the current status with a
-//! stable [`Rejection`](crate::domain::Rejection) code that says why (`order_not_paid`,
+//! stable [`Rejection`] code that says why (`order_not_paid`,
 //! `payment_in_progress`, `order_cancelled`, …). The amount of a payment is always the order
 //! total fixed at placement; `OrderPaymentSucceeded` repeats the user and lines so
 //! projections fed by many orders need no lookup. Line rules (1 to `bounds::MAX_LINES` lines,
