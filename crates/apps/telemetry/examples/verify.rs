@@ -88,24 +88,32 @@ fn read_events(path: &str) -> Result<Vec<Event>, String> {
             continue;
         }
         let value = record["value"].as_str().ok_or_else(|| format!("{path} line {}: no value", n + 1))?;
-        let event = decode_event(&registry, Some(value.as_bytes()), WireHeaders::default(), &Limits::default())
-            .map_err(|e| format!("{path} line {}: an invalid event ({e})", n + 1))?;
+        let event =
+            decode_event(&registry, Some(value.as_bytes()), WireHeaders::default(), &Limits::default())
+                .map_err(|e| format!("{path} line {}: an invalid event ({e})", n + 1))?;
         events.push(event);
     }
     Ok(events)
 }
 
 /// Compares until equal or `wait` is over; `Ok(Err(..))` holds the last differences.
-async fn verify(config: &PrismConfig, events: &[Event], wait: Duration) -> anyhow::Result<Result<String, String>> {
+async fn verify(
+    config: &PrismConfig,
+    events: &[Event],
+    wait: Duration,
+) -> anyhow::Result<Result<String, String>> {
     let app = telemetry::application();
     let db = prism_postgres::Database::connect(&config.postgres, "telemetry-verify").await?;
     let client = db.client().await?;
     let names: Vec<&'static str> = app.read_models().iter().map(|m| m.name()).collect();
     let instances = prism_read_store::rebuild::active_generations(&**client, &names).await?;
     if instances.len() != names.len() {
-        anyhow::bail!("not every read model of {names:?} has an active generation: run `telemetry-projector migrate`");
+        anyhow::bail!(
+            "not every read model of {names:?} has an active generation: run `telemetry-projector migrate`"
+        );
     }
-    let targets: Vec<_> = instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();
+    let targets: Vec<_> =
+        instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();
     let expected = oracle::fold(events);
     let started = Instant::now();
     loop {
