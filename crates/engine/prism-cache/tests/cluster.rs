@@ -62,25 +62,7 @@ fn entry(key: &str, revision: i64) -> Cached {
 
 /// Keys matching `PREFIX*` on node `i` itself.
 async fn keys_on_node(cluster: &PrivateRedisCluster, i: usize, pattern: &str) -> BTreeSet<String> {
-    let mut node = cluster.node(i).await.expect("node connection");
-    let mut found = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut node)
-            .await
-            .expect("SCAN on a node");
-        found.extend(keys);
-        if next == 0 {
-            return found;
-        }
-        cursor = next;
-    }
+    cluster.keys_on_node(i, pattern).await.expect("SCAN on a cluster node")
 }
 
 /// A key of `PREFIX` whose slot `slot_ok` accepts.

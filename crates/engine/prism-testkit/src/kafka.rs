@@ -46,6 +46,17 @@ pub async fn produce(
     Ok((delivery.partition, delivery.offset))
 }
 
+/// The headers the engine's producers put on an event's message: its type and schema version.
+pub fn event_headers(event: &prism_events::Event) -> OwnedHeaders {
+    let version = event.meta.schema_version.to_string();
+    OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: prism_events::HEADER_EVENT_TYPE,
+            value: Some(event.event_type()),
+        })
+        .insert(rdkafka::message::Header { key: prism_events::HEADER_SCHEMA_VERSION, value: Some(&version) })
+}
+
 /// Publishes events as the outbox relay does (key = aggregate id, value = envelope JSON,
 /// `event_type`/`schema_version` headers), in order, and waits for every acknowledgement.
 /// Returns (partition, offset) per event.
@@ -59,16 +70,7 @@ pub async fn publish_events(
         let topic = event.meta.aggregate_type.topic(topic_prefix);
         let key = event.meta.aggregate_id.to_string();
         let value = event.to_json_bytes();
-        let version = event.meta.schema_version.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: prism_events::HEADER_EVENT_TYPE,
-                value: Some(event.event_type()),
-            })
-            .insert(rdkafka::message::Header {
-                key: prism_events::HEADER_SCHEMA_VERSION,
-                value: Some(&version),
-            });
+        let headers = event_headers(event);
         let mut record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
         // Enqueue synchronously, in order: per-partition order is the enqueue order.
         loop {

@@ -13,6 +13,7 @@
 //!   to stop, kill and restart.
 //! - [`oracle`]: the fold oracle — every read-model row and cache entry compared with what
 //!   the application's independent in-memory fold of the produced events expects.
+//! - [`prismctl`]: running the operator CLI as an operator would, from any application's tests.
 //! - [`probe`]: a minimal application for the engine's own domain-free tests.
 //! - [`layering`]: the check that no engine crate depends on an application crate.
 //!
@@ -26,6 +27,7 @@ pub mod env;
 pub mod kafka;
 pub mod layering;
 pub mod oracle;
+pub mod prismctl;
 pub mod private;
 pub mod probe;
 pub mod services;

@@ -20,50 +20,7 @@ use prism_kafka::admin::{commit_offsets_outside_group, projector_group_id, Outsi
 use prism_testkit::probe::{self, PROBE};
 use prism_testkit::TestEnv;
 
-/// What a `prismctl` run printed and how it ended.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `prismctl args…` with exactly `vars` of the `PRISM*` variables, stdin not a terminal.
-async fn prismctl_with(vars: &[(String, String)], args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_prismctl"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PRISM") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("prismctl {args:?} did not finish within 120 s"))
-        .expect("prismctl runs");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!("$ prismctl {}\n-> {:?}\n{}{}", args.join(" "), run.code, run.stdout, run.stderr);
-    run
-}
-
-async fn prismctl(env: &TestEnv, args: &[&str]) -> Run {
-    prismctl_with(&env.env_vars, args).await
-}
-
-/// `vars` with `key` set to `value`.
-fn with(vars: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = vars.iter().filter(|(k, _)| k != key).cloned().collect();
-    vars.push((key.to_owned(), value.to_owned()));
-    vars
-}
+use prism_testkit::prismctl::{run as prismctl, run_with as prismctl_with, with_var as with};
 
 async fn environment() -> TestEnv {
     TestEnv::new(&probe::application()).await.expect("test environment")

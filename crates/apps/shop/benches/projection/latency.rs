@@ -37,7 +37,6 @@ use futures::StreamExt;
 use prism_events::Event;
 use prism_projections::FeedKind;
 use prism_testkit::TestEnv;
-use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -322,16 +321,7 @@ async fn produce(
         let topic = event.meta.aggregate_type.topic(env.topic_prefix());
         let key = event.meta.aggregate_id.to_string();
         let value = event.to_json_bytes();
-        let version = event.meta.schema_version.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(rdkafka::message::Header {
-                key: prism_events::HEADER_EVENT_TYPE,
-                value: Some(event.event_type()),
-            })
-            .insert(rdkafka::message::Header {
-                key: prism_events::HEADER_SCHEMA_VERSION,
-                value: Some(&version),
-            });
+        let headers = prism_testkit::kafka::event_headers(&event);
         let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
         let at = Instant::now();
         let delivery = producer

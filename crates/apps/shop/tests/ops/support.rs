@@ -14,85 +14,9 @@ pub fn shop() -> Application {
     shop_model::application()
 }
 
-/// The `prismctl` binary (built when missing, before any clock starts).
-pub async fn prismctl_binary() -> std::path::PathBuf {
-    tokio::task::spawn_blocking(|| prism_testkit::binaries::path("prismctl", "prismctl"))
-        .await
-        .expect("build task")
-        .expect("the prismctl binary")
-}
-
-/// What a `prismctl` run printed and how it ended.
-#[derive(Debug)]
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(&self) -> bool {
-        self.code == Some(0)
-    }
-
-    /// The stdout as one JSON document (the last line, for `--watch`).
-    pub fn json(&self) -> serde_json::Value {
-        let line = self.stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// A `prismctl args…` command with exactly `vars` of the `PRISM*` variables, stdin not a
-/// terminal (as in scripts: destructive commands need `--yes`).
-pub async fn command(vars: &[(String, String)], args: &[&str]) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(prismctl_binary().await);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PRISM") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    command
-}
-
-/// Runs `prismctl args…` with `vars`, within 300 s.
-pub async fn prismctl_with(vars: &[(String, String)], args: &[&str]) -> Run {
-    let started = std::time::Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(300), command(vars, args).await.output())
-        .await
-        .unwrap_or_else(|_| panic!("prismctl {args:?} did not finish within 300 s"))
-        .expect("prismctl runs");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "$ prismctl {} ({:.1}s)\n-> {:?}\n{}{}",
-        args.join(" "),
-        started.elapsed().as_secs_f64(),
-        run.code,
-        run.stdout,
-        run.stderr
-    );
-    run
-}
-
-/// Runs `prismctl args…` against `env`.
-pub async fn prismctl(env: &TestEnv, args: &[&str]) -> Run {
-    prismctl_with(&env.env_vars, args).await
-}
-
-/// `vars` with `key` set to `value`.
-pub fn with_var(vars: &[(String, String)], key: &str, value: &str) -> Vec<(String, String)> {
-    let mut vars: Vec<(String, String)> = vars.iter().filter(|(k, _)| k != key).cloned().collect();
-    vars.push((key.to_owned(), value.to_owned()));
-    vars
-}
+pub use prism_testkit::prismctl::{
+    binary as prismctl_binary, command, run as prismctl, run_with as prismctl_with, with_var,
+};
 
 /// Waits until the projector group has committed the end of every event topic.
 pub async fn wait_caught_up(env: &TestEnv, timeout: Duration) {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::TestEnv;
 use telemetry::read_models::{DEVICE_CACHE_KIND, DEVICE_STATUS, SITE_HOURLY_READINGS};
-use tokio::process::Command;
 
 use crate::oracle;
 use crate::support::{dead_letters, wait_for_oracle_at_active, PythonProducer, Workload};
@@ -24,40 +23,15 @@ const OVERRIDES: &[(&str, &str)] = &[
 
 /// Runs prismctl to the end; returns (success, stdout + stderr).
 async fn prismctl(env: &TestEnv, args: &[&str]) -> (bool, String) {
-    let binary = tokio::task::spawn_blocking(|| prism_testkit::binaries::path("prismctl", "prismctl"))
-        .await
-        .expect("build task")
-        .expect("the prismctl binary");
-    let started = Instant::now();
-    let mut command = Command::new(binary);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PRISM__") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .envs(env.env_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .expect("prismctl finishes within 120s")
-        .expect("prismctl runs");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    eprintln!("$ prismctl {} ({:.1}s)\n{text}", args.join(" "), started.elapsed().as_secs_f64());
-    (output.status.success(), text)
+    let run = prism_testkit::prismctl::run(env, args).await;
+    (run.ok(), format!("{}{}", run.stdout, run.stderr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equals_the_oracle() {
     prism_testkit::init_logging();
     // Built (if needed) before the clock starts.
-    tokio::task::spawn_blocking(|| prism_testkit::binaries::path("prismctl", "prismctl"))
-        .await
-        .expect("build task")
-        .expect("the prismctl binary");
+    prism_testkit::prismctl::binary().await;
     let started = Instant::now();
     let app = telemetry::application();
     let env = TestEnv::with_overrides(&app, OVERRIDES).await.expect("test environment");

@@ -186,25 +186,7 @@ fn node_url(cluster: &PrivateRedisCluster, node: usize) -> String {
 
 /// Keys matching `pattern` on node `node` itself.
 async fn keys_on_node(cluster: &PrivateRedisCluster, node: usize, pattern: &str) -> BTreeSet<String> {
-    let mut connection = cluster.node(node).await.expect("node connection");
-    let mut found = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await
-            .expect("SCAN");
-        found.extend(keys);
-        if next == 0 {
-            return found;
-        }
-        cursor = next;
-    }
+    cluster.keys_on_node(node, pattern).await.expect("SCAN on a cluster node")
 }
 
 /// Deletes the keys matching `pattern` on node `node` (each key is in one of its slots).

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The newest PostgreSQL server binaries Debian installed (`/usr/lib/postgresql/<major>/bin`).
-fn pg_bin() -> anyhow::Result<PathBuf> {
+pub(super) fn pg_bin() -> anyhow::Result<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -38,14 +38,122 @@ fn pg_bin() -> anyhow::Result<PathBuf> {
 /// the Unix socket.
 #[derive(Debug)]
 pub struct PrivatePostgres {
-    /// The listening port, kept across restarts.
-    port: u16,
-    /// `runuser … postgres` (or `postgres` itself when not root), while it runs.
-    child: Option<Child>,
-    /// Directory holding `data/`, the socket directory and the log; owned by `postgres`.
-    dir: ScratchDir,
+    /// The server process over its directory.
+    server: Postmaster,
     /// Whether TCP connections need TLS and a password.
     tls: bool,
+}
+
+/// One `postgres` server process over a directory of its own (`data/`, the socket directory
+/// and `postgres.log`, owned by the `postgres` user), on a port kept across restarts: started,
+/// stopped with a fast shutdown, or killed with its backends. Dropping it kills the server and
+/// removes the directory. [`PrivatePostgres`] is one; a standby of
+/// [`PrivatePostgresPair`](super::postgres_replica::PrivatePostgresPair) is another.
+#[derive(Debug)]
+pub(super) struct Postmaster {
+    /// The listening port.
+    pub(super) port: u16,
+    /// `runuser … postgres` (or `postgres` itself when not root), while it runs.
+    child: Option<Child>,
+    /// Directory holding `data/`, the socket directory and the log.
+    pub(super) dir: ScratchDir,
+}
+
+impl Postmaster {
+    /// A server over `dir` (its `data/` made by initdb or pg_basebackup) on a free port, not
+    /// started yet.
+    pub(super) fn new(dir: ScratchDir) -> anyhow::Result<Self> {
+        Ok(Self { port: free_port()?, child: None, dir })
+    }
+
+    /// The server's log file.
+    pub(super) fn log(&self) -> PathBuf {
+        self.dir.0.join("postgres.log")
+    }
+
+    /// Starts `postgres` with `settings` (`name=value`, each passed as `-c`) and waits until it
+    /// listens; `what` names it in errors. Listening comes before accepting connections: the
+    /// caller waits for that in its own terms.
+    pub(super) async fn spawn(&mut self, settings: &[&str], what: &str) -> anyhow::Result<()> {
+        let log = self.log();
+        let (stdout, stderr) = log_file(&log)?;
+        if is_root() {
+            let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status();
+        }
+        let mut command = as_postgres_user(&pg_bin()?.join("postgres"));
+        command.arg("-D").arg(self.dir.0.join("data")).args([
+            "-p",
+            &self.port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ]);
+        for setting in settings {
+            command.args(["-c", setting]);
+        }
+        let mut child = command
+            .arg("-k")
+            .arg(self.dir.0.join("socket"))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let listening = wait_for_port(self.port, &mut child, what, &log).await;
+        self.child = Some(child);
+        listening
+    }
+
+    /// The postmaster's pid, from its lock file.
+    fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.0.join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Stops the server with a fast shutdown (SIGINT: clients are disconnected, data is
+    /// checkpointed).
+    pub(super) async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = self.pid().filter(|pid| process_alive(*pid)) {
+                signal(pid, "INT");
+            }
+            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
+                self.kill_postmaster();
+                kill_process(Some(child))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills the postmaster and its backends (SIGKILL): a crash, recovered from at restart.
+    pub(super) async fn kill(&mut self) -> anyhow::Result<()> {
+        self.kill_postmaster();
+        if let Some(mut child) = self.child.take() {
+            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
+                kill_process(Some(child))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_postmaster(&self) {
+        let Some(pid) = self.pid().filter(|pid| process_alive(*pid)) else { return };
+        let backends = children_of(pid);
+        signal(pid, "KILL");
+        // Backends notice a dead postmaster only at their next wait; a restart needs them gone
+        // (they still hold the old shared memory).
+        for backend in backends {
+            signal(backend, "KILL");
+        }
+    }
+}
+
+impl Drop for Postmaster {
+    fn drop(&mut self) {
+        self.kill_postmaster();
+        let _ = kill_process(self.child.take());
+    }
 }
 
 impl PrivatePostgres {
@@ -67,7 +175,7 @@ impl PrivatePostgres {
     ) -> anyhow::Result<Self> {
         let mut server = Self::init().await?;
         server.tls = true;
-        let data = server.dir.0.join("data");
+        let data = server.server.dir.0.join("data");
         cert.write(&data.join("server.crt"), &data.join("server.key"))?;
         if is_root() {
             // The server refuses a key file that is not its own or readable by others.
@@ -116,8 +224,8 @@ impl PrivatePostgres {
         if self.tls {
             format!(
                 "host={} port={} user=postgres dbname={database}",
-                self.dir.0.join("socket").display(),
-                self.port
+                self.server.dir.0.join("socket").display(),
+                self.server.port
             )
         } else {
             format!("{}/{database}", self.url())
@@ -156,41 +264,21 @@ impl PrivatePostgres {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(Self { port: free_port()?, child: None, dir, tls: false })
+        Ok(Self { server: Postmaster::new(dir)?, tls: false })
     }
 
     /// `postgres://postgres@127.0.0.1:<port>` (append `/<database>`).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.port)
+        format!("postgres://postgres@127.0.0.1:{}", self.server.port)
     }
 
     /// The listening port.
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port
     }
 
     async fn launch(&mut self) -> anyhow::Result<()> {
-        let log = self.dir.0.join("postgres.log");
-        let (stdout, stderr) = log_file(&log)?;
-        if is_root() {
-            let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status();
-        }
-        let mut child = as_postgres_user(&pg_bin()?.join("postgres"))
-            .arg("-D")
-            .arg(self.dir.0.join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .arg("-k")
-            .arg(self.dir.0.join("socket"))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .context("starting postgres")?;
-        if let Err(err) = wait_for_port(self.port, &mut child, "postgres", &log).await {
-            self.child = Some(child);
-            return Err(err);
-        }
-        self.child = Some(child);
+        self.server.spawn(&[], "postgres").await?;
         // Listening comes before accepting: wait for a real connection.
         let url = self.admin_url("postgres");
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
@@ -200,8 +288,8 @@ impl PrivatePostgres {
                 Err(err) if tokio::time::Instant::now() > deadline => {
                     bail!(
                         "postgres on port {} does not accept connections: {err:#}; log:\n{}",
-                        self.port,
-                        log_tail(&log)
+                        self.server.port,
+                        log_tail(&self.server.log())
                     )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -209,47 +297,15 @@ impl PrivatePostgres {
         }
     }
 
-    /// The postmaster's pid, from its lock file.
-    fn postmaster_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir.0.join("data/postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
-    }
-
     /// Stops the server with a fast shutdown (SIGINT: clients are disconnected, data is
     /// checkpointed).
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = self.postmaster_pid().filter(|pid| process_alive(*pid)) {
-                signal(pid, "INT");
-            }
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                self.kill_postmaster();
-                kill_process(Some(child))?;
-            }
-        }
-        Ok(())
+        self.server.stop().await
     }
 
     /// Kills the postmaster and its backends (SIGKILL): a crash, recovered from at restart.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        self.kill_postmaster();
-        if let Some(mut child) = self.child.take() {
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                kill_process(Some(child))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn kill_postmaster(&self) {
-        let Some(pid) = self.postmaster_pid().filter(|pid| process_alive(*pid)) else { return };
-        let backends = children_of(pid);
-        signal(pid, "KILL");
-        // Backends notice a dead postmaster only at their next wait; a restart needs them gone
-        // (they still hold the old shared memory).
-        for backend in backends {
-            signal(backend, "KILL");
-        }
+        self.server.kill().await
     }
 
     /// Starts the server again on the same port with the same data.
@@ -259,14 +315,7 @@ impl PrivatePostgres {
     }
 }
 
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.kill_postmaster();
-        let _ = kill_process(self.child.take());
-    }
-}
-
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -275,7 +324,7 @@ fn is_root() -> bool {
 }
 
 /// A command for a PostgreSQL binary, run as the `postgres` user when this process is root.
-fn as_postgres_user(binary: &Path) -> Command {
+pub(super) fn as_postgres_user(binary: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(binary);

@@ -19,16 +19,13 @@
 //! and [`restart_standby`](PrivatePostgresPair::restart_standby) take it away and bring it
 //! back on the same port, resuming replication where it stopped.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::{
-    children_of, find_binary, free_port, kill_process, log_file, log_tail, process_alive, signal,
-    wait_for_exit, wait_for_port, PrivatePostgres, ScratchDir, START_TIMEOUT, STOP_TIMEOUT,
-};
+use super::postgres::{as_postgres_user, is_root, pg_bin, Postmaster};
+use super::{find_binary, log_tail, PrivatePostgres, ScratchDir, START_TIMEOUT};
 use crate::services::{connect_pg, Services};
 
 /// The role the standby replicates as.
@@ -40,12 +37,8 @@ const REPLICATION_ROLE: &str = "prism_replication";
 pub struct PrivatePostgresPair {
     /// The primary.
     primary: PrivatePostgres,
-    /// The standby's listening port, kept across restarts.
-    standby_port: u16,
-    /// The standby's server process while it runs.
-    standby: Option<Child>,
-    /// Directory holding the standby's `data/`, socket directory and log.
-    standby_dir: ScratchDir,
+    /// The standby's server process over its own directory, on a port kept across restarts.
+    standby: Postmaster,
 }
 
 impl PrivatePostgresPair {
@@ -97,7 +90,7 @@ impl PrivatePostgresPair {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let mut pair = Self { primary, standby_port: free_port()?, standby: None, standby_dir };
+        let mut pair = Self { primary, standby: Postmaster::new(standby_dir)? };
         pair.launch_standby().await?;
         pair.wait_for_standby(Duration::from_secs(60)).await?;
         Ok(pair)
@@ -115,12 +108,12 @@ impl PrivatePostgresPair {
 
     /// `postgres://postgres@127.0.0.1:<standby port>` (append `/<database>`).
     pub fn standby_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}", self.standby_port)
+        format!("postgres://postgres@127.0.0.1:{}", self.standby.port)
     }
 
     /// The standby's listening port.
     pub fn standby_port(&self) -> u16 {
-        self.standby_port
+        self.standby.port
     }
 
     /// The shared services (from the environment) with PostgreSQL replaced by the primary, for
@@ -230,27 +223,12 @@ impl PrivatePostgresPair {
 
     /// Stops the standby with a fast shutdown.
     pub async fn stop_standby(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.standby.take() {
-            if let Some(pid) = self.standby_pid().filter(|pid| process_alive(*pid)) {
-                signal(pid, "INT");
-            }
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                self.kill_standby_postmaster();
-                kill_process(Some(child))?;
-            }
-        }
-        Ok(())
+        self.standby.stop().await
     }
 
     /// Kills the standby's postmaster and backends (SIGKILL).
     pub async fn kill_standby(&mut self) -> anyhow::Result<()> {
-        self.kill_standby_postmaster();
-        if let Some(mut child) = self.standby.take() {
-            if !wait_for_exit(&mut child, STOP_TIMEOUT).await? {
-                kill_process(Some(child))?;
-            }
-        }
-        Ok(())
+        self.standby.kill().await
     }
 
     /// Starts the standby again on the same port; it resumes streaming where it stopped.
@@ -265,35 +243,7 @@ impl PrivatePostgresPair {
     }
 
     async fn launch_standby(&mut self) -> anyhow::Result<()> {
-        let log = self.standby_dir.0.join("postgres.log");
-        let (stdout, stderr) = log_file(&log)?;
-        if is_root() {
-            let _ = Command::new("chown").arg("postgres:postgres").arg(&log).status();
-        }
-        let mut child = as_postgres_user(&pg_bin()?.join("postgres"))
-            .arg("-D")
-            .arg(self.standby_dir.0.join("data"))
-            .args([
-                "-p",
-                &self.standby_port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ])
-            .args(["-c", "hot_standby=on"])
-            .arg("-k")
-            .arg(self.standby_dir.0.join("socket"))
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .context("starting the standby")?;
-        if let Err(err) = wait_for_port(self.standby_port, &mut child, "postgres standby", &log).await {
-            self.standby = Some(child);
-            return Err(err);
-        }
-        self.standby = Some(child);
+        self.standby.spawn(&["hot_standby=on"], "postgres standby").await?;
         // A standby listens before it reaches a consistent state and accepts connections.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
@@ -303,80 +253,20 @@ impl PrivatePostgresPair {
                     anyhow::ensure!(
                         in_recovery,
                         "the standby on port {} is not in recovery",
-                        self.standby_port
+                        self.standby.port
                     );
                     return Ok(());
                 }
                 Err(err) if tokio::time::Instant::now() > deadline => {
                     bail!(
                         "the standby on port {} does not accept connections: {err:#}; log:\n{}",
-                        self.standby_port,
-                        log_tail(&log)
+                        self.standby.port,
+                        log_tail(&self.standby.log())
                     )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-    }
-
-    /// The standby postmaster's pid, from its lock file.
-    fn standby_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.standby_dir.0.join("data/postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
-    }
-
-    fn kill_standby_postmaster(&self) {
-        let Some(pid) = self.standby_pid().filter(|pid| process_alive(*pid)) else { return };
-        let backends = children_of(pid);
-        signal(pid, "KILL");
-        for backend in backends {
-            signal(backend, "KILL");
-        }
-    }
-}
-
-impl Drop for PrivatePostgresPair {
-    fn drop(&mut self) {
-        self.kill_standby_postmaster();
-        let _ = kill_process(self.standby.take());
-    }
-}
-
-/// The newest PostgreSQL server binaries Debian installed (`/usr/lib/postgresql/<major>/bin`).
-fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            Some((major, entry.path().join("bin")))
-        })
-        .filter(|(_, bin)| bin.join("postgres").is_file())
-        .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin).context(
-        "PostgreSQL's server binaries are not installed (no /usr/lib/postgresql/<major>/bin/postgres); \
-         `ops/dev-stack up` installs them (apt-get install postgresql)",
-    )
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// A command for a PostgreSQL binary, run as the `postgres` user when this process is root.
-fn as_postgres_user(binary: &Path) -> Command {
-    if is_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(binary);
-        command
-    } else {
-        Command::new(binary)
     }
 }
 

@@ -234,6 +234,33 @@ impl PrivateRedisCluster {
             .with_context(|| format!("connecting to cluster node {i} (port {})", self.nodes[i].port))
     }
 
+    /// The keys matching `pattern` that node `i` itself holds (SCAN on that node alone).
+    pub async fn keys_on_node(
+        &self,
+        i: usize,
+        pattern: &str,
+    ) -> anyhow::Result<std::collections::BTreeSet<String>> {
+        let mut node = self.node(i).await?;
+        let mut found = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut node)
+                .await
+                .with_context(|| format!("SCAN on cluster node {i}"))?;
+            found.extend(keys);
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
+    }
+
     /// `CLUSTER NODES` as node `i` sees the cluster.
     pub async fn view_from(&self, i: usize) -> anyhow::Result<Vec<ClusterNodeView>> {
         let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut self.node(i).await?).await?;
