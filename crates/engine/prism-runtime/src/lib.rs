@@ -8,6 +8,11 @@
 //! - [`http`]: the operations router (`/metrics`, `/healthz`, `/readyz`) and serving it.
 //! - [`shutdown`]: a future that resolves on SIGTERM or Ctrl-C.
 //! - [`service`]: the `main` of the long-running binaries: configuration, logging, exit codes.
+//!
+//! Linking this crate also sets the process's memory allocator to jemalloc: a projector batch
+//! allocates and frees tens of thousands of small JSON values across the runtime's threads, and
+//! with glibc's malloc half of the projector's CPU went to allocating, freeing and
+//! consolidating them (BENCHMARKS.md, "Where Prism's microseconds go").
 
 #![deny(missing_docs)]
 
@@ -20,3 +25,6 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use health::Health;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
