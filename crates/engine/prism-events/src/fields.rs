@@ -18,6 +18,11 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value, root: &str) -> 
 
 /// Same as [`from_value`], straight from text already known to be valid JSON.
 pub fn from_str<T: DeserializeOwned>(text: &str, root: &str) -> Result<T, DecodeError> {
+    // Valid input, the usual case, is read once without tracking paths; only a failure is read
+    // again with them, for the message (every event passes here, so the difference counts).
+    if let Ok(value) = serde_json::from_str(text) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     // Depth is bounded by our own scan before this point; serde_json's own limit stays on as
     // a second guard.

@@ -7,12 +7,14 @@
 //!   a refused password or an untrusted certificate.
 //! - [`migrate`](mod@migrate): the engine's numbered migrations from `migrations/` (event store, outbox,
 //!   idempotency, projection state, the read-model registry), applied under an advisory lock.
+//! - [`cached`]: statements prepared once per pooled connection, for hot paths.
 //! - [`error`]: [`StoreError`] and its transient/permanent class, decided here once.
 //!
 //! SQL lives in `.sql` files next to the code that runs it.
 
 #![deny(missing_docs)]
 
+pub mod cached;
 pub mod error;
 pub mod migrate;
 pub mod pool;

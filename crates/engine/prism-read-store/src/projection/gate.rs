@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use prism_postgres::cached::{self, Transaction};
 use prism_projections::{AggregateKey, GateState};
-use tokio_postgres::Transaction;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::batch::DeadLetterRecord;
@@ -15,40 +16,66 @@ fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'st
     sorted.into_iter().unzip()
 }
 
+/// The two statements that ensure and lock gate rows, prepared on a connection.
+pub(super) struct GateLock {
+    ensure: Statement,
+    lock: Statement,
+}
+
+impl GateLock {
+    /// Prepares them (once per connection; later calls find them in its cache).
+    pub(super) async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+        Ok(Self {
+            ensure: tx.prepare_cached(include_str!("../../sql/projection/gate_ensure.sql")).await?,
+            lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await?,
+        })
+    }
+
+    /// Ensures and locks the gate rows of `keys`; returns their state. Both statements are
+    /// sent at once (pipelined), in that order.
+    pub(super) async fn lock(
+        &self,
+        tx: &Transaction<'_>,
+        projection: &str,
+        keys: &BTreeSet<AggregateKey>,
+    ) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (types, ids) = key_arrays(keys);
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&projection, &types, &ids];
+        let (_, rows) = futures::try_join!(tx.execute(&self.ensure, &params), tx.query(&self.lock, &params))?;
+        let mut gates = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let type_name: &str = row.get(0);
+            // The rows are the keys asked for: their aggregate types come back by name.
+            let Some(aggregate_type) = keys.iter().map(|(t, _)| *t).find(|t| t.as_str() == type_name) else {
+                return Err(StoreError::Corrupt {
+                    what: "projection_gate",
+                    detail: format!("a gate row of aggregate type `{type_name}` that was not asked for"),
+                });
+            };
+            let last_version: i64 = row.get(2);
+            gates.insert(
+                (aggregate_type, row.get::<_, Uuid>(1)),
+                GateState {
+                    last_version: last_version.unsigned_abs(),
+                    parked: row.get(3),
+                    last_event_id: row.get(4),
+                },
+            );
+        }
+        Ok(gates)
+    }
+}
+
 /// Ensures and locks the gate rows of `keys`; returns their state.
 pub(super) async fn lock(
     tx: &Transaction<'_>,
     projection: &str,
     keys: &BTreeSet<AggregateKey>,
 ) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let (types, ids) = key_arrays(keys);
-    tx.execute(include_str!("../../sql/projection/gate_ensure.sql"), &[&projection, &types, &ids]).await?;
-    let rows =
-        tx.query(include_str!("../../sql/projection/gate_lock.sql"), &[&projection, &types, &ids]).await?;
-    let mut gates = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let type_name: &str = row.get(0);
-        // The rows are the keys asked for: their aggregate types come back by name.
-        let Some(aggregate_type) = keys.iter().map(|(t, _)| *t).find(|t| t.as_str() == type_name) else {
-            return Err(StoreError::Corrupt {
-                what: "projection_gate",
-                detail: format!("a gate row of aggregate type `{type_name}` that was not asked for"),
-            });
-        };
-        let last_version: i64 = row.get(2);
-        gates.insert(
-            (aggregate_type, row.get::<_, Uuid>(1)),
-            GateState {
-                last_version: last_version.unsigned_abs(),
-                parked: row.get(3),
-                last_event_id: row.get(4),
-            },
-        );
-    }
-    Ok(gates)
+    GateLock::prepare(tx).await?.lock(tx, projection, keys).await
 }
 
 /// Writes the last applied version of every aggregate whose version moved.
@@ -70,7 +97,8 @@ pub(super) async fn advance(
     let ids: Vec<Uuid> = moved.iter().map(|((_, id), _, _)| *id).collect();
     let versions: Vec<i64> = moved.iter().map(|(_, v, _)| *v).collect();
     let event_ids: Vec<Option<Uuid>> = moved.iter().map(|(_, _, e)| *e).collect();
-    tx.execute(
+    cached::execute(
+        tx,
         include_str!("../../sql/projection/gate_advance.sql"),
         &[&projection, &types, &ids, &versions, &event_ids],
     )
@@ -94,7 +122,8 @@ pub(super) async fn record_dead_letters(
         .collect();
     if !newly_parked.is_empty() {
         let (types, ids) = key_arrays(newly_parked);
-        tx.execute(include_str!("../../sql/projection/park.sql"), &[&projection, &types, &ids]).await?;
+        cached::execute(tx, include_str!("../../sql/projection/park.sql"), &[&projection, &types, &ids])
+            .await?;
     }
     if records.is_empty() {
         return Ok(Vec::new());
@@ -117,26 +146,26 @@ pub(super) async fn record_dead_letters(
     let classes: Vec<String> = records.iter().map(|r| storable_text(&r.error_class)).collect();
     let kinds: Vec<String> = records.iter().map(|r| storable_text(&r.error_kind)).collect();
     let messages: Vec<String> = records.iter().map(|r| storable_text(&r.error_message)).collect();
-    let rows = tx
-        .query(
-            include_str!("../../sql/projection/dead_letters_insert.sql"),
-            &[
-                &projection,
-                &topics,
-                &partitions,
-                &offsets,
-                &keys,
-                &values,
-                &aggregate_types,
-                &aggregate_ids,
-                &versions,
-                &event_types,
-                &classes,
-                &kinds,
-                &messages,
-            ],
-        )
-        .await?;
+    let rows = cached::query(
+        tx,
+        include_str!("../../sql/projection/dead_letters_insert.sql"),
+        &[
+            &projection,
+            &topics,
+            &partitions,
+            &offsets,
+            &keys,
+            &values,
+            &aggregate_types,
+            &aggregate_ids,
+            &versions,
+            &event_types,
+            &classes,
+            &kinds,
+            &messages,
+        ],
+    )
+    .await?;
     Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
 }
 
@@ -149,12 +178,12 @@ pub(super) async fn unpublished_dead_letters(
     first_offset: i64,
     last_offset: i64,
 ) -> Result<Vec<DeadLetterRecord>, StoreError> {
-    let rows = tx
-        .query(
-            include_str!("../../sql/projection/dead_letters_unpublished.sql"),
-            &[&projection, &topic, &partition, &first_offset, &last_offset],
-        )
-        .await?;
+    let rows = cached::query(
+        tx,
+        include_str!("../../sql/projection/dead_letters_unpublished.sql"),
+        &[&projection, &topic, &partition, &first_offset, &last_offset],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|row| DeadLetterRecord {

@@ -78,7 +78,12 @@ pub async fn apply_batch(
     // Delivered at commit, once per instance: wakes queries waiting for a version.
     let channel = crate::read_models::applied_channel(db.schema());
     let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
-    tx.execute("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id", &[&channel, &ids]).await?;
+    prism_postgres::cached::execute(
+        &tx,
+        "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
+        &[&channel, &ids],
+    )
+    .await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -86,7 +91,7 @@ pub async fn apply_batch(
 /// One instance's share of a batch, inside the batch's transaction.
 #[allow(clippy::too_many_arguments)]
 async fn apply_instance(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &prism_postgres::cached::Transaction<'_>,
     schema: &str,
     target: &Target<'_>,
     policy: GapPolicy,
@@ -100,9 +105,6 @@ async fn apply_instance(
     };
     let projection_id = target.instance.id();
     let keys: BTreeSet<AggregateKey> = messages.iter().filter_map(SourceMessage::aggregate).collect();
-    let initial = gate::lock(tx, &projection_id, &keys).await?;
-    let mut gates: HashMap<AggregateKey, GateState> = initial.clone();
-
     let items: Vec<PlannedItem<'_>> = messages
         .iter()
         .map(|m| match &m.content {
@@ -110,10 +112,14 @@ async fn apply_instance(
             MessageContent::Poison(poison) => PlannedItem::Poison { key: poison.aggregate },
         })
         .collect();
-    let (outcomes, cache_entries, pending_sum) =
-        writers::fold_and_write(tx, schema, target, Some(source), &items, &mut gates, policy).await?;
+    // Round trips, not statements, are what a batch waits on: the gate lock and the rows to
+    // fold go in one, the writes below in another.
+    let mut loaded = writers::lock_and_load(tx, schema, target, Some(source), &keys, &items).await?;
+    let initial: HashMap<AggregateKey, GateState> = loaded.gates.clone();
+    let (outcomes, pending_fold, pending_sum) =
+        writers::plan_writes(target, Some(source), &items, &mut loaded, policy)?;
+    let gates = &loaded.gates;
 
-    gate::advance(tx, &projection_id, &initial, &gates).await?;
     let dead_letters: Vec<DeadLetterRecord> = messages
         .iter()
         .zip(&outcomes)
@@ -122,10 +128,25 @@ async fn apply_instance(
             DeadLetterRecord::from_outcome(&projection_id, topic, partition, message, outcome)
         })
         .collect();
-    let new_kinds = gate::record_dead_letters(tx, &projection_id, &initial, &gates, &dead_letters).await?;
-    let unpublished =
-        gate::unpublished_dead_letters(tx, &projection_id, topic, partition, first.offset, last.offset)
-            .await?;
+    let write_fold = async {
+        match pending_fold {
+            Some(pending) => pending.write(tx).await,
+            None => Ok(Vec::new()),
+        }
+    };
+    // Dead letters are read back after they are recorded: one after the other.
+    let record_dead_letters = async {
+        let new_kinds = gate::record_dead_letters(tx, &projection_id, &initial, gates, &dead_letters).await?;
+        let unpublished =
+            gate::unpublished_dead_letters(tx, &projection_id, topic, partition, first.offset, last.offset)
+                .await?;
+        Ok::<_, StoreError>((new_kinds, unpublished))
+    };
+    let (cache_entries, (), (new_kinds, unpublished)) = futures::try_join!(
+        write_fold,
+        gate::advance(tx, &projection_id, &initial, gates),
+        record_dead_letters
+    )?;
     let mut outcome = BatchOutcome::tally(&outcomes, cache_entries, unpublished, new_kinds);
     let parked: BTreeSet<AggregateKey> = messages
         .iter()

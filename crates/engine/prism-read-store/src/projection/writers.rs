@@ -17,13 +17,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use prism_events::AggregateType;
+use prism_postgres::cached::{self, Transaction};
 use prism_projections::gate::{plan_batch, ItemOutcome};
 use prism_projections::{
     AggregateKey, FeedKind, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel, Unprojectable,
     REVISION_COLUMN, VERSION_COLUMN,
 };
 use serde_json::{Map, Value};
-use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::batch::CacheEntry;
@@ -31,9 +31,9 @@ use super::Target;
 use prism_postgres::StoreError;
 
 type Gates = HashMap<AggregateKey, GateState>;
-type Written = (Vec<ItemOutcome>, Vec<CacheEntry>, Option<PendingSum>);
+type Written = (Vec<ItemOutcome>, Option<PendingFold>, Option<PendingSum>);
 
-/// A sum feed's write, decided but not yet sent: [`fold_and_write`] leaves it for the caller to
+/// A sum feed's write, decided but not yet sent: [`plan_writes`] leaves it for the caller to
 /// send last in the transaction ([`PendingSum::write`]). A sum's rows are shared with the
 /// batches of other partitions (a user's totals fed by all of that user's orders), and the
 /// row locks its write takes are held until the commit; sent last, they are held for the
@@ -56,16 +56,31 @@ impl PendingSum {
     /// Sends the write; returns the cache entries of the rows it touched (none without a
     /// cache).
     pub(super) async fn write(self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
-        if !self.documents.is_empty() {
-            tx.query(&self.add, &[&Value::Array(self.documents)]).await?;
-        }
-        let mut entries = Vec::new();
-        if let Some(keys) = self.cache_keys {
-            for stored in load_by_keys(tx, self.instance, &self.key, &keys).await? {
-                entries.push(cache_entry(&self.key, &stored)?);
+        // Both statements prepared first, so they go out in this order: the rows are read
+        // back after the addition.
+        let add = if self.documents.is_empty() { None } else { Some(tx.prepare_cached(&self.add).await?) };
+        let reload = match &self.cache_keys {
+            Some(keys) if !keys.is_empty() => {
+                Some(tx.prepare_cached(&load_by_keys_sql(self.instance, &self.key)).await?)
             }
-        }
-        Ok(entries)
+            _ => None,
+        };
+        let documents = Value::Array(self.documents);
+        let keys = Value::Array(self.cache_keys.unwrap_or_default());
+        let send_add = async {
+            if let Some(statement) = &add {
+                tx.execute(statement, &[&documents]).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let send_reload = async {
+            match &reload {
+                Some(statement) => Ok(tx.query(statement, &[&keys]).await?),
+                None => Ok::<_, StoreError>(Vec::new()),
+            }
+        };
+        let ((), stored) = futures::try_join!(send_add, send_reload)?;
+        stored.into_iter().map(|row| cache_entry(&self.key, &StoredRow::from_db(row.get(0)))).collect()
     }
 }
 
@@ -216,39 +231,20 @@ fn cache_entry(key: &[&str], stored: &StoredRow) -> Result<CacheEntry, StoreErro
     })
 }
 
-async fn load_by_ids(
-    tx: &Transaction<'_>,
-    instance: ProjectionInstance,
-    key_column: &str,
-    ids: &[Uuid],
-) -> Result<Vec<StoredRow>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sql = format!("SELECT to_jsonb(t) FROM {} t WHERE {key_column} = ANY($1)", instance.id());
-    let rows = tx.query(&sql, &[&ids]).await?;
-    Ok(rows.into_iter().map(|row| StoredRow::from_db(row.get(0))).collect())
+/// The statement reading the current rows of a fold feed's aggregates (`$1`: their ids).
+fn load_by_ids_sql(instance: ProjectionInstance, key_column: &str) -> String {
+    format!("SELECT to_jsonb(t) FROM {} t WHERE {key_column} = ANY($1)", instance.id())
 }
 
-/// Rows of `instance` whose key columns equal those of `keys` (JSON rows holding at least the
-/// key columns).
-async fn load_by_keys(
-    tx: &Transaction<'_>,
-    instance: ProjectionInstance,
-    key: &[&str],
-    keys: &[Value],
-) -> Result<Vec<StoredRow>, StoreError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
+/// The statement reading rows of `instance` whose key columns equal those of `$1` (a JSON
+/// array of rows holding at least the key columns).
+fn load_by_keys_sql(instance: ProjectionInstance, key: &[&str]) -> String {
     let table = instance.id();
     let columns = key.join(", ");
-    let sql = format!(
+    format!(
         "SELECT to_jsonb(t) FROM {table} t WHERE ({columns}) IN \
          (SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb))"
-    );
-    let rows = tx.query(&sql, &[&Value::Array(keys.to_vec())]).await?;
-    Ok(rows.into_iter().map(|row| StoredRow::from_db(row.get(0))).collect())
+    )
 }
 
 /// What one event does to the instance, worked out before anything is kept: a fold result
@@ -258,23 +254,25 @@ struct EventEffect {
     sums: Vec<Value>,
 }
 
-/// Runs the planner over the batch with `target`'s feeds from `source`, and writes what it
-/// decided.
-pub(super) async fn fold_and_write(
-    tx: &Transaction<'_>,
-    schema: &str,
-    target: &Target<'_>,
+/// What a batch's planning starts from: the gate rows of its aggregates, locked, and the
+/// current rows of the aggregates a fold feed folds.
+pub(super) struct Loaded {
+    /// The gate state of every aggregate of the batch, as locked.
+    pub(super) gates: Gates,
+    shape: Arc<TableShape>,
+    rows: HashMap<Uuid, StoredRow>,
+}
+
+/// The feeds of `target` from `source`: its fold, and its sum's additive columns and rows.
+fn feeds_from<'m>(
+    target: &Target<'m>,
     source: Option<AggregateType>,
-    items: &[PlannedItem<'_>],
-    gates: &mut Gates,
-    policy: GapPolicy,
-) -> Result<Written, StoreError> {
-    let model = target.model;
-    let instance = target.instance;
-    let shape = shape(tx, schema, model, instance).await?;
-    let key = model.key_columns();
+) -> (
+    Option<prism_projections::read_model::FoldFn>,
+    Option<(Vec<&'static str>, prism_projections::read_model::SumFn)>,
+) {
     let feeds: Vec<&FeedKind> =
-        model.feeds().iter().filter(|f| Some(f.source) == source).map(|f| &f.kind).collect();
+        target.model.feeds().iter().filter(|f| Some(f.source) == source).map(|f| &f.kind).collect();
     let fold = feeds.iter().find_map(|k| match k {
         FeedKind::Fold(f) => Some(f.clone()),
         FeedKind::Sum { .. } => None,
@@ -283,17 +281,112 @@ pub(super) async fn fold_and_write(
         FeedKind::Sum { columns, rows } => Some((columns.clone(), rows.clone())),
         FeedKind::Fold(_) => None,
     });
+    (fold, sum)
+}
 
-    // Current rows of the aggregates the batch folds.
-    let ids: Vec<Uuid> = event_ids(items);
-    let mut rows: HashMap<Uuid, StoredRow> = HashMap::new();
-    if fold.is_some() {
-        for stored in load_by_ids(tx, instance, key[0], &ids).await? {
-            if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
-                rows.insert(id, stored);
-            }
+/// Locks the gate rows of `keys` and reads the rows the batch's fold starts from, the
+/// statements sent at once (pipelined): ensure gate rows, lock them, read the view rows. The
+/// view rows belong to the aggregates whose gate rows come first in the same transaction, so
+/// reading them after sending the lock (not after its answer) reads what the lock protects.
+pub(super) async fn lock_and_load(
+    tx: &Transaction<'_>,
+    schema: &str,
+    target: &Target<'_>,
+    source: Option<AggregateType>,
+    keys: &BTreeSet<AggregateKey>,
+    items: &[PlannedItem<'_>],
+) -> Result<Loaded, StoreError> {
+    let model = target.model;
+    let instance = target.instance;
+    let shape = shape(tx, schema, model, instance).await?;
+    let key = model.key_columns();
+    let (fold, _) = feeds_from(target, source);
+    let gate_lock = super::gate::GateLock::prepare(tx).await?;
+    let ids: Vec<Uuid> = if fold.is_some() { event_ids(items) } else { Vec::new() };
+    let load = if ids.is_empty() {
+        None
+    } else {
+        Some(tx.prepare_cached(&load_by_ids_sql(instance, key[0])).await?)
+    };
+    let projection_id = instance.id();
+    let read_rows = async {
+        match &load {
+            Some(statement) => Ok(tx.query(statement, &[&ids]).await?),
+            None => Ok::<_, StoreError>(Vec::new()),
+        }
+    };
+    let (gates, stored) = futures::try_join!(gate_lock.lock(tx, &projection_id, keys), read_rows)?;
+    let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
+    for row in stored {
+        let stored = StoredRow::from_db(row.get(0));
+        if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+            rows.insert(id, stored);
         }
     }
+    Ok(Loaded { gates, shape, rows })
+}
+
+/// A fold feed's write, decided but not yet sent ([`PendingFold::write`]), so the caller can
+/// send it together with the gate's advance and the dead letters.
+#[derive(Debug)]
+pub(super) struct PendingFold {
+    /// The upsert statement of the table.
+    upsert: String,
+    /// The folded rows, with bookkeeping; empty when nothing was applied.
+    documents: Vec<Value>,
+    key: Vec<&'static str>,
+    /// The rows as loaded, replaced by the written ones once written.
+    rows: HashMap<Uuid, StoredRow>,
+    /// With a cache: every aggregate of the batch, duplicates included.
+    cache_ids: Option<Vec<Uuid>>,
+}
+
+impl PendingFold {
+    /// Sends the upsert; returns the cache entries of every aggregate of the batch (none
+    /// without a cache).
+    pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
+        if !self.documents.is_empty() {
+            let written = cached::query(tx, &self.upsert, &[&Value::Array(self.documents)]).await?;
+            for row in written {
+                let stored = StoredRow::from_db(row.get(0));
+                if let Some(id) =
+                    stored.row.get(self.key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok())
+                {
+                    self.rows.insert(id, stored);
+                }
+            }
+        }
+        let mut cache = Vec::new();
+        // Every aggregate of the batch, duplicates included: after a worker died between its
+        // commit and its cache write, the redelivered batch is all duplicates, and this is how
+        // the cache still catches up.
+        for id in self.cache_ids.iter().flatten() {
+            if let Some(stored) = self.rows.get(id) {
+                cache.push(cache_entry(&self.key, stored)?);
+            }
+        }
+        Ok(cache)
+    }
+}
+
+/// Runs the planner over the batch with `target`'s feeds from `source`, starting from
+/// `loaded`, and decides the writes (sent by [`PendingFold::write`] and [`PendingSum::write`]).
+/// `loaded.gates` ends as the gate state after the batch.
+pub(super) fn plan_writes(
+    target: &Target<'_>,
+    source: Option<AggregateType>,
+    items: &[PlannedItem<'_>],
+    loaded: &mut Loaded,
+    policy: GapPolicy,
+) -> Result<Written, StoreError> {
+    let model = target.model;
+    let instance = target.instance;
+    let key = model.key_columns();
+    let (fold, sum) = feeds_from(target, source);
+    let rows = std::mem::take(&mut loaded.rows);
+    let gates = &mut loaded.gates;
+    let shape = loaded.shape.clone();
+    let ids: Vec<Uuid> = event_ids(items);
     let mut folded: BTreeMap<Uuid, (Value, i64)> = BTreeMap::new();
     let mut summed: BTreeMap<String, Value> = BTreeMap::new();
     let mut sum_keys_touched: BTreeMap<String, Value> = BTreeMap::new();
@@ -340,34 +433,23 @@ pub(super) async fn fold_and_write(
         Ok(())
     });
 
-    let mut cache: Vec<CacheEntry> = Vec::new();
     let cached = model.cache_kind().is_some();
-
-    if !folded.is_empty() {
-        let documents: Vec<Value> =
-            folded.values().map(|(row, version)| with_bookkeeping(row.clone(), *version)).collect();
-        let written = tx.query(&shape.upsert, &[&Value::Array(documents)]).await?;
-        for row in written {
-            let stored = StoredRow::from_db(row.get(0));
-            if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
-                rows.insert(id, stored);
-            }
-        }
-    }
-    if fold.is_some() && cached {
-        // Every aggregate of the batch, duplicates included: after a worker died between its
-        // commit and its cache write, the redelivered batch is all duplicates, and this is how
-        // the cache still catches up.
-        for id in &ids {
-            if let Some(stored) = rows.get(id) {
-                cache.push(cache_entry(key, stored)?);
-            }
-        }
-    }
+    let documents: Vec<Value> = std::mem::take(&mut folded)
+        .into_values()
+        .map(|(row, version)| with_bookkeeping(row, version))
+        .collect();
+    let pending_fold = fold.is_some().then(|| PendingFold {
+        upsert: shape.upsert.clone(),
+        documents,
+        key: key.to_vec(),
+        rows,
+        cache_ids: cached.then_some(ids),
+    });
 
     let mut pending = None;
     if let (Some((_, rows_of)), Some(add)) = (&sum, &shape.add) {
-        let documents: Vec<Value> = summed.values().map(|row| with_bookkeeping(row.clone(), 0)).collect();
+        let documents: Vec<Value> =
+            std::mem::take(&mut summed).into_values().map(|row| with_bookkeeping(row, 0)).collect();
         let cache_keys = cached.then(|| {
             // Every row an event of the batch names, duplicates included (see above).
             for item in items {
@@ -381,7 +463,7 @@ pub(super) async fn fold_and_write(
         });
         pending = Some(PendingSum { instance, add: add.clone(), documents, key: key.to_vec(), cache_keys });
     }
-    Ok((outcomes, cache, pending))
+    Ok((outcomes, pending_fold, pending))
 }
 
 /// Aggregate ids of the batch's events, sorted.

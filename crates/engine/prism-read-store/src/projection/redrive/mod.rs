@@ -13,7 +13,7 @@
 //!    worker parking a new event of this aggregate waits until the redrive committed),
 //! 2. lock and decode the chain's rows (decoding is the caller's: the projector's decoder),
 //! 3. lift the parking, then run the rows in aggregate-version order through the same gate
-//!    planner, folds and set-based writers as a projector batch (`writers::fold_and_write`),
+//!    planner, folds and set-based writers as a projector batch (`writers::lock_and_load`, `writers::plan_writes`),
 //!    so a missing event redriven first unparks the chain that waited behind it, versions
 //!    already applied count as duplicates, and nothing is applied twice or out of order,
 //! 4. advance the gate, re-park the aggregate when something still fails, mark applied rows
@@ -460,8 +460,6 @@ where
         let ids: Vec<Uuid> = keys.iter().map(|(_, id)| *id).collect();
         tx.execute(include_str!("sql/unpark.sql"), &[&projection_id, &types, &ids]).await?;
     }
-    let initial = gate::lock(&tx, &projection_id, &keys).await?;
-    let mut gates = initial.clone();
     let items: Vec<PlannedItem<'_>> = decoded
         .iter()
         .map(|(_, m)| match &m.content {
@@ -473,8 +471,15 @@ where
         MessageContent::Event(event) => Some(event.meta.aggregate_type),
         MessageContent::Poison(_) => None,
     });
-    let (outcomes, mut cache_entries, pending_sum) =
-        writers::fold_and_write(&tx, db.schema(), target, source, &items, &mut gates, policy).await?;
+    let mut loaded = writers::lock_and_load(&tx, db.schema(), target, source, &keys, &items).await?;
+    let initial = loaded.gates.clone();
+    let (outcomes, pending_fold, pending_sum) =
+        writers::plan_writes(target, source, &items, &mut loaded, policy)?;
+    let gates = loaded.gates;
+    let mut cache_entries = match pending_fold {
+        Some(pending_fold) => pending_fold.write(&tx).await?,
+        None => Vec::new(),
+    };
     if let Some(pending_sum) = pending_sum {
         let entries = pending_sum.write(&tx).await?;
         writers::merge_cache_entries(&mut cache_entries, entries);
@@ -516,7 +521,7 @@ where
 }
 
 async fn reclassify(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &prism_postgres::cached::Transaction<'_>,
     rows: &[(i64, String, String, String)],
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
@@ -532,7 +537,7 @@ async fn reclassify(
 
 /// Records the current decode error of rows that still do not decode.
 async fn reclassify_poison(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &prism_postgres::cached::Transaction<'_>,
     decoded: &[(DeadLetter, SourceMessage)],
 ) -> Result<(), StoreError> {
     let rows: Vec<(i64, String, String, String)> = decoded
