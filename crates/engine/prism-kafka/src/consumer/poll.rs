@@ -49,7 +49,13 @@ impl PollThread {
             // Fetch sizes stay at librdkafka's defaults (1 MB per partition per request, grown
             // automatically for a larger message): bigger fetches only delay the group
             // coordinator on brokers that serve both from one storage queue.
-            .set("queued.max.messages.kbytes", "16384");
+            .set("queued.max.messages.kbytes", "16384")
+            // A fetch waits at most this long for data on the partitions it asks for. A
+            // partition resumed meanwhile is only asked for in the next fetch, so with the
+            // default 500 ms a worker that drained its buffer could wait that long while its
+            // partition has messages (flow control below pauses and resumes them all the time
+            // under load).
+            .set("fetch.wait.max.ms", "50");
         group_protocol_settings(&mut client, &settings);
         if let Some(instance) = &settings.group_instance_id {
             client.set("group.instance.id", instance);
@@ -165,7 +171,9 @@ fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: rdkafka::message::Owne
 /// last message it handed over, so no message is lost or repeated.
 fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, shared: &Shared<H>) {
     let high = shared.settings.max_buffered_per_partition.max(1);
-    let low = high / 4;
+    // Resumed with half left: the worker has a batch or so to work on while the next fetch
+    // comes back.
+    let low = high / 2;
     let mut to_pause = TopicPartitionList::new();
     let mut to_resume = TopicPartitionList::new();
     {
