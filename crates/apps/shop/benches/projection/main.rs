@@ -36,6 +36,7 @@
 //! | `PRISM_BENCH_PARTS` | `throughput,rebuild,latency` | which parts run (rebuild needs throughput) |
 //! | `PRISM_BENCH_DEBEZIUM` | 1 | 0 leaves the Debezium peer out (no Java needed) |
 //! | `PRISM_BENCH_LATENCY_SECONDS` | 60 | length of the latency run |
+//! | `PRISM_BENCH_LATENCY_SAMPLE` | 10 | the latency checker follows every n-th event (1: all) |
 //! | `PRISM_BENCH_LATENCY_RATE` | half Prism's steady rate | events/s of the latency run (required without the throughput part) |
 //! | `PRISM_BENCH_CLIENTS` | 16 | command-then-read clients |
 //! | `PRISM_BENCH_CEILING_WRITERS` | 4 | the set-write ceiling's writers |
@@ -82,6 +83,7 @@ struct Settings {
     latency: bool,
     debezium: bool,
     latency_seconds: u64,
+    latency_sample: usize,
     latency_rate: Option<f64>,
     clients: usize,
     write: bool,
@@ -124,6 +126,7 @@ impl Settings {
             latency: parts.contains(&"latency"),
             debezium: flag("PRISM_BENCH_DEBEZIUM", true)?,
             latency_seconds: number("PRISM_BENCH_LATENCY_SECONDS", 60)?,
+            latency_sample: number("PRISM_BENCH_LATENCY_SAMPLE", 10)?,
             latency_rate: std::env::var("PRISM_BENCH_LATENCY_RATE")
                 .ok()
                 .map(|_| number("PRISM_BENCH_LATENCY_RATE", 0.0))
@@ -132,8 +135,15 @@ impl Settings {
             write: flag("PRISM_BENCH_WRITE", true)?,
             plot: flag("PRISM_BENCH_PLOT", true)?,
         };
-        if settings.events == 0 || settings.partitions < 1 || settings.clients == 0 {
-            bail!("PRISM_BENCH_EVENTS, PRISM_BENCH_PARTITIONS and PRISM_BENCH_CLIENTS must be at least 1");
+        if settings.events == 0
+            || settings.partitions < 1
+            || settings.clients == 0
+            || settings.latency_sample == 0
+        {
+            bail!(
+                "PRISM_BENCH_EVENTS, PRISM_BENCH_PARTITIONS, PRISM_BENCH_CLIENTS and PRISM_BENCH_LATENCY_SAMPLE \
+                 must be at least 1"
+            );
         }
         if settings.rebuild && !settings.throughput {
             bail!(
@@ -251,8 +261,12 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             (None, Some(prism)) => prism.rate() / 2.0,
             (None, None) => bail!("no rate for the latency run"),
         };
-        let latency_settings =
-            latency::Settings { rate, seconds: settings.latency_seconds, clients: settings.clients };
+        let latency_settings = latency::Settings {
+            rate,
+            seconds: settings.latency_seconds,
+            clients: settings.clients,
+            sample_every: settings.latency_sample,
+        };
         let outcome = latency::run(&env, &binaries, &work, &latency_settings).await?;
         std::fs::write(work.join("latency-samples.csv"), latency::samples_csv(&outcome))?;
         run.latency = Some(outcome);

@@ -181,7 +181,8 @@ impl Run {
         let _ = writeln!(
             t,
             "\nLoad: {:.0} events/s asked, {:.0} produced ({} events over {:.1} s), plus {} clients doing {:.0} commands/s \
-             ({} answers 202 and asked again, {} errors, {} events never seen). The method's own cost: a PostgreSQL look takes \
+             ({} answers 202 and asked again, {} errors, {} events never seen). The checker followed {}. \
+             The method's own cost: a PostgreSQL look takes \
              p50 {:.2} ms (p99 {:.2}), a Redis look p50 {:.2} ms (p99 {:.2}); a query API read with nothing to wait for p50 {:.2} ms \
              (p99 {:.2}).",
             l.target_rate,
@@ -193,6 +194,7 @@ impl Run {
             l.stale_answers,
             l.errors,
             l.not_visible,
+            if l.sample_every == 1 { "every event".to_owned() } else { format!("every {}th event", l.sample_every) },
             l.pg_look.p50,
             l.pg_look.p99,
             l.redis_look.p50,
