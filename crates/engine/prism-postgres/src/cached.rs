@@ -13,6 +13,9 @@ use crate::StoreError;
 /// A transaction on a pooled connection: its statements can use the connection's cache.
 pub type Transaction<'a> = deadpool_postgres::Transaction<'a>;
 
+/// A pooled connection ([`crate::Database::client`]), with its statement cache.
+pub type PooledClient = deadpool_postgres::Object;
+
 /// Runs `sql` (prepared once per connection) and returns its rows.
 pub async fn query(
     tx: &Transaction<'_>,

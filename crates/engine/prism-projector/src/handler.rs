@@ -89,7 +89,7 @@ impl ProjectionHandler {
         }
         let projections: Vec<_> = used.iter().map(|i| i.projection).collect();
         let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
-        let active = prism_read_store::rebuild::active_generations(&**client, &projections)
+        let active = prism_read_store::rebuild::active_generations_pooled(&client, &projections)
             .await
             .map_err(|e| transient("postgres", e))?;
         let switched: Vec<(ProjectionInstance, ProjectionInstance)> = used

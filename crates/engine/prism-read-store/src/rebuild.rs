@@ -130,25 +130,37 @@ pub async fn checksum(
     Ok(Checksum { rows: row.get(0), md5: row.get(1) })
 }
 
+const ACTIVE_GENERATIONS: &str = "SELECT projection, generation FROM projection_generations \
+     WHERE status = 'active' AND projection = ANY($1)";
+
 /// The active generation of each of `read_models` (those that have one).
 pub async fn active_generations(
     client: &impl GenericClient,
     read_models: &[&'static str],
 ) -> Result<Vec<ProjectionInstance>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT projection, generation FROM projection_generations \
-             WHERE status = 'active' AND projection = ANY($1)",
-            &[&read_models],
-        )
-        .await?;
+    let rows = client.query(ACTIVE_GENERATIONS, &[&read_models]).await?;
+    Ok(instances_of(read_models, rows))
+}
+
+/// [`active_generations`] on a pooled connection, the statement prepared once per connection:
+/// the projector asks after every batch.
+pub async fn active_generations_pooled(
+    client: &prism_postgres::cached::PooledClient,
+    read_models: &[&'static str],
+) -> Result<Vec<ProjectionInstance>, StoreError> {
+    let statement = client.prepare_cached(ACTIVE_GENERATIONS).await?;
+    let rows = client.query(&statement, &[&read_models]).await?;
+    Ok(instances_of(read_models, rows))
+}
+
+fn instances_of(read_models: &[&'static str], rows: Vec<tokio_postgres::Row>) -> Vec<ProjectionInstance> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let name: &str = row.get(0);
         let Some(projection) = read_models.iter().find(|n| **n == name) else { continue };
         out.push(ProjectionInstance::new(projection, row.get::<_, i32>(1).unsigned_abs()));
     }
-    Ok(out)
+    out
 }
 
 /// Instances of `read_models` in state `building` (a blue/green rebuild in progress, or one

@@ -16,8 +16,11 @@
 //!   committed the source topics' ends. Verification and the switch come after that and are
 //!   reported separately (prismctl's whole run).
 //!
-//! Events replayed = messages in the read model's source topics. Rates are steady rates (first
-//! commit → done), as the live rate is; whole-window rates include start-up.
+//! Events replayed = messages in the read model's source topics. Rates are over the whole
+//! window (start → done), start-up included, and compared with the live run's rate over its
+//! whole window: a replay of one read model lasts one or two of the projector's one-second
+//! commit intervals, too short for a steady window (first commit → done) to mean anything —
+//! most of a replay is often committed by the first commit already.
 
 use std::path::Path;
 use std::process::Stdio;
