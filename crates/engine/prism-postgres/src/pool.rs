@@ -177,7 +177,14 @@ pub fn client_config(
     // The schema name is checked as a plain lowercase identifier when configuration loads.
     // UTC sessions: `to_jsonb` renders timestamps with the session's zone, and the projector's
     // cache writes and the query side's refills must render the same row identically.
-    pg.options(format!("-c search_path={} -c TimeZone=UTC", config.schema));
+    // Custom plans: statements are prepared once per connection (see `cached`), and a generic
+    // plan PostgreSQL settles on while a table is still small (a new deployment, a new
+    // generation) is a sequential scan it would keep as the table grows, until an ANALYZE
+    // happens to invalidate it. Planning each execution costs little next to that.
+    pg.options(format!(
+        "-c search_path={} -c TimeZone=UTC -c plan_cache_mode=force_custom_plan",
+        config.schema
+    ));
     pg.application_name(application_name);
     pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     pg.keepalives_idle(Duration::from_secs(30));
