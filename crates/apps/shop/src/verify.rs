@@ -172,14 +172,7 @@ async fn attempt(
             .filter(|n| config.projector.projections.iter().any(|p| p == n))
             .collect()
     };
-    let instances = prism_read_store::rebuild::active_generations(&**client, &names).await?;
-    if instances.len() != names.len() {
-        anyhow::bail!(
-            "not every read model of {names:?} has an active generation: run `shop-projector migrate`"
-        );
-    }
-    let targets: Vec<(ProjectionInstance, &prism_projections::ReadModel)> =
-        instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();
+    let targets = oracle::active_targets(&**client, app, &names, "shop-projector migrate").await?;
     let expected = crate::testing::oracle::fold(&events);
     let outcome = oracle::check_expected(
         &expected,
@@ -199,7 +192,7 @@ async fn attempt(
         outcome.map(|summary| VerifyReport {
             events: events.len(),
             events_by_type,
-            instances,
+            instances: targets.iter().map(|(instance, _)| *instance).collect(),
             rows: summary.rows,
             cache_entries: summary.cache_entries,
             position,

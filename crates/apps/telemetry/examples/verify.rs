@@ -106,14 +106,8 @@ async fn verify(
     let db = prism_postgres::Database::connect(&config.postgres, "telemetry-verify").await?;
     let client = db.client().await?;
     let names: Vec<&'static str> = app.read_models().iter().map(|m| m.name()).collect();
-    let instances = prism_read_store::rebuild::active_generations(&**client, &names).await?;
-    if instances.len() != names.len() {
-        anyhow::bail!(
-            "not every read model of {names:?} has an active generation: run `telemetry-projector migrate`"
-        );
-    }
-    let targets: Vec<_> =
-        instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect();
+    let targets =
+        prism_testkit::oracle::active_targets(&**client, &app, &names, "telemetry-projector migrate").await?;
     let expected = oracle::fold(events);
     let started = Instant::now();
     loop {

@@ -165,6 +165,22 @@ pub enum CacheCheck {
     PresentOnly,
 }
 
+/// The active generation of each of `names` with its read model of `app`: what
+/// [`check_expected`] compares. Fails, naming `migrate` (the command that registers them), when
+/// one of them has no active generation.
+pub async fn active_targets<'a>(
+    client: &impl tokio_postgres::GenericClient,
+    app: &'a prism_projections::Application,
+    names: &[&'static str],
+    migrate: &str,
+) -> anyhow::Result<Vec<(ProjectionInstance, &'a ReadModel)>> {
+    let instances = prism_read_store::rebuild::active_generations(client, names).await?;
+    if instances.len() != names.len() {
+        anyhow::bail!("not every read model of {names:?} has an active generation: run `{migrate}`");
+    }
+    Ok(instances.iter().filter_map(|i| app.read_model(i.projection).map(|m| (*i, m))).collect())
+}
+
 /// Compares every row of `targets` (instances with their read models) in PostgreSQL, and
 /// every cache entry in Redis, with `expected`. `Ok` when equal; otherwise every difference,
 /// one per line.
