@@ -116,9 +116,12 @@ impl PrismConfig {
                 "events.max_event_bytes must be at least 1024 and events.max_depth at least 4".into(),
             );
         }
-        if self.projector.batch_max_events == 0 || self.projector.max_buffered_per_partition == 0 {
+        if self.projector.batch_max_events == 0
+            || self.projector.max_buffered_per_partition == 0
+            || self.projector.max_concurrent_batches == 0
+        {
             return invalid(
-                "projector.batch_max_events and projector.max_buffered_per_partition must be at least 1"
+                "projector.batch_max_events, projector.max_buffered_per_partition and projector.max_concurrent_batches must be at least 1"
                     .into(),
             );
         }

@@ -268,8 +268,12 @@ pub struct ProjectorConfig {
     pub batch_max_wait_ms: u64,
     /// Per-partition backlog that pauses fetching.
     pub max_buffered_per_partition: usize,
+    /// Batches one worker applies at once, over all its partitions.
+    pub max_concurrent_batches: usize,
     /// Offset commit interval, in milliseconds.
     pub commit_interval_ms: u64,
+    /// Whether a worker that landed everything it received commits at once.
+    pub commit_when_caught_up: bool,
     /// Group session timeout, in milliseconds.
     pub session_timeout_ms: u64,
     /// Grace for in-flight batches on revocation or shutdown, in milliseconds.

@@ -5,9 +5,14 @@
 //! partition unconsumed for good, with its lag growing.) The second member handles one batch
 //! of each partition it takes and then stalls, so the first must handle the rest of those
 //! partitions after they came back: it cannot pass by the second draining them.
+//!
+//! Also against the real broker: a member applies at most `max_concurrent_batches` batches at
+//! once over all its partitions, while batches may be larger than a partition's buffer bound;
+//! and a member that has landed everything it received commits at once instead of waiting for
+//! its commit interval.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,13 +67,39 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         batch_max_messages: 10,
         batch_max_wait: Duration::from_millis(50),
         commit_interval: Duration::from_millis(200),
+        commit_when_caught_up: true,
         session_timeout: Duration::from_secs(6),
         shutdown_deadline: Duration::from_millis(500),
         retry_initial_backoff: Duration::from_millis(50),
         retry_max_backoff: Duration::from_millis(500),
         // Far below what one fetch brings: every partition of a held member is paused.
         max_buffered_per_partition: 20,
+        // One turn per partition: member B's stalled second batches must not keep its other
+        // partitions from their first.
+        max_concurrent_batches: 4,
     }
+}
+
+/// Produces `count` messages over 64 keys to `topic`, and returns its end offsets.
+async fn produce(env: &TestEnv, topic: &str, count: usize) -> std::collections::BTreeMap<(String, i32), i64> {
+    let producer = producer(&env.config).expect("producer");
+    let keys: Vec<String> = (0..count).map(|i| format!("key-{}", i % 64)).collect();
+    let sends = keys.iter().enumerate().map(|(i, key)| {
+        let value = format!("message {i}");
+        let producer = &producer;
+        async move {
+            producer
+                .send(FutureRecord::to(topic).key(key).payload(&value), Duration::from_secs(30))
+                .await
+                .map_err(|(err, _)| err)
+        }
+    });
+    for delivery in futures::future::join_all(sends).await {
+        delivery.expect("produce");
+    }
+    let ends = end_offsets(&env.config, &[topic.to_owned()]).await.expect("end offsets");
+    assert_eq!(ends.values().sum::<i64>(), count as i64, "the broker holds every message produced");
+    ends
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -90,24 +121,7 @@ async fn paused_partition_comes_back(protocol: GroupProtocol) {
     let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
     let group = env.group("flow-control");
 
-    let producer = producer(&env.config).expect("producer");
-    let keys: Vec<String> = (0..MESSAGES).map(|i| format!("key-{}", i % 64)).collect();
-    let sends = keys.iter().enumerate().map(|(i, key)| {
-        let value = format!("message {i}");
-        let producer = &producer;
-        let topic = &topic;
-        async move {
-            producer
-                .send(FutureRecord::to(topic).key(key).payload(&value), Duration::from_secs(30))
-                .await
-                .map_err(|(err, _)| err)
-        }
-    });
-    for delivery in futures::future::join_all(sends).await {
-        delivery.expect("produce");
-    }
-    let ends = end_offsets(&env.config, std::slice::from_ref(&topic)).await.expect("end offsets");
-    assert_eq!(ends.values().sum::<i64>(), MESSAGES as i64, "the broker holds every message produced");
+    let ends = produce(&env, &topic, MESSAGES).await;
     assert_eq!(ends.len(), 4);
 
     // Member A holds all four partitions and falls behind on them: all get paused.
@@ -161,4 +175,117 @@ async fn paused_partition_comes_back(protocol: GroupProtocol) {
         let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
         assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
     }
+}
+
+/// Counts the batches running at once (and the most seen), the largest batch, and every
+/// offset handled. Each batch takes a while, so batches of different partitions overlap
+/// unless something keeps them apart.
+#[derive(Default)]
+struct Concurrency {
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+    largest_batch: AtomicUsize,
+    handled: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
+}
+
+impl ConsumerObserver for Concurrency {}
+
+impl BatchHandler for Concurrency {
+    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now, Ordering::SeqCst);
+        self.largest_batch.fetch_max(messages.len(), Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.handled
+            .lock()
+            .expect("lock")
+            .entry(partition.partition)
+            .or_default()
+            .extend(messages.iter().map(Message::offset));
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Waits until `group` has committed `ends`, or fails after `timeout` naming what is missing.
+async fn wait_for_commits(
+    env: &TestEnv,
+    group: &str,
+    topic: &str,
+    ends: &BTreeMap<(String, i32), i64>,
+    timeout: Duration,
+) {
+    let topics = vec![topic.to_owned()];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let committed = committed_offsets(&env.config, group, &topics).await.expect("committed offsets");
+        if ends.iter().all(|(partition, end)| committed.get(partition) == Some(end)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not committed within {timeout:?}: committed {committed:?}, ends {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_of_a_member_take_turns_and_may_outgrow_the_buffer() {
+    prism_testkit::init_logging();
+    let app = prism_testkit::probe::application();
+    let env = TestEnv::for_protocol(&app, GroupProtocol::Classic, &[("PRISM__TOPICS__PARTITIONS", "8")])
+        .await
+        .expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let group = env.group("turns");
+    let ends = produce(&env, &topic, 4_000).await;
+    assert_eq!(ends.len(), 8);
+
+    let handler = Arc::new(Concurrency::default());
+    let mut settings = settings(&env, &topic, &group);
+    settings.max_concurrent_batches = 2;
+    settings.batch_max_messages = 200;
+    settings.batch_max_wait = Duration::from_millis(200);
+    settings.max_buffered_per_partition = 50;
+    let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
+
+    let most = handler.most_running.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} batches ran at once; max_concurrent_batches is 2");
+    assert_eq!(
+        most, 2,
+        "8 partitions with a backlog, yet batches never overlapped: the turns are not shared"
+    );
+    let largest = handler.largest_batch.load(Ordering::SeqCst);
+    assert!(
+        largest > 50,
+        "the largest batch had {largest} messages: a batch could not grow past the buffer bound (50) to batch_max_messages (200)"
+    );
+    for ((_, partition), end) in &ends {
+        let seen = handler.handled.lock().expect("lock").get(partition).cloned().unwrap_or_default();
+        let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
+        assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_that_caught_up_commits_before_its_commit_interval() {
+    prism_testkit::init_logging();
+    let app = prism_testkit::probe::application();
+    let env = TestEnv::for_protocol(&app, GroupProtocol::Classic, &[("PRISM__TOPICS__PARTITIONS", "4")])
+        .await
+        .expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let group = env.group("caught-up");
+    let ends = produce(&env, &topic, 400).await;
+
+    let handler = Arc::new(Concurrency::default());
+    let mut settings = settings(&env, &topic, &group);
+    // Far longer than the test waits: only the caught-up commit can land the offsets.
+    settings.commit_interval = Duration::from_secs(600);
+    let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
 }

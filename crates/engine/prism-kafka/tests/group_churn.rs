@@ -94,11 +94,13 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         batch_max_messages: 50,
         batch_max_wait: Duration::from_millis(20),
         commit_interval: Duration::from_millis(500),
+        commit_when_caught_up: true,
         session_timeout: Duration::from_secs(10),
         shutdown_deadline: Duration::from_secs(2),
         retry_initial_backoff: Duration::from_millis(50),
         retry_max_backoff: Duration::from_millis(500),
         max_buffered_per_partition: 500,
+        max_concurrent_batches: 4,
     }
 }
 

@@ -38,8 +38,10 @@ pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> Pri
     // fewer writes of the same row (a batch writes each aggregate's row once, however many of
     // its events it holds).
     config.projector.batch_max_events = config.projector.batch_max_events.max(BUILD_BATCH_EVENTS);
+    // A batch may outgrow the buffer (messages leave it as they are taken), so half a batch
+    // buffered keeps the next one coming without holding two per partition.
     config.projector.max_buffered_per_partition =
-        config.projector.max_buffered_per_partition.max(2 * config.projector.batch_max_events);
+        config.projector.max_buffered_per_partition.max(config.projector.batch_max_events / 2);
     config
 }
 

@@ -134,11 +134,13 @@ fn consumer_settings(
         batch_max_messages: p.batch_max_events,
         batch_max_wait: Duration::from_millis(p.batch_max_wait_ms),
         commit_interval: Duration::from_millis(p.commit_interval_ms),
+        commit_when_caught_up: p.commit_when_caught_up,
         session_timeout: Duration::from_millis(p.session_timeout_ms),
         shutdown_deadline: Duration::from_millis(p.shutdown_deadline_ms),
         retry_initial_backoff: Duration::from_millis(p.retry_initial_backoff_ms),
         retry_max_backoff: Duration::from_millis(p.retry_max_backoff_ms),
         max_buffered_per_partition: p.max_buffered_per_partition,
+        max_concurrent_batches: p.max_concurrent_batches,
     }
 }
 

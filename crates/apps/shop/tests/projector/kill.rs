@@ -25,9 +25,13 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
         TestEnv::for_protocol(&shop_model::application(), protocol, &[]).await.expect("test environment");
     let events = Workload::generate(11, 20_000);
 
-    // Offsets committed every 3 s rather than every second: a kill almost always finds batches
-    // that landed but whose offsets were not committed yet, which is what this test is about.
-    let slow_commits = [("PRISM__PROJECTOR__COMMIT_INTERVAL_MS", "3000")];
+    // Offsets committed every 3 s rather than every second, and not when a worker caught up: a
+    // kill almost always finds batches that landed but whose offsets were not committed yet,
+    // which is what this test is about.
+    let slow_commits = [
+        ("PRISM__PROJECTOR__COMMIT_INTERVAL_MS", "3000"),
+        ("PRISM__PROJECTOR__COMMIT_WHEN_CAUGHT_UP", "false"),
+    ];
     let mut workers: Vec<WorkerProcess> =
         (0..3).map(|i| WorkerProcess::spawn(&env, &format!("w{i}"), &slow_commits)).collect();
     let publisher = {

@@ -1,7 +1,7 @@
 //! Workers joining and leaving the group while events flow (incremental rebalancing hands
 //! partitions over, under both group protocols), each leaving worker stopped with SIGTERM: it
 //! exits 0 within the shutdown deadline, having committed what it landed (invariant 6).
-//! Periodic commits are off, so only the commits made on revocation and on SIGTERM can move
+//! Periodic and caught-up commits are off, so only the commits made on revocation and on SIGTERM can move
 //! the group's offsets: at the end they are the end of every topic, and the read models equal
 //! the oracle.
 
@@ -19,6 +19,7 @@ use shop::testing::workload::Workload;
 const WORKER_SETTINGS: &[(&str, &str)] = &[
     ("PRISM__PROJECTOR__SHUTDOWN_DEADLINE_MS", "5000"),
     ("PRISM__PROJECTOR__COMMIT_INTERVAL_MS", "3600000"),
+    ("PRISM__PROJECTOR__COMMIT_WHEN_CAUGHT_UP", "false"),
 ];
 
 /// Stops a worker with SIGTERM; returns the duplicates it skipped while it ran.

@@ -47,6 +47,8 @@ pub(super) struct Shared<H> {
     pub workers: Mutex<HashMap<PartitionId, WorkerHandle>>,
     pub landed_tx: Sender<Landed>,
     pub landed_rx: Mutex<Receiver<Landed>>,
+    /// Turns to collect and handle a batch (`max_concurrent_batches`).
+    pub turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl<H> Shared<H> {
@@ -67,6 +69,7 @@ impl<H: BatchHandler> Shared<H> {
             oldest_pending_ms: oldest_pending_ms.clone(),
             stop: stop_rx,
             landed: self.landed_tx.clone(),
+            turns: self.turns.clone(),
         };
         let join =
             self.runtime.spawn(worker::run(partition, self.handler.clone(), self.settings.clone(), channels));
@@ -89,14 +92,14 @@ impl<H: BatchHandler> Shared<H> {
         }
     }
 
-    /// Stores the offsets workers reported as landed.
-    pub fn store_landed(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
+    /// Stores the offsets workers reported as landed; `true` if there were any.
+    pub fn store_landed(&self, consumer: &BaseConsumer<RuntimeContext<H>>) -> bool {
         let landed: Vec<Landed> = {
             let receiver = self.landed_rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             receiver.try_iter().collect()
         };
         if landed.is_empty() {
-            return;
+            return false;
         }
         let mut latest: HashMap<PartitionId, i64> = HashMap::new();
         for l in landed {
@@ -111,6 +114,28 @@ impl<H: BatchHandler> Shared<H> {
             // A partition revoked meanwhile refuses the store: its new owner re-reads from
             // the last commit, and the version gate makes that harmless.
             tracing::debug!(error = %err, "storing landed offsets");
+        }
+        true
+    }
+
+    /// Whether every worker has landed everything it received: nothing buffered, no batch in
+    /// flight.
+    pub fn all_landed(&self) -> bool {
+        self.workers().values().all(|worker| {
+            worker.buffered.load(Ordering::Relaxed) == 0
+                && worker.oldest_pending_ms.load(Ordering::Relaxed) == 0
+        })
+    }
+
+    /// Commits the stored offsets without waiting for the broker's answer (it comes back
+    /// through the commit callback).
+    pub fn commit_soon(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
+        match consumer.commit_consumer_state(CommitMode::Async) {
+            Ok(()) => {}
+            Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, group = %self.settings.group_id, "committing caught-up offsets")
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -34,6 +35,7 @@ impl PollThread {
             workers: Mutex::new(HashMap::new()),
             landed_tx,
             landed_rx: Mutex::new(landed_rx),
+            turns: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_batches.max(1))),
         });
         let mut client = base_client_config(&settings.kafka, &settings.role);
         client
@@ -120,12 +122,18 @@ fn group_protocol_settings(client: &mut rdkafka::ClientConfig, settings: &Consum
     }
 }
 
+/// Least time between two commits made because every worker had caught up.
+const CAUGHT_UP_COMMIT_SPACING: Duration = Duration::from_millis(100);
+
 /// Polls until asked to stop or a fatal error; returns why it stopped.
 fn poll_loop<H: BatchHandler>(
     consumer: &BaseConsumer<RuntimeContext<H>>,
     shared: &Shared<H>,
     stop: &AtomicBool,
 ) -> String {
+    // Offsets stored since the last commit this loop made, and when it made it.
+    let mut uncommitted = false;
+    let mut last_caught_up_commit = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(message)) => dispatch(shared, message.detach()),
@@ -138,7 +146,19 @@ fn poll_loop<H: BatchHandler>(
             }
             None => {}
         }
-        shared.store_landed(consumer);
+        uncommitted |= shared.store_landed(consumer);
+        // The interval commit alone leaves a worker that caught up showing lag (and a replay
+        // looking unfinished) for up to a commit interval; once everything received has
+        // landed, commit now. Under load some worker is always busy and the interval rules.
+        if shared.settings.commit_when_caught_up
+            && uncommitted
+            && last_caught_up_commit.elapsed() >= CAUGHT_UP_COMMIT_SPACING
+            && shared.all_landed()
+        {
+            shared.commit_soon(consumer);
+            uncommitted = false;
+            last_caught_up_commit = Instant::now();
+        }
         flow_control(consumer, shared);
     }
     "stopped".into()

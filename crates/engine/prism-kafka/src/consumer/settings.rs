@@ -24,6 +24,8 @@ pub struct ConsumerSettings {
     pub batch_max_wait: Duration,
     /// How often librdkafka commits the stored offsets.
     pub commit_interval: Duration,
+    /// Whether to commit at once when every worker has landed all it received.
+    pub commit_when_caught_up: bool,
     /// Group session timeout under the classic protocol (under KIP-848 the broker's).
     pub session_timeout: Duration,
     /// How long an in-flight batch may run on after revocation or shutdown before it is
@@ -35,4 +37,7 @@ pub struct ConsumerSettings {
     pub retry_max_backoff: Duration,
     /// Messages buffered for one partition above which it is paused.
     pub max_buffered_per_partition: usize,
+    /// Batches collected and handled at once over all partitions of this member; a worker
+    /// waits for its turn before it takes its batch out of the buffer.
+    pub max_concurrent_batches: usize,
 }

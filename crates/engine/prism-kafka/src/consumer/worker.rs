@@ -1,4 +1,5 @@
-//! The per-partition worker: collect a batch, hand it to the handler until it lands (retrying
+//! The per-partition worker: wait for a turn (at most `max_concurrent_batches` of a member's
+//! workers hold one), collect a batch, hand it to the handler until it lands (retrying
 //! transient failures with capped exponential backoff), report the landed offset, repeat.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::sleep;
 
 use super::context::Landed;
@@ -21,6 +22,8 @@ pub(super) struct WorkerChannels {
     pub oldest_pending_ms: Arc<AtomicI64>,
     pub stop: watch::Receiver<bool>,
     pub landed: Sender<Landed>,
+    /// Turns to collect and handle a batch, shared by the member's workers.
+    pub turns: Arc<Semaphore>,
 }
 
 /// Resolves once stop was requested.
@@ -48,14 +51,24 @@ pub(super) async fn run<H: BatchHandler>(
             },
         };
         channels.oldest_pending_ms.store(timestamp_ms(&first), Ordering::Relaxed);
+        // Waiting for a turn leaves the messages in the buffer, where flow control counts
+        // them: a worker's memory is its buffer, plus a batch only while it has a turn.
+        let turn = tokio::select! {
+            biased;
+            _ = stop_requested(&mut channels.stop) => return,
+            turn = channels.turns.clone().acquire_owned() => match turn {
+                Ok(turn) => turn,
+                Err(_) => return,
+            },
+        };
         let Some(batch) = collect(first, &settings, &mut channels).await else { return };
-        channels.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
 
         let started = Instant::now();
         if !land(&partition, &*handler, &settings, &batch, &mut channels.stop).await {
             // Stopped: nothing of this batch is stored; the next owner reads it again.
             return;
         }
+        drop(turn);
         let next_offset = batch.last().map_or(0, |m| m.offset() + 1);
         let _ = channels.landed.send(Landed { partition: partition.clone(), next_offset });
         if channels.buffered.load(Ordering::Relaxed) == 0 {
@@ -67,16 +80,20 @@ pub(super) async fn run<H: BatchHandler>(
 
 /// Fills a batch: up to the size bound, or whatever arrives within the wait bound. `None`
 /// when stop was requested meanwhile (the batch is not started, so it is simply dropped).
+/// Each message taken leaves the buffer count at once, so a partition paused at its buffer
+/// bound resumes while the batch fills: a batch can be larger than the buffer.
 async fn collect(
     first: OwnedMessage,
     settings: &ConsumerSettings,
     channels: &mut WorkerChannels,
 ) -> Option<Vec<OwnedMessage>> {
+    channels.buffered.fetch_sub(1, Ordering::Relaxed);
     let mut batch = vec![first];
     let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
     while batch.len() < settings.batch_max_messages {
         match channels.messages.try_recv() {
             Ok(message) => {
+                channels.buffered.fetch_sub(1, Ordering::Relaxed);
                 batch.push(message);
                 continue;
             }
@@ -87,7 +104,10 @@ async fn collect(
             biased;
             _ = stop_requested(&mut channels.stop) => return None,
             message = channels.messages.recv() => match message {
-                Some(message) => batch.push(message),
+                Some(message) => {
+                    channels.buffered.fetch_sub(1, Ordering::Relaxed);
+                    batch.push(message);
+                }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => break,
