@@ -11,10 +11,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prism_config::PrismConfig;
-use prism_postgres::Database;
+use futures::StreamExt;
+use prism_config::{PostgresConfig, PrismConfig};
+use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, ProjectionInstance};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::AsyncMessage;
 
 use crate::{Duties, Embedded};
 
@@ -57,7 +59,20 @@ pub async fn watch(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut running: BTreeMap<ProjectionInstance, Embedded> = BTreeMap::new();
+    let channel = prism_read_store::read_models::generations_channel(db.schema());
+    let mut listener: Option<Registrations> = None;
     loop {
+        if listener.is_none() {
+            // Listening before looking: a registration committed between the look and the
+            // LISTEN would otherwise wait for the next look.
+            listener = match Registrations::listen(&config.postgres, &channel).await {
+                Ok(listening) => Some(listening),
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot listen for registered generations; looking every {LOOK_EVERY:?}");
+                    None
+                }
+            };
+        }
         match building(&db, &read_models).await {
             Ok(building) => {
                 let finished: Vec<ProjectionInstance> =
@@ -89,11 +104,58 @@ pub async fn watch(
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => break,
             _ = tokio::time::sleep(LOOK_EVERY) => {}
+            notified = Registrations::next(&mut listener) => {
+                if !notified {
+                    listener = None;
+                }
+            }
         }
     }
     for (instance, builder) in running {
         if let Err(err) = builder.stop(Duration::from_secs(30)).await {
             tracing::warn!(%instance, error = %err, "builder stopped with an error");
+        }
+    }
+}
+
+/// A dedicated connection listening on the generations channel (a pooled one would stop
+/// listening when returned). Every notification (a generation registered, switched or
+/// retired) makes the watcher look at once.
+struct Registrations {
+    _client: tokio_postgres::Client,
+    notified: mpsc::UnboundedReceiver<()>,
+}
+
+impl Registrations {
+    async fn listen(postgres: &PostgresConfig, channel: &str) -> Result<Self, StoreError> {
+        let (client, mut connection) =
+            prism_postgres::pool::connect_one(postgres, "prism-projector-builds").await?;
+        let (tx, notified) = mpsc::unbounded_channel();
+        // The connection delivers notifications only while polled; this task ends with it,
+        // which closes the channel and makes the watcher reconnect.
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if matches!(message, AsyncMessage::Notification(_)) && tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        // The channel name is built from the schema, a checked lowercase identifier.
+        client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+        Ok(Self { _client: client, notified })
+    }
+
+    /// Waits for a notification (`true`, with any others already queued taken too) or the
+    /// connection's end (`false`); never resolves without a listener.
+    async fn next(listener: &mut Option<Self>) -> bool {
+        let Some(listener) = listener else { return std::future::pending().await };
+        match listener.notified.recv().await {
+            Some(()) => {
+                while listener.notified.try_recv().is_ok() {}
+                true
+            }
+            None => false,
         }
     }
 }
