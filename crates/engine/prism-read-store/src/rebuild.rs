@@ -266,7 +266,13 @@ pub async fn switch(
     allow_changes: bool,
 ) -> Result<SwitchOutcome, StoreError> {
     let tx = client.transaction().await?;
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", lock_timeout.as_millis())).await?;
+    // The checksums below read both tables whole, under the share lock: a sequential scan is
+    // the fast way (Prism's sessions price it out for their key lookups, see prism-postgres).
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL enable_seqscan = on",
+        lock_timeout.as_millis()
+    ))
+    .await?;
     // The gate first: batches take it before the read-model tables (see the module docs).
     tx.batch_execute(&format!("LOCK TABLE projection_gate, {}, {} IN SHARE MODE", old.id(), new.id()))
         .await?;
