@@ -6,11 +6,11 @@
 //! - a dedicated poll thread owns the librdkafka consumer: it polls, routes each message to
 //!   its partition's worker, pauses partitions whose worker falls behind (and resumes them),
 //!   stores the offsets workers report as landed, and serves rebalance callbacks;
-//! - one tokio task per assigned partition (`worker`) waits for a turn (at most
-//!   `max_concurrent_batches` workers of the member hold one), collects a batch (up to
-//!   `batch_max_messages`, or whatever arrived within `batch_max_wait`) and hands it to the
-//!   [`BatchHandler`], retrying transient failures with capped exponential backoff — never
-//!   skipping a batch;
+//! - one tokio task per assigned partition (`worker`) fills a batch (up to
+//!   `batch_max_messages`, or whatever arrived within `batch_max_wait`), waits for a turn (at
+//!   most `max_concurrent_batches` workers of the member hold one; none is held while a batch
+//!   fills) and hands it to the [`BatchHandler`], retrying transient failures with capped
+//!   exponential backoff — never skipping a batch;
 //! - offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`: librdkafka
 //!   commits periodically only what this runtime stored, and the runtime stores an offset only
 //!   after the handler returned `Ok` for every message before it (invariant 1). When every
@@ -18,10 +18,11 @@
 //!   100 ms) rather than at the next interval: a member that caught up shows no lag. On
 //!   revocation and shutdown the runtime commits synchronously.
 //!
-//! Flow control: a partition whose worker has `max_buffered_per_partition` messages waiting is
-//! paused, and resumed once half of them were taken. A message taken into a batch leaves the
-//! count at once, so a batch can outgrow the buffer while the member's memory stays bounded
-//! by partitions × buffer plus one batch per turn. librdkafka keeps such a pause across
+//! Flow control: a partition whose worker has `max_buffered_per_partition` messages waiting
+//! (a batch still waiting for its turn counts) is paused, and resumed once half of them were
+//! taken. A batch that gets its turn leaves the count; if its partition had reached the bound
+//! (a backlog) it keeps filling from the resumed fetch, so a batch can outgrow the buffer
+//! while the member's memory stays bounded by partitions × buffer plus one batch per turn. librdkafka keeps such a pause across
 //! unassignment, so every newly assigned partition is resumed explicitly: its new worker
 //! starts with nothing buffered.
 //!

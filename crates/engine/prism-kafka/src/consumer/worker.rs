@@ -1,5 +1,5 @@
-//! The per-partition worker: wait for a turn (at most `max_concurrent_batches` of a member's
-//! workers hold one), collect a batch, hand it to the handler until it lands (retrying
+//! The per-partition worker: fill a batch, wait for a turn (at most `max_concurrent_batches`
+//! of a member's workers hold one), hand the batch to the handler until it lands (retrying
 //! transient failures with capped exponential backoff), report the landed offset, repeat.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -51,8 +51,14 @@ pub(super) async fn run<H: BatchHandler>(
             },
         };
         channels.oldest_pending_ms.store(timestamp_ms(&first), Ordering::Relaxed);
-        // Waiting for a turn leaves the messages in the buffer, where flow control counts
-        // them: a worker's memory is its buffer, plus a batch only while it has a turn.
+        // The batch fills before its worker takes a turn, so no turn is held through the
+        // wait for messages; what it took meanwhile still counts as buffered, so flow
+        // control bounds a waiting worker's memory like its buffer.
+        let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+        let mut batch = vec![first];
+        if !fill(&mut batch, deadline, &settings, &mut channels).await {
+            return;
+        }
         let turn = tokio::select! {
             biased;
             _ = stop_requested(&mut channels.stop) => return,
@@ -61,7 +67,22 @@ pub(super) async fn run<H: BatchHandler>(
                 Err(_) => return,
             },
         };
-        let Some(batch) = collect(first, &settings, &mut channels).await else { return };
+        // A partition that reached its buffer bound has a backlog: its batch leaves the
+        // count, the partition resumes, and the batch keeps filling up to its size bound from
+        // the fetch that brings (a batch may outgrow the buffer). Otherwise it takes only what
+        // arrived while it waited for the turn.
+        let backlog = channels.buffered.load(Ordering::Relaxed) >= settings.max_buffered_per_partition;
+        channels.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
+        let top_up_until = if backlog {
+            tokio::time::Instant::now() + settings.batch_max_wait
+        } else {
+            tokio::time::Instant::now()
+        };
+        let taken = batch.len();
+        if !fill(&mut batch, top_up_until, &settings, &mut channels).await {
+            return;
+        }
+        channels.buffered.fetch_sub(batch.len() - taken, Ordering::Relaxed);
 
         let started = Instant::now();
         if !land(&partition, &*handler, &settings, &batch, &mut channels.stop).await {
@@ -78,42 +99,39 @@ pub(super) async fn run<H: BatchHandler>(
     }
 }
 
-/// Fills a batch: up to the size bound, or whatever arrives within the wait bound. `None`
-/// when stop was requested meanwhile (the batch is not started, so it is simply dropped).
-/// Each message taken leaves the buffer count at once, so a partition paused at its buffer
-/// bound resumes while the batch fills: a batch can be larger than the buffer.
-async fn collect(
-    first: OwnedMessage,
+/// Adds to `batch` what arrives until it holds the size bound or `deadline` passed (what has
+/// already arrived is taken even after the deadline). Leaves the buffer count to the caller.
+/// `false` when stop was requested meanwhile (the batch was not started, so it is simply
+/// dropped: the next owner reads it again).
+async fn fill(
+    batch: &mut Vec<OwnedMessage>,
+    deadline: tokio::time::Instant,
     settings: &ConsumerSettings,
     channels: &mut WorkerChannels,
-) -> Option<Vec<OwnedMessage>> {
-    channels.buffered.fetch_sub(1, Ordering::Relaxed);
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+) -> bool {
     while batch.len() < settings.batch_max_messages {
         match channels.messages.try_recv() {
             Ok(message) => {
-                channels.buffered.fetch_sub(1, Ordering::Relaxed);
                 batch.push(message);
                 continue;
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
             Err(mpsc::error::TryRecvError::Empty) => {}
         }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
         tokio::select! {
             biased;
-            _ = stop_requested(&mut channels.stop) => return None,
+            _ = stop_requested(&mut channels.stop) => return false,
             message = channels.messages.recv() => match message {
-                Some(message) => {
-                    channels.buffered.fetch_sub(1, Ordering::Relaxed);
-                    batch.push(message);
-                }
+                Some(message) => batch.push(message),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    Some(batch)
+    true
 }
 
 /// Hands the batch to the handler until it lands; `false` if stopped first. A stop request
