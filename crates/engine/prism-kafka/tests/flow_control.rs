@@ -80,6 +80,20 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
     }
 }
 
+/// A test environment whose probe topic has `partitions` partitions, and a group name of
+/// its own.
+async fn probe_topic(protocol: GroupProtocol, partitions: u32, group: &str) -> (TestEnv, String, String) {
+    prism_testkit::init_logging();
+    let app = prism_testkit::probe::application();
+    let partitions = partitions.to_string();
+    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", partitions.as_str())])
+        .await
+        .expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let group = env.group(group);
+    (env, topic, group)
+}
+
 /// Produces `count` messages over 64 keys to `topic`, and returns its end offsets.
 async fn produce(env: &TestEnv, topic: &str, count: usize) -> std::collections::BTreeMap<(String, i32), i64> {
     let producer = producer(&env.config).expect("producer");
@@ -113,13 +127,7 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 group_protocol_tests!(a_paused_partition_that_moves_away_and_back_is_fetched_again => paused_partition_comes_back);
 
 async fn paused_partition_comes_back(protocol: GroupProtocol) {
-    prism_testkit::init_logging();
-    let app = prism_testkit::probe::application();
-    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", "4")])
-        .await
-        .expect("test environment");
-    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
-    let group = env.group("flow-control");
+    let (env, topic, group) = probe_topic(protocol, 4, "flow-control").await;
 
     let ends = produce(&env, &topic, MESSAGES).await;
     assert_eq!(ends.len(), 4);
@@ -232,13 +240,7 @@ async fn wait_for_commits(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_of_a_member_take_turns_and_may_outgrow_the_buffer() {
-    prism_testkit::init_logging();
-    let app = prism_testkit::probe::application();
-    let env = TestEnv::for_protocol(&app, GroupProtocol::Classic, &[("PRISM__TOPICS__PARTITIONS", "8")])
-        .await
-        .expect("test environment");
-    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
-    let group = env.group("turns");
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 8, "turns").await;
     let ends = produce(&env, &topic, 4_000).await;
     assert_eq!(ends.len(), 8);
 
@@ -272,13 +274,7 @@ async fn batches_of_a_member_take_turns_and_may_outgrow_the_buffer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_that_caught_up_commits_before_its_commit_interval() {
-    prism_testkit::init_logging();
-    let app = prism_testkit::probe::application();
-    let env = TestEnv::for_protocol(&app, GroupProtocol::Classic, &[("PRISM__TOPICS__PARTITIONS", "4")])
-        .await
-        .expect("test environment");
-    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
-    let group = env.group("caught-up");
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 4, "caught-up").await;
     let ends = produce(&env, &topic, 400).await;
 
     let handler = Arc::new(Concurrency::default());

@@ -2,7 +2,8 @@
 //! `prism-event-store`, the read side in `prism-read-store`).
 //!
 //! - [`pool`]: [`Database`], the connection pool, pinned to the configured schema, and
-//!   [`pool::connect_one`], the single connection every other PostgreSQL session uses.
+//!   [`pool::connect_one`], the single connection every other PostgreSQL session uses, and
+//!   [`pool::forward_notifications`], which drives one kept open to `LISTEN`.
 //! - [`tls`]: TLS (the URL's `sslmode`, `postgres.ssl_root_cert`) and the errors that name
 //!   a refused password or an untrusted certificate.
 //! - [`migrate`](mod@migrate): the engine's numbered migrations from `migrations/` (event store, outbox,

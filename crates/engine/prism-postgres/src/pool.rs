@@ -205,3 +205,32 @@ fn describe(pg: &tokio_postgres::Config) -> String {
     let port = pg.get_ports().first().copied().unwrap_or(5432);
     format!("{host}:{port}/{}", pg.get_dbname().unwrap_or("postgres"))
 }
+
+/// Drives `connection` on a task of its own and forwards its notifications (`LISTEN`), for a
+/// session kept open to listen (a pooled connection stops listening when it is returned).
+/// The receiver closes when the connection ends or fails; the task's result says which. The
+/// task also ends once the receiver is dropped and a notification finds no one.
+pub fn forward_notifications(
+    mut connection: PgConnection,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (tx, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(notification))) => {
+                    if tx.send(notification).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Ok(()),
+            }
+        }
+    });
+    (notifications, driver)
+}

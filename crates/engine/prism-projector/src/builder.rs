@@ -11,12 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use prism_config::{PostgresConfig, PrismConfig};
 use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, ProjectionInstance};
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::AsyncMessage;
 
 use crate::{Duties, Embedded};
 
@@ -123,24 +121,15 @@ pub async fn watch(
 /// retired) makes the watcher look at once.
 struct Registrations {
     _client: tokio_postgres::Client,
-    notified: mpsc::UnboundedReceiver<()>,
+    notified: mpsc::UnboundedReceiver<tokio_postgres::Notification>,
 }
 
 impl Registrations {
     async fn listen(postgres: &PostgresConfig, channel: &str) -> Result<Self, StoreError> {
-        let (client, mut connection) =
+        let (client, connection) =
             prism_postgres::pool::connect_one(postgres, "prism-projector-builds").await?;
-        let (tx, notified) = mpsc::unbounded_channel();
-        // The connection delivers notifications only while polled; this task ends with it,
-        // which closes the channel and makes the watcher reconnect.
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(message)) = messages.next().await {
-                if matches!(message, AsyncMessage::Notification(_)) && tx.send(()).is_err() {
-                    return;
-                }
-            }
-        });
+        // The channel closes when the connection ends, which makes the watcher reconnect.
+        let (notified, _driver) = prism_postgres::pool::forward_notifications(connection);
         // The channel name is built from the schema, a checked lowercase identifier.
         client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
         Ok(Self { _client: client, notified })
@@ -151,7 +140,7 @@ impl Registrations {
     async fn next(listener: &mut Option<Self>) -> bool {
         let Some(listener) = listener else { return std::future::pending().await };
         match listener.notified.recv().await {
-            Some(()) => {
+            Some(_) => {
                 while listener.notified.try_recv().is_ok() {}
                 true
             }

@@ -19,14 +19,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use prism_config::PostgresConfig;
 use prism_postgres::{Database, StoreError};
 use prism_projections::ProjectionInstance;
 use prism_read_store::read_models::{applied_channel, generations_channel};
 use prism_runtime::Health;
-use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Notification};
+use tokio::sync::watch;
 
 use crate::generations::ActiveGenerations;
 
@@ -127,26 +125,9 @@ impl Listener {
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Duration,
     ) -> Result<(), StoreError> {
-        let (client, mut connection) =
+        let (client, connection) =
             prism_postgres::pool::connect_one(&self.postgres, "prism-query-listener").await?;
-        let (tx, mut notifications) = mpsc::unbounded_channel::<Notification>();
-        // The connection object delivers notifications only while it is polled; this task
-        // polls it and forwards them, and ends when the connection does.
-        let driver = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(notification)) => {
-                        if tx.send(notification).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            Ok(())
-        });
+        let (mut notifications, driver) = prism_postgres::pool::forward_notifications(connection);
         let applied = applied_channel(self.db.schema());
         let switched = generations_channel(self.db.schema());
         // Channel names are built from the schema, which configuration checks is a plain

@@ -47,7 +47,7 @@ pub(super) struct Shared<H> {
     pub workers: Mutex<HashMap<PartitionId, WorkerHandle>>,
     pub landed_tx: Sender<Landed>,
     pub landed_rx: Mutex<Receiver<Landed>>,
-    /// Turns to collect and handle a batch (`max_concurrent_batches`).
+    /// Turns to handle a batch (`max_concurrent_batches`).
     pub turns: Arc<tokio::sync::Semaphore>,
 }
 
@@ -127,21 +127,10 @@ impl<H: BatchHandler> Shared<H> {
         })
     }
 
-    /// Commits the stored offsets without waiting for the broker's answer (it comes back
-    /// through the commit callback).
-    pub fn commit_soon(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
-        match consumer.commit_consumer_state(CommitMode::Async) {
-            Ok(()) => {}
-            Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
-            Err(err) => {
-                tracing::debug!(error = %err, group = %self.settings.group_id, "committing caught-up offsets")
-            }
-        }
-    }
-
-    /// Commits every stored offset and waits for the broker's answer.
-    pub fn commit_now(&self, consumer: &BaseConsumer<RuntimeContext<H>>) {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
+    /// Commits every stored offset; `CommitMode::Sync` waits for the broker's answer, `Async`
+    /// leaves it to the commit callback (which reports a failure).
+    pub fn commit(&self, consumer: &BaseConsumer<RuntimeContext<H>>, mode: CommitMode) {
+        match consumer.commit_consumer_state(mode) {
             Ok(()) => {}
             // Nothing stored since the last commit.
             Err(err) if err.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::NoOffset) => {}
@@ -220,7 +209,7 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
             let revoked = partitions_of(tpl);
             self.shared.stop_workers(&revoked);
             self.shared.store_landed(consumer);
-            self.shared.commit_now(consumer);
+            self.shared.commit(consumer, CommitMode::Sync);
             let total = self.shared.workers().len();
             tracing::info!(
                 group = %self.shared.settings.group_id,

@@ -22,9 +22,9 @@
 //! (a batch still waiting for its turn counts) is paused, and resumed once half of them were
 //! taken. A batch that gets its turn leaves the count; if its partition had reached the bound
 //! (a backlog) it keeps filling from the resumed fetch, so a batch can outgrow the buffer
-//! while the member's memory stays bounded by partitions × buffer plus one batch per turn. librdkafka keeps such a pause across
-//! unassignment, so every newly assigned partition is resumed explicitly: its new worker
-//! starts with nothing buffered.
+//! while the member's memory stays bounded by partitions × buffer plus one batch per turn.
+//! librdkafka keeps such a pause across unassignment, so every newly assigned partition is
+//! resumed explicitly: its new worker starts with nothing buffered.
 //!
 //! Revocation (cooperative rebalancing hands over only the partitions that move): the
 //! callback stops the affected workers, lets an in-flight batch finish (or aborts it after

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::TopicPartitionList;
 use tokio::sync::oneshot;
@@ -155,7 +155,7 @@ fn poll_loop<H: BatchHandler>(
             && last_caught_up_commit.elapsed() >= CAUGHT_UP_COMMIT_SPACING
             && shared.all_landed()
         {
-            shared.commit_soon(consumer);
+            shared.commit(consumer, CommitMode::Async);
             uncommitted = false;
             last_caught_up_commit = Instant::now();
         }
@@ -227,7 +227,7 @@ fn shut_down<H: BatchHandler>(consumer: BaseConsumer<RuntimeContext<H>>, shared:
     let partitions: Vec<PartitionId> = shared.workers().keys().cloned().collect();
     shared.stop_workers(&partitions);
     shared.store_landed(&consumer);
-    shared.commit_now(&consumer);
+    shared.commit(&consumer, CommitMode::Sync);
     shared.handler.on_rebalance(&[], &partitions, 0);
     consumer.unsubscribe();
     // Dropping closes the consumer: it leaves the group (dynamic members) and serves the

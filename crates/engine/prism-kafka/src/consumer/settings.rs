@@ -37,7 +37,7 @@ pub struct ConsumerSettings {
     pub retry_max_backoff: Duration,
     /// Messages buffered for one partition above which it is paused.
     pub max_buffered_per_partition: usize,
-    /// Batches collected and handled at once over all partitions of this member; a worker
-    /// waits for its turn before it takes its batch out of the buffer.
+    /// Batches handled at once over all partitions of this member; a filled batch waits for
+    /// its turn still counted in its partition's buffer.
     pub max_concurrent_batches: usize,
 }

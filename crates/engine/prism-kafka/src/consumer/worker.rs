@@ -22,7 +22,7 @@ pub(super) struct WorkerChannels {
     pub oldest_pending_ms: Arc<AtomicI64>,
     pub stop: watch::Receiver<bool>,
     pub landed: Sender<Landed>,
-    /// Turns to collect and handle a batch, shared by the member's workers.
+    /// Turns to handle a batch, shared by the member's workers.
     pub turns: Arc<Semaphore>,
 }
 
@@ -73,11 +73,8 @@ pub(super) async fn run<H: BatchHandler>(
         // arrived while it waited for the turn.
         let backlog = channels.buffered.load(Ordering::Relaxed) >= settings.max_buffered_per_partition;
         channels.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
-        let top_up_until = if backlog {
-            tokio::time::Instant::now() + settings.batch_max_wait
-        } else {
-            tokio::time::Instant::now()
-        };
+        let top_up_until =
+            tokio::time::Instant::now() + if backlog { settings.batch_max_wait } else { Duration::ZERO };
         let taken = batch.len();
         if !fill(&mut batch, top_up_until, &settings, &mut channels).await {
             return;
