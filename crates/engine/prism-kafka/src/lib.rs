@@ -5,6 +5,7 @@
 //! - [`producer`]: [`EventProducer`], idempotent and ordered, for the relay and dead letters.
 //! - [`consumer`]: the consumer runtime — partitions processed concurrently, each in order, in
 //!   bounded batches, offsets stored only after a batch landed, clean handover on rebalance.
+//! - [`partition_reader`]: one partition read in chunks outside any group, for bulk replays.
 //! - [`admin`]: topic creation (`prismctl topics ensure`) and broker reachability.
 //! - [`error`]: [`KafkaError`] and its transient/permanent class.
 //!
@@ -18,6 +19,7 @@ pub mod admin;
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod partition_reader;
 pub mod producer;
 
 pub use admin::{ensure_topics, topic_plan, TopicOutcome, TopicSpec};

@@ -1,0 +1,135 @@
+//! [`PartitionReader`]: one partition read from an offset in large chunks, outside any consumer
+//! group — what a bulk replay (`prism-projector`'s replays of a rebuilt instance) reads with.
+//!
+//! Nothing is committed and no group is joined: the replay's progress is kept in PostgreSQL
+//! with what it wrote, so the reader only has to deliver the partition's messages in order
+//! from where it is told to start.
+
+use std::time::Duration;
+
+use prism_config::KafkaConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::base_client_config;
+use crate::error::KafkaError;
+
+/// How long a read waits for the broker before it reports the broker as unreachable.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The reader's client context: the end of the partition is how [`PartitionReader::read`]
+/// learns a range ends early, not an error worth a log line; everything else is logged as
+/// librdkafka's default context would.
+struct ReplayContext;
+
+impl ClientContext for ReplayContext {
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::trace!(reason, "replay reader reached the end of a partition");
+        } else {
+            tracing::warn!(error = %error, reason, "replay reader");
+        }
+    }
+}
+
+impl ConsumerContext for ReplayContext {}
+
+/// One partition, read in order from a given offset.
+pub struct PartitionReader {
+    consumer: StreamConsumer<ReplayContext>,
+    bootstrap: String,
+    topic: String,
+    partition: i32,
+}
+
+impl std::fmt::Debug for PartitionReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PartitionReader({}/{})", self.topic, self.partition)
+    }
+}
+
+/// A chunk read: its messages and the offset after it.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The messages, in offset order, all before the end asked for.
+    pub messages: Vec<OwnedMessage>,
+    /// The offset after the chunk: the last message's offset + 1, or the end asked for when the
+    /// partition holds nothing more before it.
+    pub next: i64,
+}
+
+impl PartitionReader {
+    /// A reader of `topic`/`partition` positioned at `from` (or at the earliest offset still in
+    /// the log, when `from` is no longer there).
+    pub fn open(kafka: &KafkaConfig, topic: &str, partition: i32, from: i64) -> Result<Self, KafkaError> {
+        let mut config = base_client_config(kafka, "replay");
+        config
+            // librdkafka wants a group id for a consumer; this one is never joined or committed.
+            .set("group.id", "prism-replay")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            // A replay reads a backlog: big fetches, and no wait at the end of the log.
+            .set("max.partition.fetch.bytes", (8 * 1024 * 1024).to_string())
+            .set("fetch.wait.max.ms", "10");
+        let consumer: StreamConsumer<ReplayContext> = config.create_with_context(ReplayContext)?;
+        let reader =
+            Self { consumer, bootstrap: kafka.bootstrap_servers.clone(), topic: topic.to_owned(), partition };
+        reader.seek(from)?;
+        Ok(reader)
+    }
+
+    /// Moves the reader to `offset` (another loader moved the replay on meanwhile).
+    pub fn seek(&self, offset: i64) -> Result<(), KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
+        self.consumer.assign(&assignment)?;
+        Ok(())
+    }
+
+    /// Reads up to `max` messages before `end`.
+    pub async fn read(&self, end: i64, max: usize) -> Result<Chunk, KafkaError> {
+        let mut messages = Vec::with_capacity(max.min(65_536));
+        loop {
+            let received = tokio::time::timeout(READ_TIMEOUT, self.consumer.recv()).await.map_err(|_| {
+                KafkaError::Unreachable {
+                    bootstrap: self.bootstrap.clone(),
+                    detail: format!(
+                        "no message or end of {}/{} within {READ_TIMEOUT:?}",
+                        self.topic, self.partition
+                    ),
+                }
+            })?;
+            match received {
+                Ok(message) => {
+                    let offset = message.offset();
+                    if offset >= end {
+                        return Ok(Chunk { messages, next: end });
+                    }
+                    messages.push(message.detach());
+                    if offset + 1 >= end {
+                        return Ok(Chunk { messages, next: end });
+                    }
+                    if messages.len() >= max {
+                        return Ok(Chunk { messages, next: offset + 1 });
+                    }
+                }
+                // The end of the log, before `end`: the rest of the range is not there (deleted
+                // by retention after the range was registered, or the topic was recreated).
+                Err(RdKafkaError::PartitionEOF(_)) => return Ok(Chunk { messages, next: end }),
+                Err(err) => {
+                    let err = KafkaError::from(err);
+                    if !err.is_transient() {
+                        return Err(err);
+                    }
+                    tracing::debug!(topic = %self.topic, partition = self.partition, error = %err, "replay read");
+                }
+            }
+        }
+    }
+}
