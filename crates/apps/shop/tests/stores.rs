@@ -3,11 +3,14 @@
 //!
 //! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
 //! - `projection_race`: the version gate lands a batch once however many writers race.
+//! - `replay_chunks`: bulk replay chunks land once, whoever loads them.
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
 
 #[path = "stores/event_store.rs"]
 mod event_store;
 #[path = "stores/projection_race.rs"]
 mod projection_race;
+#[path = "stores/replay_chunks.rs"]
+mod replay_chunks;
 #[path = "stores/roles.rs"]
 mod roles;

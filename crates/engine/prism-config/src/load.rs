@@ -119,9 +119,11 @@ impl PrismConfig {
         if self.projector.batch_max_events == 0
             || self.projector.max_buffered_per_partition == 0
             || self.projector.max_concurrent_batches == 0
+            || self.projector.replay_chunk_events == 0
+            || self.projector.replay_concurrency == 0
         {
             return invalid(
-                "projector.batch_max_events, projector.max_buffered_per_partition and projector.max_concurrent_batches must be at least 1"
+                "projector.batch_max_events, projector.max_buffered_per_partition, projector.max_concurrent_batches, projector.replay_chunk_events and projector.replay_concurrency must be at least 1"
                     .into(),
             );
         }

@@ -274,6 +274,10 @@ pub struct ProjectorConfig {
     pub commit_interval_ms: u64,
     /// Whether a worker that landed everything it received commits at once.
     pub commit_when_caught_up: bool,
+    /// Events per chunk of a bulk replay (a rebuilt instance loading a range of a partition).
+    pub replay_chunk_events: usize,
+    /// Ranges one worker replays at once.
+    pub replay_concurrency: usize,
     /// Group session timeout, in milliseconds.
     pub session_timeout_ms: u64,
     /// Grace for in-flight batches on revocation or shutdown, in milliseconds.

@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "gate_fillfactor",
         sql: include_str!("../migrations/0005_gate_fillfactor.sql"),
     },
+    Migration {
+        version: 6,
+        name: "projection_replays",
+        sql: include_str!("../migrations/0006_projection_replays.sql"),
+    },
 ];
 
 /// What a run did.

@@ -3,9 +3,12 @@
 //! `prismctl rebuild --mode blue-green` (which has no folds) registers generation N+1 of a read
 //! model as `building` and creates its table; every worker of the application that maintains
 //! the read model notices (it looks every [`LOOK_EVERY`]) and runs a builder: a projector of that
-//! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`, from
-//! the earliest offsets. Several workers share the build's partitions like any group. prismctl
-//! follows the build group's offsets, verifies and switches; once the generation is no longer
+//! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`.
+//! What the partitions held at registration is a bulk replay of N+1 (`crate::replay`), loaded
+//! by the builders' replay task; prismctl committed the build group's offsets at the replay's
+//! ends, so the group delivers only the events that came after. Several workers share the
+//! build's partitions like any group. prismctl follows the replay and the build group's
+//! offsets, verifies and switches; once the generation is no longer
 //! `building` (switched to, or abandoned), the builders stop.
 
 use std::collections::BTreeMap;

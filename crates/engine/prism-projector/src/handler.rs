@@ -33,7 +33,7 @@ use prism_postgres::Database;
 use prism_projections::{Application, GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{self, BatchOutcome, SourceMessage, Target};
 use prism_runtime::metric_names as m;
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Message, OwnedMessage};
 
 use crate::decode::decode;
 use crate::observe::Progress;
@@ -64,6 +64,12 @@ pub struct ProjectionHandler {
     pub producer: EventProducer,
     /// Metrics and readiness state.
     pub progress: Arc<Progress>,
+    /// The brokers, for the partition readers of bulk replays.
+    pub kafka: prism_config::KafkaConfig,
+    /// Events per chunk of a bulk replay (`projector.replay_chunk_events`).
+    pub replay_chunk_events: usize,
+    /// The replay ranges of the instances, as far as this process knows them.
+    pub replays: crate::replay::Replays,
 }
 
 fn transient(dependency: &'static str, error: impl std::fmt::Display) -> TransientError {
@@ -72,7 +78,7 @@ fn transient(dependency: &'static str, error: impl std::fmt::Display) -> Transie
 
 impl ProjectionHandler {
     /// The instances batches are applied to now.
-    fn current_instances(&self) -> Vec<ProjectionInstance> {
+    pub(crate) fn current_instances(&self) -> Vec<ProjectionInstance> {
         match &self.follow_active {
             Some(current) => current.lock().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone()),
             None => self.instances.clone(),
@@ -221,7 +227,7 @@ impl ProjectionHandler {
         Ok(outcomes)
     }
 
-    async fn write_cache(
+    pub(crate) async fn write_cache(
         &self,
         instance: ProjectionInstance,
         outcome: &BatchOutcome,
@@ -244,7 +250,7 @@ impl ProjectionHandler {
         Ok(())
     }
 
-    async fn publish_dead_letters(&self, outcome: &BatchOutcome) -> Result<(), TransientError> {
+    pub(crate) async fn publish_dead_letters(&self, outcome: &BatchOutcome) -> Result<(), TransientError> {
         if outcome.unpublished_dead_letters.is_empty() {
             return Ok(());
         }
@@ -258,7 +264,7 @@ impl ProjectionHandler {
     /// A parked event may be the one a version gap waited for: then the chain behind the gap
     /// applies now, in version order (after this batch's commit; a crash in between leaves
     /// the chain to the workers' periodic sweep, see `requests`).
-    async fn heal(
+    pub(crate) async fn heal(
         &self,
         instance: ProjectionInstance,
         parked: &[prism_projections::AggregateKey],
@@ -296,7 +302,7 @@ impl ProjectionHandler {
         Ok(())
     }
 
-    fn count(&self, instance: ProjectionInstance, outcome: &BatchOutcome) {
+    pub(crate) fn count(&self, instance: ProjectionInstance, outcome: &BatchOutcome) {
         let label = instance.id();
         counter!(m::PROJECTOR_EVENTS_APPLIED, "projection" => label.clone()).increment(outcome.applied);
         if outcome.conflicts > 0 {
@@ -366,9 +372,37 @@ impl BatchHandler for ProjectionHandler {
             .into_iter()
             .filter(|i| self.app.read_model(i.projection).is_some_and(|m| m.is_fed_by(topic_type)))
             .collect();
-        let decoded: Vec<SourceMessage> =
-            messages.iter().map(|m| decode(m, self.app.events(), topic_type, &self.limits)).collect();
-        let outcomes = self.apply(&instances, topic_type, partition, &decoded).await?;
+        // An instance whose range of this partition was replayed in bulk has the events below
+        // its end already (a pending range is loaded now, before anything after it).
+        let mut first_needed = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            let below = self.replayed_below(*instance, &partition.topic, partition.partition).await?;
+            first_needed.push(below.map_or(0, |end| messages.partition_point(|m| m.offset() < end)));
+        }
+        let skipped = first_needed.iter().copied().min().unwrap_or(0);
+        let decoded: Vec<SourceMessage> = messages[skipped..]
+            .iter()
+            .map(|m| decode(m, self.app.events(), topic_type, &self.limits))
+            .collect();
+        let mut outcomes = Vec::new();
+        let all_of_it: Vec<ProjectionInstance> = instances
+            .iter()
+            .zip(&first_needed)
+            .filter(|(_, first)| **first == skipped)
+            .map(|(i, _)| *i)
+            .collect();
+        outcomes.extend(self.apply(&all_of_it, topic_type, partition, &decoded).await?);
+        for (instance, first) in instances.iter().zip(&first_needed).filter(|(_, first)| **first > skipped) {
+            outcomes.extend(
+                self.apply(
+                    std::slice::from_ref(instance),
+                    topic_type,
+                    partition,
+                    &decoded[first - skipped..],
+                )
+                .await?,
+            );
+        }
         // Landed in the generation that is still active? Otherwise retry against the new one.
         self.ensure_still_active(&instances).await?;
         // Counted once the transaction committed: a retry after a cache or broker failure

@@ -16,6 +16,8 @@
 //! - [`handler`]: the batch handler (the steps above).
 //! - [`dead_letters`]: the dead-letter topic format.
 //! - [`observe`]: metrics and the stall verdict behind `/readyz`.
+//! - [`replay`]: loading the ranges a rebuild registered, in bulk, before the instance takes
+//!   batches of those partitions.
 //! - [`builder`]: building a new generation under its own group.
 //! - [`requests`]: redrives requested by operators.
 //! - [`setup`]: registering the read models and creating their tables ([`migrate`]).
@@ -29,6 +31,7 @@ pub mod decode;
 pub mod embedded;
 pub mod handler;
 pub mod observe;
+pub mod replay;
 pub mod requests;
 pub mod setup;
 
@@ -207,13 +210,20 @@ pub async fn run_with(
         cache: cache.clone(),
         producer: producer.clone(),
         progress: progress.clone(),
+        kafka: config.kafka.clone(),
+        replay_chunk_events: config.projector.replay_chunk_events,
+        replays: replay::Replays::default(),
     });
-    let mut consumer = ConsumerRuntime::start(consumer_settings(&config, &app, &instances), handler)?;
+    let mut consumer = ConsumerRuntime::start(consumer_settings(&config, &app, &instances), handler.clone())?;
     let names: Vec<String> = instances.iter().map(|i| i.id()).collect();
     tracing::info!(group = %group_id(&config), application = app.name(), read_models = ?names, "projector started");
 
     let (stop_duties, duties_stopped) = tokio::sync::watch::channel(false);
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(replay::load_pending(
+        handler,
+        config.projector.replay_concurrency,
+        duties_stopped.clone(),
+    ))];
     if duties == Duties::All && config.projector.generation == 0 {
         let read_models: Vec<&'static str> = instances.iter().map(|i| i.projection).collect();
         background.push(tokio::spawn(builder::watch(

@@ -64,6 +64,8 @@ pub struct Cleared {
     pub dead_letters: u64,
     /// Parked aggregates.
     pub parked: u64,
+    /// Ranges registered for the workers to load in bulk.
+    pub replay_ranges: u64,
 }
 
 /// What retiring an old instance removed.
@@ -201,10 +203,14 @@ pub async fn building_generations(
 }
 
 /// Empties `instance` in one transaction: its table, gate rows, dead letters and parked
-/// aggregates. The caller resets the offsets so the events are delivered again.
+/// aggregates, and registers `replays` (`(topic, partition, start, end)`): the ranges of its
+/// source partitions the projector group will not deliver again, which the workers load in
+/// bulk before they apply anything else of those partitions to it (see
+/// [`crate::projection::replay`]).
 pub async fn clear_instance(
     client: &mut tokio_postgres::Client,
     instance: ProjectionInstance,
+    replays: &[(String, i32, i64, i64)],
 ) -> Result<Cleared, StoreError> {
     let id = instance.id();
     let tx = client.transaction().await?;
@@ -213,18 +219,22 @@ pub async fn clear_instance(
     let gate_rows = tx.execute("DELETE FROM projection_gate WHERE projection = $1", &[&id]).await?;
     let dead_letters = tx.execute("DELETE FROM dead_letters WHERE projection = $1", &[&id]).await?;
     let parked = tx.execute("DELETE FROM parked_aggregates WHERE projection = $1", &[&id]).await?;
+    let replay_ranges = crate::projection::replay::register(&tx, instance, replays).await?;
     tx.commit().await?;
-    Ok(Cleared { rows, gate_rows, dead_letters, parked })
+    Ok(Cleared { rows, gate_rows, dead_letters, parked, replay_ranges })
 }
 
 /// Registers generation `max + 1` of `projection` as `building` and creates its table from
-/// `table_sql`, in one transaction, then says so on [`generations_channel`] (the application's
-/// workers start building it). Returns (the active instance, the new one).
+/// `table_sql`, with `replays` (`(topic, partition, start, end)`, see
+/// [`crate::projection::replay`]) to load in bulk, in one transaction, then says so on
+/// [`generations_channel`] (the application's workers start building it). Returns (the
+/// active instance, the new one).
 pub async fn allocate_generation(
     client: &mut tokio_postgres::Client,
     schema: &str,
     projection: &'static str,
     table_sql: &str,
+    replays: &[(String, i32, i64, i64)],
 ) -> Result<(ProjectionInstance, ProjectionInstance), StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('prism.read_models'))", &[]).await?;
@@ -248,6 +258,7 @@ pub async fn allocate_generation(
     .await?;
     let new = ProjectionInstance::new(projection, next);
     create_tables(&tx, new, table_sql).await?;
+    crate::projection::replay::register(&tx, new, replays).await?;
     tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &projection]).await?;
     tx.commit().await?;
     Ok((ProjectionInstance::new(projection, active), new))
@@ -345,6 +356,7 @@ pub async fn retire_instance(
     tx.batch_execute(&format!("DROP TABLE IF EXISTS {id}")).await?;
     let gate_rows = tx.execute("DELETE FROM projection_gate WHERE projection = $1", &[&id]).await?;
     let parked = tx.execute("DELETE FROM parked_aggregates WHERE projection = $1", &[&id]).await?;
+    crate::projection::replay::forget(&tx, instance).await?;
     let dead_letters_discarded = tx
         .execute(
             "UPDATE dead_letters SET status = 'discarded', resolved_at = now() \

@@ -17,10 +17,13 @@
 //! - `writers`: any read model's load, fold or sum, and set-based write.
 //! - [`redrive`]: dead letters listed, redriven through the same planner and writers, or
 //!   discarded (`prismctl dlq`).
+//! - [`replay`]: ranges of a partition an instance loads in bulk after a rebuild cleared or
+//!   registered it, each chunk through the same planner and writers with its progress.
 
 pub mod batch;
 mod gate;
 pub mod redrive;
+pub mod replay;
 mod writers;
 
 use std::collections::{BTreeSet, HashMap};
@@ -59,11 +62,32 @@ pub async fn apply_batch(
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
+    let outcomes = apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages).await?;
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// [`apply_batch`]'s work inside the caller's transaction (a bulk replay adds its progress to
+/// the same transaction, see [`replay`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn apply_in(
+    tx: &prism_postgres::cached::Transaction<'_>,
+    schema: &str,
+    targets: &[Target<'_>],
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError> {
+    if messages.is_empty() || targets.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut outcomes = Vec::with_capacity(targets.len());
     let mut pending_sums = Vec::new();
     for target in targets {
         let (outcome, pending_sum) =
-            apply_instance(&tx, db.schema(), target, policy, source, topic, partition, messages).await?;
+            apply_instance(tx, schema, target, policy, source, topic, partition, messages).await?;
         if let Some(pending_sum) = pending_sum {
             pending_sums.push((outcomes.len(), pending_sum));
         }
@@ -72,19 +96,18 @@ pub async fn apply_batch(
     // Rows shared with other partitions' batches last, so their locks are held for the commit
     // alone (see [`writers::PendingSum`]); in target order, like the gate rows.
     for (index, pending_sum) in pending_sums {
-        let entries = pending_sum.write(&tx).await?;
+        let entries = pending_sum.write(tx).await?;
         writers::merge_cache_entries(&mut outcomes[index].1.cache_entries, entries);
     }
     // Delivered at commit, once per instance: wakes queries waiting for a version.
-    let channel = crate::read_models::applied_channel(db.schema());
+    let channel = crate::read_models::applied_channel(schema);
     let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
     prism_postgres::cached::execute(
-        &tx,
+        tx,
         "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
         &[&channel, &ids],
     )
     .await?;
-    tx.commit().await?;
     Ok(outcomes)
 }
 
@@ -217,19 +240,53 @@ async fn write_dead_letter(
 ) -> Result<Vec<DeadLetterRecord>, StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
+    let unpublished = record_one(&tx, instance, topic, partition, message, record).await?;
+    tx.commit().await?;
+    Ok(unpublished)
+}
+
+/// [`dead_letter_one`] inside the caller's transaction (a replay's chunk of one refused
+/// message): the minimal record after a savepoint when the full one is refused.
+pub(crate) async fn dead_letter_in(
+    tx: &prism_postgres::cached::Transaction<'_>,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    message: &SourceMessage,
+    error: &StoreError,
+) -> Result<Vec<DeadLetterRecord>, StoreError> {
+    let record = DeadLetterRecord::refused_by_store(&instance.id(), topic, partition, message, error);
+    tx.batch_execute("SAVEPOINT prism_dead_letter").await?;
+    match record_one(tx, instance, topic, partition, message, record).await {
+        Err(refused) if !refused.is_transient() => {
+            tracing::error!(%instance, topic, partition, offset = message.offset, error = %refused, "the dead-letter record was refused; writing a minimal one");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT prism_dead_letter").await?;
+            let minimal = DeadLetterRecord::minimal(&instance.id(), topic, partition, message, &refused);
+            record_one(tx, instance, topic, partition, message, minimal).await
+        }
+        other => other,
+    }
+}
+
+/// Records `record` for `message` and parks its aggregate; returns the message's dead letters
+/// not yet in the dead-letter topic.
+async fn record_one(
+    tx: &prism_postgres::cached::Transaction<'_>,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    message: &SourceMessage,
+    record: DeadLetterRecord,
+) -> Result<Vec<DeadLetterRecord>, StoreError> {
     let projection_id = instance.id();
     let keys: BTreeSet<AggregateKey> = message.aggregate().into_iter().collect();
-    let initial = gate::lock(&tx, &projection_id, &keys).await?;
+    let initial = gate::lock(tx, &projection_id, &keys).await?;
     let mut parked = initial.clone();
     for key in &keys {
         parked.entry(*key).or_default().parked = true;
     }
-    gate::record_dead_letters(&tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
-    let unpublished =
-        gate::unpublished_dead_letters(&tx, &projection_id, topic, partition, message.offset, message.offset)
-            .await?;
-    tx.commit().await?;
-    Ok(unpublished)
+    gate::record_dead_letters(tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
+    gate::unpublished_dead_letters(tx, &projection_id, topic, partition, message.offset, message.offset).await
 }
 
 /// Whether an outcome landed a change in the view.

@@ -2,22 +2,27 @@
 //! the event topics.
 //!
 //! **In place** (the read model is empty while it replays; workers must be stopped):
-//! check the projector group has no members (DescribeConsumerGroups, either protocol), commit the earliest offsets of the projection's source topics for the projector group from
-//! outside the group (assign + commit, never subscribe: Apache Kafka refuses such a commit
-//! while the group has members, which is a second guard), clear the projection's current
-//! generation (table, gate rows, dead letters, parked aggregates) and its Redis keys, then
-//! report the group's lag shrinking until it has caught up (`--no-wait` returns at once).
-//! Offsets are reset before anything is cleared: if clearing fails, the replay only meets
-//! duplicates; the other order could leave an empty read model that nothing refills. The
-//! projector group consumes every read model's topics, so the other read models fed by the
-//! same topics see the events again: their version gate skips them as duplicates.
+//! check the projector group has no members (DescribeConsumerGroups, either protocol), commit
+//! the group's own committed offsets again from outside it (assign + commit, never subscribe:
+//! Apache Kafka refuses such a commit while the group has members, which is a second guard;
+//! nothing moves), then in one transaction clear the projection's current generation (table,
+//! gate rows, dead letters, parked aggregates) and register, per source partition, the range
+//! from the earliest offset to the group's committed offset as a bulk replay
+//! (`prism_read_store::projection::replay`), then delete its Redis keys and report the replay
+//! and the group's lag until both have caught up (`--no-wait` returns at once). The workers,
+//! when they start, read those ranges directly from the partitions and land them in large
+//! chunks before they apply any later event of those partitions to the projection; the group's
+//! offsets never move, so the other read models fed by the same topics see nothing again.
 //!
 //! **Blue/green** (the active generation keeps serving throughout): register generation N+1
 //! as `building` and create its table (from the SQL the application registered); the
 //! application's running workers notice and build it — a projector of this read model alone at
-//! generation N+1 in the group `<prefix>prism.rebuild.<projection>.g<N+1>`, from the earliest offsets
-//! (prismctl has no folds; see `prism_projector::builder`) — until the build group's committed
-//! offsets reach the end offsets seen when it started; then switch at a common position
+//! generation N+1 in the group `<prefix>prism.rebuild.<projection>.g<N+1>` (prismctl has no
+//! folds; see `prism_projector::builder`). What the source partitions hold when the generation
+//! is registered is a bulk replay of N+1, registered with it; the build group's offsets are
+//! committed at the replay's ends first, so the group delivers only what came after. prismctl
+//! reports the replay until it has landed, then the build group's lag until its committed
+//! offsets reach the end offsets seen then; then switch at a common position
 //! (`prism_store::rebuild::switch`: under a share lock on the gate and both tables, every
 //! aggregate's last applied version equal in both generations, counts and checksums equal,
 //! then view + registry + `NOTIFY` in the same transaction), retrying briefly while live
@@ -83,14 +88,17 @@ pub struct RebuildArgs {
 
 /// What `prismctl rebuild --help` adds after the options.
 const AFTER_HELP: &str = "\
-In place: stop the projector workers first. The projector group's offsets on the projection's
-source topics are reset to the earliest, then its table, gate rows, dead letters, parked
-aggregates and Redis keys are cleared; start the workers and the command reports the lag until
-they have caught up. The group consumes every read model's topics: the other read models fed by
-the same topics receive those events again and skip them as duplicates (version gate).
+In place: stop the projector workers first. The projection's table, gate rows, dead letters and
+parked aggregates are cleared and the events before the projector group's committed offsets on
+its source topics are registered for a bulk replay, in one transaction; then its Redis keys are
+deleted. Start the workers: they read those events directly from the partitions and land them
+in large chunks, then take the group's batches as before, and the command reports the replay and
+the group's lag until both have caught up. The group's offsets do not move, so the other read
+models fed by the same topics see nothing again.
 
 Blue/green: the serving generation keeps serving. A new generation is built by the
-application's running projector workers (prismctl has no folds) under its own group
+application's running projector workers (prismctl has no folds): what the source topics hold
+when it is registered is replayed in bulk, the rest follows under its own group
 (<topics.prefix>prism.rebuild.<projection>.g<N>), then switched to in one transaction at a
 common position: both generations have applied the same version of every aggregate, and their
 row counts and checksums are equal (or --allow-changes). Live workers follow the switch at their
@@ -229,6 +237,35 @@ async fn follow_progress(
     }
 }
 
+/// Prints the bulk replay of `instance` every [`PROGRESS_EVERY`] until every range of it has
+/// landed; fails at `deadline`.
+async fn follow_replay(db: &Database, instance: ProjectionInstance, deadline: Instant) -> anyhow::Result<()> {
+    let mut last_print = Instant::now() - PROGRESS_EVERY;
+    loop {
+        let client = db.client().await?;
+        let ranges = prism_read_store::projection::replay::ranges(&**client, &[instance.id()]).await?;
+        drop(client);
+        let total: i64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let loaded: i64 = ranges.iter().map(|r| r.settled_to - r.start).sum();
+        let done = ranges.iter().all(|r| r.is_settled());
+        if done || last_print.elapsed() >= PROGRESS_EVERY {
+            println!(
+                "progress: {instance} replayed {loaded} of {total} messages in {} range(s), {} still loading",
+                ranges.len(),
+                ranges.iter().filter(|r| !r.is_settled()).count()
+            );
+            last_print = Instant::now();
+        }
+        if done {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("the replay of {instance} has not finished ({loaded} of {total} messages): are the workers running?");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 fn ends(offsets: &[PartitionOffsets]) -> BTreeMap<(String, i32), i64> {
     offsets.iter().map(|p| ((p.topic.clone(), p.partition), p.high)).collect()
 }
@@ -274,12 +311,14 @@ async fn in_place(
     let cache_prefix = cache_prefix(config, model, instance);
     println!("rebuild {} in place (generation {})", instance.projection, instance);
     println!("  1. check that the projector group {group} has no members (its workers must be stopped)");
-    println!("  2. reset {group} to the earliest offsets of {}", topics.join(", "));
     println!(
-        "     (the group consumes every read model's topics: the other read models fed by these topics \
-         receive their events again and skip them as duplicates, by their version gate)"
+        "  2. in one transaction: clear table {instance}, its gate rows, dead letters and parked aggregates, \
+         and register the events of {} before {group}'s committed offsets as ranges the workers replay \
+         into {instance} in bulk (the group's offsets do not move: the other read models fed by these \
+         topics see nothing again)",
+        topics.join(", ")
     );
-    println!("  3. clear table {instance}, its gate rows, dead letters and parked aggregates");
+    println!("  3. (the group's committed offsets are committed again from outside it first: the broker refuses that while it has members)");
     match &cache_prefix {
         Some(prefix) => println!("  4. delete the Redis keys under {prefix}"),
         None => println!("  4. (not cached: no Redis keys)"),
@@ -289,7 +328,7 @@ async fn in_place(
         if args.no_wait {
             "returns at once (--no-wait)"
         } else {
-            "reports the group's lag until it has caught up"
+            "reports the replay and then the group's lag until both have caught up"
         }
     );
     let before = offsets(config, &group, &topics).await?;
@@ -341,31 +380,43 @@ async fn in_place(
         ),
     }
 
-    // Offsets first, then clearing: see the module documentation.
-    let earliest: Vec<(String, i32, i64)> =
-        before.iter().map(|p| (p.topic.clone(), p.partition, p.low)).collect();
-    match admin::commit_offsets_outside_group(&config.kafka, &group, &earliest, REQUEST_TIMEOUT)
-        .await
-        .with_context(|| format!("resetting the offsets of {group} ({KAFKA_HINT})"))?
-    {
-        OutsideCommit::Committed => println!(
-            "reset {group} to the earliest offsets on {} partition(s) of {}",
-            earliest.len(),
-            topics.join(", ")
-        ),
-        OutsideCommit::RefusedGroupActive { code } => bail!(
-            "the broker refused the reset because group {group} has live members ({code}): stop the \
-             projector workers first. Nothing was cleared"
-        ),
+    // A second guard: the broker refuses a commit from outside a group that has members. The
+    // offsets committed are the group's own, so nothing moves.
+    let committed: Vec<(String, i32, i64)> =
+        before.iter().filter_map(|p| p.committed.map(|c| (p.topic.clone(), p.partition, c))).collect();
+    if !committed.is_empty() {
+        match admin::commit_offsets_outside_group(&config.kafka, &group, &committed, REQUEST_TIMEOUT)
+            .await
+            .with_context(|| format!("checking that group {group} has no members ({KAFKA_HINT})"))?
+        {
+            OutsideCommit::Committed => {}
+            OutsideCommit::RefusedGroupActive { code } => bail!(
+                "the broker refused a commit for group {group} because it has live members ({code}): stop the \
+                 projector workers first. Nothing was cleared"
+            ),
+        }
     }
+    // What the group will not deliver again: from the earliest offset still in the log to its
+    // committed offset. Partitions it never committed on are read from the earliest offset by
+    // the workers anyway.
+    let replays: Vec<(String, i32, i64, i64)> = before
+        .iter()
+        .filter_map(|p| p.committed.map(|c| (p.topic.clone(), p.partition, p.low, c.min(p.high))))
+        .filter(|(_, _, low, end)| low < end)
+        .collect();
     let mut client = db.client().await?;
-    let cleared = store::clear_instance(&mut client, instance).await.with_context(|| {
-        format!("clearing {instance} (the offsets are already reset; run again to finish)")
-    })?;
+    let cleared = store::clear_instance(&mut client, instance, &replays)
+        .await
+        .with_context(|| format!("clearing {instance} (nothing was changed; run again)"))?;
     drop(client);
     println!(
         "cleared {instance}: {} rows, {} gate rows, {} dead letters, {} parked aggregates",
         cleared.rows, cleared.gate_rows, cleared.dead_letters, cleared.parked
+    );
+    println!(
+        "registered {} replay range(s) of {} message(s) for {instance}",
+        cleared.replay_ranges,
+        replays.iter().map(|(_, _, start, end)| end - start).sum::<i64>()
     );
     let cache = connect_cache(config).await?;
     let keys = delete_cache(&cache, config, model, instance).await?;
@@ -373,16 +424,17 @@ async fn in_place(
         println!("deleted {keys} Redis keys under {prefix}");
     }
     if args.no_wait {
-        println!("start the projector workers; they replay {} from the beginning", topics.join(", "));
+        println!("start the projector workers; they replay {instance} from {} in bulk", topics.join(", "));
         return Ok(());
     }
 
     let target = ends(&offsets(config, &group, &topics).await?);
     println!(
-        "waiting for the projector workers (group {group}) to replay up to the end offsets seen now \
-         (start them if they are stopped)"
+        "waiting for the projector workers (group {group}) to replay {instance} and reach the end offsets \
+         seen now (start them if they are stopped)"
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    follow_replay(db, instance, deadline).await?;
     if let Some(lag) = follow_progress(config, &group, &topics, &target, deadline, &group, None).await? {
         bail!(
             "the projector group {group} has not caught up after {}s (lag {lag}): are the workers running?",
@@ -430,8 +482,9 @@ async fn blue_green(
     }
     println!("  1. register {next} as building and create its table");
     println!(
-        "  2. the application's projector workers build it (they notice within seconds): group {build_group}, \
-         from the earliest offsets of {}, until it reaches the end offsets seen when it starts",
+        "  2. the application's projector workers build it (they notice at once): what {} hold now is \
+         replayed in bulk, and group {build_group} follows from where the replay ends (its start offsets \
+         are committed first) until it reaches the end offsets seen when the replay is done",
         topics.join(", ")
     );
     println!(
@@ -468,9 +521,32 @@ async fn blue_green(
         println!("dropped abandoned {instance}: {retired:?}, {keys} Redis keys");
     }
 
+    // Everything in the source partitions now is replayed in bulk into the new generation;
+    // its build group delivers the rest.
+    let replays: Vec<(String, i32, i64, i64)> = offsets(config, &live_group, &topics)
+        .await?
+        .into_iter()
+        .map(|p| (p.topic, p.partition, p.low, p.high))
+        .collect();
+    // The build group starts where the replay ends: committed before the generation exists,
+    // so the builders, which start when it is registered, never read the replayed part again.
+    let starts: Vec<(String, i32, i64)> =
+        replays.iter().map(|(t, p, _, high)| (t.clone(), *p, *high)).collect();
+    if !starts.is_empty() {
+        match admin::commit_offsets_outside_group(&config.kafka, &build_group, &starts, REQUEST_TIMEOUT)
+            .await
+            .with_context(|| format!("committing the start offsets of {build_group} ({KAFKA_HINT})"))?
+        {
+            OutsideCommit::Committed => {}
+            OutsideCommit::RefusedGroupActive { code } => bail!(
+                "the broker refused to set the start offsets of {build_group}, which has live members ({code}): \
+                 another rebuild of {projection} is running. Nothing was registered"
+            ),
+        }
+    }
     let mut client = db.client().await?;
     let (old, new) =
-        store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql).await?;
+        store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql, &replays).await?;
     drop(client);
     if new != next {
         bail!("another rebuild allocated {next} meanwhile; {new} was registered instead and left building");
@@ -601,8 +677,9 @@ async fn build_and_switch(
     args: &RebuildArgs,
 ) -> anyhow::Result<(store::Checksum, store::Checksum)> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let target = ends(&offsets(config, build_group, topics).await?);
     let started = Instant::now();
+    follow_replay(db, new, deadline).await.with_context(|| format!("replaying into {new}"))?;
+    let target = ends(&offsets(config, build_group, topics).await?);
     let label = format!("building {new}:");
     if let Some(lag) =
         follow_progress(config, build_group, topics, &target, deadline, &label, Some(builders)).await?

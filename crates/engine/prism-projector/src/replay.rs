@@ -1,0 +1,447 @@
+//! Bulk replays: loading the ranges `prismctl rebuild` registered for an instance this worker
+//! maintains (see `prism_read_store::projection::replay` for what a range is and why chunks
+//! land exactly once).
+//!
+//! A range is loaded by reading its partition directly ([`PartitionReader`]) in chunks of
+//! `projector.replay_chunk_events`, decoding them as a batch is decoded, and landing each
+//! chunk with its progress in one transaction; then, as after a batch, the cache is written,
+//! dead letters are copied to their topic and healable chains redriven. Two paths load:
+//!
+//! - [`load_pending`], a task of every projector process, loads the pending ranges of the
+//!   instances it maintains when it starts (and of an instance it starts following after a
+//!   switch), `projector.replay_concurrency` at a time — partitions without new events get no
+//!   batch that would load them;
+//! - the batch handler, before it applies a batch of a partition to an instance whose range
+//!   there is still pending ([`ProjectionHandler::replayed_below`]): its events must follow
+//!   the range's, never meet an empty gate.
+//!
+//! Within a process one loader per range runs at a time; across processes the range's row lock
+//! decides, and a loader that finds the range moved on continues from where it is.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use prism_events::aggregate::aggregate_name_of_topic;
+use prism_events::AggregateType;
+use prism_kafka::consumer::TransientError;
+use prism_kafka::partition_reader::PartitionReader;
+use prism_projections::ProjectionInstance;
+use prism_read_store::projection::replay::{self, ChunkOutcome, ReplayRange, Step};
+use prism_read_store::projection::{BatchOutcome, SourceMessage, Target};
+use tokio::sync::watch;
+
+use crate::decode::decode;
+use crate::handler::ProjectionHandler;
+
+/// How often [`load_pending`] looks for instances it has not looked at yet (the active
+/// generation it follows changed).
+const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// An instance's ranges by (topic, partition).
+type RangesByPartition = HashMap<(String, i32), ReplayRange>;
+
+/// The lock one loader of a range holds while it loads.
+type LoaderLock = Arc<tokio::sync::Mutex<()>>;
+
+/// What this process knows of its instances' ranges.
+#[derive(Debug, Default)]
+pub struct Replays {
+    /// Per instance looked at, its ranges; an instance present without an entry for a
+    /// partition has no range there.
+    known: Mutex<HashMap<ProjectionInstance, RangesByPartition>>,
+    /// One loader per range at a time within the process.
+    loaders: Mutex<HashMap<(ProjectionInstance, String, i32), LoaderLock>>,
+}
+
+fn transient(dependency: &'static str, error: impl std::fmt::Display) -> TransientError {
+    TransientError { dependency, detail: error.to_string() }
+}
+
+/// How a chunk's landing ended.
+enum Landing {
+    /// Landed: the range is at the chunk's end.
+    Landed,
+    /// Another loader moved the range: continue from here.
+    Moved(i64),
+    /// The range is no longer registered.
+    Gone,
+}
+
+impl Replays {
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<ProjectionInstance, RangesByPartition>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn loader(
+        &self,
+        instance: ProjectionInstance,
+        topic: &str,
+        partition: i32,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let mut loaders = self.loaders.lock().unwrap_or_else(|p| p.into_inner());
+        loaders.entry((instance, topic.to_owned(), partition)).or_default().clone()
+    }
+
+    fn record(&self, instance: ProjectionInstance, range: &ReplayRange) {
+        if let Some(ranges) = self.lock_known().get_mut(&instance) {
+            ranges.insert((range.topic.clone(), range.partition), range.clone());
+        }
+    }
+}
+
+impl ProjectionHandler {
+    /// The ranges of `instance`, read from PostgreSQL the first time.
+    async fn ranges_of(&self, instance: ProjectionInstance) -> Result<Vec<ReplayRange>, TransientError> {
+        if let Some(ranges) = self.replays.lock_known().get(&instance) {
+            return Ok(ranges.values().cloned().collect());
+        }
+        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
+        let ranges =
+            replay::ranges(&**client, &[instance.id()]).await.map_err(|e| transient("postgres", e))?;
+        let by_partition: RangesByPartition =
+            ranges.iter().map(|r| ((r.topic.clone(), r.partition), r.clone())).collect();
+        self.replays.lock_known().entry(instance).or_insert(by_partition);
+        Ok(ranges)
+    }
+
+    /// For a batch of `topic`/`partition`: the offset below which `instance` already has every
+    /// event from a replayed range (`None`: it has no range there). A range still pending is
+    /// loaded first.
+    pub(crate) async fn replayed_below(
+        &self,
+        instance: ProjectionInstance,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<i64>, TransientError> {
+        let known =
+            self.replays.lock_known().get(&instance).map(|r| r.get(&(topic.to_owned(), partition)).cloned());
+        let range = match known {
+            Some(range) => range,
+            None => self
+                .ranges_of(instance)
+                .await?
+                .into_iter()
+                .find(|r| r.topic == topic && r.partition == partition),
+        };
+        let Some(range) = range else { return Ok(None) };
+        if range.is_settled() {
+            return Ok(Some(range.end));
+        }
+        self.load(instance, range).await
+    }
+
+    /// Loads `range` of `instance` unless another loader of this process did meanwhile;
+    /// returns the offset below which the instance has the range's events (`None`: the range
+    /// is no longer registered).
+    async fn load(
+        &self,
+        instance: ProjectionInstance,
+        range: ReplayRange,
+    ) -> Result<Option<i64>, TransientError> {
+        let loader = self.replays.loader(instance, &range.topic, range.partition);
+        let _loading = loader.lock().await;
+        let current = self
+            .replays
+            .lock_known()
+            .get(&instance)
+            .and_then(|r| r.get(&(range.topic.clone(), range.partition)).cloned())
+            .unwrap_or(range);
+        if current.is_settled() {
+            return Ok(Some(current.end));
+        }
+        self.load_range(instance, current).await
+    }
+
+    async fn load_range(
+        &self,
+        instance: ProjectionInstance,
+        mut range: ReplayRange,
+    ) -> Result<Option<i64>, TransientError> {
+        let Some(model) = self.app.read_model(instance.projection) else { return Ok(None) };
+        let source = aggregate_name_of_topic(&range.topic, &self.topic_prefix)
+            .and_then(|name| self.app.events().aggregate_type(name))
+            .ok_or_else(|| {
+                transient("kafka", format!("{} is not an event topic of this deployment", range.topic))
+            })?;
+        let target = Target { instance, model };
+        let started = Instant::now();
+        let first = range.loaded_to;
+        let mut events = 0usize;
+        tracing::info!(%instance, topic = %range.topic, partition = range.partition, from = range.loaded_to, to = range.end, "replaying a range");
+        let reader = PartitionReader::open(&self.kafka, &range.topic, range.partition, range.settled_to)
+            .map_err(|e| transient("kafka", e))?;
+        if range.settled_to < range.loaded_to {
+            self.resettle(&target, source, &range, &reader).await?;
+            range.settled_to = range.loaded_to;
+            self.replays.record(instance, &range);
+        }
+        while !range.is_loaded() {
+            let chunk =
+                reader.read(range.end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
+            let decoded: Vec<SourceMessage> =
+                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            let step = Step { from: range.loaded_to, to: chunk.next };
+            match self.land(&target, source, &range, step, &decoded).await? {
+                Landing::Landed => {
+                    events += decoded.len();
+                    range.loaded_to = step.to;
+                    self.settle(instance, &range, step.to).await?;
+                    range.settled_to = step.to;
+                }
+                Landing::Moved(loaded_to) => {
+                    tracing::debug!(%instance, topic = %range.topic, partition = range.partition, loaded_to, "range moved on by another loader");
+                    // The other loader may have died before its chunks' later steps: do them
+                    // again (harmless when it did not: cache writes compare revisions).
+                    let Some(moved) = self.fetch_range(instance, &range).await? else {
+                        return self.gone(instance, &range);
+                    };
+                    range = moved;
+                    if range.settled_to < range.loaded_to {
+                        reader.seek(range.settled_to).map_err(|e| transient("kafka", e))?;
+                        self.resettle(&target, source, &range, &reader).await?;
+                        range.settled_to = range.loaded_to;
+                    } else if !range.is_loaded() {
+                        reader.seek(range.loaded_to).map_err(|e| transient("kafka", e))?;
+                    }
+                }
+                Landing::Gone => return self.gone(instance, &range),
+            }
+            self.replays.record(instance, &range);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            %instance, topic = %range.topic, partition = range.partition, offsets = range.end - first, events,
+            seconds, events_per_second = (events as f64 / seconds.max(1e-6)).round(),
+            "range replayed"
+        );
+        Ok(Some(range.end))
+    }
+
+    fn gone(&self, instance: ProjectionInstance, range: &ReplayRange) -> Result<Option<i64>, TransientError> {
+        tracing::info!(%instance, topic = %range.topic, partition = range.partition, "range no longer registered; stopping its replay");
+        self.replays.lock_known().remove(&instance);
+        Ok(None)
+    }
+
+    /// The range's row as PostgreSQL has it now (`None`: no longer registered).
+    async fn fetch_range(
+        &self,
+        instance: ProjectionInstance,
+        range: &ReplayRange,
+    ) -> Result<Option<ReplayRange>, TransientError> {
+        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
+        let ranges =
+            replay::ranges(&**client, &[instance.id()]).await.map_err(|e| transient("postgres", e))?;
+        Ok(ranges.into_iter().find(|r| r.topic == range.topic && r.partition == range.partition))
+    }
+
+    async fn settle(
+        &self,
+        instance: ProjectionInstance,
+        range: &ReplayRange,
+        to: i64,
+    ) -> Result<(), TransientError> {
+        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
+        replay::settle(&**client, instance, &range.topic, range.partition, to)
+            .await
+            .map_err(|e| transient("postgres", e))
+    }
+
+    /// Redelivers the part of `range` that landed without its later steps (`settled_to` to
+    /// `loaded_to`; `reader` is at `settled_to`): applies it again — all duplicates — and does
+    /// the steps, chunk by chunk, moving `settled_to`. Leaves `reader` at `loaded_to`.
+    async fn resettle(
+        &self,
+        target: &Target<'_>,
+        source: AggregateType,
+        range: &ReplayRange,
+        reader: &PartitionReader,
+    ) -> Result<(), TransientError> {
+        let instance = target.instance;
+        tracing::info!(%instance, topic = %range.topic, partition = range.partition, from = range.settled_to, to = range.loaded_to, "redelivering a replayed part whose cache and dead letters may be missing");
+        let mut at = range.settled_to;
+        while at < range.loaded_to {
+            let chunk = reader
+                .read(range.loaded_to, self.replay_chunk_events)
+                .await
+                .map_err(|e| transient("kafka", e))?;
+            let decoded: Vec<SourceMessage> =
+                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            // Slices still to redeliver, in offset order (last pushed is next).
+            let mut pending: Vec<&[SourceMessage]> = vec![&decoded];
+            while let Some(slice) = pending.pop() {
+                let redelivered = replay::redeliver_chunk(
+                    &self.db,
+                    target,
+                    self.policy,
+                    source,
+                    &range.topic,
+                    range.partition,
+                    slice,
+                )
+                .await;
+                match redelivered {
+                    Ok(outcome) => self.after_chunk(instance, &outcome).await,
+                    Err(err) if err.is_transient() || slice.is_empty() => {
+                        return Err(transient("postgres", err))
+                    }
+                    // The message PostgreSQL refused when it landed, refused again: it was
+                    // dead-lettered then, and has nothing to cache.
+                    Err(err) if slice.len() == 1 => {
+                        tracing::warn!(%instance, topic = %range.topic, partition = range.partition, offset = slice[0].offset, error = %err, "database refused a redelivered event it refused before; it is dead-lettered");
+                    }
+                    Err(_) => {
+                        let (left, right) = slice.split_at(slice.len() / 2);
+                        pending.push(right);
+                        pending.push(left);
+                    }
+                }
+            }
+            self.settle(instance, range, chunk.next).await?;
+            at = chunk.next;
+        }
+        Ok(())
+    }
+
+    /// Lands one chunk; a chunk PostgreSQL refuses permanently is halved until the refused
+    /// message is alone, which is dead-lettered (as a batch is bisected).
+    async fn land(
+        &self,
+        target: &Target<'_>,
+        source: AggregateType,
+        range: &ReplayRange,
+        step: Step,
+        messages: &[SourceMessage],
+    ) -> Result<Landing, TransientError> {
+        let instance = target.instance;
+        // Slices still to land, in offset order (last pushed is next).
+        let mut pending: Vec<(Step, &[SourceMessage])> = vec![(step, messages)];
+        while let Some((step, slice)) = pending.pop() {
+            let landed = replay::apply_chunk(
+                &self.db,
+                target,
+                self.policy,
+                source,
+                &range.topic,
+                range.partition,
+                step,
+                slice,
+            )
+            .await;
+            let outcome = match landed {
+                Ok(ChunkOutcome::Landed(outcome)) => outcome,
+                Ok(ChunkOutcome::Moved { loaded_to }) => return Ok(Landing::Moved(loaded_to)),
+                Ok(ChunkOutcome::Gone) => return Ok(Landing::Gone),
+                Err(err) if err.is_transient() => return Err(transient("postgres", err)),
+                Err(err) => match slice {
+                    [] => return Err(transient("postgres", err)),
+                    [message] => {
+                        tracing::error!(%instance, topic = %range.topic, partition = range.partition, offset = message.offset, error = %err, "database refused an event of a replay; dead-lettering it");
+                        match replay::dead_letter_in_chunk(
+                            &self.db,
+                            instance,
+                            &range.topic,
+                            range.partition,
+                            step,
+                            message,
+                            &err,
+                        )
+                        .await
+                        .map_err(|e| transient("postgres", e))?
+                        {
+                            ChunkOutcome::Landed(outcome) => outcome,
+                            ChunkOutcome::Moved { loaded_to } => return Ok(Landing::Moved(loaded_to)),
+                            ChunkOutcome::Gone => return Ok(Landing::Gone),
+                        }
+                    }
+                    _ => {
+                        tracing::warn!(%instance, topic = %range.topic, partition = range.partition, messages = slice.len(), error = %err, "database refused a chunk of a replay; bisecting");
+                        let (left, right) = slice.split_at(slice.len() / 2);
+                        let middle = right[0].offset;
+                        pending.push((Step { from: middle, to: step.to }, right));
+                        pending.push((Step { from: step.from, to: middle }, left));
+                        continue;
+                    }
+                },
+            };
+            self.after_chunk(instance, &outcome).await;
+        }
+        Ok(Landing::Landed)
+    }
+
+    /// After a chunk's commit, what follows a batch's: metrics, the cache, the dead-letter
+    /// topic, healing. The chunk is not landed again (its progress moved with it), so these
+    /// are retried here until they succeed rather than by redelivery.
+    async fn after_chunk(&self, instance: ProjectionInstance, outcome: &BatchOutcome) {
+        self.count(instance, outcome);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let done = async {
+                self.write_cache(instance, outcome).await?;
+                self.publish_dead_letters(outcome).await?;
+                self.heal(instance, &outcome.parked_aggregates).await
+            };
+            match done.await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(%instance, dependency = err.dependency, error = %err.detail, "after a replayed chunk; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+/// Loads the pending ranges of the instances `handler` maintains, `concurrency` at a time,
+/// retrying after transient failures, until `stop`; looks again every [`LOOK_EVERY`] for
+/// instances it has not seen (the active generation it follows changed).
+pub async fn load_pending(
+    handler: Arc<ProjectionHandler>,
+    concurrency: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let work = async {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut pending: Vec<(ProjectionInstance, ReplayRange)> = Vec::new();
+            let mut failed = false;
+            for instance in handler.current_instances() {
+                match handler.ranges_of(instance).await {
+                    Ok(ranges) => {
+                        pending.extend(ranges.into_iter().filter(|r| !r.is_settled()).map(|r| (instance, r)))
+                    }
+                    Err(err) => {
+                        tracing::warn!(%instance, error = %err.detail, "reading replay ranges");
+                        failed = true;
+                    }
+                }
+            }
+            let results: Vec<Result<Option<i64>, TransientError>> = futures::stream::iter(pending)
+                .map(|(instance, range)| {
+                    let handler = &handler;
+                    async move { handler.load(instance, range).await }
+                })
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+            for err in results.iter().filter_map(|r| r.as_ref().err()) {
+                tracing::warn!(dependency = err.dependency, error = %err.detail, "replaying a range; retrying");
+                failed = true;
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            } else {
+                backoff = Duration::from_millis(100);
+                tokio::time::sleep(LOOK_EVERY).await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.wait_for(|stopped| *stopped) => {}
+        () = work => {}
+    }
+}

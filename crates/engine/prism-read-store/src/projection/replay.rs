@@ -1,0 +1,295 @@
+//! Bulk replays: ranges of a source partition one projection instance loads directly from the
+//! partition, outside its consumer group's batches.
+//!
+//! `prismctl rebuild` registers them ([`register`]) in the transaction that clears an instance
+//! (in place: the events before the projector group's committed offsets, which the group will
+//! not deliver again) or registers a new generation (blue/green: everything before the end
+//! offsets seen then). A worker maintaining the instance reads each range with a plain
+//! partition reader, in chunks of many thousand events, and lands every chunk with
+//! [`apply_chunk`]: the planner, folds and set-based writes of a batch, plus the range's
+//! progress (`loaded_to`), in one transaction that first locks the range's row. So a chunk
+//! lands once whoever loads it — two workers, or one that was killed and restarted — and a
+//! worker that finds `loaded_to` moved while it read simply continues from there.
+//!
+//! A chunk's later steps — its cache entries, its dead letters' copies on the dead-letter
+//! topic, healing — follow its commit, as a batch's do; the range's `settled_to` moves when they
+//! are done ([`settle`]). A loader that died in between leaves `settled_to` behind `loaded_to`,
+//! and the next one [`redeliver_chunk`]s that part first (the gate makes it all duplicates and
+//! hands back what the steps need), as the consumer group redelivers a batch whose offsets were
+//! never committed.
+//!
+//! Why it is faster than replaying through the group: a chunk writes each aggregate's gate
+//! row and read-model row once for thousands of its events, the other read models fed by the
+//! same topic never see the replayed events again (an in-place rebuild no longer rewinds the
+//! group), and nothing waits on fetch pauses, batch turns or commits.
+//!
+//! Until a range is settled, no batch of its partition may be applied to the instance (its
+//! events would meet an empty gate and look like gaps): the projector loads and settles a
+//! pending range before it applies a batch of that partition to the instance. Once loaded, the range's
+//! events are in the instance exactly as the live path would have put them there, so a batch
+//! that delivers them again (a blue/green builder's group reads from the earliest offsets)
+//! skips them for the instance without asking the gate.
+
+use prism_events::AggregateType;
+use prism_postgres::cached::Transaction;
+use prism_postgres::{Database, StoreError};
+use prism_projections::{GapPolicy, ProjectionInstance};
+use tokio_postgres::GenericClient;
+
+use super::{apply_in, BatchOutcome, SourceMessage, Target};
+
+/// One range of a source partition an instance loads in bulk, with its progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// The instance, e.g. `order_summary_g2`.
+    pub projection: String,
+    /// The source topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The first offset of the range.
+    pub start: i64,
+    /// The offset after the range: from here on the instance takes the partition's batches.
+    pub end: i64,
+    /// Everything before this offset has landed in PostgreSQL.
+    pub loaded_to: i64,
+    /// Everything before this offset has landed and had its later steps done (cache, dead
+    /// letters' copies, healing); between it and `loaded_to` they may be missing.
+    pub settled_to: i64,
+}
+
+impl ReplayRange {
+    /// Whether all of the range has landed.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded_to >= self.end
+    }
+
+    /// Whether all of the range has landed and had its later steps done: the instance takes
+    /// the partition's batches from `end` on.
+    pub fn is_settled(&self) -> bool {
+        self.settled_to >= self.end
+    }
+}
+
+/// Replaces `instance`'s ranges with `ranges` (`(topic, partition, start, end)`; empty ones
+/// are left out), inside the caller's transaction: the one that clears or registers it.
+pub async fn register(
+    tx: &impl GenericClient,
+    instance: ProjectionInstance,
+    ranges: &[(String, i32, i64, i64)],
+) -> Result<u64, StoreError> {
+    let id = instance.id();
+    tx.execute("DELETE FROM projection_replays WHERE projection = $1", &[&id]).await?;
+    let ranges: Vec<&(String, i32, i64, i64)> =
+        ranges.iter().filter(|(_, _, start, end)| start < end).collect();
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    let topics: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
+    let partitions: Vec<i32> = ranges.iter().map(|r| r.1).collect();
+    let starts: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+    let ends: Vec<i64> = ranges.iter().map(|r| r.3).collect();
+    Ok(tx
+        .execute(
+            "INSERT INTO projection_replays (projection, source_topic, source_partition, start_offset, end_offset, loaded_to, settled_to) \
+             SELECT $1, t, p, s, e, s, s FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS r(t, p, s, e)",
+            &[&id, &topics, &partitions, &starts, &ends],
+        )
+        .await?)
+}
+
+/// Deletes `instance`'s ranges (it is retired), inside the caller's transaction.
+pub async fn forget(tx: &impl GenericClient, instance: ProjectionInstance) -> Result<u64, StoreError> {
+    Ok(tx.execute("DELETE FROM projection_replays WHERE projection = $1", &[&instance.id()]).await?)
+}
+
+/// The ranges of `instances` (ids such as `order_summary_g1`), loaded or not.
+pub async fn ranges(
+    client: &impl GenericClient,
+    instances: &[String],
+) -> Result<Vec<ReplayRange>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT projection, source_topic, source_partition, start_offset, end_offset, loaded_to, settled_to \
+             FROM projection_replays WHERE projection = ANY($1) ORDER BY projection, source_topic, source_partition",
+            &[&instances],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| ReplayRange {
+            projection: row.get(0),
+            topic: row.get(1),
+            partition: row.get(2),
+            start: row.get(3),
+            end: row.get(4),
+            loaded_to: row.get(5),
+            settled_to: row.get(6),
+        })
+        .collect())
+}
+
+/// Moves the range's `settled_to` to `to` (never back, never past `loaded_to`): the later
+/// steps of every chunk before `to` are done.
+pub async fn settle(
+    client: &impl GenericClient,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    to: i64,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE projection_replays SET settled_to = greatest(settled_to, least($4, loaded_to)) \
+             WHERE projection = $1 AND source_topic = $2 AND source_partition = $3",
+            &[&instance.id(), &topic, &partition, &to],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Applies again messages of a range that already landed (between its `settled_to` and its
+/// `loaded_to`): the gate makes every event a duplicate, and the outcome carries what the later
+/// steps need — the cache entries of every row they name, the dead letters not yet copied to
+/// their topic — exactly as a batch the consumer group redelivers.
+#[allow(clippy::too_many_arguments)]
+pub async fn redeliver_chunk(
+    db: &Database,
+    target: &Target<'_>,
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+) -> Result<BatchOutcome, StoreError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let outcomes =
+        apply_in(&tx, db.schema(), std::slice::from_ref(target), policy, source, topic, partition, messages)
+            .await?;
+    tx.commit().await?;
+    Ok(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default())
+}
+
+/// A chunk of a range: the messages of offsets `from..to` (`to` the offset after the chunk's
+/// last message, or the range's end when the partition holds nothing more before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Where the chunk starts: the range's `loaded_to` the chunk was read from.
+    pub from: i64,
+    /// Where the range's `loaded_to` moves when the chunk lands.
+    pub to: i64,
+}
+
+/// What became of a chunk.
+#[derive(Debug)]
+pub enum ChunkOutcome {
+    /// It landed; the outcome of its events, as a batch's.
+    Landed(BatchOutcome),
+    /// Someone else moved the range while the chunk was read: nothing written; continue from
+    /// `loaded_to`.
+    Moved {
+        /// The range's progress now.
+        loaded_to: i64,
+    },
+    /// The range is no longer registered (the instance was cleared again or retired): nothing
+    /// written.
+    Gone,
+}
+
+/// Locks the range's row and checks it is still at `step.from`.
+async fn claim(
+    tx: &Transaction<'_>,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    step: Step,
+) -> Result<Option<ChunkOutcome>, StoreError> {
+    let row = prism_postgres::cached::query(
+        tx,
+        "SELECT loaded_to FROM projection_replays \
+         WHERE projection = $1 AND source_topic = $2 AND source_partition = $3 FOR UPDATE",
+        &[&instance.id(), &topic, &partition],
+    )
+    .await?;
+    Ok(match row.first().map(|r| r.get::<_, i64>(0)) {
+        None => Some(ChunkOutcome::Gone),
+        Some(loaded_to) if loaded_to != step.from => Some(ChunkOutcome::Moved { loaded_to }),
+        Some(_) => None,
+    })
+}
+
+/// Moves the range to `step.to` (the caller holds its row, see [`claim`]).
+async fn advance(
+    tx: &Transaction<'_>,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    step: Step,
+) -> Result<(), StoreError> {
+    prism_postgres::cached::execute(
+        tx,
+        "UPDATE projection_replays SET loaded_to = least($4, end_offset), \
+                loaded_at = CASE WHEN $4 >= end_offset THEN now() END \
+         WHERE projection = $1 AND source_topic = $2 AND source_partition = $3",
+        &[&instance.id(), &topic, &partition, &step.to],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Lands one chunk of `target`'s range of `topic`/`partition` (see the module documentation).
+/// A permanent error (the database refuses data) writes nothing; the caller isolates the
+/// message by landing smaller chunks, and dead-letters it with [`dead_letter_in_chunk`].
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_chunk(
+    db: &Database,
+    target: &Target<'_>,
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    step: Step,
+    messages: &[SourceMessage],
+) -> Result<ChunkOutcome, StoreError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    if let Some(elsewhere) = claim(&tx, target.instance, topic, partition, step).await? {
+        tx.rollback().await?;
+        return Ok(elsewhere);
+    }
+    let outcomes =
+        apply_in(&tx, db.schema(), std::slice::from_ref(target), policy, source, topic, partition, messages)
+            .await?;
+    advance(&tx, target.instance, topic, partition, step).await?;
+    tx.commit().await?;
+    Ok(ChunkOutcome::Landed(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default()))
+}
+
+/// Lands a chunk of one message PostgreSQL refused: its dead-letter record (parking its
+/// aggregate) and the range's progress past it, in one transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter_in_chunk(
+    db: &Database,
+    instance: ProjectionInstance,
+    topic: &str,
+    partition: i32,
+    step: Step,
+    message: &SourceMessage,
+    error: &StoreError,
+) -> Result<ChunkOutcome, StoreError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    if let Some(elsewhere) = claim(&tx, instance, topic, partition, step).await? {
+        tx.rollback().await?;
+        return Ok(elsewhere);
+    }
+    let unpublished = super::dead_letter_in(&tx, instance, topic, partition, message, error).await?;
+    advance(&tx, instance, topic, partition, step).await?;
+    tx.commit().await?;
+    Ok(ChunkOutcome::Landed(BatchOutcome {
+        dead_lettered: vec![("rejected_by_database".into(), 1)],
+        unpublished_dead_letters: unpublished,
+        ..Default::default()
+    }))
+}
