@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::offsets::GroupWatch;
+use crate::offsets::Watch;
 use crate::procs::{self, Sample, Services};
 
 /// A contender ready to be started.
@@ -37,8 +37,8 @@ pub struct Contender {
     pub does: String,
     /// The command that starts it.
     pub command: Command,
-    /// Its consumer group.
-    pub watch: GroupWatch,
+    /// What its progress is read from (its consumer group, mostly).
+    pub watch: Watch,
     /// A line on its standard output that starts the clock, if it has a loading phase.
     pub ready_line: Option<&'static str>,
     /// A prefix of lines on its standard error that mean it failed (Connect's failed task
@@ -249,7 +249,7 @@ impl Window {
 /// CPU samples (with process `pid`) at the first commit and when done. `check` runs before
 /// every look and stops the wait with its error.
 pub async fn follow(
-    watch: &GroupWatch,
+    watch: &Watch,
     events: i64,
     services: &Services,
     pid: u32,
@@ -271,14 +271,14 @@ pub async fn follow(
         }
         if Instant::now() > deadline {
             bail!(
-                "group {} did not commit every partition's end within {:?} ({} of {events} committed)",
-                watch.group,
+                "{} did not reach every partition's end within {:?} ({} of {events} committed)",
+                watch.name(),
                 timeout(),
                 progress.committed,
             );
         }
         if last_print.elapsed() > Duration::from_secs(10) {
-            println!("  group {}: {} of {events} committed", watch.group, progress.committed);
+            println!("  {}: {} of {events} committed", watch.name(), progress.committed);
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -70,7 +70,7 @@ use shop::testing::workload::Workload;
 
 use crate::binaries::Binaries;
 use crate::contender::Contender;
-use crate::offsets::GroupWatch;
+use crate::offsets::{GroupWatch, Watch};
 use crate::procs::Services;
 
 /// What to run, from the `PRISM_BENCH_*` variables.
@@ -388,7 +388,7 @@ async fn throughput(
             name: name.into(),
             does: does.into(),
             command,
-            watch: GroupWatch::new(&env.config, group, ends)?,
+            watch: Watch::Group(GroupWatch::new(&env.config, group, ends)?),
             ready_line: None,
             error_prefix: None,
             log: work.join(format!("{key}.log")),

@@ -14,6 +14,77 @@ use rdkafka::{Offset, TopicPartitionList};
 /// End offset of every partition, by (topic, partition).
 pub type Ends = BTreeMap<(String, i32), i64>;
 
+/// What a contender's progress is read from.
+pub enum Watch {
+    /// A consumer group's committed offsets.
+    Group(GroupWatch),
+    /// The bulk replay of one projection instance (an in-place rebuild: the group's offsets
+    /// do not move).
+    Replay(ReplayWatch),
+    /// A bulk replay, then a group from where it ends (a blue/green build): progress is the
+    /// replay's, done when both are.
+    ReplayThenGroup(ReplayWatch, GroupWatch),
+}
+
+impl Watch {
+    /// Progress now.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        match self {
+            Self::Group(group) => group.progress().await,
+            Self::Replay(replay) => replay.progress().await,
+            Self::ReplayThenGroup(replay, group) => {
+                let replayed = replay.progress().await?;
+                let done = replayed.done && group.progress().await?.done;
+                Ok(Progress { committed: replayed.committed, done })
+            }
+        }
+    }
+
+    /// What is watched, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Group(group) => format!("group {}", group.group),
+            Self::Replay(replay) => format!("the replay of {}", replay.instance),
+            Self::ReplayThenGroup(replay, group) => {
+                format!("the replay of {} and group {}", replay.instance, group.group)
+            }
+        }
+    }
+}
+
+/// Watches the replay ranges of one instance in PostgreSQL (`projection_replays`).
+pub struct ReplayWatch {
+    /// The instance, e.g. `order_summary_g1`.
+    pub instance: String,
+    client: tokio_postgres::Client,
+}
+
+impl ReplayWatch {
+    /// A watch of `instance`'s ranges over `client` (on the deployment's schema).
+    pub fn new(client: tokio_postgres::Client, instance: String) -> Self {
+        Self { instance, client }
+    }
+
+    /// Messages in the ranges, summed.
+    pub async fn total(&self) -> anyhow::Result<i64> {
+        let ranges =
+            prism_read_store::projection::replay::ranges(&self.client, std::slice::from_ref(&self.instance))
+                .await?;
+        Ok(ranges.iter().map(|r| r.end - r.start).sum())
+    }
+
+    /// Messages landed, and whether every range has.
+    pub async fn progress(&self) -> anyhow::Result<Progress> {
+        let ranges =
+            prism_read_store::projection::replay::ranges(&self.client, std::slice::from_ref(&self.instance))
+                .await?;
+        Ok(Progress {
+            committed: ranges.iter().map(|r| r.settled_to - r.start).sum(),
+            done: ranges.iter().all(|r| r.is_settled()),
+        })
+    }
+}
+
 /// Watches one group's committed offsets on a fixed set of partitions.
 pub struct GroupWatch {
     /// The group.

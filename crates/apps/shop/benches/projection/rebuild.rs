@@ -1,26 +1,26 @@
 //! Rebuild rate: `prismctl rebuild` of every read model, in place and blue/green, on the events
-//! of the throughput run, against Prism's live rate on the same workload.
+//! of the throughput run, against Prism's live rate on the same workload. Both modes replay in
+//! bulk (`prism_read_store::projection::replay`): the projector reads the source partitions
+//! directly and lands chunks of `projector.replay_chunk_events`.
 //!
 //! - **In place** needs the projector workers stopped (prismctl refuses otherwise). For each
-//!   read model: `prismctl rebuild <model> --mode in-place --yes --no-wait` resets the
-//!   projector group's offsets on the model's source topics to the earliest and clears the
-//!   model; then the projector (the same binary and configuration as in the throughput run) is
-//!   started and timed exactly like a contender, on those source topics, until its group has
-//!   committed their ends again. The other read models fed by the same topics see the events
-//!   again and skip them as duplicates (their version gates): that is part of an in-place
-//!   rebuild's cost.
+//!   read model: `prismctl rebuild <model> --mode in-place --yes --no-wait` clears the model and
+//!   registers replay ranges up to the projector group's committed offsets (which do not move,
+//!   so the other read models fed by the same topics see nothing again); then the projector
+//!   (the same binary and configuration as in the throughput run) is started and timed like a
+//!   contender until every range has landed and settled (cache written).
 //! - **Blue/green** runs beside the serving generation, with the projector running. For each
 //!   read model: `prismctl rebuild <model> --mode blue-green --yes --retire-grace 1` registers
-//!   the next generation; the running worker builds it in its own group
-//!   (`<prefix>prism.rebuild.<model>.g<N>`), which is timed from prismctl's start until it has
-//!   committed the source topics' ends. Verification and the switch come after that and are
-//!   reported separately (prismctl's whole run).
+//!   the next generation with replay ranges to the topics' ends and commits its build group
+//!   (`<prefix>prism.rebuild.<model>.g<N>`) there; the running worker's builder loads the ranges.
+//!   Timed from prismctl's start until the ranges have settled and the build group stands at the
+//!   ends. Verification and the switch come after that and are reported separately
+//!   (prismctl's whole run).
 //!
 //! Events replayed = messages in the read model's source topics. Rates are over the whole
 //! window (start → done), start-up included, and compared with the live run's rate over its
-//! whole window: a replay of one read model lasts one or two of the projector's one-second
-//! commit intervals, too short for a steady window (first commit → done) to mean anything —
-//! most of a replay is often committed by the first commit already.
+//! whole window: a replay of one read model lasts about a second, too short for a steady
+//! window to mean anything.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -32,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::binaries::{self, Binaries};
 use crate::contender::{self, Contender, Measured};
-use crate::offsets::{self, GroupWatch};
+use crate::offsets::{self, GroupWatch, ReplayWatch, Watch};
 use crate::procs::Services;
 
 /// One rebuild's figures.
@@ -66,11 +66,11 @@ pub async fn run(
         name: "Prism projector (serving during blue/green rebuilds)".into(),
         does: String::new(),
         command: binaries::projector(binaries, env, &listen),
-        watch: GroupWatch::new(
+        watch: Watch::Group(GroupWatch::new(
             &env.config,
             &prism_projector::group_id(&env.config),
             &offsets::end_offsets(&env.config, &env.event_topics()).await?,
-        )?,
+        )?),
         ready_line: None,
         error_prefix: None,
         log: work.join("prism-blue-green.log"),
@@ -135,7 +135,6 @@ async fn in_place(
     work: &Path,
     read_model: &'static str,
 ) -> anyhow::Result<Rebuilt> {
-    let (_, ends) = sources(env, read_model).await?;
     let started = Instant::now();
     prismctl(
         env,
@@ -144,17 +143,23 @@ async fn in_place(
         &work.join(format!("prismctl-in-place-{read_model}.log")),
     )
     .await?;
+    let client = env.pg().await?;
+    let generation = prism_read_store::read_models::active_generation(&client, read_model)
+        .await?
+        .context("the read model has no active generation")?;
+    let watch = ReplayWatch::new(client, format!("{read_model}_g{generation}"));
+    let events = watch.total().await?;
     let listen = format!("127.0.0.1:{}", binaries::free_port()?);
     let replay = Contender {
         key: format!("rebuild-in-place-{read_model}"),
         name: format!("in-place rebuild of {read_model}"),
         does: String::new(),
         command: binaries::projector(binaries, env, &listen),
-        watch: GroupWatch::new(&env.config, &prism_projector::group_id(&env.config), &ends)?,
+        watch: Watch::Replay(watch),
         ready_line: None,
         error_prefix: None,
         log: work.join(format!("prism-in-place-{read_model}.log")),
-        events: offsets::total(&ends),
+        events,
     };
     let (measured, running) = contender::measure(replay, services).await?;
     let prismctl_seconds = started.elapsed().as_secs_f64();
@@ -215,7 +220,8 @@ async fn blue_green(
     let mut builder = env.config.clone();
     builder.projector.group = format!("prism.rebuild.{read_model}.g{generation}");
     let group = prism_kafka::admin::projector_group_id(&builder);
-    let watch = GroupWatch::new(&env.config, &group, &ends)?;
+    let replay = ReplayWatch::new(env.pg().await?, format!("{read_model}_g{generation}"));
+    let watch = Watch::ReplayThenGroup(replay, GroupWatch::new(&env.config, &group, &ends)?);
     let deadline = started + contender::timeout();
     let window =
         contender::follow(&watch, offsets::total(&ends), services, projector, start, deadline, || {
