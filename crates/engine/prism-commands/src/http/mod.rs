@@ -10,7 +10,7 @@
 //!
 //! An application writes its routes as a `Router<ApiState>`:
 //!
-//! ```ignore
+//! ```text
 //! Router::new().route("/devices", tracked("register_device", post(register)))
 //!
 //! async fn register(State(api): State<ApiState>, headers: CommandHeaders, body: JsonBody<Register>)
