@@ -177,13 +177,23 @@ impl ProjectionHandler {
             range.settled_to = range.loaded_to;
             self.replays.record(instance, &range);
         }
+        // Where the time went, for the closing log line.
+        let (mut reading, mut decoding, mut landing, mut after_steps) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         while !range.is_loaded() {
+            let at = Instant::now();
             let chunk =
                 reader.read(range.end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
+            reading += at.elapsed();
+            let at = Instant::now();
             let decoded: Vec<SourceMessage> =
                 chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            decoding += at.elapsed();
             let step = Step { from: range.loaded_to, to: chunk.next };
-            match self.land(&target, source, &range, step, &decoded).await? {
+            let at = Instant::now();
+            let landed = self.land(&target, source, &range, step, &decoded, &mut after_steps).await?;
+            landing += at.elapsed();
+            match landed {
                 Landing::Landed => {
                     events += decoded.len();
                     range.loaded_to = step.to;
@@ -214,6 +224,9 @@ impl ProjectionHandler {
         tracing::info!(
             %instance, topic = %range.topic, partition = range.partition, offsets = range.end - first, events,
             seconds, events_per_second = (events as f64 / seconds.max(1e-6)).round(),
+            read_seconds = reading.as_secs_f64(), decode_seconds = decoding.as_secs_f64(),
+            postgres_seconds = landing.saturating_sub(after_steps).as_secs_f64(),
+            cache_and_dead_letter_seconds = after_steps.as_secs_f64(),
             "range replayed"
         );
         Ok(Some(range.end))
@@ -314,6 +327,7 @@ impl ProjectionHandler {
         range: &ReplayRange,
         step: Step,
         messages: &[SourceMessage],
+        after_steps: &mut Duration,
     ) -> Result<Landing, TransientError> {
         let instance = target.instance;
         // Slices still to land, in offset order (last pushed is next).
@@ -366,7 +380,9 @@ impl ProjectionHandler {
                     }
                 },
             };
+            let at = Instant::now();
             self.after_chunk(instance, &outcome).await;
+            *after_steps += at.elapsed();
         }
         Ok(Landing::Landed)
     }
