@@ -84,6 +84,17 @@ impl Replays {
         loaders.entry((instance, topic.to_owned(), partition)).or_default().clone()
     }
 
+    /// What is known of `instance`'s range of `topic`/`partition`: `None` when the instance
+    /// was not looked at yet, `Some(None)` when it has no range there.
+    fn known_range(
+        &self,
+        instance: ProjectionInstance,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Option<ReplayRange>> {
+        self.lock_known().get(&instance).map(|r| r.get(&(topic.to_owned(), partition)).cloned())
+    }
+
     fn record(&self, instance: ProjectionInstance, range: &ReplayRange) {
         if let Some(ranges) = self.lock_known().get_mut(&instance) {
             ranges.insert((range.topic.clone(), range.partition), range.clone());
@@ -92,14 +103,18 @@ impl Replays {
 }
 
 impl ProjectionHandler {
+    /// The ranges of `instance` as PostgreSQL has them now.
+    async fn stored_ranges(&self, instance: ProjectionInstance) -> Result<Vec<ReplayRange>, TransientError> {
+        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
+        replay::ranges(&**client, &[instance.id()]).await.map_err(|e| transient("postgres", e))
+    }
+
     /// The ranges of `instance`, read from PostgreSQL the first time.
     async fn ranges_of(&self, instance: ProjectionInstance) -> Result<Vec<ReplayRange>, TransientError> {
         if let Some(ranges) = self.replays.lock_known().get(&instance) {
             return Ok(ranges.values().cloned().collect());
         }
-        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
-        let ranges =
-            replay::ranges(&**client, &[instance.id()]).await.map_err(|e| transient("postgres", e))?;
+        let ranges = self.stored_ranges(instance).await?;
         let by_partition: RangesByPartition =
             ranges.iter().map(|r| ((r.topic.clone(), r.partition), r.clone())).collect();
         self.replays.lock_known().entry(instance).or_insert(by_partition);
@@ -115,9 +130,7 @@ impl ProjectionHandler {
         topic: &str,
         partition: i32,
     ) -> Result<Option<i64>, TransientError> {
-        let known =
-            self.replays.lock_known().get(&instance).map(|r| r.get(&(topic.to_owned(), partition)).cloned());
-        let range = match known {
+        let range = match self.replays.known_range(instance, topic, partition) {
             Some(range) => range,
             None => self
                 .ranges_of(instance)
@@ -142,12 +155,8 @@ impl ProjectionHandler {
     ) -> Result<Option<i64>, TransientError> {
         let loader = self.replays.loader(instance, &range.topic, range.partition);
         let _loading = loader.lock().await;
-        let current = self
-            .replays
-            .lock_known()
-            .get(&instance)
-            .and_then(|r| r.get(&(range.topic.clone(), range.partition)).cloned())
-            .unwrap_or(range);
+        let current =
+            self.replays.known_range(instance, &range.topic, range.partition).flatten().unwrap_or(range);
         if current.is_settled() {
             return Ok(Some(current.end));
         }
@@ -244,9 +253,7 @@ impl ProjectionHandler {
         instance: ProjectionInstance,
         range: &ReplayRange,
     ) -> Result<Option<ReplayRange>, TransientError> {
-        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
-        let ranges =
-            replay::ranges(&**client, &[instance.id()]).await.map_err(|e| transient("postgres", e))?;
+        let ranges = self.stored_ranges(instance).await?;
         Ok(ranges.into_iter().find(|r| r.topic == range.topic && r.partition == range.partition))
     }
 

@@ -36,7 +36,7 @@ use prism_postgres::{Database, StoreError};
 use prism_projections::{GapPolicy, ProjectionInstance};
 use tokio_postgres::GenericClient;
 
-use super::{apply_in, BatchOutcome, SourceMessage, Target};
+use super::{apply_batch, apply_in, BatchOutcome, SourceMessage, Target};
 
 /// One range of a source partition an instance loads in bulk, with its progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +152,6 @@ pub async fn settle(
 /// `loaded_to`): the gate makes every event a duplicate, and the outcome carries what the later
 /// steps need — the cache entries of every row they name, the dead letters not yet copied to
 /// their topic — exactly as a batch the consumer group redelivers.
-#[allow(clippy::too_many_arguments)]
 pub async fn redeliver_chunk(
     db: &Database,
     target: &Target<'_>,
@@ -162,12 +161,8 @@ pub async fn redeliver_chunk(
     partition: i32,
     messages: &[SourceMessage],
 ) -> Result<BatchOutcome, StoreError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
     let outcomes =
-        apply_in(&tx, db.schema(), std::slice::from_ref(target), policy, source, topic, partition, messages)
-            .await?;
-    tx.commit().await?;
+        apply_batch(db, std::slice::from_ref(target), policy, source, topic, partition, messages).await?;
     Ok(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default())
 }
 
