@@ -83,6 +83,16 @@ pub enum StoreError {
         /// This build's newest.
         latest: i32,
     },
+    /// A concurrent transaction wrote what this one found absent (two batches meeting a new
+    /// aggregate at the same time): nothing was kept, and the work is retried like a
+    /// serialization failure.
+    #[error("a concurrent transaction wrote {what} first: {detail}")]
+    Contended {
+        /// What was written concurrently.
+        what: &'static str,
+        /// How it showed.
+        detail: String,
+    },
     /// Data read back does not have the shape this build expects.
     #[error("unexpected data in {what}: {detail}")]
     Corrupt {
@@ -106,7 +116,7 @@ impl StoreError {
     /// The retry class of this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Unreachable { .. } | Self::PoolTimeout => ErrorClass::Transient,
+            Self::Unreachable { .. } | Self::PoolTimeout | Self::Contended { .. } => ErrorClass::Transient,
             // Refused credentials or certificates fail a process at start (connecting proves
             // them). While it runs they mean the server or its configuration changed under
             // us: wait for the operator, never move an event aside for it.

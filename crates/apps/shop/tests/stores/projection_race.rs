@@ -1,6 +1,8 @@
 //! The version gate is race-free: several writers applying the same batch at the same time
 //! (two workers on one partition during a rebalance, a redelivery racing the original) land
-//! it exactly once — the totals fed by many aggregates would show a double application.
+//! it exactly once — the totals fed by many aggregates would show a double application. Both
+//! ways a batch meets an aggregate are raced: with its gate row there to lock, and new to the
+//! instance, where the writers' inserts of the gate row decide.
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
@@ -12,6 +14,24 @@ use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY, USER_PROFILE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_of_one_batch_apply_it_once() {
+    race(GateRows::Exist).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_batches_of_new_aggregates_apply_them_once() {
+    race(GateRows::New).await;
+}
+
+/// Whether the aggregates have gate rows when the writers race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GateRows {
+    /// Every order's placement is applied first, by one writer.
+    Exist,
+    /// The writers race from the first event of every order.
+    New,
+}
+
+async fn race(gate_rows: GateRows) {
     let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let events = Workload::generate(81, 1_500);
     let orders: Vec<SourceMessage> = events
@@ -40,20 +60,30 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
         })
         .collect();
 
-    // Every order's placement first, by one writer: from here on every gate row exists, so
-    // nothing but the gate's row locks stands between the racing writers below.
-    let (placed, later): (Vec<SourceMessage>, Vec<SourceMessage>) =
-        orders.into_iter().partition(|m| match &m.content {
-            MessageContent::Event(e) => e.meta.aggregate_version == 1,
-            MessageContent::Poison(_) => false,
-        });
-    apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed)
-        .await
-        .expect("placements");
+    // With `Exist`, every order's placement first, by one writer: from here on every gate row
+    // exists, so nothing but the gate's row locks stands between the racing writers below.
+    // With `New`, nothing first: every writer meets every order without a gate row.
+    let later = if gate_rows == GateRows::Exist {
+        let (placed, later): (Vec<SourceMessage>, Vec<SourceMessage>) =
+            orders.into_iter().partition(|m| match &m.content {
+                MessageContent::Event(e) => e.meta.aggregate_version == 1,
+                MessageContent::Poison(_) => false,
+            });
+        apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed)
+            .await
+            .expect("placements");
+        later
+    } else {
+        orders
+    };
 
-    // Six writers, each applying the rest of the stream in batches of 50, all at once.
-    let writers = (0..6).map(|_| {
+    // Six writers, each applying the rest of the stream in batches of 50, each batch started
+    // by all six at once (a writer ahead by a batch would only meet committed work).
+    let writers_count = 6;
+    let start_together = std::sync::Arc::new(tokio::sync::Barrier::new(writers_count));
+    let writers = (0..writers_count).map(|_| {
         let (db, orders, instances) = (env.db.clone(), later.clone(), instances.clone());
+        let start_together = start_together.clone();
         tokio::spawn(async move {
             let app = shop_model::application();
             let targets: Vec<Target<'_>> = instances
@@ -64,6 +94,7 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
                 })
                 .collect();
             for batch in orders.chunks(50) {
+                start_together.wait().await;
                 // Deadlocks and serialization failures are transient: retry like the runtime.
                 loop {
                     match apply_batch(&db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, batch).await {
@@ -77,9 +108,10 @@ async fn concurrent_writers_of_one_batch_apply_it_once() {
             }
         })
     });
-    for writer in writers {
-        writer.await.expect("writer");
-    }
+    // All six spawned before any is awaited; the first writer to fail ends the test (the
+    // others would wait for it at the next batch).
+    let writers: Vec<_> = writers.collect();
+    futures::future::try_join_all(writers).await.expect("writer");
 
     let order_events: Vec<_> = events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
     let client = env.pg().await.expect("pg");

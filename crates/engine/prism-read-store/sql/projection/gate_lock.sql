@@ -1,7 +1,9 @@
--- Locks the batch's gate rows in a fixed order (so two batches never deadlock on them) and
--- reads the last applied version and the parked flag of each aggregate. Held until commit:
+-- Locks the batch's existing gate rows in a fixed order (so two batches never deadlock on them)
+-- and reads the last applied version and the parked flag of each aggregate. Held until commit:
 -- a second worker on the same aggregates (during a rebalance) waits here and then sees what
--- this batch applied.
+-- this batch applied. An aggregate without a row is new to the instance; its row is inserted
+-- with the batch's writes (gate_insert.sql), which is where a concurrent first batch of it is
+-- caught.
 SELECT g.aggregate_type, g.aggregate_id, g.last_version, (p.projection IS NOT NULL) AS parked, g.last_event_id
 FROM projection_gate g
 LEFT JOIN parked_aggregates p

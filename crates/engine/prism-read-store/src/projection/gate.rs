@@ -16,23 +16,27 @@ fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'st
     sorted.into_iter().unzip()
 }
 
-/// The two statements that ensure and lock gate rows, prepared on a connection.
+/// The statement that locks a batch's existing gate rows, prepared on a connection.
+///
+/// A batch locks the gate rows of its aggregates that exist, and creates the others only with
+/// its writes, at the state it leaves them in ([`advance`]): most aggregates of a batch during
+/// a replay or a first load are new, and a row inserted once costs far less than one inserted
+/// empty, locked and then updated. A new aggregate has no row to lock; two batches that meet it
+/// at once both find it absent, and the second one's insert finds the first one's row, which
+/// [`advance`] turns into [`StoreError::Contended`]: the batch rolls back and is retried, and
+/// then finds the row and waits on its lock like any other.
 pub(super) struct GateLock {
-    ensure: Statement,
     lock: Statement,
 }
 
 impl GateLock {
-    /// Prepares them (once per connection; later calls find them in its cache).
+    /// Prepares it (once per connection; later calls find it in its cache).
     pub(super) async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
-        Ok(Self {
-            ensure: tx.prepare_cached(include_str!("../../sql/projection/gate_ensure.sql")).await?,
-            lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await?,
-        })
+        Ok(Self { lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await? })
     }
 
-    /// Ensures and locks the gate rows of `keys`; returns their state. Both statements are
-    /// sent at once (pipelined), in that order.
+    /// Locks the existing gate rows of `keys`; returns their state. An aggregate without a row
+    /// is absent from the map: it is new to the instance (version 0, not parked).
     pub(super) async fn lock(
         &self,
         tx: &Transaction<'_>,
@@ -43,8 +47,7 @@ impl GateLock {
             return Ok(HashMap::new());
         }
         let (types, ids) = key_arrays(keys);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&projection, &types, &ids];
-        let (_, rows) = futures::try_join!(tx.execute(&self.ensure, &params), tx.query(&self.lock, &params))?;
+        let rows = tx.query(&self.lock, &[&projection, &types, &ids]).await?;
         let mut gates = HashMap::with_capacity(rows.len());
         for row in rows {
             let type_name: &str = row.get(0);
@@ -69,7 +72,7 @@ impl GateLock {
     }
 }
 
-/// Ensures and locks the gate rows of `keys`; returns their state.
+/// Locks the existing gate rows of `keys`; returns their state (see [`GateLock::lock`]).
 pub(super) async fn lock(
     tx: &Transaction<'_>,
     projection: &str,
@@ -78,31 +81,74 @@ pub(super) async fn lock(
     GateLock::prepare(tx).await?.lock(tx, projection, keys).await
 }
 
-/// Writes the last applied version of every aggregate whose version moved.
+/// Writes the gate after a batch: the last applied version of every locked row whose version
+/// moved, and a row for every aggregate the batch met that had none (`before` is what
+/// [`lock`] returned). A row that another transaction created meanwhile fails the batch with
+/// [`StoreError::Contended`], to be retried.
 pub(super) async fn advance(
     tx: &Transaction<'_>,
     projection: &str,
     before: &HashMap<AggregateKey, GateState>,
     after: &HashMap<AggregateKey, GateState>,
 ) -> Result<(), StoreError> {
-    let moved: Vec<(&AggregateKey, i64, Option<Uuid>)> = after
-        .iter()
-        .filter(|(key, state)| before.get(key).map(|b| b.last_version) != Some(state.last_version))
-        .map(|(key, state)| (key, i64::try_from(state.last_version).unwrap_or(i64::MAX), state.last_event_id))
-        .collect();
-    if moved.is_empty() {
-        return Ok(());
+    let version = |state: &GateState| i64::try_from(state.last_version).unwrap_or(i64::MAX);
+    let mut moved: Vec<(&AggregateKey, i64, Option<Uuid>)> = Vec::new();
+    let mut new: Vec<(&AggregateKey, i64, Option<Uuid>)> = Vec::new();
+    for (key, state) in after {
+        match before.get(key) {
+            None => new.push((key, version(state), state.last_event_id)),
+            Some(locked) if locked.last_version != state.last_version => {
+                moved.push((key, version(state), state.last_event_id))
+            }
+            Some(_) => {}
+        }
     }
-    let types: Vec<&str> = moved.iter().map(|((t, _), _, _)| t.as_str()).collect();
-    let ids: Vec<Uuid> = moved.iter().map(|((_, id), _, _)| *id).collect();
-    let versions: Vec<i64> = moved.iter().map(|(_, v, _)| *v).collect();
-    let event_ids: Vec<Option<Uuid>> = moved.iter().map(|(_, _, e)| *e).collect();
-    cached::execute(
-        tx,
-        include_str!("../../sql/projection/gate_advance.sql"),
-        &[&projection, &types, &ids, &versions, &event_ids],
-    )
-    .await?;
+    new.sort_by_key(|((t, id), _, _)| (t.as_str(), *id));
+    let columns = |rows: &[(&AggregateKey, i64, Option<Uuid>)]| {
+        (
+            rows.iter().map(|((t, _), _, _)| t.as_str()).collect::<Vec<&str>>(),
+            rows.iter().map(|((_, id), _, _)| *id).collect::<Vec<Uuid>>(),
+            rows.iter().map(|(_, v, _)| *v).collect::<Vec<i64>>(),
+            rows.iter().map(|(_, _, e)| *e).collect::<Vec<Option<Uuid>>>(),
+        )
+    };
+    let update = async {
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let (types, ids, versions, event_ids) = columns(&moved);
+        cached::execute(
+            tx,
+            include_str!("../../sql/projection/gate_advance.sql"),
+            &[&projection, &types, &ids, &versions, &event_ids],
+        )
+        .await?;
+        Ok::<_, StoreError>(())
+    };
+    let insert = async {
+        if new.is_empty() {
+            return Ok(());
+        }
+        let (types, ids, versions, event_ids) = columns(&new);
+        let inserted = cached::execute(
+            tx,
+            include_str!("../../sql/projection/gate_insert.sql"),
+            &[&projection, &types, &ids, &versions, &event_ids],
+        )
+        .await?;
+        if inserted < new.len() as u64 {
+            return Err(StoreError::Contended {
+                what: "projection_gate",
+                detail: format!(
+                    "{} of {} aggregates new to {projection} when this batch locked its gate rows were given a row by another transaction since",
+                    new.len() as u64 - inserted,
+                    new.len()
+                ),
+            });
+        }
+        Ok(())
+    };
+    futures::try_join!(update, insert)?;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! transaction.
 //!
 //! [`apply_batch`] does, for each projection instance fed by the batch's topic: lock the
-//! batch's gate rows, run the pure planner and folds of `prism-projections`, write the view
-//! rows set-based (a handful of statements whatever the batch size), advance the gate, record
+//! batch's existing gate rows, run the pure planner and folds of `prism-projections`, write the view
+//! rows set-based (a handful of statements whatever the batch size), advance the gate (and
+//! create the rows of aggregates new to the instance), record
 //! dead letters and parked aggregates. Then it commits once. It returns, per instance, what the
 //! cache should now hold and the dead letters still to be copied to the dead-letter topic; the
 //! caller writes those, then stores the Kafka offsets.
@@ -285,6 +286,8 @@ async fn record_one(
     for key in &keys {
         parked.entry(*key).or_default().parked = true;
     }
+    // A parked aggregate has a gate row: the row a batch of it locks first.
+    gate::advance(tx, &projection_id, &initial, &parked).await?;
     gate::record_dead_letters(tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
     gate::unpublished_dead_letters(tx, &projection_id, topic, partition, message.offset, message.offset).await
 }

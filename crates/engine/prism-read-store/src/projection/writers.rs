@@ -284,10 +284,12 @@ fn feeds_from<'m>(
     (fold, sum)
 }
 
-/// Locks the gate rows of `keys` and reads the rows the batch's fold starts from, the
-/// statements sent at once (pipelined): ensure gate rows, lock them, read the view rows. The
-/// view rows belong to the aggregates whose gate rows come first in the same transaction, so
-/// reading them after sending the lock (not after its answer) reads what the lock protects.
+/// Locks the existing gate rows of `keys` and reads the rows the batch's fold starts from, the
+/// statements sent at once (pipelined): lock the gate rows, read the view rows. The view rows
+/// belong to the aggregates whose gate rows come first in the same transaction, so reading them
+/// after sending the lock (not after its answer) reads what the lock protects. An aggregate
+/// without a gate row is new: a view row of it committed meanwhile by a concurrent batch comes
+/// with a gate row that fails this batch's insert of one (see `gate::advance`).
 pub(super) async fn lock_and_load(
     tx: &Transaction<'_>,
     schema: &str,
