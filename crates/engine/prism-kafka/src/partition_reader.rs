@@ -3,7 +3,8 @@
 //!
 //! Nothing is committed and no group is joined: the replay's progress is kept in PostgreSQL
 //! with what it wrote, so the reader only has to deliver the partition's messages in order
-//! from where it is told to start.
+//! from where it is told to start. One reader reads one partition at a time and can be
+//! pointed at the next ([`PartitionReader::retarget`]).
 
 use std::time::Duration;
 
@@ -84,6 +85,20 @@ impl PartitionReader {
         Ok(reader)
     }
 
+    /// Points the reader at another partition, from `from`: a replay of many ranges reuses
+    /// one client instead of connecting a new one for each (and waiting for the old one's
+    /// threads to end).
+    pub fn retarget(&mut self, topic: &str, partition: i32, from: i64) -> Result<(), KafkaError> {
+        topic.clone_into(&mut self.topic);
+        self.partition = partition;
+        self.seek(from)
+    }
+
+    /// The partition the reader reads.
+    pub fn partition(&self) -> (&str, i32) {
+        (&self.topic, self.partition)
+    }
+
     /// Moves the reader to `offset` (another loader moved the replay on meanwhile).
     pub fn seek(&self, offset: i64) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();
@@ -106,6 +121,8 @@ impl PartitionReader {
                 }
             })?;
             match received {
+                // A message fetched for the partition read before a retarget.
+                Ok(message) if message.partition() != self.partition || message.topic() != self.topic => {}
                 Ok(message) => {
                     let offset = message.offset();
                     if offset >= end {

@@ -16,7 +16,9 @@
 //!   the range's, never meet an empty gate.
 //!
 //! Within a process one loader per range runs at a time; across processes the range's row lock
-//! decides, and a loader that finds the range moved on continues from where it is.
+//! decides, and a loader that finds the range moved on continues from where it is. A process
+//! keeps the readers of finished ranges for the next ones: an instance has a range per source
+//! partition, and opening and closing a client for each cost as much as replaying a small one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,7 +55,13 @@ pub struct Replays {
     known: Mutex<HashMap<ProjectionInstance, RangesByPartition>>,
     /// One loader per range at a time within the process.
     loaders: Mutex<HashMap<(ProjectionInstance, String, i32), LoaderLock>>,
+    /// Readers whose range is done, kept for the next: connecting a client and ending one
+    /// cost more than a small range's replay.
+    idle_readers: Mutex<Vec<PartitionReader>>,
 }
+
+/// How many idle readers a process keeps.
+const IDLE_READERS: usize = 4;
 
 fn transient(dependency: &'static str, error: impl std::fmt::Display) -> TransientError {
     TransientError { dependency, detail: error.to_string() }
@@ -93,6 +101,36 @@ impl Replays {
         partition: i32,
     ) -> Option<Option<ReplayRange>> {
         self.lock_known().get(&instance).map(|r| r.get(&(topic.to_owned(), partition)).cloned())
+    }
+
+    /// A reader of `topic`/`partition` at `from`: an idle one pointed there, or a new one.
+    fn reader(
+        &self,
+        kafka: &prism_config::KafkaConfig,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<PartitionReader, prism_kafka::KafkaError> {
+        let idle = self.idle_readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(mut reader) => {
+                reader.retarget(topic, partition, from)?;
+                Ok(reader)
+            }
+            None => PartitionReader::open(kafka, topic, partition, from),
+        }
+    }
+
+    /// Keeps `reader` for the next range, or ends it off the runtime's threads (ending a client
+    /// waits for its threads).
+    fn give_back(&self, reader: PartitionReader) {
+        let mut idle = self.idle_readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(reader);
+        } else {
+            drop(idle);
+            tokio::task::spawn_blocking(move || drop(reader));
+        }
     }
 
     fn record(&self, instance: ProjectionInstance, range: &ReplayRange) {
@@ -166,7 +204,23 @@ impl ProjectionHandler {
     async fn load_range(
         &self,
         instance: ProjectionInstance,
+        range: ReplayRange,
+    ) -> Result<Option<i64>, TransientError> {
+        let reader = self
+            .replays
+            .reader(&self.kafka, &range.topic, range.partition, range.settled_to)
+            .map_err(|e| transient("kafka", e))?;
+        let loaded = self.load_with(instance, range, &reader).await;
+        self.replays.give_back(reader);
+        loaded
+    }
+
+    /// [`Self::load_range`] with `reader` at the range's `settled_to`.
+    async fn load_with(
+        &self,
+        instance: ProjectionInstance,
         mut range: ReplayRange,
+        reader: &PartitionReader,
     ) -> Result<Option<i64>, TransientError> {
         let Some(model) = self.app.read_model(instance.projection) else { return Ok(None) };
         let source = aggregate_name_of_topic(&range.topic, &self.topic_prefix)
@@ -179,10 +233,8 @@ impl ProjectionHandler {
         let first = range.loaded_to;
         let mut events = 0usize;
         tracing::info!(%instance, topic = %range.topic, partition = range.partition, from = range.loaded_to, to = range.end, "replaying a range");
-        let reader = PartitionReader::open(&self.kafka, &range.topic, range.partition, range.settled_to)
-            .map_err(|e| transient("kafka", e))?;
         if range.settled_to < range.loaded_to {
-            self.resettle(&target, source, &range, &reader).await?;
+            self.resettle(&target, source, &range, reader).await?;
             range.settled_to = range.loaded_to;
             self.replays.record(instance, &range);
         }
@@ -219,7 +271,7 @@ impl ProjectionHandler {
                     range = moved;
                     if range.settled_to < range.loaded_to {
                         reader.seek(range.settled_to).map_err(|e| transient("kafka", e))?;
-                        self.resettle(&target, source, &range, &reader).await?;
+                        self.resettle(&target, source, &range, reader).await?;
                         range.settled_to = range.loaded_to;
                     } else if !range.is_loaded() {
                         reader.seek(range.loaded_to).map_err(|e| transient("kafka", e))?;
