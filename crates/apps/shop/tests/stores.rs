@@ -2,7 +2,8 @@
 //! One test binary; each file under `stores/` is a module.
 //!
 //! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
-//! - `projection_race`: the version gate lands a batch once however many writers race.
+//! - `projection_race`: the version gate lands a batch once however many writers race, and a
+//!   batch waits for a switch of generations without holding what the switch needs.
 //! - `replay_chunks`: bulk replay chunks land once, whoever loads them.
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
 

@@ -13,8 +13,9 @@
 //! The switch protocol ([`switch`]), in one transaction:
 //! 1. `LOCK TABLE projection_gate, <old>, <new> IN SHARE MODE` (with a lock timeout): no batch
 //!    of any projector can commit gate rows or rows of either generation meanwhile; queries
-//!    keep reading. Every batch writes its gate rows first, so no batch holds the tables we
-//!    lock without also holding the gate, and lock order cannot deadlock.
+//!    keep reading. Every batch takes the gate table's write lock first (before its rows and
+//!    any read-model table), so no batch holds the tables we lock without also holding the
+//!    gate, and lock order cannot deadlock.
 //! 2. The common position: every aggregate's last applied version must be equal in both
 //!    generations' gate rows. If not (one side is still behind live traffic), nothing changes
 //!    and the caller retries shortly.

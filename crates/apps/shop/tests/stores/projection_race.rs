@@ -2,7 +2,8 @@
 //! (two workers on one partition during a rebalance, a redelivery racing the original) land
 //! it exactly once — the totals fed by many aggregates would show a double application. Both
 //! ways a batch meets an aggregate are raced: with its gate row there to lock, and new to the
-//! instance, where the writers' inserts of the gate row decide.
+//! instance, where the writers' inserts of the gate row decide. And a batch meeting a switch of
+//! generations waits for it before it touches a read-model table, so the two cannot deadlock.
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
@@ -31,10 +32,9 @@ enum GateRows {
     New,
 }
 
-async fn race(gate_rows: GateRows) {
-    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
-    let events = Workload::generate(81, 1_500);
-    let orders: Vec<SourceMessage> = events
+/// The order events of `events` as one partition's messages.
+fn order_messages(events: &[prism_events::Event]) -> Vec<SourceMessage> {
+    events
         .iter()
         .filter(|e| e.meta.aggregate_type == ORDER)
         .enumerate()
@@ -44,7 +44,13 @@ async fn race(gate_rows: GateRows) {
             value: None,
             content: MessageContent::Event(e.clone()),
         })
-        .collect();
+        .collect()
+}
+
+async fn race(gate_rows: GateRows) {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let events = Workload::generate(81, 1_500);
+    let orders = order_messages(&events);
     // Totals first: no entity row lock earlier in the transaction serialises the writers by
     // accident, so only the gate's locks keep the increments from doubling.
     let app = shop_model::application();
@@ -126,4 +132,35 @@ async fn race(gate_rows: GateRows) {
             assert_eq!(oracle::normalize(&got[key]), oracle::normalize(row), "{instance} {key}");
         }
     }
+}
+
+/// A switch of generations (`prism_read_store::rebuild::switch`) locks the gate table, then the
+/// read-model tables, in share mode. A batch that arrives meanwhile must wait at the gate table
+/// holding nothing the switch still needs: had it taken a read-model table first, the switch
+/// and the batch would each wait for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_for_a_switch_before_it_touches_a_read_model_table() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let orders = order_messages(&Workload::generate(7, 200));
+    let instance = ProjectionInstance::new(ORDER_SUMMARY, 1);
+
+    let mut switch = env.pg().await.expect("pg");
+    let switch = switch.transaction().await.expect("transaction");
+    switch.batch_execute("LOCK TABLE projection_gate IN SHARE MODE").await.expect("the gate's share lock");
+
+    let db = env.db.clone();
+    let batch = tokio::spawn(async move {
+        let app = shop_model::application();
+        let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("a shop read model") };
+        apply_batch(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders).await.map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!batch.is_finished(), "the batch committed while the switch held the gate's share lock");
+
+    switch
+        .batch_execute(&format!("SET LOCAL lock_timeout = '3s'; LOCK TABLE {} IN SHARE MODE", instance.id()))
+        .await
+        .expect("the waiting batch holds the read-model table: the switch would deadlock with it");
+    switch.rollback().await.expect("rollback");
+    batch.await.expect("batch task").expect("the batch lands once the switch is gone");
 }

@@ -25,14 +25,22 @@ fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'st
 /// at once both find it absent, and the second one's insert finds the first one's row, which
 /// [`advance`] turns into [`StoreError::Contended`]: the batch rolls back and is retried, and
 /// then finds the row and waits on its lock like any other.
+///
+/// The table's write lock comes first, before any row or read-model table: a switch of
+/// generations takes the gate table's share lock before the tables' (`crate::rebuild`), so a
+/// batch must never hold a read-model table while it waits for the gate table.
 pub(super) struct GateLock {
+    table: Statement,
     lock: Statement,
 }
 
 impl GateLock {
-    /// Prepares it (once per connection; later calls find it in its cache).
+    /// Prepares them (once per connection; later calls find them in its cache).
     pub(super) async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
-        Ok(Self { lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await? })
+        Ok(Self {
+            table: tx.prepare_cached("LOCK TABLE projection_gate IN ROW EXCLUSIVE MODE").await?,
+            lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await?,
+        })
     }
 
     /// Locks the existing gate rows of `keys`; returns their state. An aggregate without a row
@@ -47,7 +55,9 @@ impl GateLock {
             return Ok(HashMap::new());
         }
         let (types, ids) = key_arrays(keys);
-        let rows = tx.query(&self.lock, &[&projection, &types, &ids]).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&projection, &types, &ids];
+        // Both sent at once (pipelined), in this order.
+        let (_, rows) = futures::try_join!(tx.execute(&self.table, &[]), tx.query(&self.lock, &params))?;
         let mut gates = HashMap::with_capacity(rows.len());
         for row in rows {
             let type_name: &str = row.get(0);
