@@ -2,10 +2,10 @@
 //! transaction.
 //!
 //! [`apply_batch`] does, for each projection instance fed by the batch's topic: lock the
-//! batch's existing gate rows, run the pure planner and folds of `prism-projections`, write the view
-//! rows set-based (a handful of statements whatever the batch size), advance the gate (and
-//! create the rows of aggregates new to the instance), record
-//! dead letters and parked aggregates. Then it commits once. It returns, per instance, what the
+//! batch's existing gate rows, run the pure planner and folds of `prism-projections`, write the
+//! view rows set-based (a handful of statements whatever the batch size), advance the gate (and
+//! create the rows of aggregates new to the instance), record dead letters and parked
+//! aggregates. Then it commits once. It returns, per instance, what the
 //! cache should now hold and the dead letters still to be copied to the dead-letter topic; the
 //! caller writes those, then stores the Kafka offsets.
 //!
