@@ -8,6 +8,8 @@
 //!   its table, gate rows and cache keys.
 //! - [`gate`]: the version gate and the batch planner — duplicates skipped, gaps detected,
 //!   aggregates parked behind dead letters — as a pure function over a batch, property-tested.
+//! - [`fold`]: [`Fold`](fold::Fold), a fold feed erased over its row type, whose rows stay
+//!   typed while a batch folds them.
 //! - [`error`]: [`Unprojectable`], an event a fold cannot apply (a permanent error).
 //!
 //! Nothing here does I/O: the PostgreSQL side is `prism-read-store`, the consumer side
@@ -17,6 +19,7 @@
 
 pub mod application;
 pub mod error;
+pub mod fold;
 pub mod gate;
 pub mod projection;
 pub mod read_model;

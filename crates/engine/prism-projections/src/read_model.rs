@@ -36,6 +36,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::Unprojectable;
+pub use crate::fold::{Fold, FoldedRow};
 
 /// The engine's column holding, for rows keyed by an aggregate, the version of that aggregate
 /// the row reflects (0 for rows no aggregate is folded into).
@@ -48,8 +49,6 @@ pub trait Row: Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Row for T {}
 
-/// A fold over JSON rows, as the engine calls it.
-pub type FoldFn = Arc<dyn Fn(Option<Value>, &Event) -> Result<Value, Unprojectable> + Send + Sync>;
 /// A feed of additive rows over JSON, as the engine calls it.
 pub type SumFn = Arc<dyn Fn(&Event) -> Result<Vec<Value>, Unprojectable> + Send + Sync>;
 
@@ -58,7 +57,7 @@ pub type SumFn = Arc<dyn Fn(&Event) -> Result<Vec<Value>, Unprojectable> + Send 
 #[allow(missing_debug_implementations)] // closures; `Feed`'s Debug describes them
 pub enum FeedKind {
     /// One row per aggregate, keyed by the aggregate id, folded from its current value.
-    Fold(FoldFn),
+    Fold(Fold),
     /// Rows named by the event's data, added to on `columns`.
     Sum {
         /// The additive columns: on an existing row each is incremented by the new row's
@@ -148,28 +147,15 @@ impl ReadModel {
 
     /// One row per aggregate of `source`: the row whose key is the event's aggregate id is
     /// `fold(current row or None, event)`. Refusing an event ([`Unprojectable`]) dead-letters
-    /// it and parks the aggregate behind it.
-    pub fn fold<R: Row>(
+    /// it and parks the aggregate behind it. The row type is `Clone`: a batch folds an
+    /// aggregate's events one after the other on typed rows (see [`Fold`]), and a clone is
+    /// what keeps the row as it was when the next event is refused.
+    pub fn fold<R: Row + Clone>(
         mut self,
         source: AggregateType,
         fold: fn(Option<R>, &Event) -> Result<R, Unprojectable>,
     ) -> Self {
-        let name = self.name;
-        let erased: FoldFn = Arc::new(move |current: Option<Value>, event: &Event| {
-            let current = match current {
-                Some(value) => Some(serde_json::from_value::<R>(value).map_err(|e| {
-                    Unprojectable::new(format!(
-                        "the stored {name} row does not read as {}: {e}",
-                        std::any::type_name::<R>()
-                    ))
-                })?),
-                None => None,
-            };
-            let next = fold(current, event)?;
-            serde_json::to_value(next)
-                .map_err(|e| Unprojectable::new(format!("the folded {name} row does not serialise: {e}")))
-        });
-        self.feeds.push(Feed { source, kind: FeedKind::Fold(erased) });
+        self.feeds.push(Feed { source, kind: FeedKind::Fold(Fold::new(self.name, fold)) });
         self
     }
 

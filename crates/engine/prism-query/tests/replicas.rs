@@ -39,7 +39,7 @@ const SLACK: Duration = Duration::from_secs(3);
 /// One row per probe aggregate: its last number and how many events it folded. The projector
 /// folds event `v` with `n = 10 * v`, so a row at version `v` has `count == v` and
 /// `last == 10 * v`: the body says which version it is, independently of the header.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Note {
     id: Uuid,
     last: i64,

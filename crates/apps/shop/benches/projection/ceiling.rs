@@ -80,7 +80,7 @@ pub fn precompute(
                     FeedKind::Fold(fold) => {
                         let id = event.meta.aggregate_id.to_string();
                         let current = state.get(&id);
-                        let mut next = fold(current.map(|(row, ..)| row.clone()), event).map_err(|e| {
+                        let mut next = fold.fold_value(current.map(|(row, ..)| row), event).map_err(|e| {
                             anyhow::anyhow!(
                                 "{} refuses {} {}: {e}",
                                 model.name(),

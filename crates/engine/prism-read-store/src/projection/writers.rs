@@ -1,10 +1,13 @@
 //! Any read model's share of a batch: load the rows it needs, run the planner with the read
 //! model's feeds, write the result set-based, and say what the cache should hold.
 //!
-//! Rows travel as JSON in both directions (`to_jsonb` out, `jsonb_populate_recordset` in): the
-//! row types' field names are the table's column names, so one parameter carries a whole batch
-//! of any shape. The statements are generated once per table from its columns, as read from
-//! PostgreSQL's catalog ([`TableShape`]):
+//! Rows travel as JSON text in both directions (`to_jsonb(t)::text` out, `jsonb_populate_recordset`
+//! in): the row types' field names are the table's column names, so one parameter carries a
+//! whole batch of any shape. Text, not JSON values: a folded row goes from the stored text to
+//! the application's row type and back to text without a `serde_json::Value` in between (see
+//! `prism_projections::fold`), and a written row's text is the cache's document as it is. The
+//! statements are generated once per table from its columns, as read from PostgreSQL's catalog
+//! ([`TableShape`]):
 //!
 //! - a fold feed upserts the folded rows, setting every column but the key and the additive
 //!   ones (other feeds own those), with [`VERSION_COLUMN`] the aggregate's applied version;
@@ -18,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use prism_events::AggregateType;
 use prism_postgres::cached::{self, Transaction};
+use prism_projections::fold::{Fold, FoldedRow};
 use prism_projections::gate::{plan_batch, ItemOutcome};
 use prism_projections::{
     AggregateKey, FeedKind, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel, Unprojectable,
@@ -45,7 +49,7 @@ pub(super) struct PendingSum {
     /// The insert-or-add statement of the table.
     add: String,
     /// One row per key, sorted by key (so concurrent batches lock shared rows in one order).
-    documents: Vec<Value>,
+    documents: JsonRows,
     key: Vec<&'static str>,
     /// With a cache: every row an event of the batch names, duplicates included, to read back
     /// after the write (concurrent additions from other partitions are in it then).
@@ -58,14 +62,14 @@ impl PendingSum {
     pub(super) async fn write(self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         // Both statements prepared first, so they go out in this order: the rows are read
         // back after the addition.
-        let add = if self.documents.is_empty() { None } else { Some(tx.prepare_cached(&self.add).await?) };
+        let add = if self.documents.count == 0 { None } else { Some(tx.prepare_cached(&self.add).await?) };
         let reload = match &self.cache_keys {
             Some(keys) if !keys.is_empty() => {
                 Some(tx.prepare_cached(&load_by_keys_sql(self.instance, &self.key)).await?)
             }
             _ => None,
         };
-        let documents = Value::Array(self.documents);
+        let documents = self.documents.finish();
         let keys = Value::Array(self.cache_keys.unwrap_or_default());
         let send_add = async {
             if let Some(statement) = &add {
@@ -80,7 +84,7 @@ impl PendingSum {
             }
         };
         let ((), stored) = futures::try_join!(send_add, send_reload)?;
-        stored.into_iter().map(|row| cache_entry(&self.key, &StoredRow::from_db(row.get(0)))).collect()
+        Ok(stored.iter().map(|row| StoredRow::from_db(row).cache_entry()).collect())
     }
 }
 
@@ -95,9 +99,11 @@ pub(super) fn merge_cache_entries(cache: &mut Vec<CacheEntry>, entries: Vec<Cach
 /// The columns of one read-model table and the statements generated from them.
 #[derive(Debug)]
 pub struct TableShape {
-    /// Upsert of folded rows (`$1`: a JSON array of rows).
+    /// Upsert of folded rows (`$1`: a JSON array of rows, as text); for a cached read model it
+    /// returns the written rows as [`StoredRow::from_db`] reads them.
     upsert: String,
-    /// Insert-or-add of summed rows (`$1`: a JSON array of rows); `None` without sum feeds.
+    /// Insert-or-add of summed rows (`$1`: a JSON array of rows, as text); `None` without sum
+    /// feeds.
     add: Option<String>,
 }
 
@@ -163,17 +169,24 @@ async fn shape(
     sets.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
     // The written rows come back only for a cached read model: their revisions are the
     // cache's compare-and-set.
-    let returning = if model.cache_kind().is_some() { " RETURNING to_jsonb(t)" } else { "" };
-    let upsert = format!(
-        "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
-         ON CONFLICT ({conflict}) DO UPDATE SET {}{returning}",
+    let insert = format!(
+        "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) \
+         ON CONFLICT ({conflict}) DO UPDATE SET {}",
         sets.join(", ")
     );
+    let upsert = if model.cache_kind().is_some() {
+        format!(
+            "WITH written AS ({insert} RETURNING t.*) SELECT {} FROM written t, LATERAL to_jsonb(t) AS j",
+            stored_columns(key)
+        )
+    } else {
+        insert
+    };
     let add = (!additive.is_empty()).then(|| {
         let mut adds: Vec<String> = additive.iter().map(|c| format!("{c} = t.{c} + EXCLUDED.{c}")).collect();
         adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
         format!(
-            "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) \
+            "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) \
              ON CONFLICT ({conflict}) DO UPDATE SET {}",
             adds.join(", ")
         )
@@ -186,24 +199,98 @@ async fn shape(
 /// A stored row split into the application's columns and the engine's bookkeeping.
 #[derive(Debug, Clone)]
 struct StoredRow {
-    /// The application's columns.
-    row: Value,
+    /// The key's text ([`key_text`]'s rule).
+    key: String,
     /// [`VERSION_COLUMN`].
     version: i64,
     /// [`REVISION_COLUMN`].
     revision: i64,
+    /// The application's columns as a JSON object (PostgreSQL's text of it).
+    document: String,
 }
 
 impl StoredRow {
-    fn from_db(mut value: Value) -> Self {
-        let (version, revision) = match value.as_object_mut() {
-            Some(map) => (
-                map.remove(VERSION_COLUMN).and_then(|v| v.as_i64()).unwrap_or(0),
-                map.remove(REVISION_COLUMN).and_then(|v| v.as_i64()).unwrap_or(0),
-            ),
-            None => (0, 0),
-        };
-        Self { row: value, version, revision }
+    /// A row of a statement selecting [`stored_columns`].
+    fn from_db(row: &tokio_postgres::Row) -> Self {
+        Self {
+            key: row.get::<_, Option<String>>(0).unwrap_or_default(),
+            version: row.get(1),
+            revision: row.get(2),
+            document: row.get(3),
+        }
+    }
+
+    fn cache_entry(&self) -> CacheEntry {
+        CacheEntry {
+            id: self.key.clone(),
+            revision: self.revision,
+            version: self.version,
+            document: self.document.clone(),
+        }
+    }
+}
+
+/// The select list that reads a row of table alias `t` with `j` its `to_jsonb` as
+/// [`StoredRow::from_db`] takes it: key text, version, revision, the application's columns.
+fn stored_columns(key: &[&str]) -> String {
+    let key_text = match key {
+        [column] => format!("j ->> '{column}'"),
+        columns => {
+            let parts: Vec<String> = columns.iter().map(|c| format!("j ->> '{c}'")).collect();
+            format!("concat_ws('/', {})", parts.join(", "))
+        }
+    };
+    format!(
+        "{key_text}, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, \
+         (j - '{VERSION_COLUMN}' - '{REVISION_COLUMN}')::text"
+    )
+}
+
+/// Rows written as one JSON array of objects, each with the engine's bookkeeping for a row that
+/// is inserted (on conflict the statements keep or count up the stored values).
+#[derive(Debug, Default)]
+struct JsonRows {
+    text: Vec<u8>,
+    count: usize,
+}
+
+impl JsonRows {
+    /// Appends the row `write` writes (a JSON object) with `version` and a first revision.
+    fn push(
+        &mut self,
+        version: i64,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), Unprojectable>,
+    ) -> Result<(), StoreError> {
+        self.text.push(if self.count == 0 { b'[' } else { b',' });
+        let start = self.text.len();
+        write(&mut self.text).map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.0 })?;
+        let object = &self.text[start..];
+        if object.len() < 2 || object[0] != b'{' || object[object.len() - 1] != b'}' {
+            return Err(StoreError::Corrupt {
+                what: "read-model row",
+                detail: format!("a row is not a JSON object: {}", String::from_utf8_lossy(object)),
+            });
+        }
+        let empty = object.len() == 2;
+        self.text.pop();
+        if !empty {
+            self.text.push(b',');
+        }
+        self.text.extend_from_slice(
+            format!("\"{VERSION_COLUMN}\":{version},\"{REVISION_COLUMN}\":1}}").as_bytes(),
+        );
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The array's text.
+    fn finish(mut self) -> String {
+        if self.count == 0 {
+            self.text.push(b'[');
+        }
+        self.text.push(b']');
+        // Only serde_json's output and ASCII went in.
+        String::from_utf8(self.text).unwrap_or_default()
     }
 }
 
@@ -220,20 +307,13 @@ pub fn key_text(row: &Value, key: &[&str]) -> String {
         .join("/")
 }
 
-fn cache_entry(key: &[&str], stored: &StoredRow) -> Result<CacheEntry, StoreError> {
-    let document = serde_json::to_string(&stored.row)
-        .map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.to_string() })?;
-    Ok(CacheEntry {
-        id: key_text(&stored.row, key),
-        revision: stored.revision,
-        version: stored.version,
-        document,
-    })
-}
-
 /// The statement reading the current rows of a fold feed's aggregates (`$1`: their ids).
-fn load_by_ids_sql(instance: ProjectionInstance, key_column: &str) -> String {
-    format!("SELECT to_jsonb(t) FROM {} t WHERE {key_column} = ANY($1)", instance.id())
+fn load_by_ids_sql(instance: ProjectionInstance, key_column: &'static str) -> String {
+    format!(
+        "SELECT {} FROM {} t, LATERAL to_jsonb(t) AS j WHERE t.{key_column} = ANY($1)",
+        stored_columns(&[key_column]),
+        instance.id()
+    )
 }
 
 /// The statement reading rows of `instance` whose key columns equal those of `$1` (a JSON
@@ -242,15 +322,16 @@ fn load_by_keys_sql(instance: ProjectionInstance, key: &[&str]) -> String {
     let table = instance.id();
     let columns = key.join(", ");
     format!(
-        "SELECT to_jsonb(t) FROM {table} t WHERE ({columns}) IN \
-         (SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb))"
+        "SELECT {} FROM {table} t, LATERAL to_jsonb(t) AS j WHERE ({columns}) IN \
+         (SELECT {columns} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb))",
+        stored_columns(key)
     )
 }
 
 /// What one event does to the instance, worked out before anything is kept: a fold result
 /// and sum rows, or why the event cannot apply.
 struct EventEffect {
-    folded: Option<Value>,
+    folded: Option<FoldedRow>,
     sums: Vec<Value>,
 }
 
@@ -267,10 +348,7 @@ pub(super) struct Loaded {
 fn feeds_from<'m>(
     target: &Target<'m>,
     source: Option<AggregateType>,
-) -> (
-    Option<prism_projections::read_model::FoldFn>,
-    Option<(Vec<&'static str>, prism_projections::read_model::SumFn)>,
-) {
+) -> (Option<Fold>, Option<(Vec<&'static str>, prism_projections::read_model::SumFn)>) {
     let feeds: Vec<&FeedKind> =
         target.model.feeds().iter().filter(|f| Some(f.source) == source).map(|f| &f.kind).collect();
     let fold = feeds.iter().find_map(|k| match k {
@@ -319,9 +397,9 @@ pub(super) async fn lock_and_load(
     };
     let (gates, stored) = futures::try_join!(gate_lock.lock(tx, &projection_id, keys), read_rows)?;
     let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
-    for row in stored {
-        let stored = StoredRow::from_db(row.get(0));
-        if let Some(id) = stored.row.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+    for row in &stored {
+        let stored = StoredRow::from_db(row);
+        if let Ok(id) = stored.key.parse() {
             rows.insert(id, stored);
         }
     }
@@ -335,8 +413,7 @@ pub(super) struct PendingFold {
     /// The upsert statement of the table.
     upsert: String,
     /// The folded rows, with bookkeeping; empty when nothing was applied.
-    documents: Vec<Value>,
-    key: Vec<&'static str>,
+    documents: JsonRows,
     /// The rows as loaded, replaced by the written ones once written.
     rows: HashMap<Uuid, StoredRow>,
     /// With a cache: every aggregate of the batch, duplicates included.
@@ -347,13 +424,11 @@ impl PendingFold {
     /// Sends the upsert; returns the cache entries of every aggregate of the batch (none
     /// without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
-        if !self.documents.is_empty() {
-            let written = cached::query(tx, &self.upsert, &[&Value::Array(self.documents)]).await?;
-            for row in written {
-                let stored = StoredRow::from_db(row.get(0));
-                if let Some(id) =
-                    stored.row.get(self.key[0]).and_then(Value::as_str).and_then(|s| s.parse().ok())
-                {
+        if self.documents.count > 0 {
+            let written = cached::query(tx, &self.upsert, &[&self.documents.finish()]).await?;
+            for row in &written {
+                let stored = StoredRow::from_db(row);
+                if let Ok(id) = stored.key.parse() {
                     self.rows.insert(id, stored);
                 }
             }
@@ -364,7 +439,7 @@ impl PendingFold {
         // the cache still catches up.
         for id in self.cache_ids.iter().flatten() {
             if let Some(stored) = self.rows.get(id) {
-                cache.push(cache_entry(&self.key, stored)?);
+                cache.push(stored.cache_entry());
             }
         }
         Ok(cache)
@@ -389,7 +464,7 @@ pub(super) fn plan_writes(
     let gates = &mut loaded.gates;
     let shape = loaded.shape.clone();
     let ids: Vec<Uuid> = event_ids(items);
-    let mut folded: BTreeMap<Uuid, (Value, i64)> = BTreeMap::new();
+    let mut folded: BTreeMap<Uuid, (FoldedRow, i64)> = BTreeMap::new();
     let mut summed: BTreeMap<String, Value> = BTreeMap::new();
     let mut sum_keys_touched: BTreeMap<String, Value> = BTreeMap::new();
 
@@ -397,10 +472,11 @@ pub(super) fn plan_writes(
         let id = event.meta.aggregate_id;
         let mut effect = EventEffect { folded: None, sums: Vec::new() };
         if let Some(fold) = &fold {
-            let current =
-                folded.get(&id).map(|(row, _)| row.clone()).or_else(|| rows.get(&id).map(|s| s.row.clone()));
-            let next = fold(current, event)?;
-            let next_key = next.get(key[0]).and_then(Value::as_str).and_then(|s| s.parse::<Uuid>().ok());
+            let next = match folded.get(&id) {
+                Some((current, _)) => fold.fold_next(current, event)?,
+                None => fold.fold_stored(rows.get(&id).map(|stored| stored.document.as_str()), event)?,
+            };
+            let next_key = fold.column_text(&next, key[0])?.and_then(|s| s.parse::<Uuid>().ok());
             if next_key != Some(id) {
                 return Err(Unprojectable::new(format!(
                     "the fold of {} returned a row whose {} is not the aggregate's id {id}",
@@ -436,22 +512,27 @@ pub(super) fn plan_writes(
     });
 
     let cached = model.cache_kind().is_some();
-    let documents: Vec<Value> = std::mem::take(&mut folded)
-        .into_values()
-        .map(|(row, version)| with_bookkeeping(row, version))
-        .collect();
+    let mut documents = JsonRows::default();
+    if let Some(fold) = &fold {
+        for (row, version) in folded.values() {
+            documents.push(*version, |out| fold.write_json(row, out))?;
+        }
+    }
     let pending_fold = fold.is_some().then(|| PendingFold {
         upsert: shape.upsert.clone(),
         documents,
-        key: key.to_vec(),
         rows,
         cache_ids: cached.then_some(ids),
     });
 
     let mut pending = None;
     if let (Some((_, rows_of)), Some(add)) = (&sum, &shape.add) {
-        let documents: Vec<Value> =
-            std::mem::take(&mut summed).into_values().map(|row| with_bookkeeping(row, 0)).collect();
+        let mut documents = JsonRows::default();
+        for row in std::mem::take(&mut summed).into_values() {
+            documents.push(0, |out| {
+                serde_json::to_writer(out, &row).map_err(|e| Unprojectable::new(e.to_string()))
+            })?;
+        }
         let cache_keys = cached.then(|| {
             // Every row an event of the batch names, duplicates included (see above).
             for item in items {
@@ -478,16 +559,6 @@ fn event_ids(items: &[PlannedItem<'_>]) -> Vec<Uuid> {
         })
         .collect();
     ids.into_iter().collect()
-}
-
-/// A row as written: the application's columns plus the engine's bookkeeping for a row that
-/// is inserted (on conflict the statements keep or count up the stored values).
-fn with_bookkeeping(mut row: Value, version: i64) -> Value {
-    if let Some(map) = row.as_object_mut() {
-        map.insert(VERSION_COLUMN.into(), Value::from(version));
-        map.insert(REVISION_COLUMN.into(), Value::from(1));
-    }
-    row
 }
 
 fn key_only(row: &Value, key: &[&str]) -> Value {
@@ -545,7 +616,23 @@ mod tests {
         assert_eq!(total["units"], json!(5));
         assert_eq!(total["revenue"], json!(1.75));
         assert_eq!(key_text(&total, &["product_id", "day"]), "p/2026-11-23");
-        let stored = StoredRow::from_db(json!({"a": 1, "prism_version": 3, "prism_revision": 7}));
-        assert_eq!((stored.row, stored.version, stored.revision), (json!({"a": 1}), 3, 7));
+    }
+
+    #[test]
+    fn rows_are_written_as_one_array_with_bookkeeping() {
+        let mut rows = JsonRows::default();
+        rows.push(3, |out| Ok(out.extend_from_slice(br#"{"a":1}"#))).unwrap();
+        rows.push(0, |out| Ok(out.extend_from_slice(b"{}"))).unwrap();
+        let written: Value = serde_json::from_str(&rows.finish()).unwrap();
+        assert_eq!(
+            written,
+            json!([
+                {"a": 1, "prism_version": 3, "prism_revision": 1},
+                {"prism_version": 0, "prism_revision": 1}
+            ])
+        );
+        assert_eq!(JsonRows::default().finish(), "[]");
+        let mut rows = JsonRows::default();
+        assert!(rows.push(1, |out| Ok(out.extend_from_slice(b"[1]"))).is_err());
     }
 }
