@@ -50,19 +50,47 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     let mut kills = 0;
     let mut rng = rand::rng();
     let mut duplicates_seen = 0.0;
-    // Eight kills, and up to eight more while none has yet shown a redelivery: on a loaded
-    // machine a run of kills can land only between commits, which proves nothing.
+    // What each worker had applied at the last look. A kill takes a worker that applied events
+    // since then: one that is landing batches, whose offsets (committed every 3 s) are likely
+    // behind. A kill of an idle worker, or of one still joining while the group waits out a
+    // dead member's session, interrupts nothing and would prove nothing.
+    let mut applied_before = vec![0.0; workers.len()];
+    let mut extra_events = Vec::new();
+    // Eight kills, and up to eight more while none has yet shown a redelivery.
     while kills < 8 || (duplicates_seen == 0.0 && kills < 16) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "only {kills} kills in 3 minutes: the workers stopped applying events\n{}",
+            workers.iter().map(|w| format!("--- {} ---\n{}", w.name, w.log_tail())).collect::<String>()
+        );
         tokio::time::sleep(Duration::from_millis(rng.random_range(800..2_500))).await;
-        let victim = rng.random_range(0..workers.len());
+        let mut landing = Vec::new();
+        for (index, worker) in workers.iter().enumerate() {
+            let applied = worker.events_applied().await;
+            if applied > applied_before[index] {
+                landing.push(index);
+            }
+            applied_before[index] = applied;
+        }
+        if landing.is_empty() {
+            // Published everything and applied it: publish more so the kills find work.
+            let producer = producer(&env.config).expect("producer");
+            let more = Workload::generate(11 + kills as u64 + 100, 1_000);
+            publish_events(&producer, env.topic_prefix(), &more).await.expect("publish");
+            extra_events.extend(more);
+            continue;
+        }
+        let victim = landing[rng.random_range(0..landing.len())];
         duplicates_seen += workers[victim].duplicates_skipped().await;
         workers[victim].kill().await;
         kills += 1;
         let name = format!("w{victim}-{kills}");
         workers[victim] = WorkerProcess::spawn(&env, &name, &slow_commits);
+        applied_before[victim] = 0.0;
     }
     publisher.await.expect("publisher");
     eprintln!("{kills} kills in {:?}", started.elapsed());
+    let events: Vec<_> = events.into_iter().chain(extra_events).collect();
 
     let summary = env
         .wait_for_oracle(

@@ -76,6 +76,11 @@ impl WorkerProcess {
         self.metric_sum("prism_projector_events_skipped_total", "reason=\"duplicate\"").await
     }
 
+    /// Events this worker applied (all projections).
+    pub async fn events_applied(&self) -> f64 {
+        self.metric_sum("prism_projector_events_applied_total", "projection=").await
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
