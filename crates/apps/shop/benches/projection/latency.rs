@@ -12,7 +12,10 @@
 //!   entry, whose `ver` field does. It looks in PostgreSQL whenever the projector's
 //!   `NOTIFY prism_applied_<schema>` (sent with every batch's commit) arrives — at most every
 //!   5 ms, and every 20 ms without one — with one `= ANY($1)` query per read model over the
-//!   aggregates still pending; and in Redis every 2 ms, for the events already visible in
+//!   oldest aggregates still pending (at most 512 each: asking about every pending aggregate
+//!   made a look's cost grow with the backlog it measures, until the checker kept a PostgreSQL
+//!   backend busy on its own; an event seen only once it is among the oldest 512 is counted
+//!   late, never early); and in Redis every 2 ms, for the events already visible in
 //!   PostgreSQL (the cache is written after the commit, never before). An event's latency is
 //!   the start of the look that first saw it minus its stamp: the method adds at most one look
 //!   interval plus one query (their durations are reported as its overhead).
@@ -156,8 +159,13 @@ struct Target {
     cache_prefix: Option<String>,
 }
 
+/// Most aggregates one PostgreSQL look asks about per read model: the oldest pending ones.
+const LOOK_AT_MOST: usize = 512;
+
 /// One event waiting to be seen.
 struct Pending {
+    /// Its place in the order the checker learned of events.
+    seq: u64,
     version: i64,
     sent: Instant,
     pg: Option<Instant>,
@@ -374,6 +382,9 @@ async fn check(
 ) -> anyhow::Result<CheckOutcome> {
     // Per target and aggregate: its events not yet seen in both stores, in version order.
     let mut pending: Vec<HashMap<Uuid, VecDeque<Pending>>> = targets.iter().map(|_| HashMap::new()).collect();
+    // Per target: (seq, aggregate) of the events not yet seen in PostgreSQL, oldest first.
+    let mut unseen_order: Vec<VecDeque<(u64, Uuid)>> = targets.iter().map(|_| VecDeque::new()).collect();
+    let mut next_seq = 0u64;
     let mut waiting = 0usize;
     let (mut to_pg, mut to_redis) = (Series::default(), Series::default());
     let (mut pg_looks, mut redis_looks) = (Vec::new(), Vec::new());
@@ -388,7 +399,9 @@ async fn check(
         tokio::select! {
             sent = sent_rx.recv(), if producing => match sent {
                 Some(s) => {
-                    pending[s.target].entry(s.aggregate).or_default().push_back(Pending { version: s.version, sent: s.at, pg: None });
+                    next_seq += 1;
+                    pending[s.target].entry(s.aggregate).or_default().push_back(Pending { seq: next_seq, version: s.version, sent: s.at, pg: None });
+                    unseen_order[s.target].push_back((next_seq, s.aggregate));
                     waiting += 1;
                 }
                 None => {
@@ -413,11 +426,23 @@ async fn check(
             let look = Instant::now();
             let mut queries = Vec::new();
             for (index, by_aggregate) in pending.iter().enumerate() {
-                let ids: Vec<Uuid> = by_aggregate
-                    .iter()
-                    .filter(|(_, events)| events.iter().any(|e| e.pg.is_none()))
-                    .map(|(id, _)| *id)
-                    .collect();
+                let unseen = |(seq, id): &(u64, Uuid)| {
+                    by_aggregate.get(id).is_some_and(|events| events.iter().any(|e| e.seq == *seq && e.pg.is_none()))
+                };
+                let order = &mut unseen_order[index];
+                while order.front().is_some_and(|entry| !unseen(entry)) {
+                    order.pop_front();
+                }
+                let mut ids: Vec<Uuid> = Vec::new();
+                let mut asked_for = std::collections::HashSet::new();
+                for (_, id) in order.iter().filter(|entry| unseen(entry)) {
+                    if ids.len() == LOOK_AT_MOST {
+                        break;
+                    }
+                    if asked_for.insert(*id) {
+                        ids.push(*id);
+                    }
+                }
                 if !ids.is_empty() {
                     let statement = &statements[index];
                     let pg = &pg;
