@@ -427,7 +427,9 @@ async fn check(
             let mut queries = Vec::new();
             for (index, by_aggregate) in pending.iter().enumerate() {
                 let unseen = |(seq, id): &(u64, Uuid)| {
-                    by_aggregate.get(id).is_some_and(|events| events.iter().any(|e| e.seq == *seq && e.pg.is_none()))
+                    by_aggregate
+                        .get(id)
+                        .is_some_and(|events| events.iter().any(|e| e.seq == *seq && e.pg.is_none()))
                 };
                 let order = &mut unseen_order[index];
                 while order.front().is_some_and(|entry| !unseen(entry)) {

@@ -84,7 +84,7 @@ impl PendingSum {
             }
         };
         let ((), stored) = futures::try_join!(send_add, send_reload)?;
-        Ok(stored.iter().map(|row| StoredRow::from_db(row).cache_entry()).collect())
+        stored.iter().map(|row| Ok(StoredRow::from_db(row)?.cache_entry())).collect()
     }
 }
 
@@ -211,13 +211,15 @@ struct StoredRow {
 
 impl StoredRow {
     /// A row of a statement selecting [`stored_columns`].
-    fn from_db(row: &tokio_postgres::Row) -> Self {
-        Self {
-            key: row.get::<_, Option<String>>(0).unwrap_or_default(),
-            version: row.get(1),
-            revision: row.get(2),
-            document: row.get(3),
-        }
+    fn from_db(row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+        let corrupt =
+            |e: tokio_postgres::Error| StoreError::Corrupt { what: "read-model row", detail: e.to_string() };
+        Ok(Self {
+            key: row.try_get::<_, Option<String>>(0).map_err(corrupt)?.unwrap_or_default(),
+            version: row.try_get(1).map_err(corrupt)?,
+            revision: row.try_get(2).map_err(corrupt)?,
+            document: row.try_get(3).map_err(corrupt)?,
+        })
     }
 
     fn cache_entry(&self) -> CacheEntry {
@@ -398,7 +400,7 @@ pub(super) async fn lock_and_load(
     let (gates, stored) = futures::try_join!(gate_lock.lock(tx, &projection_id, keys), read_rows)?;
     let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
     for row in &stored {
-        let stored = StoredRow::from_db(row);
+        let stored = StoredRow::from_db(row)?;
         if let Ok(id) = stored.key.parse() {
             rows.insert(id, stored);
         }
@@ -427,7 +429,7 @@ impl PendingFold {
         if self.documents.count > 0 {
             let written = cached::query(tx, &self.upsert, &[&self.documents.finish()]).await?;
             for row in &written {
-                let stored = StoredRow::from_db(row);
+                let stored = StoredRow::from_db(row)?;
                 if let Ok(id) = stored.key.parse() {
                     self.rows.insert(id, stored);
                 }
