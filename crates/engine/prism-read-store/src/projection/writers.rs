@@ -215,7 +215,7 @@ impl StoredRow {
         let corrupt =
             |e: tokio_postgres::Error| StoreError::Corrupt { what: "read-model row", detail: e.to_string() };
         Ok(Self {
-            key: row.try_get::<_, Option<String>>(0).map_err(corrupt)?.unwrap_or_default(),
+            key: key_text_of(row.try_get(0).map_err(corrupt)?)?,
             version: row.try_get(1).map_err(corrupt)?,
             revision: row.try_get(2).map_err(corrupt)?,
             document: row.try_get(3).map_err(corrupt)?,
@@ -233,19 +233,32 @@ impl StoredRow {
 }
 
 /// The select list that reads a row of table alias `t` with `j` its `to_jsonb` as
-/// [`StoredRow::from_db`] takes it: key text, version, revision, the application's columns.
+/// [`StoredRow::from_db`] takes it: the key columns as a JSON array, version, revision, the
+/// application's columns. The key comes as JSON, not as `->>` text, so that [`key_text`]'s
+/// rule names the row (a number as JSON reads it: `1.50` is `1.5`, as the query service has it).
 fn stored_columns(key: &[&str]) -> String {
-    let key_text = match key {
-        [column] => format!("j ->> '{column}'"),
-        columns => {
-            let parts: Vec<String> = columns.iter().map(|c| format!("j ->> '{c}'")).collect();
-            format!("concat_ws('/', {})", parts.join(", "))
-        }
-    };
+    let parts: Vec<String> = key.iter().map(|c| format!("j -> '{c}'")).collect();
     format!(
-        "{key_text}, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, \
-         (j - '{VERSION_COLUMN}' - '{REVISION_COLUMN}')::text"
+        "jsonb_build_array({})::text, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, \
+         (j - '{VERSION_COLUMN}' - '{REVISION_COLUMN}')::text",
+        parts.join(", ")
     )
+}
+
+/// [`key_text`] of a row's key columns given as a JSON array of their values.
+fn key_text_of(values: &str) -> Result<String, StoreError> {
+    let values: Vec<Value> = serde_json::from_str(values).map_err(|e| StoreError::Corrupt {
+        what: "read-model row",
+        detail: format!("its key {values}: {e}"),
+    })?;
+    Ok(values
+        .iter()
+        .map(|value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("/"))
 }
 
 /// Rows written as one JSON array of objects, each with the engine's bookkeeping for a row that
@@ -618,6 +631,14 @@ mod tests {
         assert_eq!(total["units"], json!(5));
         assert_eq!(total["revenue"], json!(1.75));
         assert_eq!(key_text(&total, &["product_id", "day"]), "p/2026-11-23");
+        // Keys read back from PostgreSQL are named by the same rule.
+        assert_eq!(key_text_of(r#"["p", "2026-11-23"]"#).unwrap(), "p/2026-11-23");
+        assert_eq!(key_text_of("[1.50]").unwrap(), "1.5");
+        assert_eq!(
+            key_text_of(r#"["9b2f2f0e-8c1e-4a36-9a53-1c6f0f7b2a10"]"#).unwrap(),
+            "9b2f2f0e-8c1e-4a36-9a53-1c6f0f7b2a10"
+        );
+        assert!(key_text_of("not json").is_err());
     }
 
     #[test]
