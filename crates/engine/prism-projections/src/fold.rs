@@ -151,11 +151,7 @@ impl<R: Row + Clone> FoldRows for TypedFold<R> {
                 )))
             }
         };
-        Ok(match value {
-            None | Some(Value::Null) => None,
-            Some(Value::String(text)) => Some(text),
-            Some(other) => Some(other.to_string()),
-        })
+        Ok(value.filter(|v| !v.is_null()).map(|v| crate::key_value_text(&v)))
     }
 
     fn write_json(&self, row: &FoldedRow, out: &mut Vec<u8>) -> Result<(), Unprojectable> {

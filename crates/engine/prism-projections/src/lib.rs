@@ -27,5 +27,5 @@ pub mod read_model;
 pub use application::Application;
 pub use error::Unprojectable;
 pub use gate::{AggregateKey, GapPolicy, GateState, ItemOutcome, PlannedItem};
-pub use projection::{intern, ProjectionInstance};
+pub use projection::{intern, key_value_text, ProjectionInstance};
 pub use read_model::{DefinitionError, Feed, FeedKind, ReadModel, Row, REVISION_COLUMN, VERSION_COLUMN};

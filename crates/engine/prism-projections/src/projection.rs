@@ -48,6 +48,16 @@ impl fmt::Display for ProjectionInstance {
     }
 }
 
+/// The text of one key column's value as the engine names rows by it (cache keys, the
+/// oracle's row names): a string as it is, anything else as its JSON (`1.5`, `true`). The
+/// projector and the query service both name rows this way, so they address the same entries.
+pub fn key_value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The `'static` copy of a read-model name read at run time (from the registry, the command
 /// line, a dead-letter record). Each distinct name is stored once for the life of the
 /// process; names are bounded identifiers and a deployment has a handful.

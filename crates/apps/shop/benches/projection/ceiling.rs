@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use prism_events::Event;
 use prism_projections::{FeedKind, ReadModel, REVISION_COLUMN, VERSION_COLUMN};
+use prism_read_store::projection::key_text;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::Message;
 use serde_json::Value;
@@ -133,18 +134,6 @@ pub fn precompute(
     }
     out.flush()?;
     Ok(models.iter().zip(&states).map(|(m, s)| (m.name(), s.len())).collect())
-}
-
-/// The text of a row's key: its key columns' values joined by `/`.
-fn key_text(row: &Value, key: &[&str]) -> String {
-    key.iter()
-        .map(|column| match row.get(*column) {
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        })
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 fn add_into(total: &mut Value, row: &Value, columns: &[&str]) {

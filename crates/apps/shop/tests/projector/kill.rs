@@ -56,6 +56,7 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
     // dead member's session, interrupts nothing and would prove nothing.
     let mut applied_before = vec![0.0; workers.len()];
     let mut extra_events = Vec::new();
+    let extra_producer = producer(&env.config).expect("producer");
     // Eight kills, and up to eight more while none has yet shown a redelivery.
     while kills < 8 || (duplicates_seen == 0.0 && kills < 16) {
         assert!(
@@ -74,9 +75,8 @@ async fn killed_again_and_again(protocol: GroupProtocol) {
         }
         if landing.is_empty() {
             // Published everything and applied it: publish more so the kills find work.
-            let producer = producer(&env.config).expect("producer");
             let more = Workload::generate(11 + kills as u64 + 100, 1_000);
-            publish_events(&producer, env.topic_prefix(), &more).await.expect("publish");
+            publish_events(&extra_producer, env.topic_prefix(), &more).await.expect("publish");
             extra_events.extend(more);
             continue;
         }

@@ -91,11 +91,7 @@ impl StoredRow {
     /// The text of column `column` as cache keys name rows: a string as is, anything else as
     /// JSON (the projector's rule, so both write the same key).
     pub fn key_text(&self, column: &str) -> Option<String> {
-        match self.document.get(column)? {
-            Value::String(text) => Some(text.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        }
+        self.document.get(column).filter(|v| !v.is_null()).map(prism_projections::key_value_text)
     }
 }
 

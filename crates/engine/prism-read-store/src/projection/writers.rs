@@ -24,8 +24,8 @@ use prism_postgres::cached::{self, Transaction};
 use prism_projections::fold::{Fold, FoldedRow};
 use prism_projections::gate::{plan_batch, ItemOutcome};
 use prism_projections::{
-    AggregateKey, FeedKind, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel, Unprojectable,
-    REVISION_COLUMN, VERSION_COLUMN,
+    key_value_text, AggregateKey, FeedKind, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel,
+    Unprojectable, REVISION_COLUMN, VERSION_COLUMN,
 };
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -69,7 +69,7 @@ impl PendingSum {
             }
             _ => None,
         };
-        let documents = self.documents.finish();
+        let documents = self.documents.finish()?;
         let keys = Value::Array(self.cache_keys.unwrap_or_default());
         let send_add = async {
             if let Some(statement) = &add {
@@ -251,14 +251,7 @@ fn key_text_of(values: &str) -> Result<String, StoreError> {
         what: "read-model row",
         detail: format!("its key {values}: {e}"),
     })?;
-    Ok(values
-        .iter()
-        .map(|value| match value {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("/"))
+    Ok(values.iter().map(key_value_text).collect::<Vec<_>>().join("/"))
 }
 
 /// Rows written as one JSON array of objects, each with the engine's bookkeeping for a row that
@@ -299,13 +292,13 @@ impl JsonRows {
     }
 
     /// The array's text.
-    fn finish(mut self) -> String {
+    fn finish(mut self) -> Result<String, StoreError> {
         if self.count == 0 {
             self.text.push(b'[');
         }
         self.text.push(b']');
-        // Only serde_json's output and ASCII went in.
-        String::from_utf8(self.text).unwrap_or_default()
+        String::from_utf8(self.text)
+            .map_err(|e| StoreError::Corrupt { what: "read-model row", detail: format!("not UTF-8: {e}") })
     }
 }
 
@@ -313,11 +306,7 @@ impl JsonRows {
 /// the cache and the oracle name rows.
 pub fn key_text(row: &Value, key: &[&str]) -> String {
     key.iter()
-        .map(|column| match row.get(*column) {
-            Some(Value::String(text)) => text.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        })
+        .map(|column| row.get(*column).map(key_value_text).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -440,7 +429,7 @@ impl PendingFold {
     /// without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         if self.documents.count > 0 {
-            let written = cached::query(tx, &self.upsert, &[&self.documents.finish()]).await?;
+            let written = cached::query(tx, &self.upsert, &[&self.documents.finish()?]).await?;
             for row in &written {
                 let stored = StoredRow::from_db(row)?;
                 if let Ok(id) = stored.key.parse() {
@@ -646,7 +635,7 @@ mod tests {
         let mut rows = JsonRows::default();
         rows.push(3, |out| Ok(out.extend_from_slice(br#"{"a":1}"#))).unwrap();
         rows.push(0, |out| Ok(out.extend_from_slice(b"{}"))).unwrap();
-        let written: Value = serde_json::from_str(&rows.finish()).unwrap();
+        let written: Value = serde_json::from_str(&rows.finish().unwrap()).unwrap();
         assert_eq!(
             written,
             json!([
@@ -654,7 +643,7 @@ mod tests {
                 {"prism_version": 0, "prism_revision": 1}
             ])
         );
-        assert_eq!(JsonRows::default().finish(), "[]");
+        assert_eq!(JsonRows::default().finish().unwrap(), "[]");
         let mut rows = JsonRows::default();
         assert!(rows.push(1, |out| Ok(out.extend_from_slice(b"[1]"))).is_err());
     }
