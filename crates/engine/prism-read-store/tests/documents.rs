@@ -1,0 +1,185 @@
+//! What the cache is to hold is the row PostgreSQL stored, column for column: the documents a
+//! batch returns (read with `row_to_json`, see `writers::stored_columns`) equal what
+//! `to_jsonb` reads of the same rows without the engine's bookkeeping, for every kind of column
+//! a read model may have, whether the row was inserted, folded on from its stored text, or
+//! summed and read back.
+
+use prism_events::{Event, EventPosition, EventRegistry};
+use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
+use prism_read_store::projection::{apply_batch, BatchOutcome, MessageContent, SourceMessage, Target};
+use prism_testkit::probe::{Noted, PROBE};
+use prism_testkit::TestEnv;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const VARIED_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
+    id uuid PRIMARY KEY,
+    amount numeric(12, 2) NOT NULL,
+    ratio float8 NOT NULL,
+    at timestamptz NOT NULL,
+    tags jsonb NOT NULL,
+    label text NOT NULL,
+    note text,
+    count bigint NOT NULL
+)";
+
+const TOTALS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
+    parity text PRIMARY KEY,
+    events bigint NOT NULL,
+    weight numeric(12, 2) NOT NULL
+)";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Varied {
+    id: Uuid,
+    amount: Value,
+    ratio: f64,
+    at: chrono::DateTime<chrono::Utc>,
+    tags: Value,
+    label: String,
+    note: Option<String>,
+    count: i64,
+}
+
+/// Every kind of value: a numeric with trailing zeros, a float, a timestamp with microseconds,
+/// nested JSON, text that needs escaping, a null; the next event folds on from what is stored.
+fn fold_varied(current: Option<Varied>, event: &Event) -> Result<Varied, Unprojectable> {
+    let noted = event.body::<Noted>().ok_or_else(|| Unprojectable::new("not a Noted event"))?;
+    let count = current.as_ref().map_or(0, |row| row.count) + 1;
+    Ok(Varied {
+        id: event.meta.aggregate_id,
+        amount: json!(format!("{}.50", noted.n)),
+        ratio: 0.1 * noted.n as f64,
+        at: event.meta.occurred_at,
+        tags: json!({"n": noted.n, "nested": [1, "two", null, {"é": "ü"}], "previous": current.map(|row| row.tags)}),
+        label: format!("\"quoted\"\n\ttabbed \u{1F600} {}", noted.n),
+        note: (noted.n % 20 == 0).then(|| "even tens".to_owned()),
+        count,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Total {
+    parity: String,
+    events: i64,
+    weight: f64,
+}
+
+fn totals(event: &Event) -> Vec<Total> {
+    let n = event.body::<Noted>().map_or(0, |noted| noted.n);
+    vec![Total { parity: if n % 20 == 0 { "even" } else { "odd" }.to_owned(), events: 1, weight: 0.25 }]
+}
+
+fn noted(id: Uuid, version: u64) -> Event {
+    let position = EventPosition {
+        event_id: Uuid::new_v4(),
+        aggregate_id: id,
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: id,
+        causation_id: id,
+    };
+    Event::new(position, Noted { n: 10 * i64::try_from(version).expect("small") })
+}
+
+fn messages(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| SourceMessage {
+            offset: first_offset + i as i64,
+            key: None,
+            value: None,
+            content: MessageContent::Event(event),
+        })
+        .collect()
+}
+
+/// The rows of `table` as `to_jsonb` reads them, without the bookkeeping, by `key`'s text.
+async fn stored(env: &TestEnv, table: &str, key: &str) -> Vec<(String, Value)> {
+    let client = env.db.client().await.expect("client");
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {key}, to_jsonb(t) - 'prism_version' - 'prism_revision' FROM {table} t ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .expect("the stored rows");
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+fn documents(outcome: &BatchOutcome) -> Vec<(String, Value)> {
+    let mut documents: Vec<(String, Value)> = outcome
+        .cache_entries
+        .iter()
+        .map(|e| (e.id.clone(), serde_json::from_str(&e.document).expect("a JSON document")))
+        .collect();
+    documents.sort_by(|a, b| a.0.cmp(&b.0));
+    documents
+}
+
+#[tokio::test]
+async fn documents_are_the_stored_rows_of_every_column_kind() {
+    let varied = prism_projections::intern("doc_varied");
+    let summed = prism_projections::intern("doc_totals");
+    let models = vec![
+        ReadModel::new(varied).table(VARIED_TABLE).key(&["id"]).cached("varied").fold(PROBE, fold_varied),
+        ReadModel::new(summed)
+            .table(TOTALS_TABLE)
+            .key(&["parity"])
+            .cached("totals")
+            .sum(PROBE, &["events", "weight"], totals),
+    ];
+    let app = Application::new(varied, EventRegistry::of::<Noted>().expect("events"), models)
+        .expect("the test application");
+    let env = TestEnv::new(&app).await.expect("test environment");
+    let targets = [
+        Target { instance: ProjectionInstance::new(varied, 1), model: app.read_model(varied).expect("model") },
+        Target { instance: ProjectionInstance::new(summed, 1), model: app.read_model(summed).expect("model") },
+    ];
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+
+    // First batch: every row inserted. Second: folded on from the stored text and summed into.
+    let batches = [
+        vec![noted(a, 1), noted(b, 1), noted(a, 2)],
+        vec![noted(a, 3), noted(b, 2), noted(b, 3), noted(b, 4)],
+    ];
+    let mut offset = 0;
+    for (number, events) in batches.into_iter().enumerate() {
+        let count = events.len();
+        let outcomes =
+            apply_batch(&env.db, &targets, GapPolicy::DeadLetter, PROBE, "probe", 0, &messages(events, offset))
+                .await
+                .expect("the batch lands");
+        offset += count as i64;
+        let applied: u64 = outcomes.iter().map(|(_, o)| o.applied).sum();
+        assert_eq!(applied, 2 * count as u64, "batch {number}: every event applies to both read models");
+
+        let (_, varied_outcome) = &outcomes[0];
+        let expected = stored(&env, "doc_varied_g1", "id::text").await;
+        assert_eq!(documents(varied_outcome), expected, "batch {number}: the folded rows' documents");
+        let (_, totals_outcome) = &outcomes[1];
+        let expected = stored(&env, "doc_totals_g1", "parity").await;
+        assert_eq!(documents(totals_outcome), expected, "batch {number}: the summed rows' documents");
+    }
+
+    // The fold read its own stored text back: counts went on, and the nested JSON of the
+    // previous row is the one stored.
+    let rows = stored(&env, "doc_varied_g1", "id::text").await;
+    let row_of = |id: Uuid| rows.iter().find(|(key, _)| *key == id.to_string()).map(|(_, row)| row.clone());
+    let a_row = row_of(a).expect("a's row");
+    assert_eq!((a_row["count"].clone(), a_row["amount"].clone()), (json!(3), json!(30.50)));
+    assert_eq!(a_row["tags"]["previous"]["n"], json!(20));
+    assert_eq!(row_of(b).expect("b's row")["count"], json!(4));
+    let totals = stored(&env, "doc_totals_g1", "parity").await;
+    assert_eq!(
+        totals,
+        vec![
+            ("even".to_owned(), json!({"parity": "even", "events": 3, "weight": 0.75})),
+            ("odd".to_owned(), json!({"parity": "odd", "events": 4, "weight": 1.00})),
+        ]
+    );
+}
