@@ -266,6 +266,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             seconds: settings.latency_seconds,
             clients: settings.clients,
             sample_every: settings.latency_sample,
+            show_batches: flag("PRISM_BENCH_SHOW_BATCHES", false)?,
         };
         let outcome = latency::run(&env, &binaries, &work, &latency_settings).await?;
         std::fs::write(work.join("latency-samples.csv"), latency::samples_csv(&outcome))?;
