@@ -127,18 +127,24 @@ async fn documents_are_the_stored_rows_of_every_column_kind() {
     let summed = prism_projections::intern("doc_totals");
     let models = vec![
         ReadModel::new(varied).table(VARIED_TABLE).key(&["id"]).cached("varied").fold(PROBE, fold_varied),
-        ReadModel::new(summed)
-            .table(TOTALS_TABLE)
-            .key(&["parity"])
-            .cached("totals")
-            .sum(PROBE, &["events", "weight"], totals),
+        ReadModel::new(summed).table(TOTALS_TABLE).key(&["parity"]).cached("totals").sum(
+            PROBE,
+            &["events", "weight"],
+            totals,
+        ),
     ];
     let app = Application::new(varied, EventRegistry::of::<Noted>().expect("events"), models)
         .expect("the test application");
     let env = TestEnv::new(&app).await.expect("test environment");
     let targets = [
-        Target { instance: ProjectionInstance::new(varied, 1), model: app.read_model(varied).expect("model") },
-        Target { instance: ProjectionInstance::new(summed, 1), model: app.read_model(summed).expect("model") },
+        Target {
+            instance: ProjectionInstance::new(varied, 1),
+            model: app.read_model(varied).expect("model"),
+        },
+        Target {
+            instance: ProjectionInstance::new(summed, 1),
+            model: app.read_model(summed).expect("model"),
+        },
     ];
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
 
@@ -150,10 +156,17 @@ async fn documents_are_the_stored_rows_of_every_column_kind() {
     let mut offset = 0;
     for (number, events) in batches.into_iter().enumerate() {
         let count = events.len();
-        let outcomes =
-            apply_batch(&env.db, &targets, GapPolicy::DeadLetter, PROBE, "probe", 0, &messages(events, offset))
-                .await
-                .expect("the batch lands");
+        let outcomes = apply_batch(
+            &env.db,
+            &targets,
+            GapPolicy::DeadLetter,
+            PROBE,
+            "probe",
+            0,
+            &messages(events, offset),
+        )
+        .await
+        .expect("the batch lands");
         offset += count as i64;
         let applied: u64 = outcomes.iter().map(|(_, o)| o.applied).sum();
         assert_eq!(applied, 2 * count as u64, "batch {number}: every event applies to both read models");

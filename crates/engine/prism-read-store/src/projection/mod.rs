@@ -5,8 +5,10 @@
 //! batch's existing gate rows, run the pure planner and folds of `prism-projections`, write the
 //! view rows set-based (a handful of statements whatever the batch size), advance the gate (and
 //! create the rows of aggregates new to the instance), record dead letters and parked
-//! aggregates. Then it commits once. It returns, per instance, what the
-//! cache should now hold and the dead letters still to be copied to the dead-letter topic; the
+//! aggregates. Then it commits once. The instances share the batch's round trips: every
+//! instance's gate lock and loads go in the first, every instance's writes in the second, the
+//! sums shared with other partitions and the commit's notification in the third. It returns,
+//! per instance, what the cache should now hold and the dead letters still to be copied to the dead-letter topic; the
 //! caller writes those, then stores the Kafka offsets.
 //!
 //! Cache entries cover every aggregate the batch touched, duplicates included: when a worker
@@ -84,50 +86,6 @@ pub(crate) async fn apply_in(
     if messages.is_empty() || targets.is_empty() {
         return Ok(Vec::new());
     }
-    let mut outcomes = Vec::with_capacity(targets.len());
-    let mut pending_sums = Vec::new();
-    for target in targets {
-        let (outcome, pending_sum) =
-            apply_instance(tx, schema, target, policy, source, topic, partition, messages).await?;
-        if let Some(pending_sum) = pending_sum {
-            pending_sums.push((outcomes.len(), pending_sum));
-        }
-        outcomes.push((target.instance, outcome));
-    }
-    // Rows shared with other partitions' batches last, so their locks are held for the commit
-    // alone (see [`writers::PendingSum`]); in target order, like the gate rows.
-    for (index, pending_sum) in pending_sums {
-        let entries = pending_sum.write(tx).await?;
-        writers::merge_cache_entries(&mut outcomes[index].1.cache_entries, entries);
-    }
-    // Delivered at commit, once per instance: wakes queries waiting for a version.
-    let channel = crate::read_models::applied_channel(schema);
-    let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
-    prism_postgres::cached::execute(
-        tx,
-        "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
-        &[&channel, &ids],
-    )
-    .await?;
-    Ok(outcomes)
-}
-
-/// One instance's share of a batch, inside the batch's transaction.
-#[allow(clippy::too_many_arguments)]
-async fn apply_instance(
-    tx: &prism_postgres::cached::Transaction<'_>,
-    schema: &str,
-    target: &Target<'_>,
-    policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
-) -> Result<(BatchOutcome, Option<writers::PendingSum>), StoreError> {
-    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-        return Ok((BatchOutcome::default(), None));
-    };
-    let projection_id = target.instance.id();
     let keys: BTreeSet<AggregateKey> = messages.iter().filter_map(SourceMessage::aggregate).collect();
     let items: Vec<PlannedItem<'_>> = messages
         .iter()
@@ -136,12 +94,80 @@ async fn apply_instance(
             MessageContent::Poison(poison) => PlannedItem::Poison { key: poison.aggregate },
         })
         .collect();
-    // Round trips, not statements, are what a batch waits on: the gate lock and the rows to
-    // fold go in one, the writes below in another.
-    let mut loaded = writers::lock_and_load(tx, schema, target, Some(source), &keys, &items).await?;
+    // Round trips, not statements, are what a batch waits on, and a batch of a topic that feeds
+    // several instances would otherwise make two per instance, one after the other. Every
+    // instance's gate lock and rows to fold go in one (sent in target order, so concurrent
+    // batches lock gate rows in the same sequence); every instance's writes in the next, each
+    // instance planned while the ones before it are being written.
+    let mut statements = Vec::with_capacity(targets.len());
+    for target in targets {
+        statements.push(writers::LoadStatements::prepare(tx, schema, target, Some(source), &items).await?);
+    }
+    let loaded =
+        futures::future::try_join_all(statements.into_iter().map(|statements| statements.send(tx, &keys)))
+            .await?;
+    let written = futures::future::try_join_all(targets.iter().zip(loaded).map(|(target, loaded)| {
+        write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items)
+    }))
+    .await?;
+    let mut outcomes = Vec::with_capacity(targets.len());
+    let mut pending_sums = Vec::new();
+    for (target, (outcome, pending_sum)) in targets.iter().zip(written) {
+        if let Some(pending_sum) = pending_sum {
+            pending_sums.push((outcomes.len(), pending_sum));
+        }
+        outcomes.push((target.instance, outcome));
+    }
+    // Rows shared with other partitions' batches last, so their locks are held for the commit
+    // alone (see [`writers::PendingSum`]); in target order, like the gate rows.
+    let write_sums = async {
+        let mut written = Vec::with_capacity(pending_sums.len());
+        for (index, pending_sum) in pending_sums {
+            written.push((index, pending_sum.write(tx).await?));
+        }
+        Ok::<_, StoreError>(written)
+    };
+    // Delivered at commit, once per instance: wakes queries waiting for a version. Sent with
+    // the sums, as it takes no row lock.
+    let channel = crate::read_models::applied_channel(schema);
+    let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
+    let notify = async {
+        prism_postgres::cached::execute(
+            tx,
+            "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
+            &[&channel, &ids],
+        )
+        .await?;
+        Ok::<_, StoreError>(())
+    };
+    let (sums, ()) = futures::try_join!(write_sums, notify)?;
+    for (index, entries) in sums {
+        writers::merge_cache_entries(&mut outcomes[index].1.cache_entries, entries);
+    }
+    Ok(outcomes)
+}
+
+/// One instance's share of a batch, inside the batch's transaction, from its locked gate rows
+/// and loaded rows: plan, then write.
+#[allow(clippy::too_many_arguments)]
+async fn write_instance(
+    tx: &prism_postgres::cached::Transaction<'_>,
+    target: &Target<'_>,
+    mut loaded: writers::Loaded,
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+    items: &[PlannedItem<'_>],
+) -> Result<(BatchOutcome, Option<writers::PendingSum>), StoreError> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok((BatchOutcome::default(), None));
+    };
+    let projection_id = target.instance.id();
     let initial: HashMap<AggregateKey, GateState> = loaded.gates.clone();
     let (outcomes, pending_fold, pending_sum) =
-        writers::plan_writes(target, Some(source), &items, &mut loaded, policy)?;
+        writers::plan_writes(target, Some(source), items, &mut loaded, policy)?;
     let gates = &loaded.gates;
 
     let dead_letters: Vec<DeadLetterRecord> = messages

@@ -369,12 +369,8 @@ fn feeds_from<'m>(
     (fold, sum)
 }
 
-/// Locks the existing gate rows of `keys` and reads the rows the batch's fold starts from, the
-/// statements sent at once (pipelined): lock the gate rows, read the view rows. The view rows
-/// belong to the aggregates whose gate rows come first in the same transaction, so reading them
-/// after sending the lock (not after its answer) reads what the lock protects. An aggregate
-/// without a gate row is new: a view row of it committed meanwhile by a concurrent batch comes
-/// with a gate row that fails this batch's insert of one (see `gate::advance`).
+/// Locks the existing gate rows of `keys` and reads the rows the batch's fold starts from (see
+/// [`LoadStatements`]).
 pub(super) async fn lock_and_load(
     tx: &Transaction<'_>,
     schema: &str,
@@ -383,33 +379,69 @@ pub(super) async fn lock_and_load(
     keys: &BTreeSet<AggregateKey>,
     items: &[PlannedItem<'_>],
 ) -> Result<Loaded, StoreError> {
-    let model = target.model;
-    let instance = target.instance;
-    let shape = shape(tx, schema, model, instance).await?;
-    let (fold, _) = feeds_from(target, source);
-    let gate_lock = super::gate::GateLock::prepare(tx).await?;
-    let ids: Vec<Uuid> = if fold.is_some() { event_ids(items) } else { Vec::new() };
-    let load = if ids.is_empty() {
-        None
-    } else {
-        Some(tx.prepare_cached(&shape.load_by_ids).await?)
-    };
-    let projection_id = instance.id();
-    let read_rows = async {
-        match &load {
-            Some(statement) => Ok(tx.query(statement, &[&ids]).await?),
-            None => Ok::<_, StoreError>(Vec::new()),
-        }
-    };
-    let (gates, stored) = futures::try_join!(gate_lock.lock(tx, &projection_id, keys), read_rows)?;
-    let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
-    for row in &stored {
-        let stored = StoredRow::from_db(row)?;
-        if let Ok(id) = stored.key.parse() {
-            rows.insert(id, stored);
-        }
+    LoadStatements::prepare(tx, schema, target, source, items).await?.send(tx, keys).await
+}
+
+/// What a batch's planning needs from one instance, prepared: the gate lock and the read of the
+/// rows the fold starts from. Prepared first and sent apart ([`LoadStatements::send`]), so a
+/// batch feeding several instances sends every instance's statements at once, in target order,
+/// once nothing is left to prepare: one round trip, and the gate rows locked in that fixed order.
+pub(super) struct LoadStatements {
+    projection_id: String,
+    shape: Arc<TableShape>,
+    gate_lock: super::gate::GateLock,
+    /// The read of the fold's rows and the aggregate ids it reads; `None` without a fold feed.
+    load: Option<(tokio_postgres::Statement, Vec<Uuid>)>,
+}
+
+impl LoadStatements {
+    /// Prepares them (a connection's first batch reads the table's shape and prepares the
+    /// statements; later ones find them cached).
+    pub(super) async fn prepare(
+        tx: &Transaction<'_>,
+        schema: &str,
+        target: &Target<'_>,
+        source: Option<AggregateType>,
+        items: &[PlannedItem<'_>],
+    ) -> Result<Self, StoreError> {
+        let instance = target.instance;
+        let shape = shape(tx, schema, target.model, instance).await?;
+        let (fold, _) = feeds_from(target, source);
+        let gate_lock = super::gate::GateLock::prepare(tx).await?;
+        let ids: Vec<Uuid> = if fold.is_some() { event_ids(items) } else { Vec::new() };
+        let load =
+            if ids.is_empty() { None } else { Some((tx.prepare_cached(&shape.load_by_ids).await?, ids)) };
+        Ok(Self { projection_id: instance.id(), shape, gate_lock, load })
     }
-    Ok(Loaded { gates, shape, rows })
+
+    /// Sends them at once (pipelined): lock the gate rows, read the view rows. The view rows
+    /// belong to the aggregates whose gate rows come first in the same transaction, so reading
+    /// them after sending the lock (not after its answer) reads what the lock protects. An
+    /// aggregate without a gate row is new: a view row of it committed meanwhile by a concurrent
+    /// batch comes with a gate row that fails this batch's insert of one (see `gate::advance`).
+    /// Both go out on the first poll.
+    pub(super) async fn send(
+        self,
+        tx: &Transaction<'_>,
+        keys: &BTreeSet<AggregateKey>,
+    ) -> Result<Loaded, StoreError> {
+        let read_rows = async {
+            match &self.load {
+                Some((statement, ids)) => Ok(tx.query(statement, &[ids]).await?),
+                None => Ok::<_, StoreError>(Vec::new()),
+            }
+        };
+        let (gates, stored) =
+            futures::try_join!(self.gate_lock.lock(tx, &self.projection_id, keys), read_rows)?;
+        let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
+        for row in &stored {
+            let stored = StoredRow::from_db(row)?;
+            if let Ok(id) = stored.key.parse() {
+                rows.insert(id, stored);
+            }
+        }
+        Ok(Loaded { gates, shape: self.shape, rows })
+    }
 }
 
 /// A fold feed's write, decided but not yet sent ([`PendingFold::write`]), so the caller can
