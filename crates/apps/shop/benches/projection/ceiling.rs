@@ -19,10 +19,10 @@
 //! takes each message's event id from its value, looks up that event's rows, keeps the last row
 //! per key of each read model within the batch, and writes each read model's rows with **one**
 //! statement per batch —
-//! `INSERT INTO ceiling_<read model> AS t SELECT * FROM jsonb_populate_recordset(NULL::ceiling_<read model>, $1)
+//! `INSERT INTO ceiling_<read model> AS t SELECT * FROM json_populate_recordset(NULL::ceiling_<read model>, $1)
 //! ON CONFLICT (<key>) DO UPDATE SET <every other column> = EXCLUDED.<column>` — all of a
 //! batch's statements in one transaction, then marks the batch's offsets for commit. Batches
-//! hold up to 500 messages (Prism's `projector.batch_max_events`), taken from what has arrived
+//! hold up to 2 000 messages (Prism's default `projector.batch_max_events`), taken from what has arrived
 //! without waiting; partitions are spread over `PRISM_BENCH_CEILING_WRITERS` writers (default
 //! 4), each with its own connection, rows sorted by key so concurrent writers lock shared rows
 //! in one order. Offsets are committed every 100 ms.
@@ -57,7 +57,7 @@ pub fn table(model: &ReadModel) -> String {
 }
 
 /// Messages per batch at most (Prism's default `projector.batch_max_events`).
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 /// A read model's state during the precomputation: row, version, revision per key.
 type State = HashMap<String, (Value, i64, i64)>;
@@ -228,7 +228,7 @@ async fn upsert_sql(client: &tokio_postgres::Client, model: &ReadModel) -> anyho
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
     Ok(format!(
-        "INSERT INTO {table} AS t SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1::text::jsonb) \
+        "INSERT INTO {table} AS t SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) \
          ON CONFLICT ({}) DO UPDATE SET {}",
         key.join(", "),
         sets.join(", ")
