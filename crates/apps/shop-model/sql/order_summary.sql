@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS {table} (
     cancelled_at           timestamptz,
     updated_at             timestamptz NOT NULL,
     version                bigint      NOT NULL
-);
+)
+-- Rows are updated far more often than inserted: room left in every page lets PostgreSQL
+-- update a row in place (a heap-only tuple) instead of adding an entry to every index.
+WITH (fillfactor = 70);
 -- A user's orders, newest first, with a stable tie-break for cursor pagination.
 CREATE INDEX IF NOT EXISTS {table}_by_user ON {table} (user_id, placed_at DESC, order_id DESC);
