@@ -127,6 +127,11 @@ impl Service {
         .await
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGTERM, then SIGKILL after 20 s.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {

@@ -52,6 +52,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use crate::binaries::{Binaries, Service};
+use crate::procs::{self, Services};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -151,6 +152,9 @@ pub struct Outcome {
     pub redis_look: Percentiles,
     /// A plain read through the query API (no version to wait for), ms: the read's own cost.
     pub plain_read: Percentiles,
+    /// Each process's CPU over the run, in cores busy (CPU seconds per second): where the
+    /// machine's time went while the latencies were measured.
+    pub cores: Vec<(&'static str, f64)>,
 }
 
 /// Where an aggregate type's events become visible.
@@ -186,6 +190,7 @@ struct Sent {
 pub async fn run(
     env: &TestEnv,
     binaries: &Binaries,
+    services: &Services,
     work: &Path,
     settings: &Settings,
 ) -> anyhow::Result<Outcome> {
@@ -215,7 +220,27 @@ pub async fn run(
         Service::start(&binaries.query, env, "PRISM__QUERY__LISTEN", &[], work.join("latency-query.log"))
             .await
             .context("starting shop-query")?;
-    let outcome = measure(env, &commands.base, &query.base, settings).await;
+    let processes = [
+        ("the broker", services.broker),
+        ("PostgreSQL", services.postgres),
+        ("Redis", services.redis),
+        ("shop-projector", projector.pid()),
+        ("shop-commands (and its relay)", commands.pid()),
+        ("shop-query", query.pid()),
+        ("the benchmark (producer, checker, clients)", Some(std::process::id())),
+    ];
+    let before = cpu_of(&processes, services);
+    let started = Instant::now();
+    let mut outcome = measure(env, &commands.base, &query.base, settings).await;
+    let wall = started.elapsed().as_secs_f64();
+    let after = cpu_of(&processes, services);
+    if let Ok(outcome) = &mut outcome {
+        outcome.cores = processes
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter_map(|((name, _), (b, a))| Some((*name, procs::delta(*b, *a)? / wall)))
+            .collect();
+    }
     // The batches the projector made under this load: what its latency is made of.
     let metrics = reqwest::get(format!("{}/metrics", projector.base)).await?.text().await?;
     std::fs::write(work.join("latency-projector-metrics.txt"), &metrics)?;
@@ -230,6 +255,19 @@ pub async fn run(
     commands.stop().await;
     projector.stop().await;
     outcome
+}
+
+/// CPU seconds so far of each of `processes` (PostgreSQL with its backends, see [`procs`]).
+fn cpu_of(processes: &[(&'static str, Option<u32>)], services: &Services) -> Vec<Option<f64>> {
+    let sample = services.sample(None);
+    processes
+        .iter()
+        .map(|(_, pid)| match *pid {
+            pid if pid == services.postgres => sample.postgres,
+            Some(pid) => procs::cpu_seconds(pid),
+            None => None,
+        })
+        .collect()
 }
 
 async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings) -> anyhow::Result<Outcome> {

@@ -268,7 +268,7 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
             sample_every: settings.latency_sample,
             show_batches: flag("PRISM_BENCH_SHOW_BATCHES", false)?,
         };
-        let outcome = latency::run(&env, &binaries, &work, &latency_settings).await?;
+        let outcome = latency::run(&env, &binaries, &services, &work, &latency_settings).await?;
         std::fs::write(work.join("latency-samples.csv"), latency::samples_csv(&outcome))?;
         run.latency = Some(outcome);
     }

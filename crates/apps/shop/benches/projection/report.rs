@@ -207,6 +207,17 @@ impl Run {
             l.plain_read.p50,
             l.plain_read.p99
         );
+        if !l.cores.is_empty() {
+            let total: f64 = l.cores.iter().map(|(_, cores)| cores).sum();
+            let each: Vec<String> =
+                l.cores.iter().map(|(name, cores)| format!("{name} {cores:.2}")).collect();
+            let available = std::thread::available_parallelism().map_or(0, usize::from);
+            let _ = writeln!(
+                t,
+                "\nCPU over the run, in cores busy: {}; {total:.2} of the machine's {available}.",
+                each.join(", ")
+            );
+        }
         t
     }
 
@@ -418,6 +429,7 @@ impl Run {
                 "clients": l.clients,
                 "produce_to_postgres": p(&l.produce_pg), "produce_to_redis": p(&l.produce_redis),
                 "command_to_query": p(&l.command_visible), "command_answer": p(&l.command_answer),
+                "cores_busy": l.cores.iter().map(|(name, cores)| json!({"process": name, "cores": cores})).collect::<Vec<_>>(),
             });
             std::fs::write(dir.join("latency-series.csv"), latency::series_csv(l))?;
         }
