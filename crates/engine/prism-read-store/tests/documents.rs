@@ -196,3 +196,35 @@ async fn documents_are_the_stored_rows_of_every_column_kind() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_table_with_a_column_named_like_the_document_alias_is_refused_by_name() {
+    let name = prism_projections::intern("doc_reserved");
+    const RESERVED_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
+        id uuid PRIMARY KEY, amount numeric(12, 2) NOT NULL, ratio float8 NOT NULL, at timestamptz NOT NULL,
+        tags jsonb NOT NULL, label text NOT NULL, note text, count bigint NOT NULL, prism_document text
+    )";
+    let model =
+        ReadModel::new(name).table(RESERVED_TABLE).key(&["id"]).cached("reserved").fold(PROBE, fold_varied);
+    let app = Application::new(name, EventRegistry::of::<Noted>().expect("events"), vec![model])
+        .expect("the test application");
+    let env = TestEnv::new(&app).await.expect("test environment");
+    let target =
+        Target { instance: ProjectionInstance::new(name, 1), model: app.read_model(name).expect("model") };
+    let refused = apply_batch(
+        &env.db,
+        &[target],
+        GapPolicy::DeadLetter,
+        PROBE,
+        "probe",
+        0,
+        &messages(vec![noted(Uuid::new_v4(), 1)], 0),
+    )
+    .await
+    .expect_err("the table is refused");
+    let said = refused.to_string();
+    assert!(
+        said.contains("prism_document") && said.contains("doc_reserved_g1"),
+        "names the column and table: {said}"
+    );
+}

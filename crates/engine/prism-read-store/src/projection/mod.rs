@@ -8,8 +8,8 @@
 //! aggregates. Then it commits once. The instances share the batch's round trips: every
 //! instance's gate lock and loads go in the first, every instance's writes in the second, the
 //! sums shared with other partitions and the commit's notification in the third. It returns,
-//! per instance, what the cache should now hold and the dead letters still to be copied to the dead-letter topic; the
-//! caller writes those, then stores the Kafka offsets.
+//! per instance, what the cache should now hold and the dead letters still to be copied to the
+//! dead-letter topic; the caller writes those, then stores the Kafka offsets.
 //!
 //! Cache entries cover every aggregate the batch touched, duplicates included: when a worker
 //! died after a commit but before its cache write, the redelivered batch is all duplicates,

@@ -164,6 +164,15 @@ async fn shape(
             });
         }
     }
+    if columns.iter().any(|c| c == DOCUMENT_ALIAS) {
+        return Err(StoreError::Corrupt {
+            what: "read-model table",
+            detail: format!(
+                "{} has a column `{DOCUMENT_ALIAS}`, a name the engine reserves: rename it",
+                instance.id()
+            ),
+        });
+    }
     let table = instance.id();
     let conflict = key.join(", ");
     let owned: Vec<&String> = columns
@@ -247,6 +256,9 @@ impl StoredRow {
     }
 }
 
+/// The alias of the subselect whose `row_to_json` is a stored row's document.
+const DOCUMENT_ALIAS: &str = "prism_document";
+
 /// The select list that reads a row of table alias `t` as [`StoredRow::from_db`] takes it: the
 /// key columns as a JSON array, version, revision, the `application` columns as a JSON object.
 /// The key comes as JSON, not as text, so that [`key_text`]'s rule names the row (a number as
@@ -259,11 +271,15 @@ impl StoredRow {
 /// `jsonb` alike); the object keeps the table's column order and no spaces, which no reader
 /// of a document depends on.
 fn stored_columns(key: &[&str], application: &[&str]) -> String {
-    let key: Vec<String> = key.iter().map(|c| format!("t.{c}")).collect();
-    let columns: Vec<String> = application.iter().map(|c| format!("t.{c}")).collect();
+    // Quoted, so the object's keys are the columns' names exactly as the catalog has them. A
+    // column named like the subselect's alias would be read in its place ([`shape`] refuses
+    // such a table).
+    let quoted = |c: &&str| format!("t.\"{}\"", c.replace('"', "\"\""));
+    let key: Vec<String> = key.iter().map(quoted).collect();
+    let columns: Vec<String> = application.iter().map(quoted).collect();
     format!(
         "json_build_array({})::text, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, \
-         (SELECT row_to_json(d) FROM (SELECT {}) AS d)::text",
+         (SELECT row_to_json({DOCUMENT_ALIAS}) FROM (SELECT {}) AS {DOCUMENT_ALIAS})::text",
         key.join(", "),
         columns.join(", ")
     )
