@@ -229,18 +229,7 @@ pub async fn run(
         ("shop-query", query.pid()),
         ("the benchmark (producer, checker, clients)", Some(std::process::id())),
     ];
-    let before = cpu_of(&processes, services);
-    let started = Instant::now();
-    let mut outcome = measure(env, &commands.base, &query.base, settings).await;
-    let wall = started.elapsed().as_secs_f64();
-    let after = cpu_of(&processes, services);
-    if let Ok(outcome) = &mut outcome {
-        outcome.cores = processes
-            .iter()
-            .zip(before.iter().zip(&after))
-            .filter_map(|((name, _), (b, a))| Some((*name, procs::delta(*b, *a)? / wall)))
-            .collect();
-    }
+    let outcome = measure(env, &commands.base, &query.base, settings, (&processes, services)).await;
     // The batches the projector made under this load: what its latency is made of.
     let metrics = reqwest::get(format!("{}/metrics", projector.base)).await?.text().await?;
     std::fs::write(work.join("latency-projector-metrics.txt"), &metrics)?;
@@ -270,7 +259,16 @@ fn cpu_of(processes: &[(&'static str, Option<u32>)], services: &Services) -> Vec
         .collect()
 }
 
-async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings) -> anyhow::Result<Outcome> {
+/// The processes whose CPU the run measures, and the services they are among.
+type Measured<'a> = (&'a [(&'static str, Option<u32>)], &'a Services);
+
+async fn measure(
+    env: &TestEnv,
+    commands: &str,
+    query: &str,
+    settings: &Settings,
+    (processes, services): Measured<'_>,
+) -> anyhow::Result<Outcome> {
     // Where each aggregate type's events show: the read model its fold feeds.
     let instances = env.active_instances().await?;
     let mut targets: Vec<Target> = Vec::new();
@@ -312,12 +310,21 @@ async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings
     let (listener, notifications) = listen(env).await?;
 
     let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
+    // CPU over the producer's run, which is what the latencies are measured under (not over the
+    // workload's generation before it, nor the checker's wait for the last events after it).
+    let cpu_before = cpu_of(processes, services);
     let t0 = Instant::now();
     let checker = tokio::spawn(check(pg, statements, targets.clone(), redis, notifications, sent_rx, t0));
     let clients =
         tokio::spawn(clients(commands.to_owned(), query.to_owned(), settings.clients, settings.seconds, t0));
     let produced = produce(env, &events, &target_of, settings, sent_tx, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
+    let cpu_after = cpu_of(processes, services);
+    let cores: Vec<(&'static str, f64)> = processes
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .filter_map(|((name, _), (before, after))| Some((*name, procs::delta(*before, *after)? / seconds)))
+        .collect();
     let (produce_pg, produce_redis, not_visible, pg_look, redis_look) = checker.await??;
     drop(listener);
     let mut outcome = clients.await??;
@@ -332,6 +339,7 @@ async fn measure(env: &TestEnv, commands: &str, query: &str, settings: &Settings
     outcome.pg_look = pg_look;
     outcome.redis_look = redis_look;
     outcome.plain_read = plain_reads(commands, query).await?;
+    outcome.cores = cores;
     Ok(outcome)
 }
 
