@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use axum::Router;
 use prism_config::PrismConfig;
-use prism_events::{Event, EventPosition, EventRegistry};
+use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, ReadModel, Unprojectable};
 use prism_testkit::private::PrivatePostgresPair;
-use prism_testkit::probe::{Noted, PROBE};
+use prism_testkit::probe::{noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -77,19 +77,6 @@ fn application(test: &str) -> Probe {
     )
     .expect("the test application");
     Probe { app, note: note_name, card: card_name }
-}
-
-/// Event `version` of aggregate `id`.
-fn noted(id: Uuid, version: i64) -> Event {
-    let position = EventPosition {
-        event_id: Uuid::new_v4(),
-        aggregate_id: id,
-        aggregate_version: u64::try_from(version).expect("a positive version"),
-        occurred_at: chrono::Utc::now(),
-        correlation_id: id,
-        causation_id: id,
-    };
-    Event::new(position, Noted { n: 10 * version })
 }
 
 /// A query service of the test, stopped on drop of [`Service::stop`].
@@ -246,7 +233,8 @@ fn replica_url(pair: &PrivatePostgresPair, env: &TestEnv) -> String {
 /// Publishes event `version` of each aggregate.
 async fn publish(env: &TestEnv, ids: &[Uuid], version: i64) {
     let producer = prism_testkit::kafka::producer(&env.config).expect("producer");
-    let events: Vec<Event> = ids.iter().map(|id| noted(*id, version)).collect();
+    let events: Vec<Event> =
+        ids.iter().map(|id| noted(*id, u64::try_from(version).expect("a positive version"))).collect();
     prism_testkit::kafka::publish_events(&producer, env.topic_prefix(), &events).await.expect("publish");
 }
 

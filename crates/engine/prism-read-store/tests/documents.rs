@@ -4,10 +4,10 @@
 //! a read model may have, whether the row was inserted, folded on from its stored text, or
 //! summed and read back.
 
-use prism_events::{Event, EventPosition, EventRegistry};
+use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, BatchOutcome, MessageContent, SourceMessage, Target};
-use prism_testkit::probe::{Noted, PROBE};
+use prism_read_store::projection::{apply_batch, BatchOutcome, Target};
+use prism_testkit::probe::{as_batch, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -69,31 +69,6 @@ struct Total {
 fn totals(event: &Event) -> Vec<Total> {
     let n = event.body::<Noted>().map_or(0, |noted| noted.n);
     vec![Total { parity: if n % 20 == 0 { "even" } else { "odd" }.to_owned(), events: 1, weight: 0.25 }]
-}
-
-fn noted(id: Uuid, version: u64) -> Event {
-    let position = EventPosition {
-        event_id: Uuid::new_v4(),
-        aggregate_id: id,
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: id,
-        causation_id: id,
-    };
-    Event::new(position, Noted { n: 10 * i64::try_from(version).expect("small") })
-}
-
-fn messages(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| SourceMessage {
-            offset: first_offset + i as i64,
-            key: None,
-            value: None,
-            content: MessageContent::Event(event),
-        })
-        .collect()
 }
 
 /// The rows of `table` as `to_jsonb` reads them, without the bookkeeping, by `key`'s text.
@@ -163,7 +138,7 @@ async fn documents_are_the_stored_rows_of_every_column_kind() {
             PROBE,
             "probe",
             0,
-            &messages(events, offset),
+            &as_batch(events, offset),
         )
         .await
         .expect("the batch lands");
@@ -218,7 +193,7 @@ async fn a_table_with_a_column_named_like_the_document_alias_is_refused_by_name(
         PROBE,
         "probe",
         0,
-        &messages(vec![noted(Uuid::new_v4(), 1)], 0),
+        &as_batch(vec![noted(Uuid::new_v4(), 1)], 0),
     )
     .await
     .expect_err("the table is refused");

@@ -3,10 +3,10 @@
 //! exactly the event it happened on and parks the aggregate behind it, while the events before
 //! it and every other aggregate land, in PostgreSQL and in what the cache is to hold.
 
-use prism_events::{Event, EventPosition, EventRegistry};
+use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
-use prism_testkit::probe::{Noted, PROBE};
+use prism_read_store::projection::{apply_batch, Target};
+use prism_testkit::probe::{as_batch, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -45,31 +45,6 @@ fn titled(current: Option<NoteWithTitle>, event: &Event) -> Result<NoteWithTitle
     Ok(NoteWithTitle { id: event.meta.aggregate_id, last: noted.n, count, title: String::new() })
 }
 
-fn noted(id: Uuid, version: u64) -> Event {
-    let position = EventPosition {
-        event_id: Uuid::new_v4(),
-        aggregate_id: id,
-        aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
-        correlation_id: id,
-        causation_id: id,
-    };
-    Event::new(position, Noted { n: 10 * i64::try_from(version).expect("small") })
-}
-
-fn messages(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| SourceMessage {
-            offset: first_offset + i as i64,
-            key: None,
-            value: None,
-            content: MessageContent::Event(event),
-        })
-        .collect()
-}
-
 fn documents(outcome: &prism_read_store::projection::BatchOutcome) -> Vec<(String, i64, Value)> {
     let mut entries: Vec<(String, i64, Value)> = outcome
         .cache_entries
@@ -95,7 +70,7 @@ async fn a_row_keyed_by_another_aggregate_dead_letters_the_event_that_made_it() 
         (1..=5).map(|v| noted(broken, v)).chain((1..=2).map(|v| noted(fine, v))).collect();
 
     let outcomes =
-        apply_batch(&env.db, &[target], GapPolicy::DeadLetter, PROBE, "probe", 0, &messages(events, 0))
+        apply_batch(&env.db, &[target], GapPolicy::DeadLetter, PROBE, "probe", 0, &as_batch(events, 0))
             .await
             .expect("the batch lands");
     let (_, outcome) = &outcomes[0];
@@ -150,7 +125,7 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
         PROBE,
         "probe",
         0,
-        &messages(vec![noted(id, 1)], 0),
+        &as_batch(vec![noted(id, 1)], 0),
     )
     .await
     .expect("the first event lands");
@@ -164,7 +139,7 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
         PROBE,
         "probe",
         0,
-        &messages(vec![noted(id, 2), noted(id, 3)], 1),
+        &as_batch(vec![noted(id, 2), noted(id, 3)], 1),
     )
     .await
     .expect("the batch lands");

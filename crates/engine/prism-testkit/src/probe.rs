@@ -3,9 +3,13 @@
 //! engine test that needs read models is a test of an application (the shop's and the
 //! telemetry application's test suites run every guarantee through one).
 
-use prism_events::{AggregateType, DecodeError, EventRegistry, EventSet, EventTypeInfo};
+use prism_events::{
+    AggregateType, DecodeError, Event, EventPosition, EventRegistry, EventSet, EventTypeInfo,
+};
 use prism_projections::Application;
+use prism_read_store::projection::{MessageContent, SourceMessage};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// The probe's aggregate type: topic `<prefix>probe.events`.
 pub const PROBE: AggregateType = AggregateType::new("probe");
@@ -40,4 +44,32 @@ impl EventSet for Noted {
 pub fn application() -> Application {
     let events = EventRegistry::of::<Noted>().unwrap_or_else(|err| panic!("the probe's events: {err}"));
     Application::new("probe", events, Vec::new()).unwrap_or_else(|err| panic!("the probe application: {err}"))
+}
+
+/// Event `version` of probe `aggregate_id`, noting `10 × version` (so a fold's result tells
+/// which events it saw), occurring now.
+pub fn noted(aggregate_id: Uuid, version: u64) -> Event {
+    let position = EventPosition {
+        event_id: Uuid::new_v4(),
+        aggregate_id,
+        aggregate_version: version,
+        occurred_at: chrono::Utc::now(),
+        correlation_id: aggregate_id,
+        causation_id: aggregate_id,
+    };
+    Event::new(position, Noted { n: 10 * i64::try_from(version).unwrap_or(i64::MAX / 10) })
+}
+
+/// `events` as one partition's batch for `prism_read_store::projection::apply_batch`, at
+/// consecutive offsets from `first_offset`.
+pub fn as_batch(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
+    (first_offset..)
+        .zip(events)
+        .map(|(offset, event)| SourceMessage {
+            offset,
+            key: None,
+            value: None,
+            content: MessageContent::Event(event),
+        })
+        .collect()
 }
