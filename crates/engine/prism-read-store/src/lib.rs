@@ -9,6 +9,7 @@
 //!   parking — and redriving dead letters through the same path.
 //! - [`rebuild`]: clearing an instance, allocating, verifying, switching to and retiring
 //!   generations (in-place and blue/green rebuilds), and the checksum both print.
+//! - [`row_sets`]: a set of any table's rows sent in one statement, one text array per column.
 //! - [`requests`]: operator requests that need the application's folds (redrive), left by
 //!   `prismctl` for the application's workers.
 //!
@@ -22,6 +23,7 @@ pub mod read_models;
 pub mod rebuild;
 pub mod registry;
 pub mod requests;
+pub mod row_sets;
 
 pub use projection::{apply_batch, BatchOutcome, CacheEntry, DeadLetterRecord, Target};
 pub use registry::RegisteredReadModel;

@@ -18,8 +18,9 @@
 //! **In the timed window** the `ceiling` child consumes the same topics under its own group,
 //! takes each message's event id from its value, looks up that event's rows, keeps the last row
 //! per key of each read model within the batch, and writes each read model's rows with **one**
-//! statement per batch —
-//! `INSERT INTO ceiling_<read model> AS t SELECT * FROM json_populate_recordset(NULL::ceiling_<read model>, $1)
+//! statement per batch, its rows sent as Prism sends them (`prism_read_store::row_sets`: one
+//! text array per column) —
+//! `INSERT INTO ceiling_<read model> AS t (<columns>) SELECT u.c0::<type>, … FROM unnest($1::text[], …) AS u(c0, …)
 //! ON CONFLICT (<key>) DO UPDATE SET <every other column> = EXCLUDED.<column>` — all of a
 //! batch's statements in one transaction, then marks the batch's offsets for commit. Batches
 //! hold up to 2 000 messages (Prism's default `projector.batch_max_events`), taken from what has arrived
@@ -44,6 +45,7 @@ use anyhow::{bail, Context};
 use prism_events::Event;
 use prism_projections::{FeedKind, ReadModel, REVISION_COLUMN, VERSION_COLUMN};
 use prism_read_store::projection::key_text;
+use prism_read_store::row_sets::{RowParams, TableColumns, COLUMNS_SQL};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::Message;
 use serde_json::Value;
@@ -207,32 +209,30 @@ fn load(path: &Path) -> anyhow::Result<HashMap<Uuid, Vec<Row>>> {
     Ok(rows)
 }
 
-/// The upsert of a ceiling table: every column but the key set from the new row.
-async fn upsert_sql(client: &tokio_postgres::Client, model: &ReadModel) -> anyhow::Result<String> {
+/// The upsert of a ceiling table (every column but the key set from the new row), and how its
+/// rows are sent.
+async fn upsert_sql(
+    client: &tokio_postgres::Client,
+    model: &ReadModel,
+) -> anyhow::Result<(String, TableColumns)> {
     let table = table(model);
-    let columns: Vec<String> = client
-        .query(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-            &[&table],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    anyhow::ensure!(!columns.is_empty(), "{table} does not exist in the benchmark's schema");
+    let rows = client.query(COLUMNS_SQL, &[&table]).await?;
+    let columns = TableColumns::from_rows(&rows)
+        .with_context(|| format!("{table} does not exist in the benchmark's schema"))?;
     let key = model.key_columns();
     let sets: Vec<String> = columns
+        .names()
         .iter()
         .filter(|c| !key.contains(&c.as_str()))
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
-    Ok(format!(
-        "INSERT INTO {table} AS t SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) \
-         ON CONFLICT ({}) DO UPDATE SET {}",
+    let sql = format!(
+        "{} ON CONFLICT ({}) DO UPDATE SET {}",
+        columns.insert(&table),
         key.join(", "),
         sets.join(", ")
-    ))
+    );
+    Ok((sql, columns))
 }
 
 /// A message handed to a writer: topic index, partition, offset, value.
@@ -252,7 +252,8 @@ pub async fn run(settings: &ChildSettings) -> anyhow::Result<()> {
         let client = prism_testkit::services::connect_pg(&settings.pg_url).await?;
         let mut statements = Vec::new();
         for model in &models {
-            statements.push(client.prepare(&upsert_sql(&client, model).await?).await?);
+            let (sql, columns) = upsert_sql(&client, model).await?;
+            statements.push((client.prepare(&sql).await?, columns));
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4 * BATCH);
         senders.push(tx);
@@ -312,7 +313,7 @@ struct Head {
 /// per read model, one transaction.
 async fn write_batches(
     client: tokio_postgres::Client,
-    statements: Vec<tokio_postgres::Statement>,
+    statements: Vec<(tokio_postgres::Statement, TableColumns)>,
     model_count: usize,
     rows: Arc<HashMap<Uuid, Vec<Row>>>,
     mut rx: tokio::sync::mpsc::Receiver<Item>,
@@ -337,7 +338,7 @@ async fn write_batches(
                 last[row.model].insert(&row.key, &row.json);
             }
         }
-        let documents: Vec<(usize, String)> = last
+        let documents: Vec<(usize, RowParams)> = last
             .iter()
             .enumerate()
             .filter(|(_, rows)| !rows.is_empty())
@@ -350,13 +351,13 @@ async fn write_batches(
                     json.push_str(row);
                 }
                 json.push(']');
-                (model, json)
+                Ok((model, statements[model].1.params(json)?))
             })
-            .collect();
+            .collect::<Result<_, prism_postgres::StoreError>>()?;
         client.batch_execute("BEGIN").await?;
-        let writes = documents.iter().map(|(model, json)| {
-            let (client, statement) = (&client, &statements[*model]);
-            async move { client.execute(statement, &[json]).await }
+        let writes = documents.iter().map(|(model, rows)| {
+            let (client, statement) = (&client, &statements[*model].0);
+            async move { client.execute(statement, &rows.values().as_params()).await }
         });
         for result in futures::future::join_all(writes).await {
             result?;

@@ -1,16 +1,14 @@
 //! Any read model's share of a batch: load the rows it needs, run the planner with the read
 //! model's feeds, write the result set-based, and say what the cache should hold.
 //!
-//! Rows travel as JSON text in both directions (`row_to_json` of the application's columns out,
-//! `json_populate_recordset` in): the row types' field names are the table's column names, so
-//! one parameter carries a whole batch of any shape. Text, not JSON values: a folded row goes
-//! from the stored text to the application's row type and back to text without a
-//! `serde_json::Value` in between (see `prism_projections::fold`), and a written row's text is
-//! the cache's document as it is. `json`, not `jsonb`, on PostgreSQL's side as well: each value
-//! is read from the text once, where `jsonb` would first build (and sort) a whole document of
-//! it; about a fifth less per row written. The
-//! statements are generated once per table from its columns, as read from PostgreSQL's catalog
-//! ([`TableShape`]):
+//! Rows travel as JSON text: `row_to_json` of the application's columns out, and in, a JSON
+//! array of objects keyed by column name, which [`crate::row_sets`] splits into one text array
+//! per column (any shape of row, one statement per batch). Text, not JSON values: a folded row
+//! goes from the stored text to the application's row type and back to text without a
+//! `serde_json::Value` in between (see `prism_projections::fold`), and a returned row's text is
+//! the cache's document as it is. `json`, not `jsonb`, on PostgreSQL's side: `row_to_json`
+//! prints the text straight from the row. The statements are generated once per table from its
+//! columns, as read from PostgreSQL's catalog ([`TableShape`]):
 //!
 //! - a fold feed upserts the folded rows, setting every column but the key and the additive
 //!   ones (other feeds own those), with [`VERSION_COLUMN`] the aggregate's applied version;
@@ -48,10 +46,8 @@ type Written = (Vec<ItemOutcome>, Option<PendingFold>, Option<PendingSum>);
 /// other far less.
 #[derive(Debug)]
 pub(super) struct PendingSum {
-    /// The insert-or-add statement of the table.
-    add: String,
-    /// The statement reading the rows touched back ([`TableShape::load_by_keys`]).
-    load_by_keys: String,
+    /// The table's statements.
+    shape: Arc<TableShape>,
     /// One row per key, sorted by key (so concurrent batches lock shared rows in one order).
     documents: JsonRows,
     /// With a cache: every row an event of the batch names, duplicates included, to read back
@@ -65,16 +61,20 @@ impl PendingSum {
     pub(super) async fn write(self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         // Both statements prepared first, so they go out in this order: the rows are read
         // back after the addition.
-        let add = if self.documents.count == 0 { None } else { Some(tx.prepare_cached(&self.add).await?) };
-        let reload = match &self.cache_keys {
-            Some(keys) if !keys.is_empty() => Some(tx.prepare_cached(&self.load_by_keys).await?),
+        let add = match &self.shape.add {
+            Some(add) if self.documents.count > 0 => Some(tx.prepare_cached(add).await?),
             _ => None,
         };
-        let documents = self.documents.finish()?;
+        let reload = match &self.cache_keys {
+            Some(keys) if !keys.is_empty() => Some(tx.prepare_cached(&self.shape.load_by_keys).await?),
+            _ => None,
+        };
+        let rows = self.shape.columns.params(self.documents.finish()?)?;
+        let values = rows.values();
         let keys = Value::Array(self.cache_keys.unwrap_or_default());
         let send_add = async {
             if let Some(statement) = &add {
-                tx.execute(statement, &[&documents]).await?;
+                tx.execute(statement, &values.as_params()).await?;
             }
             Ok::<_, StoreError>(())
         };
@@ -100,11 +100,12 @@ pub(super) fn merge_cache_entries(cache: &mut Vec<CacheEntry>, entries: Vec<Cach
 /// The columns of one read-model table and the statements generated from them.
 #[derive(Debug)]
 pub struct TableShape {
-    /// Upsert of folded rows (`$1`: a JSON array of rows, as text); for a cached read model it
-    /// returns the written rows as [`StoredRow::from_db`] reads them.
+    /// The columns, and how a set of rows is sent to the statements below.
+    columns: crate::row_sets::TableColumns,
+    /// Upsert of folded rows (parameters: [`crate::row_sets::TableColumns::params`]); for a
+    /// cached read model it returns the written rows as [`StoredRow::from_db`] reads them.
     upsert: String,
-    /// Insert-or-add of summed rows (`$1`: a JSON array of rows, as text); `None` without sum
-    /// feeds.
+    /// Insert-or-add of summed rows (parameters as the upsert's); `None` without sum feeds.
     add: Option<String>,
     /// The rows of a read model keyed by one column whose key is in `$1` (an array of the
     /// aggregate ids a fold feed folds), as [`StoredRow::from_db`] reads them.
@@ -133,15 +134,8 @@ async fn shape(
     if let Some(shape) = shapes().lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
         return Ok(shape.clone());
     }
-    let rows = tx
-        .query(
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-            &[&instance.id()],
-        )
-        .await?;
-    let columns: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    if columns.is_empty() {
+    let rows = tx.query(crate::row_sets::COLUMNS_SQL, &[&instance.id()]).await?;
+    let Some(table_columns) = crate::row_sets::TableColumns::from_rows(&rows) else {
         return Err(StoreError::Corrupt {
             what: "read-model table",
             detail: format!(
@@ -149,7 +143,8 @@ async fn shape(
                 instance.id()
             ),
         });
-    }
+    };
+    let columns = table_columns.names();
     let key = model.key_columns();
     let additive = model.additive_columns();
     for column in key.iter().chain(additive.iter()).chain([VERSION_COLUMN, REVISION_COLUMN].iter()) {
@@ -186,8 +181,8 @@ async fn shape(
     // The written rows come back only for a cached read model: their revisions are the
     // cache's compare-and-set.
     let insert = format!(
-        "INSERT INTO {table} AS t SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) \
-         ON CONFLICT ({conflict}) DO UPDATE SET {}",
+        "{} ON CONFLICT ({conflict}) DO UPDATE SET {}",
+        table_columns.insert(&table),
         sets.join(", ")
     );
     let application: Vec<&str> = columns
@@ -209,13 +204,9 @@ async fn shape(
     let add = (!additive.is_empty()).then(|| {
         let mut adds: Vec<String> = additive.iter().map(|c| format!("{c} = t.{c} + EXCLUDED.{c}")).collect();
         adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
-        format!(
-            "INSERT INTO {table} AS t SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json) \
-             ON CONFLICT ({conflict}) DO UPDATE SET {}",
-            adds.join(", ")
-        )
+        format!("{} ON CONFLICT ({conflict}) DO UPDATE SET {}", table_columns.insert(&table), adds.join(", "))
     });
-    let shape = Arc::new(TableShape { upsert, add, load_by_ids, load_by_keys });
+    let shape = Arc::new(TableShape { columns: table_columns, upsert, add, load_by_ids, load_by_keys });
     shapes().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, shape.clone());
     Ok(shape)
 }
@@ -464,8 +455,8 @@ impl LoadStatements {
 /// send it together with the gate's advance and the dead letters.
 #[derive(Debug)]
 pub(super) struct PendingFold {
-    /// The upsert statement of the table.
-    upsert: String,
+    /// The table's statements.
+    shape: Arc<TableShape>,
     /// The folded rows, with bookkeeping; empty when nothing was applied.
     documents: JsonRows,
     /// The rows as loaded, replaced by the written ones once written.
@@ -479,7 +470,8 @@ impl PendingFold {
     /// without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         if self.documents.count > 0 {
-            let written = cached::query(tx, &self.upsert, &[&self.documents.finish()?]).await?;
+            let rows = self.shape.columns.params(self.documents.finish()?)?;
+            let written = cached::query(tx, &self.shape.upsert, &rows.values().as_params()).await?;
             for row in &written {
                 let stored = StoredRow::from_db(row)?;
                 if let Ok(id) = stored.key.parse() {
@@ -572,14 +564,14 @@ pub(super) fn plan_writes(
         }
     }
     let pending_fold = fold.is_some().then(|| PendingFold {
-        upsert: shape.upsert.clone(),
+        shape: shape.clone(),
         documents,
         rows,
         cache_ids: cached.then_some(ids),
     });
 
     let mut pending = None;
-    if let (Some((_, rows_of)), Some(add)) = (&sum, &shape.add) {
+    if let (Some((_, rows_of)), Some(_)) = (&sum, &shape.add) {
         let mut documents = JsonRows::default();
         for row in std::mem::take(&mut summed).into_values() {
             documents.push(0, |out| {
@@ -597,12 +589,7 @@ pub(super) fn plan_writes(
             }
             std::mem::take(&mut sum_keys_touched).into_values().collect()
         });
-        pending = Some(PendingSum {
-            add: add.clone(),
-            load_by_keys: shape.load_by_keys.clone(),
-            documents,
-            cache_keys,
-        });
+        pending = Some(PendingSum { shape: shape.clone(), documents, cache_keys });
     }
     Ok((outcomes, pending_fold, pending))
 }
