@@ -58,6 +58,7 @@ mod offsets;
 mod procs;
 mod rebuild;
 mod report;
+mod statements;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -425,7 +426,11 @@ async fn throughput(
         &group,
         &ends,
     )?;
+    let tracked = statements::reset(&pg).await;
     let (measured, running) = contender::measure(c, services).await?;
+    if tracked {
+        run.statements = statements::read(&pg).await?;
+    }
     let metrics = reqwest::get(format!("http://{listen}/metrics")).await?.text().await?;
     std::fs::write(work.join("prism-metrics.txt"), &metrics)?;
     if flag("PRISM_BENCH_SHOW_BATCHES", false)? {

@@ -34,6 +34,8 @@ pub struct Run {
     pub rebuilds: Vec<Rebuilt>,
     /// Latency.
     pub latency: Option<latency::Outcome>,
+    /// PostgreSQL's time by statement over Prism's window (empty when not tracked).
+    pub statements: Vec<crate::statements::KindTime>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -337,6 +339,12 @@ impl Run {
             for check in &self.checks {
                 println!("{check}");
             }
+            if !self.statements.is_empty() {
+                println!(
+                    "\n-- PostgreSQL's execution time by statement over Prism's window\n{}",
+                    self.statements_table()
+                );
+            }
         }
         if !self.rebuilds.is_empty() {
             println!("\n-- rebuilds\n{}", self.rebuild_table());
@@ -345,6 +353,11 @@ impl Run {
             println!("\n-- latency\n{}", self.latency_table());
         }
         println!("\n-- targets\n{}", self.targets_table());
+    }
+
+    /// PostgreSQL's time by statement over Prism's window, per event of the run.
+    pub fn statements_table(&self) -> String {
+        crate::statements::table(&self.statements, self.events as f64)
     }
 
     fn header(&self) -> String {
@@ -369,6 +382,15 @@ impl Run {
                 self.cost_table(),
                 self.targets_table()
             );
+            let section = if self.statements.is_empty() {
+                section
+            } else {
+                format!(
+                    "{section}\nPostgreSQL's execution time by statement over Prism's window (`pg_stat_statements`: \
+                     wall time inside PostgreSQL, waits included; compare the shares):\n\n{}",
+                    self.statements_table()
+                )
+            };
             text = replace_section(&text, "projection-benchmark", &section)?;
         }
         if !self.rebuilds.is_empty() {
@@ -405,6 +427,9 @@ impl Run {
                 "when": self.when,
                 "events": self.events,
                 "contenders": self.contenders.iter().map(measured_json).collect::<Vec<_>>(),
+                "prism_statements": self.statements.iter().map(|k| json!({
+                    "statements": k.kind, "calls": k.calls, "rows": k.rows, "execution_ms": k.ms,
+                })).collect::<Vec<_>>(),
             });
         }
         if !self.rebuilds.is_empty() {

@@ -1,0 +1,126 @@
+//! PostgreSQL's time by statement over Prism's window, from `pg_stat_statements`: which part of
+//! a batch — the version gate, the rows read to fold, the rows written, the dead letters, the
+//! commit — the database spends its time on.
+//!
+//! The dev stack loads the extension (`shared_preload_libraries` in its PostgreSQL
+//! configuration); on a server without it the benchmark says so and leaves the table out. The
+//! counters are reset just before Prism starts and read as soon as its window ends, so they
+//! hold Prism's statements (and its start-up's) alone. The times are execution times, as the
+//! extension measures them: wall time inside PostgreSQL, waits on locks and on the CPU
+//! included — on a busy machine they add up to more than the CPU PostgreSQL used, so the
+//! shares, not the sums, are what to compare with the CPU per event.
+
+use std::collections::BTreeMap;
+
+/// The execution time of one kind of statement.
+#[derive(Debug, Clone)]
+pub struct KindTime {
+    /// What the statements do.
+    pub kind: String,
+    /// Executions.
+    pub calls: i64,
+    /// Rows they returned or touched.
+    pub rows: i64,
+    /// Execution time, milliseconds.
+    pub ms: f64,
+}
+
+/// Resets the counters; `false` (with the reason printed) when the server does not track
+/// statements.
+pub async fn reset(pg: &tokio_postgres::Client) -> bool {
+    let tracked = async {
+        pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await?;
+        pg.query_one("SELECT pg_stat_statements_reset()::text", &[]).await
+    };
+    match tracked.await {
+        Ok(_) => true,
+        Err(err) => {
+            println!(
+                "  PostgreSQL's time by statement left out: pg_stat_statements is not loaded ({}); \
+                 `ops/dev-stack up` configures it (shared_preload_libraries = 'pg_stat_statements', then a restart)",
+                err.as_db_error().map_or_else(|| err.to_string(), |db| db.message().to_owned())
+            );
+            false
+        }
+    }
+}
+
+/// The counters since [`reset`], by kind, largest first.
+pub async fn read(pg: &tokio_postgres::Client) -> anyhow::Result<Vec<KindTime>> {
+    let rows = pg
+        .query(
+            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await?;
+    let mut kinds: BTreeMap<String, KindTime> = BTreeMap::new();
+    for row in &rows {
+        let query: &str = row.get(0);
+        let kind = kind_of(query);
+        let entry = kinds.entry(kind.clone()).or_insert(KindTime { kind, calls: 0, rows: 0, ms: 0.0 });
+        entry.calls += row.get::<_, i64>(1);
+        entry.rows += row.get::<_, i64>(2);
+        entry.ms += row.get::<_, f64>(3);
+    }
+    let mut kinds: Vec<KindTime> = kinds.into_values().collect();
+    kinds.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    Ok(kinds)
+}
+
+/// What a statement of the projector does, from its text (the engine's SQL files open with a
+/// comment saying so; generated statements name their table).
+fn kind_of(query: &str) -> String {
+    let text = query.to_ascii_lowercase();
+    let table = |after: &str| {
+        text.split_once(after)
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .map(|name| name.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    if text.contains("locks the batch's existing gate rows") || text.starts_with("lock table projection_gate")
+    {
+        "gate: lock the batch's rows".into()
+    } else if text.contains("records the last version applied") {
+        "gate: advance".into()
+    } else if text.contains("creates the gate rows of aggregates") {
+        "gate: rows of new aggregates".into()
+    } else if text.contains("dead_letters") || text.contains("parked_aggregates") {
+        "dead letters and parking".into()
+    } else if text.starts_with("insert into") {
+        format!("rows written: {}", table("insert into"))
+    } else if text.starts_with("select json_build_array") {
+        format!("rows read: {}", table(") as prism_document)::text from "))
+    } else if text.contains("pg_notify") {
+        "notification of applied batches".into()
+    } else if matches!(text.trim(), "begin" | "commit" | "rollback") || text.starts_with("start transaction")
+    {
+        "transaction begin and commit".into()
+    } else {
+        "other (start-up, offsets, replay progress)".into()
+    }
+}
+
+/// The table of [`read`]'s result, with the time per event of `events`.
+pub fn table(kinds: &[KindTime], events: f64) -> String {
+    let total: f64 = kinds.iter().map(|k| k.ms).sum();
+    let mut out = String::from(
+        "| statements | calls | rows | execution ms | share | µs per event |\n|---|---:|---:|---:|---:|---:|\n",
+    );
+    for k in kinds {
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {:.0} % | {:.1} |\n",
+            k.kind,
+            k.calls,
+            k.rows,
+            k.ms,
+            100.0 * k.ms / total.max(f64::MIN_POSITIVE),
+            1000.0 * k.ms / events.max(1.0)
+        ));
+    }
+    out.push_str(&format!(
+        "| **all** | | | {total:.0} | 100 % | {:.1} |\n",
+        1000.0 * total / events.max(1.0)
+    ));
+    out
+}
