@@ -140,8 +140,8 @@ impl TableColumns {
     }
 }
 
-/// `name` as an SQL identifier, quoted.
-fn quote_identifier(name: &str) -> String {
+/// `name` as an SQL identifier, quoted (the catalog's spelling kept exactly).
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -190,19 +190,6 @@ impl RowParams {
                     .collect(),
             ),
         }
-    }
-
-    /// How many rows.
-    pub fn len(&self) -> usize {
-        match &self.0 {
-            Form::Json(text) => serde_json::from_str::<Vec<&RawValue>>(text).map_or(0, |rows| rows.len()),
-            Form::Columns { columns, .. } => columns.first().map_or(0, Vec::len),
-        }
-    }
-
-    /// Whether there are no rows.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -373,8 +360,8 @@ mod tests {
             {}
         ]"#;
         let params = table.params(rows.to_owned()).expect("an array of objects");
-        assert_eq!(params.len(), 4);
         let RowValues::Columns(values) = params.values() else { panic!("columnar") };
+        assert_eq!(values.len(), 3, "one array per column");
         assert_eq!(values[0], vec![Some("a \"quoted\"\né"), Some(r#"{"a":1}"#), None, None]);
         assert_eq!(values[1], vec![Some("1.50"), Some("true"), None, None]);
         assert_eq!(values[2], vec![Some(r#""text""#), Some(r#"[1, {"b": null}]"#), None, None]);
@@ -387,7 +374,9 @@ mod tests {
             let refused = table.params(rows.to_owned()).expect_err(rows);
             assert!(refused.to_string().contains("not an array of objects"), "{rows}: {refused}");
         }
-        assert!(table.params("[]".to_owned()).expect("empty").is_empty());
+        let empty = table.params("[]".to_owned()).expect("empty");
+        let RowValues::Columns(values) = empty.values() else { panic!("columnar") };
+        assert_eq!(values, vec![Vec::<Option<&str>>::new()], "one empty array for the one column");
     }
 
     #[test]

@@ -267,7 +267,7 @@ fn stored_columns(key: &[&str], application: &[&str]) -> String {
     // Quoted, so the object's keys are the columns' names exactly as the catalog has them. A
     // column named like the subselect's alias would be read in its place ([`shape`] refuses
     // such a table).
-    let quoted = |c: &&str| format!("t.\"{}\"", c.replace('"', "\"\""));
+    let quoted = |c: &&str| format!("t.{}", crate::row_sets::quote_identifier(c));
     let key: Vec<String> = key.iter().map(quoted).collect();
     let columns: Vec<String> = application.iter().map(quoted).collect();
     format!(
