@@ -148,6 +148,44 @@ impl StoreError {
     pub fn is_unique_violation(&self) -> bool {
         self.sql_state() == Some(&SqlState::UNIQUE_VIOLATION)
     }
+
+    /// True when the statement was refused only because an earlier one of its transaction had
+    /// failed (`25P02`): the earlier failure is the cause.
+    pub fn is_after_failure(&self) -> bool {
+        self.sql_state() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION)
+    }
+}
+
+/// The results of statements pipelined in one transaction, all of them or the failure that
+/// caused the others.
+///
+/// Once a statement fails, every statement sent after it in the transaction is refused with
+/// `25P02`, and those refusals can reach their callers in the same wake-up as the failure
+/// itself: whichever a short-circuiting join polls first would be reported. The cause decides
+/// what happens next (a [`StoreError::Contended`] batch is retried, a refused row is isolated
+/// and dead-lettered), so this waits for every result and reports the first error that is not
+/// merely `25P02`.
+pub fn all_or_cause<T>(
+    results: impl IntoIterator<Item = Result<T, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut values = Vec::new();
+    let mut after_failure = None;
+    let mut cause = None;
+    for result in results {
+        match result {
+            Ok(value) => values.push(value),
+            Err(error) if error.is_after_failure() => {
+                after_failure.get_or_insert(error);
+            }
+            Err(error) => {
+                cause.get_or_insert(error);
+            }
+        }
+    }
+    match cause.or(after_failure) {
+        Some(error) => Err(error),
+        None => Ok(values),
+    }
 }
 
 impl From<tokio_postgres::Error> for StoreError {

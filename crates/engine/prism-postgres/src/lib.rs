@@ -21,7 +21,7 @@ pub mod migrate;
 pub mod pool;
 pub mod tls;
 
-pub use error::{ErrorClass, StoreError};
+pub use error::{all_or_cause, ErrorClass, StoreError};
 pub use migrate::{migrate, MigrationReport, MIGRATIONS};
 pub use pool::{connect_one, connect_with, Database};
 pub use tls::PgConnection;

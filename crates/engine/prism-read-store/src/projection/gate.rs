@@ -22,7 +22,7 @@ fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'st
 /// its writes, at the state it leaves them in ([`advance`]): most aggregates of a batch during
 /// a replay or a first load are new, and a row inserted once costs far less than one inserted
 /// empty, locked and then updated. A new aggregate has no row to lock; two batches that meet it
-/// at once both find it absent, and the second one's insert finds the first one's row, which
+/// at once both find it absent, and the second one's insert fails on the first one's row, which
 /// [`advance`] turns into [`StoreError::Contended`]: the batch rolls back and is retried, and
 /// then finds the row and waits on its lock like any other.
 ///
@@ -93,8 +93,8 @@ pub(super) async fn lock(
 
 /// Writes the gate after a batch: the last applied version of every locked row whose version
 /// moved, and a row for every aggregate the batch met that had none (`before` is what
-/// [`lock`] returned). A row that another transaction created meanwhile fails the batch with
-/// [`StoreError::Contended`], to be retried.
+/// [`lock`] returned). A row that another transaction created meanwhile fails the insert on
+/// its key, which becomes [`StoreError::Contended`]: the batch is rolled back and retried.
 pub(super) async fn advance(
     tx: &Transaction<'_>,
     projection: &str,
@@ -140,23 +140,25 @@ pub(super) async fn advance(
             return Ok(());
         }
         let (types, ids, versions, event_ids) = columns(&new);
-        let inserted = cached::execute(
+        match cached::execute(
             tx,
             include_str!("../../sql/projection/gate_insert.sql"),
             &[&projection, &types, &ids, &versions, &event_ids],
         )
-        .await?;
-        if inserted < new.len() as u64 {
-            return Err(StoreError::Contended {
+        .await
+        {
+            // The insert's one unique key is the gate row's: another transaction gave one of
+            // these aggregates a row after this batch found none.
+            Err(error) if error.is_unique_violation() => Err(StoreError::Contended {
                 what: "projection_gate",
                 detail: format!(
-                    "{} of {} aggregates new to {projection} when this batch locked its gate rows were given a row by another transaction since",
-                    new.len() as u64 - inserted,
+                    "an aggregate of the {} new to {projection} when this batch locked its gate rows was given a row by another transaction since ({error})",
                     new.len()
                 ),
-            });
+            }),
+            Err(error) => Err(error),
+            Ok(_) => Ok(()),
         }
-        Ok(())
     };
     futures::try_join!(update, insert)?;
     Ok(())

@@ -32,7 +32,7 @@ mod writers;
 use std::collections::{BTreeSet, HashMap};
 
 use prism_events::AggregateType;
-use prism_postgres::{Database, StoreError};
+use prism_postgres::{all_or_cause, Database, StoreError};
 use prism_projections::gate::ItemOutcome;
 use prism_projections::{AggregateKey, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel};
 
@@ -106,10 +106,15 @@ pub(crate) async fn apply_in(
     let loaded =
         futures::future::try_join_all(statements.into_iter().map(|statements| statements.send(tx, &keys)))
             .await?;
-    let written = futures::future::try_join_all(targets.iter().zip(loaded).map(|(target, loaded)| {
-        write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items)
-    }))
-    .await?;
+    // Every instance's writes waited for, so that the failure reported is the one that caused
+    // the others (see [`all_or_cause`]): a concurrent batch's gate row, retried, not a later
+    // statement's refusal because the transaction had failed.
+    let written = all_or_cause(
+        futures::future::join_all(targets.iter().zip(loaded).map(|(target, loaded)| {
+            write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items)
+        }))
+        .await,
+    )?;
     let mut outcomes = Vec::with_capacity(targets.len());
     let mut pending_sums = Vec::new();
     for (target, (outcome, pending_sum)) in targets.iter().zip(written) {
@@ -192,11 +197,16 @@ async fn write_instance(
                 .await?;
         Ok::<_, StoreError>((new_kinds, unpublished))
     };
-    let (cache_entries, (), (new_kinds, unpublished)) = futures::try_join!(
-        write_fold,
-        gate::advance(tx, &projection_id, &initial, gates),
-        record_dead_letters
-    )?;
+    let (cache_entries, advanced, dead_letters) =
+        futures::join!(write_fold, gate::advance(tx, &projection_id, &initial, gates), record_dead_letters);
+    // The cause of a failure, not a later statement's refusal (see [`all_or_cause`]).
+    let (cache_entries, (new_kinds, unpublished)) = match (cache_entries, advanced, dead_letters) {
+        (Ok(cache_entries), Ok(()), Ok(dead_letters)) => (cache_entries, dead_letters),
+        (cache_entries, advanced, dead_letters) => {
+            return Err(all_or_cause([cache_entries.map(drop), advanced, dead_letters.map(drop)])
+                .expect_err("one of them failed"));
+        }
+    };
     let mut outcome = BatchOutcome::tally(&outcomes, cache_entries, unpublished, new_kinds);
     let parked: BTreeSet<AggregateKey> = messages
         .iter()
