@@ -186,7 +186,10 @@ pub fn client_config(
     // instead cost PostgreSQL ~15 % more CPU per event under load, and latency at moderate
     // rates, where batches are small and planning is much of a statement's cost). A statement
     // with no usable index still scans; whole-table work that wants a sequential scan turns it
-    // back on locally (the rebuild switch's checksums).
+    // back on locally (the rebuild switch's checksums). Pricing scans out is not enough for a
+    // join of a batch's keys with a table, which can still read every row through the index
+    // (a bitmap scan on a leading column); the per-batch statements that look keys up are
+    // written as one lookup per key instead (`prism-read-store`'s gate_lock.sql).
     pg.options(format!("-c search_path={} -c TimeZone=UTC -c enable_seqscan=off", config.schema));
     pg.application_name(application_name);
     pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));

@@ -155,6 +155,10 @@ pub struct Outcome {
     /// Each process's CPU over the run, in cores busy (CPU seconds per second): where the
     /// machine's time went while the latencies were measured.
     pub cores: Vec<(&'static str, f64)>,
+    /// PostgreSQL's execution time by statement over the run (empty when the server does not
+    /// track statements): what a batch costs the database at this rate, against the
+    /// throughput run's full batches.
+    pub statements: Vec<crate::statements::KindTime>,
 }
 
 /// Where an aggregate type's events become visible.
@@ -301,6 +305,10 @@ async fn measure(
     }
 
     let pg = env.pg().await?;
+    // The looks are prepared once and soon run a cached generic plan; chosen while the tables
+    // were small, it would scan every row of a table growing by thousands a second, making the
+    // measurement a load on the database it measures. Priced out, as the engine's sessions do.
+    pg.batch_execute("SET enable_seqscan = off").await?;
     let mut statements = Vec::new();
     for target in &targets {
         statements.push(pg.prepare(&target.sql).await?);
@@ -312,6 +320,7 @@ async fn measure(
     let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     // CPU over the producer's run, which is what the latencies are measured under (not over the
     // workload's generation before it, nor the checker's wait for the last events after it).
+    let tracked = crate::statements::reset(&env.pg().await?).await;
     let cpu_before = cpu_of(processes, services);
     let t0 = Instant::now();
     let checker = tokio::spawn(check(pg, statements, targets.clone(), redis, notifications, sent_rx, t0));
@@ -320,6 +329,7 @@ async fn measure(
     let produced = produce(env, &events, &target_of, settings, sent_tx, t0).await?;
     let seconds = t0.elapsed().as_secs_f64();
     let cpu_after = cpu_of(processes, services);
+    let statements = if tracked { crate::statements::read(&env.pg().await?).await? } else { Vec::new() };
     let cores: Vec<(&'static str, f64)> = processes
         .iter()
         .zip(cpu_before.iter().zip(&cpu_after))
@@ -340,6 +350,7 @@ async fn measure(
     outcome.redis_look = redis_look;
     outcome.plain_read = plain_reads(commands, query).await?;
     outcome.cores = cores;
+    outcome.statements = statements;
     Ok(outcome)
 }
 

@@ -220,6 +220,15 @@ impl Run {
                 each.join(", ")
             );
         }
+        if !l.statements.is_empty() {
+            // Per event produced: the clients' commands and every service's reads are in it too.
+            let _ = write!(
+                t,
+                "\nPostgreSQL's execution time by statement over the run (`pg_stat_statements`, every \
+                 client's statements; per event produced):\n\n{}",
+                crate::statements::table(&l.statements, l.produced as f64)
+            );
+        }
         t
     }
 
@@ -455,6 +464,9 @@ impl Run {
                 "produce_to_postgres": p(&l.produce_pg), "produce_to_redis": p(&l.produce_redis),
                 "command_to_query": p(&l.command_visible), "command_answer": p(&l.command_answer),
                 "cores_busy": l.cores.iter().map(|(name, cores)| json!({"process": name, "cores": cores})).collect::<Vec<_>>(),
+                "statements": l.statements.iter().map(|k| json!({
+                    "statements": k.kind, "calls": k.calls, "rows": k.rows, "execution_ms": k.ms,
+                })).collect::<Vec<_>>(),
             });
             std::fs::write(dir.join("latency-series.csv"), latency::series_csv(l))?;
         }

@@ -1,6 +1,6 @@
-//! PostgreSQL's time by statement over Prism's window, from `pg_stat_statements`: which part of
-//! a batch — the version gate, the rows read to fold, the rows written, the dead letters, the
-//! commit — the database spends its time on.
+//! PostgreSQL's time by statement over Prism's window (and over the latency run), from
+//! `pg_stat_statements`: which part of a batch — the version gate, the rows read to fold, the
+//! rows written, the dead letters, the commit — the database spends its time on.
 //!
 //! The dev stack loads the extension (`shared_preload_libraries` in its PostgreSQL
 //! configuration); on a server without it the benchmark says so and leaves the table out. The
@@ -90,12 +90,24 @@ fn kind_of(query: &str) -> String {
     } else if text.starts_with("insert into") {
         format!("rows written: {}", table("insert into"))
     } else if text.starts_with("select json_build_array") {
-        format!("rows read: {}", table(") as prism_document)::text from "))
+        // By id from the table, or by key through a lateral lookup per key of a JSON array.
+        let from = table(") as prism_document)::text from ");
+        // (`pg_stat_statements` shows the `NULL::<table>` of the latter as `$n::<table>`.)
+        let from = match from.strip_prefix("jsonb_populate_recordset(") {
+            Some(rest) => {
+                rest.split_once("::").map_or(rest, |(_, table)| table).trim_end_matches(',').to_owned()
+            }
+            None => from,
+        };
+        format!("rows read: {from}")
     } else if text.contains("pg_notify") {
         "notification of applied batches".into()
     } else if matches!(text.trim(), "begin" | "commit" | "rollback") || text.starts_with("start transaction")
     {
         "transaction begin and commit".into()
+    } else if text.starts_with("select") && text.contains(" from ") && !text.contains("projection_") {
+        // The latency run's other clients: the checker's looks, the query service's reads.
+        format!("other reads: {}", table(" from "))
     } else {
         "other (start-up, offsets, replay progress)".into()
     }

@@ -199,9 +199,14 @@ async fn shape(
         insert
     };
     let load_by_ids = format!("SELECT {stored} FROM {table} t WHERE t.{} = ANY($1)", key[0]);
+    // One index lookup per key whatever the planner believes about the table's size: a
+    // lateral subquery kept apart by `OFFSET 0` cannot become a join, which the plan cached
+    // while the table was small would have made a scan of every row (see gate_lock.sql).
+    let matches: Vec<String> = key.iter().map(|c| format!("t.{c} = k.{c}")).collect();
     let load_by_keys = format!(
-        "SELECT {stored} FROM {table} t WHERE ({conflict}) IN \
-         (SELECT {conflict} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb))"
+        "SELECT {stored} FROM jsonb_populate_recordset(NULL::{table}, $1::jsonb) AS k \
+         CROSS JOIN LATERAL (SELECT * FROM {table} t WHERE {} OFFSET 0) AS t",
+        matches.join(" AND ")
     );
     let add = (!additive.is_empty()).then(|| {
         let mut adds: Vec<String> = additive.iter().map(|c| format!("{c} = t.{c} + EXCLUDED.{c}")).collect();
