@@ -53,7 +53,7 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-    /// Rebuild a read model from the event topics: in place, or blue/green beside the serving
+    /// Rebuild read models from the event topics: in place, or blue/green beside the serving
     /// generation with an atomic switch.
     Rebuild(crate::commands::rebuild::RebuildArgs),
 }

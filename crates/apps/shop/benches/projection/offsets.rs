@@ -44,9 +44,9 @@ impl Watch {
     pub fn name(&self) -> String {
         match self {
             Self::Group(group) => format!("group {}", group.group),
-            Self::Replay(replay) => format!("the replay of {}", replay.instance),
+            Self::Replay(replay) => format!("the replay of {}", replay.instances.join(", ")),
             Self::ReplayThenGroup(replay, group) => {
-                format!("the replay of {} and group {}", replay.instance, group.group)
+                format!("the replay of {} and group {}", replay.instances.join(", "), group.group)
             }
         }
     }
@@ -54,30 +54,26 @@ impl Watch {
 
 /// Watches the replay ranges of one instance in PostgreSQL (`projection_replays`).
 pub struct ReplayWatch {
-    /// The instance, e.g. `order_summary_g1`.
-    pub instance: String,
+    /// The instances, e.g. `order_summary_g1`.
+    pub instances: Vec<String>,
     client: tokio_postgres::Client,
 }
 
 impl ReplayWatch {
-    /// A watch of `instance`'s ranges over `client` (on the deployment's schema).
-    pub fn new(client: tokio_postgres::Client, instance: String) -> Self {
-        Self { instance, client }
+    /// A watch of `instances`' ranges over `client` (on the deployment's schema).
+    pub fn new(client: tokio_postgres::Client, instances: Vec<String>) -> Self {
+        Self { instances, client }
     }
 
     /// Messages in the ranges, summed.
     pub async fn total(&self) -> anyhow::Result<i64> {
-        let ranges =
-            prism_read_store::projection::replay::ranges(&self.client, std::slice::from_ref(&self.instance))
-                .await?;
+        let ranges = prism_read_store::projection::replay::ranges(&self.client, &self.instances).await?;
         Ok(ranges.iter().map(|r| r.end - r.start).sum())
     }
 
     /// Messages landed, and whether every range has.
     pub async fn progress(&self) -> anyhow::Result<Progress> {
-        let ranges =
-            prism_read_store::projection::replay::ranges(&self.client, std::slice::from_ref(&self.instance))
-                .await?;
+        let ranges = prism_read_store::projection::replay::ranges(&self.client, &self.instances).await?;
         Ok(Progress {
             committed: ranges.iter().map(|r| r.settled_to - r.start).sum(),
             done: ranges.iter().all(|r| r.is_settled()),

@@ -8,7 +8,9 @@
 //!   registers replay ranges up to the projector group's committed offsets (which do not move,
 //!   so the other read models fed by the same topics see nothing again); then the projector
 //!   (the same binary and configuration as in the throughput run) is started and timed like a
-//!   contender until every range has landed and settled (cache written).
+//!   contender until every range has landed and settled (cache written). Then all of them at
+//!   once, as an operator rebuilds everything: `prismctl rebuild --all --mode in-place`, one
+//!   start of the projector, timed until every read model's ranges have settled.
 //! - **Blue/green** runs beside the serving generation, with the projector running. For each
 //!   read model: `prismctl rebuild <model> --mode blue-green --yes --retire-grace 1` registers
 //!   the next generation with replay ranges to the topics' ends and commits its build group
@@ -60,6 +62,7 @@ pub async fn run(
     for model in env.app.read_models() {
         out.push(in_place(env, binaries, services, work, model.name()).await?);
     }
+    out.push(all_in_place(env, binaries, services, work).await?);
     let listen = format!("127.0.0.1:{}", binaries::free_port()?);
     let projector = Contender {
         key: "prism-live".into(),
@@ -147,7 +150,7 @@ async fn in_place(
     let generation = prism_read_store::read_models::active_generation(&client, read_model)
         .await?
         .context("the read model has no active generation")?;
-    let watch = ReplayWatch::new(client, format!("{read_model}_g{generation}"));
+    let watch = ReplayWatch::new(client, vec![format!("{read_model}_g{generation}")]);
     let events = watch.total().await?;
     let listen = format!("127.0.0.1:{}", binaries::free_port()?);
     let replay = Contender {
@@ -166,6 +169,47 @@ async fn in_place(
     running.stop().await;
     Ok(Rebuilt { read_model, mode: "in-place", measured, prismctl_seconds })
 }
+
+/// `prismctl rebuild --all --mode in-place`: every read model cleared and registered by one
+/// command, then replayed by one start of the projector, timed until every range has settled.
+async fn all_in_place(
+    env: &TestEnv,
+    binaries: &Binaries,
+    services: &Services,
+    work: &Path,
+) -> anyhow::Result<Rebuilt> {
+    let started = Instant::now();
+    prismctl(
+        env,
+        binaries,
+        &["rebuild", "--all", "--mode", "in-place", "--yes", "--no-wait"],
+        &work.join("prismctl-in-place-all.log"),
+    )
+    .await?;
+    let client = env.pg().await?;
+    let instances: Vec<String> = env.active_instances().await?.iter().map(|i| i.id()).collect();
+    let watch = ReplayWatch::new(client, instances);
+    let events = watch.total().await?;
+    let listen = format!("127.0.0.1:{}", binaries::free_port()?);
+    let replay = Contender {
+        key: "rebuild-in-place-all".into(),
+        name: "in-place rebuild of every read model at once".into(),
+        does: String::new(),
+        command: binaries::projector(binaries, env, &listen),
+        watch: Watch::Replay(watch),
+        ready_line: None,
+        error_prefix: None,
+        log: work.join("prism-in-place-all.log"),
+        events,
+    };
+    let (measured, running) = contender::measure(replay, services).await?;
+    let prismctl_seconds = started.elapsed().as_secs_f64();
+    running.stop().await;
+    Ok(Rebuilt { read_model: ALL_AT_ONCE, mode: "in-place", measured, prismctl_seconds })
+}
+
+/// The `read_model` of [`all_in_place`]'s figures.
+pub const ALL_AT_ONCE: &str = "every read model at once";
 
 async fn blue_green(
     env: &TestEnv,
@@ -220,7 +264,7 @@ async fn blue_green(
     let mut builder = env.config.clone();
     builder.projector.group = format!("prism.rebuild.{read_model}.g{generation}");
     let group = prism_kafka::admin::projector_group_id(&builder);
-    let replay = ReplayWatch::new(env.pg().await?, format!("{read_model}_g{generation}"));
+    let replay = ReplayWatch::new(env.pg().await?, vec![format!("{read_model}_g{generation}")]);
     let watch = Watch::ReplayThenGroup(replay, GroupWatch::new(&env.config, &group, &ends)?);
     let deadline = started + contender::timeout();
     let window =

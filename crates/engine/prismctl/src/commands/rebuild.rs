@@ -1,5 +1,11 @@
-//! `prismctl rebuild <projection> --mode in-place|blue-green`: rebuild one read model from
-//! the event topics.
+//! `prismctl rebuild <projection>… | --all --mode in-place|blue-green`: rebuild read models
+//! from the event topics.
+//!
+//! Several read models (or `--all`) rebuild in one run: in place, the checks, the confirmation
+//! and the wait are shared — each read model is cleared and registered in a transaction of its
+//! own, and one start of the workers replays them all (one process start and one set of
+//! partition readers instead of one per read model); blue/green, each is built, verified and
+//! switched in turn.
 //!
 //! **In place** (the read model is empty while it replays; workers must be stopped):
 //! check the projector group has no members (DescribeConsumerGroups, either protocol), commit
@@ -53,9 +59,14 @@ use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct RebuildArgs {
-    /// The read model to rebuild (one of those `prismctl read-models` lists).
-    #[arg(value_parser = parse_projection)]
-    pub projection: &'static str,
+    /// The read models to rebuild (of those `prismctl read-models` lists). In place, several
+    /// are cleared together and replayed by one start of the workers; blue/green, they are
+    /// rebuilt and switched one after another.
+    #[arg(value_parser = parse_projection, required_unless_present = "all", conflicts_with = "all")]
+    pub projections: Vec<&'static str>,
+    /// Rebuild every registered read model.
+    #[arg(long)]
+    pub all: bool,
     /// in-place: clear and replay the active generation (workers stopped, read model empty
     /// meanwhile). blue-green: build a new generation beside the serving one, verify, switch.
     #[arg(long, value_enum)]
@@ -88,6 +99,9 @@ pub struct RebuildArgs {
 
 /// What `prismctl rebuild --help` adds after the options.
 const AFTER_HELP: &str = "\
+Several read models may be named, or --all for every registered one: in place they are cleared
+by one run and replayed by one start of the workers; blue/green they are rebuilt one after another.
+
 In place: stop the projector workers first. The projection's table, gate rows, dead letters and
 parked aggregates are cleared and the events before the projector group's committed offsets on
 its source topics are registered for a bulk replay, in one transaction; then its Redis keys are
@@ -132,17 +146,36 @@ pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> 
     let db = Database::connect(&config.postgres, "prismctl-rebuild")
         .await
         .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?;
-    let model = super::read_models::resolve(config, &db, args.projection).await?;
-    let client = db.client().await?;
-    let active =
-        prism_read_store::read_models::active_generation(&**client, args.projection).await?.with_context(
-            || format!("{} has no active generation: run `prismctl migrate` first", args.projection),
-        )?;
-    drop(client);
-    let active = ProjectionInstance::new(args.projection, active);
+    let names: Vec<&'static str> = if args.all {
+        super::read_models::registered(config, &db).await?.iter().map(|m| m.name).collect()
+    } else {
+        let mut names = Vec::new();
+        for name in &args.projections {
+            if !names.contains(name) {
+                names.push(*name);
+            }
+        }
+        names
+    };
+    let mut models = Vec::with_capacity(names.len());
+    for name in names {
+        let model = super::read_models::resolve(config, &db, name).await?;
+        let client = db.client().await?;
+        let active = prism_read_store::read_models::active_generation(&**client, name)
+            .await?
+            .with_context(|| format!("{name} has no active generation: run `prismctl migrate` first"))?;
+        drop(client);
+        models.push((model, ProjectionInstance::new(name, active)));
+    }
     match args.mode {
-        RebuildMode::InPlace => in_place(config, &db, &model, active, &args).await,
-        RebuildMode::BlueGreen => blue_green(config, &db, &model, active, &args).await,
+        RebuildMode::InPlace => in_place(config, &db, &models, &args).await,
+        // One after another: each new generation is built, verified and switched to on its own.
+        RebuildMode::BlueGreen => {
+            for (model, active) in &models {
+                blue_green(config, &db, model, *active, &args).await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -299,34 +332,58 @@ fn cache_prefix(
     model.cache_kind.as_deref().map(|kind| instance.cache_prefix(kind, &config.redis.key_prefix))
 }
 
+/// One read model of an in-place rebuild, at its active generation.
+struct InPlaceTarget<'a> {
+    model: &'a RegisteredReadModel,
+    instance: ProjectionInstance,
+    topics: Vec<String>,
+}
+
+/// Rebuilds `targets` in place together: one check that the workers are stopped, one
+/// confirmation, each read model cleared and its ranges registered in a transaction of its own,
+/// then (unless `--no-wait`) one wait while the workers, started once, replay them all.
 async fn in_place(
     config: &PrismConfig,
     db: &Database,
-    model: &RegisteredReadModel,
-    instance: ProjectionInstance,
+    models: &[(RegisteredReadModel, ProjectionInstance)],
     args: &RebuildArgs,
 ) -> anyhow::Result<()> {
     let group = projector_group(config);
-    let topics = source_topics(config, model);
-    let cache_prefix = cache_prefix(config, model, instance);
-    println!("rebuild {} in place (generation {})", instance.projection, instance);
-    println!("  1. check that the projector group {group} has no members (its workers must be stopped)");
-    println!(
-        "  2. in one transaction: clear table {instance}, its gate rows, dead letters and parked aggregates, \
-         and register the events of {} before {group}'s committed offsets as ranges the workers replay \
-         into {instance} in bulk (the group's offsets do not move: the other read models fed by these \
-         topics see nothing again)",
-        topics.join(", ")
-    );
-    println!("  3. (the group's committed offsets are committed again from outside it first: the broker refuses that while it has members)");
-    match &cache_prefix {
-        Some(prefix) => println!("  4. delete the Redis keys under {prefix}"),
-        None => println!("  4. (not cached: no Redis keys)"),
+    let targets: Vec<InPlaceTarget<'_>> = models
+        .iter()
+        .map(|(model, instance)| InPlaceTarget {
+            model,
+            instance: *instance,
+            topics: source_topics(config, model),
+        })
+        .collect();
+    let mut topics: Vec<String> = targets.iter().flat_map(|t| t.topics.iter().cloned()).collect();
+    topics.sort();
+    topics.dedup();
+    let names: Vec<&str> = targets.iter().map(|t| t.instance.projection).collect();
+    for target in &targets {
+        let instance = target.instance;
+        println!("rebuild {} in place (generation {})", instance.projection, instance);
+        println!("  1. check that the projector group {group} has no members (its workers must be stopped)");
+        println!(
+            "  2. in one transaction: clear table {instance}, its gate rows, dead letters and parked aggregates, \
+             and register the events of {} before {group}'s committed offsets as ranges the workers replay \
+             into {instance} in bulk (the group's offsets do not move: the other read models fed by these \
+             topics see nothing again)",
+            target.topics.join(", ")
+        );
+        println!("  3. (the group's committed offsets are committed again from outside it first: the broker refuses that while it has members)");
+        match cache_prefix(config, target.model, instance) {
+            Some(prefix) => println!("  4. delete the Redis keys under {prefix}"),
+            None => println!("  4. (not cached: no Redis keys)"),
+        }
     }
     println!(
         "  5. start the workers again; {}",
         if args.no_wait {
             "returns at once (--no-wait)"
+        } else if targets.len() > 1 {
+            "they replay every read model above at once; reports the replays and then the group's lag until all have caught up"
         } else {
             "reports the replay and then the group's lag until both have caught up"
         }
@@ -346,20 +403,22 @@ async fn in_place(
         println!("dry run: nothing changed");
         return Ok(());
     }
-    let building = store::building_generations(&**db.client().await?, instance.projection).await?;
-    if !building.is_empty() {
-        bail!(
-            "{} has generation(s) {building:?} in state building: a blue/green rebuild is running or did not \
-             finish. Let it finish, or drop them with `prismctl rebuild {} --mode blue-green \
-             --abandon-previous`, before rebuilding in place",
-            instance.projection,
-            instance.projection
-        );
+    for target in &targets {
+        let projection = target.instance.projection;
+        let building = store::building_generations(&**db.client().await?, projection).await?;
+        if !building.is_empty() {
+            bail!(
+                "{projection} has generation(s) {building:?} in state building: a blue/green rebuild is running or \
+                 did not finish. Let it finish, or drop them with `prismctl rebuild {projection} --mode \
+                 blue-green --abandon-previous`, before rebuilding in place. Nothing was changed"
+            );
+        }
     }
-    confirm(
-        &format!("rebuild {} in place, emptying it until the replay is done?", instance.projection),
-        args.yes,
-    )?;
+    let question = match names.as_slice() {
+        [one] => format!("rebuild {one} in place, emptying it until the replay is done?"),
+        many => format!("rebuild {} in place, emptying them until their replays are done?", many.join(", ")),
+    };
+    confirm(&question, args.yes)?;
 
     let membership = admin::group_membership(&config.kafka, &group, REQUEST_TIMEOUT)
         .await
@@ -396,54 +455,79 @@ async fn in_place(
             ),
         }
     }
-    // What the group will not deliver again: from the earliest offset still in the log to its
-    // committed offset. Partitions it never committed on are read from the earliest offset by
-    // the workers anyway.
-    let replays: Vec<(String, i32, i64, i64)> = before
-        .iter()
-        .filter_map(|p| p.committed.map(|c| (p.topic.clone(), p.partition, p.low, c.min(p.high))))
-        .filter(|(_, _, low, end)| low < end)
-        .collect();
-    let mut client = db.client().await?;
-    let cleared = store::clear_instance(&mut client, instance, &replays)
-        .await
-        .with_context(|| format!("clearing {instance} (nothing was changed; run again)"))?;
-    drop(client);
-    println!(
-        "cleared {instance}: {} rows, {} gate rows, {} dead letters, {} parked aggregates",
-        cleared.rows, cleared.gate_rows, cleared.dead_letters, cleared.parked
-    );
-    println!(
-        "registered {} replay range(s) of {} message(s) for {instance}",
-        cleared.replay_ranges,
-        replays.iter().map(|(_, _, start, end)| end - start).sum::<i64>()
-    );
     let cache = connect_cache(config).await?;
-    let keys = delete_cache(&cache, config, model, instance).await?;
-    if let Some(prefix) = &cache_prefix {
-        println!("deleted {keys} Redis keys under {prefix}");
+    for (done, target) in targets.iter().enumerate() {
+        let instance = target.instance;
+        // What the group will not deliver again: from the earliest offset still in the log to
+        // its committed offset. Partitions it never committed on are read from the earliest
+        // offset by the workers anyway.
+        let replays: Vec<(String, i32, i64, i64)> = before
+            .iter()
+            .filter(|p| target.topics.contains(&p.topic))
+            .filter_map(|p| p.committed.map(|c| (p.topic.clone(), p.partition, p.low, c.min(p.high))))
+            .filter(|(_, _, low, end)| low < end)
+            .collect();
+        let mut client = db.client().await?;
+        let cleared = store::clear_instance(&mut client, instance, &replays).await.with_context(|| {
+            let earlier: Vec<String> = targets[..done].iter().map(|t| t.instance.id()).collect();
+            if earlier.is_empty() {
+                format!("clearing {instance} (nothing was changed; run again)")
+            } else {
+                format!(
+                    "clearing {instance} (nothing of it was changed; {} already cleared and registered for replay: \
+                     run again for {instance} and the read models after it)",
+                    earlier.join(", ")
+                )
+            }
+        })?;
+        drop(client);
+        println!(
+            "cleared {instance}: {} rows, {} gate rows, {} dead letters, {} parked aggregates",
+            cleared.rows, cleared.gate_rows, cleared.dead_letters, cleared.parked
+        );
+        println!(
+            "registered {} replay range(s) of {} message(s) for {instance}",
+            cleared.replay_ranges,
+            replays.iter().map(|(_, _, start, end)| end - start).sum::<i64>()
+        );
+        let keys = delete_cache(&cache, config, target.model, instance).await?;
+        if let Some(prefix) = cache_prefix(config, target.model, instance) {
+            println!("deleted {keys} Redis keys under {prefix}");
+        }
     }
+    let instances: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
     if args.no_wait {
-        println!("start the projector workers; they replay {instance} from {} in bulk", topics.join(", "));
+        println!(
+            "start the projector workers; they replay {} from {} in bulk",
+            instances.join(", "),
+            topics.join(", ")
+        );
         return Ok(());
     }
 
-    let target = ends(&offsets(config, &group, &topics).await?);
+    let target_offsets = ends(&offsets(config, &group, &topics).await?);
     println!(
-        "waiting for the projector workers (group {group}) to replay {instance} and reach the end offsets \
-         seen now (start them if they are stopped)"
+        "waiting for the projector workers (group {group}) to replay {} and reach the end offsets \
+         seen now (start them if they are stopped)",
+        instances.join(", ")
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    follow_replay(db, instance, deadline).await?;
-    if let Some(lag) = follow_progress(config, &group, &topics, &target, deadline, &group, None).await? {
+    for target in &targets {
+        follow_replay(db, target.instance, deadline).await?;
+    }
+    if let Some(lag) =
+        follow_progress(config, &group, &topics, &target_offsets, deadline, &group, None).await?
+    {
         bail!(
             "the projector group {group} has not caught up after {}s (lag {lag}): are the workers running?",
             args.timeout
         );
     }
     let client = db.client().await?;
-    let sum = store::checksum(&**client, instance).await?;
-    println!("caught up: {instance} checksum {sum}");
+    for target in &targets {
+        let sum = store::checksum(&**client, target.instance).await?;
+        println!("caught up: {} checksum {sum}", target.instance);
+    }
     Ok(())
 }
 
@@ -771,8 +855,12 @@ mod tests {
     #[test]
     fn parses_rebuild() {
         let args = parse(&["rebuild", "order_summary", "--mode", "in-place"]).expect("parses");
-        assert_eq!((args.projection, args.mode), ("order_summary", RebuildMode::InPlace));
-        assert!(!args.dry_run && !args.yes && !args.no_wait);
+        assert_eq!((args.projections.as_slice(), args.mode), (&["order_summary"][..], RebuildMode::InPlace));
+        assert!(!args.dry_run && !args.yes && !args.no_wait && !args.all);
+        let args = parse(&["rebuild", "order_summary", "cart_view", "--mode", "in-place"]).expect("parses");
+        assert_eq!(args.projections, ["order_summary", "cart_view"]);
+        let args = parse(&["rebuild", "--all", "--mode", "in-place"]).expect("parses");
+        assert!(args.all && args.projections.is_empty());
         let args = parse(&[
             "rebuild",
             "user_profile",
@@ -788,7 +876,7 @@ mod tests {
             "--allow-changes",
         ])
         .expect("parses");
-        assert_eq!((args.projection, args.mode), ("user_profile", RebuildMode::BlueGreen));
+        assert_eq!((args.projections.as_slice(), args.mode), (&["user_profile"][..], RebuildMode::BlueGreen));
         assert!(args.dry_run && args.yes && args.abandon_previous && args.allow_changes);
         assert_eq!((args.timeout, args.retire_grace), (30, 0));
     }
@@ -798,7 +886,15 @@ mod tests {
         assert!(parse(&["rebuild", "Orders!", "--mode", "in-place"]).is_err(), "not a read-model name");
         assert!(parse(&["rebuild", "order_summary"]).is_err(), "mode is required");
         assert!(parse(&["rebuild", "order_summary", "--mode", "sideways"]).is_err());
-        assert!(parse(&["rebuild", "--mode", "in-place"]).is_err(), "projection is required");
+        assert!(parse(&["rebuild", "--mode", "in-place"]).is_err(), "a read model or --all is required");
+        assert!(
+            parse(&["rebuild", "cart_view", "--all", "--mode", "in-place"]).is_err(),
+            "names or --all, not both"
+        );
+        assert!(
+            parse(&["rebuild", "cart_view", "Orders!", "--mode", "in-place"]).is_err(),
+            "every name is checked"
+        );
         assert!(parse(&["rebuild", "order_summary", "--mode", "in-place", "--timeout", "x"]).is_err());
     }
 
