@@ -242,7 +242,8 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
         Vec::new()
     };
     if settings.rebuild {
-        run.rebuilds = rebuild::run(&env, &binaries, &services, &work).await?;
+        let rebuilds = rebuild::run(&env, &binaries, &services, &work).await?;
+        (run.rebuilds, run.rebuild_all_in_place) = (rebuilds.each, rebuilds.all_in_place);
         let summary = env
             .wait_for_oracle(
                 &shop::testing::oracle::fold(&events),

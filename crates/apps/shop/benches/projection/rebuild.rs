@@ -50,19 +50,28 @@ pub struct Rebuilt {
     pub prismctl_seconds: f64,
 }
 
-/// Rebuilds every read model in place, then every one blue/green; the projector is stopped
-/// when this returns.
+/// Every rebuild the benchmark times.
+#[derive(Debug, Clone, Default)]
+pub struct Rebuilds {
+    /// Each read model on its own, in place, then each blue/green.
+    pub each: Vec<Rebuilt>,
+    /// Every read model in place by one `prismctl rebuild --all` and one start of the projector.
+    pub all_in_place: Option<Rebuilt>,
+}
+
+/// Rebuilds every read model in place, one at a time and then all at once, then every one
+/// blue/green; the projector is stopped when this returns.
 pub async fn run(
     env: &TestEnv,
     binaries: &Binaries,
     services: &Services,
     work: &Path,
-) -> anyhow::Result<Vec<Rebuilt>> {
+) -> anyhow::Result<Rebuilds> {
     let mut out = Vec::new();
     for model in env.app.read_models() {
-        out.push(in_place(env, binaries, services, work, model.name()).await?);
+        out.push(in_place(env, binaries, services, work, Some(model.name())).await?);
     }
-    out.push(all_in_place(env, binaries, services, work).await?);
+    let all_in_place = Some(in_place(env, binaries, services, work, None).await?);
     let listen = format!("127.0.0.1:{}", binaries::free_port()?);
     let projector = Contender {
         key: "prism-live".into(),
@@ -95,7 +104,7 @@ pub async fn run(
         }
     }
     running.stop().await;
-    Ok(out)
+    Ok(Rebuilds { each: out, all_in_place })
 }
 
 /// The source topics of a read model and their end offsets.
@@ -131,85 +140,59 @@ async fn prismctl(env: &TestEnv, binaries: &Binaries, args: &[&str], log: &Path)
     }
 }
 
+/// An in-place rebuild of `read_model`, or of every read model (`None`: `prismctl rebuild
+/// --all`, one start of the projector for all of them), timed until every range has settled.
 async fn in_place(
     env: &TestEnv,
     binaries: &Binaries,
     services: &Services,
     work: &Path,
-    read_model: &'static str,
+    read_model: Option<&'static str>,
 ) -> anyhow::Result<Rebuilt> {
+    let (which, label) = match read_model {
+        Some(name) => (name, name),
+        None => ("--all", "all"),
+    };
     let started = Instant::now();
     prismctl(
         env,
         binaries,
-        &["rebuild", read_model, "--mode", "in-place", "--yes", "--no-wait"],
-        &work.join(format!("prismctl-in-place-{read_model}.log")),
+        &["rebuild", which, "--mode", "in-place", "--yes", "--no-wait"],
+        &work.join(format!("prismctl-in-place-{label}.log")),
     )
     .await?;
-    let client = env.pg().await?;
-    let generation = prism_read_store::read_models::active_generation(&client, read_model)
+    let instances: Vec<String> = env
+        .active_instances()
         .await?
-        .context("the read model has no active generation")?;
-    let watch = ReplayWatch::new(client, vec![format!("{read_model}_g{generation}")]);
+        .iter()
+        .filter(|i| read_model.is_none_or(|name| i.projection == name))
+        .map(|i| i.id())
+        .collect();
+    anyhow::ensure!(!instances.is_empty(), "{which} has no active generation");
+    let watch = ReplayWatch::new(env.pg().await?, instances);
     let events = watch.total().await?;
     let listen = format!("127.0.0.1:{}", binaries::free_port()?);
     let replay = Contender {
-        key: format!("rebuild-in-place-{read_model}"),
-        name: format!("in-place rebuild of {read_model}"),
+        key: format!("rebuild-in-place-{label}"),
+        name: format!("in-place rebuild of {}", read_model.unwrap_or("every read model at once")),
         does: String::new(),
         command: binaries::projector(binaries, env, &listen),
         watch: Watch::Replay(watch),
         ready_line: None,
         error_prefix: None,
-        log: work.join(format!("prism-in-place-{read_model}.log")),
+        log: work.join(format!("prism-in-place-{label}.log")),
         events,
     };
     let (measured, running) = contender::measure(replay, services).await?;
     let prismctl_seconds = started.elapsed().as_secs_f64();
     running.stop().await;
-    Ok(Rebuilt { read_model, mode: "in-place", measured, prismctl_seconds })
+    Ok(Rebuilt {
+        read_model: read_model.unwrap_or("all read models"),
+        mode: "in-place",
+        measured,
+        prismctl_seconds,
+    })
 }
-
-/// `prismctl rebuild --all --mode in-place`: every read model cleared and registered by one
-/// command, then replayed by one start of the projector, timed until every range has settled.
-async fn all_in_place(
-    env: &TestEnv,
-    binaries: &Binaries,
-    services: &Services,
-    work: &Path,
-) -> anyhow::Result<Rebuilt> {
-    let started = Instant::now();
-    prismctl(
-        env,
-        binaries,
-        &["rebuild", "--all", "--mode", "in-place", "--yes", "--no-wait"],
-        &work.join("prismctl-in-place-all.log"),
-    )
-    .await?;
-    let client = env.pg().await?;
-    let instances: Vec<String> = env.active_instances().await?.iter().map(|i| i.id()).collect();
-    let watch = ReplayWatch::new(client, instances);
-    let events = watch.total().await?;
-    let listen = format!("127.0.0.1:{}", binaries::free_port()?);
-    let replay = Contender {
-        key: "rebuild-in-place-all".into(),
-        name: "in-place rebuild of every read model at once".into(),
-        does: String::new(),
-        command: binaries::projector(binaries, env, &listen),
-        watch: Watch::Replay(watch),
-        ready_line: None,
-        error_prefix: None,
-        log: work.join("prism-in-place-all.log"),
-        events,
-    };
-    let (measured, running) = contender::measure(replay, services).await?;
-    let prismctl_seconds = started.elapsed().as_secs_f64();
-    running.stop().await;
-    Ok(Rebuilt { read_model: ALL_AT_ONCE, mode: "in-place", measured, prismctl_seconds })
-}
-
-/// The `read_model` of [`all_in_place`]'s figures.
-pub const ALL_AT_ONCE: &str = "every read model at once";
 
 async fn blue_green(
     env: &TestEnv,

@@ -32,6 +32,8 @@ pub struct Run {
     pub checks: Vec<String>,
     /// Rebuilds.
     pub rebuilds: Vec<Rebuilt>,
+    /// Every read model rebuilt in place by one `prismctl rebuild --all`.
+    pub rebuild_all_in_place: Option<Rebuilt>,
     /// Latency.
     pub latency: Option<latency::Outcome>,
     /// PostgreSQL's time by statement over Prism's window (empty when not tracked).
@@ -129,12 +131,11 @@ impl Run {
              |---|---|---:|---:|---:|---:|---:|\n",
         );
         let times_live = |rate: f64| live.map_or("–".into(), |l| format!("{:.2}×", rate / l));
-        for r in self.rebuilds.iter().filter(|r| r.read_model != crate::rebuild::ALL_AT_ONCE) {
+        let row = |t: &mut String, label: &str, r: &Rebuilt| {
             let m = &r.measured;
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {:.0} | {} | {:.1} s | {:.1} s |",
-                r.read_model,
+                "| {label} | {} | {} | {:.0} | {} | {:.1} s | {:.1} s |",
                 r.mode,
                 m.events,
                 m.whole_rate(),
@@ -142,6 +143,9 @@ impl Run {
                 m.whole_seconds(),
                 r.prismctl_seconds
             );
+        };
+        for r in &self.rebuilds {
+            row(&mut t, r.read_model, r);
         }
         for (mode, events, seconds) in self.rebuild_totals() {
             let rate = events as f64 / seconds;
@@ -151,25 +155,10 @@ impl Run {
                 times_live(rate)
             );
         }
-        if let Some(r) = self.rebuild_all_at_once() {
-            let m = &r.measured;
-            let _ = writeln!(
-                t,
-                "| **all read models at once** (`prismctl rebuild --all`) | {} | {} | {:.0} | {} | {:.1} s | {:.1} s |",
-                r.mode,
-                m.events,
-                m.whole_rate(),
-                times_live(m.whole_rate()),
-                m.whole_seconds(),
-                r.prismctl_seconds
-            );
+        if let Some(r) = &self.rebuild_all_in_place {
+            row(&mut t, "**all read models at once** (`prismctl rebuild --all`)", r);
         }
         t
-    }
-
-    /// The rebuild of every read model by one `prismctl rebuild --all` (in place).
-    fn rebuild_all_at_once(&self) -> Option<&Rebuilt> {
-        self.rebuilds.iter().find(|r| r.read_model == crate::rebuild::ALL_AT_ONCE)
     }
 
     /// Per mode: events replayed and whole-window seconds, summed over the read models.
@@ -177,11 +166,7 @@ impl Run {
         ["in-place", "blue-green"]
             .into_iter()
             .filter_map(|mode| {
-                let of: Vec<&Rebuilt> = self
-                    .rebuilds
-                    .iter()
-                    .filter(|r| r.mode == mode && r.read_model != crate::rebuild::ALL_AT_ONCE)
-                    .collect();
+                let of: Vec<&Rebuilt> = self.rebuilds.iter().filter(|r| r.mode == mode).collect();
                 (!of.is_empty()).then(|| {
                     (
                         mode,
@@ -324,7 +309,8 @@ impl Run {
         let live = self.live_whole_rate();
         // In place, every read model is rebuilt by one command when that was measured; the
         // sum of one-at-a-time rebuilds is in the rebuild table beside it.
-        let all_at_once = self.rebuild_all_at_once().map(|r| (r.measured.events, r.measured.whole_seconds()));
+        let all_at_once =
+            self.rebuild_all_in_place.as_ref().map(|r| (r.measured.events, r.measured.whole_seconds()));
         for (mode, events, seconds) in self.rebuild_totals() {
             let (events, seconds, how) = match all_at_once {
                 Some((events, seconds)) if mode == "in-place" => {
@@ -477,7 +463,7 @@ impl Run {
                 "when": self.when,
                 "live_rate": self.live_rate(),
                 "live_whole_rate": self.live_whole_rate(),
-                "rebuilds": self.rebuilds.iter().map(|r| json!({
+                "rebuilds": self.rebuilds.iter().chain(&self.rebuild_all_in_place).map(|r| json!({
                     "read_model": r.read_model, "mode": r.mode, "prismctl_seconds": r.prismctl_seconds,
                     "measured": measured_json(&r.measured),
                 })).collect::<Vec<_>>(),
