@@ -19,10 +19,11 @@
 //!   ends. Verification and the switch come after that and are reported separately
 //!   (prismctl's whole run).
 //!
-//! Events replayed = messages in the read model's source topics. Rates are over the whole
-//! window (start → done), start-up included, and compared with the live run's rate over its
-//! whole window: a replay of one read model lasts about a second, too short for a steady
-//! window to mean anything.
+//! Events replayed = messages in the read model's source topics, so an event counts once per
+//! read model it feeds; the live rate they are compared with counts the same way (the events
+//! the throughput run fed its read models, see `report`). Rates are over the whole window
+//! (start → done), start-up included, on both sides: a replay of one read model lasts about a
+//! second, too short for a steady window to mean anything.
 
 use std::path::Path;
 use std::process::Stdio;

@@ -118,14 +118,34 @@ impl Run {
         self.contender("prism").map(Measured::rate)
     }
 
-    /// Prism's live rate over its whole window (start-up included), what rebuilds compare to.
+    /// Prism's live rate over its whole window (start-up included).
     fn live_whole_rate(&self) -> Option<f64> {
         self.contender("prism").map(Measured::whole_rate)
     }
 
+    /// Events the live run fed its read models, an event counted once per read model it feeds
+    /// — the unit a rebuild's "events replayed" are in: the rebuild of every read model at once
+    /// replays exactly these, and each read model's rebuild its share.
+    fn live_events_fed(&self) -> Option<i64> {
+        if let Some(all) = &self.rebuild_all_in_place {
+            return Some(all.measured.events);
+        }
+        let in_place: Vec<&Rebuilt> = self.rebuilds.iter().filter(|r| r.mode == "in-place").collect();
+        (!in_place.is_empty()).then(|| in_place.iter().map(|r| r.measured.events).sum())
+    }
+
+    /// What rebuilds compare to: Prism's live rate over its whole window (start-up included,
+    /// as the rebuilds' windows are), in events fed to read models per second. Comparing a
+    /// rebuild's replayed events (once per read model) with the live run's events (once each)
+    /// would flatter the rebuild by the average number of read models an event feeds.
+    fn live_fed_rate(&self) -> Option<f64> {
+        let prism = self.contender("prism")?;
+        Some(self.live_events_fed()? as f64 / prism.whole_seconds())
+    }
+
     /// The rebuild table, with each mode's total.
     pub fn rebuild_table(&self) -> String {
-        let live = self.live_whole_rate();
+        let live = self.live_fed_rate();
         let mut t = String::from(
             "| read model | mode | events replayed | events/s (whole window) | × live rate | whole window | prismctl run |\n\
              |---|---|---:|---:|---:|---:|---:|\n",
@@ -306,7 +326,7 @@ impl Run {
             100.0,
             "ms",
         ));
-        let live = self.live_whole_rate();
+        let live = self.live_fed_rate();
         // In place, every read model is rebuilt by one command when that was measured; the
         // sum of one-at-a-time rebuilds is in the rebuild table beside it.
         let all_at_once =
@@ -421,9 +441,14 @@ impl Run {
         }
         if !self.rebuilds.is_empty() {
             let section = format!(
-                "{}\n\nLive rate (Prism's rate in the throughput run over its whole window, start-up included, as \
-                 the rebuilds' are): {}.\n\n{}",
+                "{}\n\nLive rate, what every ratio below divides by: Prism's throughput run fed {} events to its read \
+                 models (an event counted once per read model it feeds, as events replayed are) in {:.1} s over its \
+                 whole window, start-up included as the rebuilds' are: {} per second ({} events/s counted once \
+                 each).\n\n{}",
                 self.header(),
+                opt(self.live_events_fed().map(|e| e as f64), 0),
+                self.contender("prism").map_or(f64::NAN, Measured::whole_seconds),
+                opt(self.live_fed_rate(), 0),
                 opt(self.live_whole_rate(), 0),
                 self.rebuild_table()
             );
@@ -463,6 +488,7 @@ impl Run {
                 "when": self.when,
                 "live_rate": self.live_rate(),
                 "live_whole_rate": self.live_whole_rate(),
+                "live_fed_rate": self.live_fed_rate(),
                 "rebuilds": self.rebuilds.iter().chain(&self.rebuild_all_in_place).map(|r| json!({
                     "read_model": r.read_model, "mode": r.mode, "prismctl_seconds": r.prismctl_seconds,
                     "measured": measured_json(&r.measured),
