@@ -380,10 +380,12 @@ impl BatchHandler for ProjectionHandler {
             first_needed.push(below.map_or(0, |end| messages.partition_point(|m| m.offset() < end)));
         }
         let skipped = first_needed.iter().copied().min().unwrap_or(0);
+        let mut phases = Phases::start();
         let decoded: Vec<SourceMessage> = messages[skipped..]
             .iter()
             .map(|m| decode(m, self.app.events(), topic_type, &self.limits))
             .collect();
+        phases.done("decode");
         let mut outcomes = Vec::new();
         let all_of_it: Vec<ProjectionInstance> = instances
             .iter()
@@ -403,8 +405,10 @@ impl BatchHandler for ProjectionHandler {
                 .await?,
             );
         }
+        phases.done("postgres");
         // Landed in the generation that is still active? Otherwise retry against the new one.
         self.ensure_still_active(&instances).await?;
+        phases.done("generation_check");
         // Counted once the transaction committed: a retry after a cache or broker failure
         // finds these events again as duplicates, and must not count them as applied twice.
         for (instance, outcome) in &outcomes {
@@ -412,9 +416,31 @@ impl BatchHandler for ProjectionHandler {
         }
         for (instance, outcome) in &outcomes {
             self.write_cache(*instance, outcome).await?;
+        }
+        phases.done("cache");
+        for (instance, outcome) in &outcomes {
             self.publish_dead_letters(outcome).await?;
             self.heal(*instance, &outcome.parked_aggregates).await?;
         }
+        phases.done("dead_letters");
         Ok(())
+    }
+}
+
+/// Times a batch's steps into [`m::PROJECTOR_BATCH_PHASE`], each from the end of the one before.
+struct Phases {
+    since: std::time::Instant,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self { since: std::time::Instant::now() }
+    }
+
+    fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        metrics::histogram!(m::PROJECTOR_BATCH_PHASE, "phase" => phase)
+            .record(now.duration_since(self.since).as_secs_f64());
+        self.since = now;
     }
 }

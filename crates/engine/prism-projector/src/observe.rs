@@ -228,6 +228,11 @@ fn describe() {
         Unit::Seconds,
         "Time from a batch's first message to its offsets being stored."
     );
+    describe_histogram!(
+        m::PROJECTOR_BATCH_PHASE,
+        Unit::Seconds,
+        "Time a batch's handler spends in each step once it has its turn, by phase (decode, postgres, generation_check, cache, dead_letters)."
+    );
     describe_histogram!(m::PROJECTOR_BATCH_SIZE, "Messages per batch.");
     describe_counter!(m::PROJECTOR_REBALANCES, "Rebalance callbacks, by kind (assign, revoke).");
     describe_counter!(m::PROJECTOR_GENERATION_SWITCHES, "Batches applied again because a blue/green switch made another generation active while they ran (expected, not an error).");

@@ -39,6 +39,11 @@ pub const PROJECTOR_GAPS_HEALED: &str = "prism_projector_version_gaps_healed_tot
 /// Histogram: time from a batch's first message to its offsets being stored. Labels:
 /// `group`.
 pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_seconds";
+/// Histogram: time a batch's handler spends in each of its steps, once it has its turn.
+/// Labels: `phase` (`decode`; `postgres`: the transaction, bulk replays it waited for
+/// included; `generation_check`; `cache`; `dead_letters`: copies to the dead-letter topic and
+/// healing).
+pub const PROJECTOR_BATCH_PHASE: &str = "prism_projector_batch_phase_seconds";
 /// Histogram: messages per batch. Labels: `group`.
 pub const PROJECTOR_BATCH_SIZE: &str = "prism_projector_batch_size_events";
 /// Counter: rebalance callbacks. Labels: `group`, `kind` (assign, revoke).

@@ -434,6 +434,7 @@ async fn throughput(
     }
     let metrics = reqwest::get(format!("http://{listen}/metrics")).await?.text().await?;
     std::fs::write(work.join("prism-metrics.txt"), &metrics)?;
+    run.batch_phases = report::BatchPhases::parse(&metrics);
     if flag("PRISM_BENCH_SHOW_BATCHES", false)? {
         for line in
             metrics.lines().filter(|l| l.contains("batch") && !l.contains("_bucket") && !l.starts_with('#'))

@@ -38,6 +38,73 @@ pub struct Run {
     pub latency: Option<latency::Outcome>,
     /// PostgreSQL's time by statement over Prism's window (empty when not tracked).
     pub statements: Vec<crate::statements::KindTime>,
+    /// Prism's batches in the throughput run: how many landed and their handler's seconds by
+    /// step (from the projector's `/metrics`).
+    pub batch_phases: Option<BatchPhases>,
+}
+
+/// A projector's batches, from its `/metrics` after its run.
+#[derive(Debug, Clone, Default)]
+pub struct BatchPhases {
+    /// Batches landed.
+    pub batches: f64,
+    /// Seconds of the handler's attempts (and the backoff between them), summed over batches.
+    pub batch_seconds: f64,
+    /// Per step of the handler (`prism_projector_batch_phase_seconds`): name and seconds summed.
+    pub phases: Vec<(String, f64)>,
+}
+
+impl BatchPhases {
+    /// Reads them from a Prometheus text exposition; `None` without batches.
+    pub fn parse(metrics: &str) -> Option<Self> {
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        let mut out = Self::default();
+        for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+            if line.starts_with("prism_projector_batch_duration_seconds_sum") {
+                out.batch_seconds += value(line)?;
+            } else if line.starts_with("prism_projector_batch_duration_seconds_count") {
+                out.batches += value(line)?;
+            } else if let Some(rest) = line.strip_prefix("prism_projector_batch_phase_seconds_sum{phase=\"") {
+                let phase = rest.split('"').next()?.to_owned();
+                out.phases.push((phase, value(line)?));
+            }
+        }
+        (out.batches > 0.0).then_some(out)
+    }
+
+    /// The table: each step's seconds, share of the batches' time and milliseconds per batch.
+    pub fn table(&self) -> String {
+        let mut t = String::from(
+            "| step of a batch | seconds (all batches) | share | ms per batch |\n|---|---:|---:|---:|\n",
+        );
+        let row = |t: &mut String, name: &str, seconds: f64| {
+            let _ = writeln!(
+                t,
+                "| {name} | {seconds:.2} | {:.0} % | {:.1} |",
+                100.0 * seconds / self.batch_seconds.max(1e-9),
+                1e3 * seconds / self.batches
+            );
+        };
+        let order = ["decode", "postgres", "generation_check", "cache", "dead_letters"];
+        let mut phases = self.phases.clone();
+        phases.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(order.len()));
+        for (name, seconds) in &phases {
+            row(&mut t, name, *seconds);
+        }
+        let handled: f64 = phases.iter().map(|(_, s)| s).sum();
+        row(
+            &mut t,
+            "(between attempts: backoff after a transient failure)",
+            (self.batch_seconds - handled).max(0.0),
+        );
+        let _ = writeln!(
+            t,
+            "| **a batch, all its attempts** | {:.2} | 100 % | {:.1} |",
+            self.batch_seconds,
+            1e3 * self.batch_seconds / self.batches
+        );
+        t
+    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -391,6 +458,9 @@ impl Run {
                     self.statements_table()
                 );
             }
+            if let Some(phases) = &self.batch_phases {
+                println!("\n-- Prism's batches by step ({:.0} batches)\n{}", phases.batches, phases.table());
+            }
         }
         if !self.rebuilds.is_empty() {
             println!("\n-- rebuilds\n{}", self.rebuild_table());
@@ -437,6 +507,17 @@ impl Run {
                     self.statements_table()
                 )
             };
+            let section = match &self.batch_phases {
+                None => section,
+                Some(phases) => format!(
+                    "{section}\nWhere Prism's batches spent their time ({:.0} batches, {:.0} events each on average; from the \
+                     projector's `prism_projector_batch_phase_seconds` and `prism_projector_batch_duration_seconds`: \
+                     wall time of the batch handler's attempts, several batches at once):\n\n{}",
+                    phases.batches,
+                    self.events as f64 / phases.batches,
+                    phases.table()
+                ),
+            };
             text = replace_section(&text, "projection-benchmark", &section)?;
         }
         if !self.rebuilds.is_empty() {
@@ -478,6 +559,10 @@ impl Run {
                 "when": self.when,
                 "events": self.events,
                 "contenders": self.contenders.iter().map(measured_json).collect::<Vec<_>>(),
+                "prism_batch_phases": self.batch_phases.as_ref().map(|p| json!({
+                    "batches": p.batches, "batch_seconds": p.batch_seconds,
+                    "phases": p.phases.iter().map(|(name, seconds)| json!({ "phase": name, "seconds": seconds })).collect::<Vec<_>>(),
+                })),
                 "prism_statements": self.statements.iter().map(|k| json!({
                     "statements": k.kind, "calls": k.calls, "rows": k.rows, "execution_ms": k.ms,
                 })).collect::<Vec<_>>(),

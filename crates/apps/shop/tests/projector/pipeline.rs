@@ -65,6 +65,18 @@ async fn a_workload_lands_exactly_in_postgres_and_redis() {
         .collect();
         if missing.is_empty() {
             assert!(metrics.contains("projection=\"order_summary_g1\""), "per read model labels");
+            // Every landed batch's time, step by step (an attempt retried after a transient
+            // failure is timed in the steps it got through as well).
+            let batches = sample(&metrics, &format!("{}_count", m::PROJECTOR_BATCH_DURATION)).unwrap_or(0.0);
+            assert!(batches > 0.0, "batches counted");
+            for phase in ["decode", "postgres", "generation_check", "cache", "dead_letters"] {
+                let timed =
+                    sample(&metrics, &format!("{}_count{{phase=\"{phase}\"}}", m::PROJECTOR_BATCH_PHASE));
+                assert!(
+                    timed.is_some_and(|n| n >= batches),
+                    "{batches} batches, timed in phase {phase}: {timed:?}"
+                );
+            }
             break;
         }
         // Lag arrives with librdkafka's statistics, every few seconds.
@@ -78,4 +90,13 @@ async fn a_workload_lands_exactly_in_postgres_and_redis() {
         .expect("shutdown within the deadline")
         .expect("task")
         .expect("clean exit");
+}
+
+/// The value of the first Prometheus sample whose name and labels start with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix) && !line.starts_with('#'))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }

@@ -59,6 +59,7 @@ pub(super) async fn run<H: BatchHandler>(
         if !fill(&mut batch, deadline, &settings, &mut channels).await {
             return;
         }
+        let waiting_since = Instant::now();
         let turn = tokio::select! {
             biased;
             _ = stop_requested(&mut channels.stop) => return,
@@ -71,6 +72,7 @@ pub(super) async fn run<H: BatchHandler>(
         // count, the partition resumes, and the batch keeps filling up to its size bound from
         // the fetch that brings (a batch may outgrow the buffer). Otherwise it takes only what
         // arrived while it waited for the turn.
+        let turned_at = Instant::now();
         let backlog = channels.buffered.load(Ordering::Relaxed) >= settings.max_buffered_per_partition;
         channels.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
         let top_up_until =
@@ -82,6 +84,8 @@ pub(super) async fn run<H: BatchHandler>(
         channels.buffered.fetch_sub(batch.len() - taken, Ordering::Relaxed);
 
         let started = Instant::now();
+        let (turn_wait, topped_up) =
+            (turned_at.duration_since(waiting_since), started.duration_since(turned_at));
         if !land(&partition, &*handler, &settings, &batch, &mut channels.stop).await {
             // Stopped: nothing of this batch is stored; the next owner reads it again.
             return;
@@ -92,6 +96,8 @@ pub(super) async fn run<H: BatchHandler>(
         if channels.buffered.load(Ordering::Relaxed) == 0 {
             channels.oldest_pending_ms.store(0, Ordering::Relaxed);
         }
+        // Where a batch's time went, for tuning turns and buffers (`…consumer::worker=debug`).
+        tracing::debug!(%partition, messages = batch.len(), before_turn = taken, turn_wait_ms = turn_wait.as_secs_f64() * 1e3, top_up_ms = topped_up.as_secs_f64() * 1e3, handler_ms = started.elapsed().as_secs_f64() * 1e3, "batch landed");
         handler.on_batch(&partition, batch.len(), started.elapsed());
     }
 }
