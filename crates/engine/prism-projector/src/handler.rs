@@ -414,9 +414,12 @@ impl BatchHandler for ProjectionHandler {
         for (instance, outcome) in &outcomes {
             self.count(*instance, outcome);
         }
-        for (instance, outcome) in &outcomes {
-            self.write_cache(*instance, outcome).await?;
-        }
+        // Each read model's entries have keys of their own: written side by side, a batch of
+        // a topic that feeds several cached read models waits for one round trip, not one each.
+        futures::future::try_join_all(
+            outcomes.iter().map(|(instance, outcome)| self.write_cache(*instance, outcome)),
+        )
+        .await?;
         phases.done("cache");
         for (instance, outcome) in &outcomes {
             self.publish_dead_letters(outcome).await?;
