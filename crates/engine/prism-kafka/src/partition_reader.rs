@@ -100,6 +100,15 @@ impl PartitionReader {
         (&self.topic, self.partition)
     }
 
+    /// Stops fetching until the reader is pointed somewhere again ([`Self::retarget`],
+    /// [`Self::seek`]). A client left assigned keeps fetching on its own: at the end of the
+    /// log it asks the broker again every `fetch.wait.max.ms`, which cost the broker a quarter
+    /// of a core per four idle readers.
+    pub fn stop_fetching(&self) -> Result<(), KafkaError> {
+        self.consumer.unassign()?;
+        Ok(())
+    }
+
     /// Moves the reader to `offset` (another loader moved the replay on meanwhile).
     pub fn seek(&self, offset: i64) -> Result<(), KafkaError> {
         let mut assignment = TopicPartitionList::new();

@@ -126,10 +126,14 @@ impl Replays {
         }
     }
 
-    /// Keeps `reader` for the next range of its topic; the oldest idle one beyond
-    /// [`IDLE_READERS`] is ended off the runtime's threads (ending a client waits for its
+    /// Keeps `reader`, no longer fetching, for the next range of its topic; the oldest idle one
+    /// beyond [`IDLE_READERS`] is ended off the runtime's threads (ending a client waits for its
     /// threads).
     fn give_back(&self, reader: PartitionReader) {
+        if let Err(err) = reader.stop_fetching() {
+            // It still works when pointed at its next range; it only goes on fetching meanwhile.
+            tracing::debug!(error = %err, "stopping an idle replay reader's fetches");
+        }
         let mut idle = self.idle_readers.lock().unwrap_or_else(|p| p.into_inner());
         idle.push(reader);
         if idle.len() > IDLE_READERS {

@@ -79,7 +79,27 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub fn projector(binaries: &Binaries, env: &TestEnv, listen: &str) -> Command {
     let mut command = command(&binaries.projector, &prism_vars(env));
     command.env("PRISM__PROJECTOR__LISTEN", listen);
+    command.envs(projector_overrides().unwrap_or_default());
     command
+}
+
+/// Settings every projector the benchmark starts gets on top of the default configuration,
+/// from `PRISM_BENCH_PROJECTOR_VARS` (`PRISM__PROJECTOR__MAX_CONCURRENT_BATCHES=8 …`): the
+/// `PRISM*` variables of the shell are not passed on (see [`command`]), so this is how a run
+/// tries another setting. The benchmark reads them once before it starts anything, so a
+/// malformed one stops it with its name.
+pub fn projector_overrides() -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var("PRISM_BENCH_PROJECTOR_VARS") else { return Ok(Vec::new()) };
+    text.split_whitespace()
+        .map(|item| match item.split_once('=') {
+            Some((key, value)) if key.starts_with("PRISM__") && !key.ends_with("__LISTEN") => {
+                Ok((key.to_owned(), value.to_owned()))
+            }
+            _ => bail!(
+                "PRISM_BENCH_PROJECTOR_VARS: `{item}` is not PRISM__<SECTION>__<KEY>=<value> (and the listen address is the benchmark's)"
+            ),
+        })
+        .collect()
 }
 
 /// A service process (`shop-commands`, `shop-query`) with its log.

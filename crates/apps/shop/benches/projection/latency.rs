@@ -202,11 +202,13 @@ pub async fn run(
         "latency: {:.0} events/s for {} s, {} command-then-read clients ...",
         settings.rate, settings.seconds, settings.clients
     );
+    let overrides = crate::binaries::projector_overrides()?;
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let projector = Service::start(
         &binaries.projector,
         env,
         "PRISM__PROJECTOR__LISTEN",
-        &[],
+        &overrides,
         work.join("latency-projector.log"),
     )
     .await

@@ -44,6 +44,7 @@
 //! | `PRISM_BENCH_PLOT` | 1 | 0 skips `ops/bench/plot` |
 //! | `PRISM_BENCH_SHOW_BATCHES` | 0 | 1 prints the projector's batch metrics after its run |
 //! | `PRISM_BENCH_TIMEOUT` | 900 | seconds one contender may take |
+//! | `PRISM_BENCH_PROJECTOR_VARS` | none | `PRISM__…=value` settings, space-separated, for every projector it starts (the shell's `PRISM*` variables are not passed on) |
 //!
 //! Working files (logs of every process, the precomputed rows, every latency sample) go to
 //! `target/bench/projection/`.
@@ -163,6 +164,9 @@ fn main() -> anyhow::Result<()> {
         return children::run(&role);
     }
     let settings = Settings::from_env()?;
+    for (key, value) in binaries::projector_overrides()? {
+        println!("every projector started with {key}={value}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(bench(settings))
 }

@@ -49,6 +49,8 @@ pub struct Rebuilt {
     pub measured: Measured,
     /// prismctl's whole run, seconds (blue/green: with verification, switch and retirement).
     pub prismctl_seconds: f64,
+    /// PostgreSQL's time by statement over the replay (tracked for every read model at once).
+    pub statements: Vec<crate::statements::KindTime>,
 }
 
 /// Every rebuild the benchmark times.
@@ -184,14 +186,19 @@ async fn in_place(
         log: work.join(format!("prism-in-place-{label}.log")),
         events,
     };
+    // Where PostgreSQL's time goes when every read model is rebuilt at once.
+    let pg = env.pg().await?;
+    let tracked = read_model.is_none() && crate::statements::reset(&pg).await;
     let (measured, running) = contender::measure(replay, services).await?;
     let prismctl_seconds = started.elapsed().as_secs_f64();
+    let statements = if tracked { crate::statements::read(&pg).await? } else { Vec::new() };
     running.stop().await;
     Ok(Rebuilt {
         read_model: read_model.unwrap_or("all read models"),
         mode: "in-place",
         measured,
         prismctl_seconds,
+        statements,
     })
 }
 
@@ -282,5 +289,5 @@ async fn blue_green(
         offsets::total(&ends),
     );
     measured.print();
-    Ok(Rebuilt { read_model, mode: "blue-green", measured, prismctl_seconds })
+    Ok(Rebuilt { read_model, mode: "blue-green", measured, prismctl_seconds, statements: Vec::new() })
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::contender::Measured;
 use crate::latency;
+use crate::procs;
 use crate::rebuild::Rebuilt;
 
 /// Everything one run measured.
@@ -248,6 +249,43 @@ impl Run {
         t
     }
 
+    /// CPU seconds of each process over the whole window of the live run and of the rebuild of
+    /// every read model at once — the same events into the same read models — and what the
+    /// window could shrink to were every core busy: the work a rebuild must shed to be faster.
+    pub fn rebuild_cpu_table(&self) -> Option<String> {
+        let live = self.contender("prism")?;
+        let all = &self.rebuild_all_in_place.as_ref()?.measured;
+        let cores = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        let mut t = format!(
+            "| run (whole window) | window s | Prism's process CPU s | broker CPU s | PostgreSQL CPU s | Redis CPU s | all four CPU s | cores busy | all four ÷ {cores:.0} cores, s |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        );
+        for (name, m) in
+            [("live: Prism's throughput run", live), ("rebuild of every read model at once, in place", all)]
+        {
+            let parts = [
+                procs::delta(m.start.contender, m.done.contender),
+                procs::delta(m.start.broker, m.done.broker),
+                procs::delta(m.start.postgres, m.done.postgres),
+                procs::delta(m.start.redis, m.done.redis),
+            ];
+            let total: Option<f64> = parts.iter().copied().sum();
+            let _ = writeln!(
+                t,
+                "| {name} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+                m.whole_seconds(),
+                opt(parts[0], 2),
+                opt(parts[1], 2),
+                opt(parts[2], 2),
+                opt(parts[3], 2),
+                opt(total, 2),
+                opt(total.map(|cpu| cpu / m.whole_seconds()), 2),
+                opt(total.map(|cpu| cpu / cores), 2),
+            );
+        }
+        Some(t)
+    }
+
     /// Per mode: events replayed and whole-window seconds, summed over the read models.
     fn rebuild_totals(&self) -> Vec<(&'static str, i64, f64)> {
         ["in-place", "blue-green"]
@@ -464,6 +502,15 @@ impl Run {
         }
         if !self.rebuilds.is_empty() {
             println!("\n-- rebuilds\n{}", self.rebuild_table());
+            if let Some(cpu) = self.rebuild_cpu_table() {
+                println!("-- CPU of the live run and of the rebuild of every read model at once\n{cpu}");
+            }
+            if let Some(all) = self.rebuild_all_in_place.as_ref().filter(|r| !r.statements.is_empty()) {
+                println!(
+                    "-- PostgreSQL's execution time by statement over the rebuild of every read model at once\n{}",
+                    crate::statements::table(&all.statements, self.events as f64)
+                );
+            }
         }
         if self.latency.is_some() {
             println!("\n-- latency\n{}", self.latency_table());
@@ -477,9 +524,16 @@ impl Run {
     }
 
     fn header(&self) -> String {
+        let overrides = crate::binaries::projector_overrides().unwrap_or_default();
+        let settings = if overrides.is_empty() {
+            "the projector's default configuration".to_owned()
+        } else {
+            let set: Vec<String> = overrides.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+            format!("the projector's configuration changed by {}", set.join(", "))
+        };
         format!(
             "Measured {} on {}, one run, one machine (broker: the dev stack's Apache Kafka 4.4; PostgreSQL and Redis \
-             local), {} events of {} aggregates, {} partitions per topic.",
+             local), {} events of {} aggregates, {} partitions per topic, {settings}.",
             self.when, self.machine, self.events, self.aggregates, self.partitions
         )
     }
@@ -533,6 +587,22 @@ impl Run {
                 opt(self.live_whole_rate(), 0),
                 self.rebuild_table()
             );
+            let section = match self.rebuild_cpu_table() {
+                None => section,
+                Some(cpu) => format!(
+                    "{section}\nCPU of every process over the whole window of the live run and of the rebuild of every \
+                     read model at once (the same events into the same read models; a window cannot be shorter than \
+                     its CPU spread over every core):\n\n{cpu}"
+                ),
+            };
+            let section = match self.rebuild_all_in_place.as_ref().filter(|r| !r.statements.is_empty()) {
+                None => section,
+                Some(all) => format!(
+                    "{section}\nPostgreSQL's execution time by statement over the rebuild of every read model at once \
+                     (`pg_stat_statements`; per event of the workload):\n\n{}",
+                    crate::statements::table(&all.statements, self.events as f64)
+                ),
+            };
             text = replace_section(&text, "rebuild-benchmark", &section)?;
         }
         if self.latency.is_some() {
