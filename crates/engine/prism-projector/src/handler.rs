@@ -372,6 +372,7 @@ impl BatchHandler for ProjectionHandler {
             .into_iter()
             .filter(|i| self.app.read_model(i.projection).is_some_and(|m| m.is_fed_by(topic_type)))
             .collect();
+        let mut phases = Phases::start();
         // An instance whose range of this partition was replayed in bulk has the events below
         // its end already (a pending range is loaded now, before anything after it).
         let mut first_needed = Vec::with_capacity(instances.len());
@@ -380,7 +381,7 @@ impl BatchHandler for ProjectionHandler {
             first_needed.push(below.map_or(0, |end| messages.partition_point(|m| m.offset() < end)));
         }
         let skipped = first_needed.iter().copied().min().unwrap_or(0);
-        let mut phases = Phases::start();
+        phases.done("replays");
         let decoded: Vec<SourceMessage> = messages[skipped..]
             .iter()
             .map(|m| decode(m, self.app.events(), topic_type, &self.limits))

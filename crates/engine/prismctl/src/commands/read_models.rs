@@ -36,9 +36,9 @@ pub async fn registered(config: &PrismConfig, db: &Database) -> anyhow::Result<V
     Ok(models)
 }
 
-/// The registered read model called `name`, or an error listing the registered ones.
-pub async fn resolve(config: &PrismConfig, db: &Database, name: &str) -> anyhow::Result<RegisteredReadModel> {
-    let models = registered(config, db).await?;
+/// The read model called `name` among `models` (what [`registered`] returned), or an error
+/// listing them.
+pub fn find(models: &[RegisteredReadModel], name: &str) -> anyhow::Result<RegisteredReadModel> {
     let names: Vec<&str> = models.iter().map(|m| m.name).collect();
     models
         .iter()

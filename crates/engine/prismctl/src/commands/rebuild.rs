@@ -146,27 +146,28 @@ pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> 
     let db = Database::connect(&config.postgres, "prismctl-rebuild")
         .await
         .with_context(|| format!("cannot connect to PostgreSQL ({POSTGRES_HINT})"))?;
-    let names: Vec<&'static str> = if args.all {
-        super::read_models::registered(config, &db).await?.iter().map(|m| m.name).collect()
+    let registered = super::read_models::registered(config, &db).await?;
+    let chosen: Vec<RegisteredReadModel> = if args.all {
+        registered
     } else {
-        let mut names = Vec::new();
+        let mut chosen: Vec<RegisteredReadModel> = Vec::new();
         for name in &args.projections {
-            if !names.contains(name) {
-                names.push(*name);
+            if !chosen.iter().any(|m| m.name == *name) {
+                chosen.push(super::read_models::find(&registered, name)?);
             }
         }
-        names
+        chosen
     };
-    let mut models = Vec::with_capacity(names.len());
-    for name in names {
-        let model = super::read_models::resolve(config, &db, name).await?;
-        let client = db.client().await?;
+    let client = db.client().await?;
+    let mut models = Vec::with_capacity(chosen.len());
+    for model in chosen {
+        let name = model.name;
         let active = prism_read_store::read_models::active_generation(&**client, name)
             .await?
             .with_context(|| format!("{name} has no active generation: run `prismctl migrate` first"))?;
-        drop(client);
         models.push((model, ProjectionInstance::new(name, active)));
     }
+    drop(client);
     match args.mode {
         RebuildMode::InPlace => in_place(config, &db, &models, &args).await,
         // One after another: each new generation is built, verified and switched to on its own.
@@ -403,9 +404,10 @@ async fn in_place(
         println!("dry run: nothing changed");
         return Ok(());
     }
+    let client = db.client().await?;
     for target in &targets {
         let projection = target.instance.projection;
-        let building = store::building_generations(&**db.client().await?, projection).await?;
+        let building = store::building_generations(&**client, projection).await?;
         if !building.is_empty() {
             bail!(
                 "{projection} has generation(s) {building:?} in state building: a blue/green rebuild is running or \
@@ -414,6 +416,7 @@ async fn in_place(
             );
         }
     }
+    drop(client);
     let question = match names.as_slice() {
         [one] => format!("rebuild {one} in place, emptying it until the replay is done?"),
         many => format!("rebuild {} in place, emptying them until their replays are done?", many.join(", ")),
