@@ -94,7 +94,11 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     let hourly =
         instances.iter().find(|i| i.projection == SITE_HOURLY_READINGS).expect("site_hourly_readings");
     assert_eq!((device_status.generation, hourly.generation), (2, 1), "only device_status was rebuilt");
-    assert_eq!(summary.cache_entries, 40 + 150, "every device cached in generation 2");
+    // The live producer interleaves its 150 devices at random, so a short rebuild may end
+    // before every one of them wrote its first event: count the devices that did.
+    let devices: std::collections::BTreeSet<_> = all.iter().map(|e| e.aggregate_id).collect();
+    assert!(devices.len() > 40, "live traffic reached new devices during the rebuild");
+    assert_eq!(summary.cache_entries, devices.len(), "every device cached in generation 2");
 
     // Generation 1 is gone: table, gate rows, cache keys; the view reads generation 2.
     let pg = env.pg().await.expect("postgres");
@@ -108,7 +112,7 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
         .get(0);
     assert_eq!(old_gate, 0, "generation 1's gate rows are deleted");
     let view_rows: i64 = pg.query_one("SELECT count(*) FROM device_status", &[]).await.expect("view").get(0);
-    assert_eq!(view_rows, 190, "the view reads generation 2");
+    assert_eq!(view_rows as usize, devices.len(), "the view reads generation 2");
     let statuses: Vec<(i32, String)> = pg
         .query("SELECT generation, status FROM projection_generations WHERE projection = 'device_status' ORDER BY 1", &[])
         .await

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use super::{free_port, kill_process, log_file, log_tail, terminate_process, wait_for_port, ScratchDir};
+use super::{
+    free_port, kill_process, log_file, log_tail, terminate_process, wait_for_port, ScratchDir, START_TIMEOUT,
+};
 
 /// The repository root (this crate lives in `crates/engine/prism-testkit`).
 fn repo_root() -> PathBuf {
@@ -315,7 +317,20 @@ impl PrivateKafka {
         let server_log = node.dir.join("logs/server.log");
         let stdout_log = node.dir.join("logs/stdout.log");
         let Some(child) = node.child.as_mut() else { bail!("Kafka node {} is not running", node.id) };
-        wait_for_port(node.port, child, &format!("kafka node {}", node.id), &stdout_log).await?;
+        // The JVM's own failures go to stdout.log, Kafka's (a log recovery after a SIGKILL, a
+        // quorum it waits for) to server.log: a node that never listens shows both. A JVM
+        // restarted while other tests' brokers start too once took over a minute to listen.
+        let listening = wait_for_port(
+            node.port,
+            child,
+            &format!("kafka node {}", node.id),
+            &stdout_log,
+            2 * START_TIMEOUT,
+        )
+        .await;
+        if let Err(error) = listening {
+            bail!("{error:#}\nserver.log:\n{}", log_tail(&server_log));
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let text = std::fs::read(&server_log).unwrap_or_default();

@@ -116,9 +116,15 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-async fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
+async fn wait_for_port(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    within: Duration,
+) -> anyhow::Result<()> {
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
             return Ok(());
@@ -127,7 +133,7 @@ async fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) -> 
             bail!("{what} exited with {status} before listening on {address}; log:\n{}", log_tail(log));
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{what} did not listen on {address} within {START_TIMEOUT:?}; log:\n{}", log_tail(log));
+            bail!("{what} did not listen on {address} within {within:?}; log:\n{}", log_tail(log));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -100,7 +100,7 @@ impl Postmaster {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {what}"))?;
-        let listening = wait_for_port(self.port, &mut child, what, &log).await;
+        let listening = wait_for_port(self.port, &mut child, what, &log, START_TIMEOUT).await;
         self.child = Some(child);
         listening
     }

@@ -5,7 +5,10 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 
-use super::{find_binary, free_port, kill_process, log_file, terminate_process, wait_for_port, ScratchDir};
+use super::{
+    find_binary, free_port, kill_process, log_file, terminate_process, wait_for_port, ScratchDir,
+    START_TIMEOUT,
+};
 
 /// A Redis server of one test: no persistence, 127.0.0.1 only.
 #[derive(Debug)]
@@ -91,7 +94,7 @@ impl PrivateRedis {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        let ready = wait_for_port(self.port, &mut child, "redis-server", &log).await;
+        let ready = wait_for_port(self.port, &mut child, "redis-server", &log, START_TIMEOUT).await;
         self.child = Some(child);
         ready
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 
-use super::{find_binary, kill_process, log_file, log_tail, signal, wait_for_port, ScratchDir};
+use super::{
+    find_binary, kill_process, log_file, log_tail, signal, wait_for_port, ScratchDir, START_TIMEOUT,
+};
 
 /// Masters of the cluster; each has one replica.
 const MASTERS: usize = 3;
@@ -142,7 +144,8 @@ impl PrivateRedisCluster {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        let ready = wait_for_port(node.port, &mut child, "redis-server (cluster node)", &log).await;
+        let ready =
+            wait_for_port(node.port, &mut child, "redis-server (cluster node)", &log, START_TIMEOUT).await;
         let pid = child.id();
         self.nodes[i].child = Some(child);
         self.nodes[i].paused = false;
