@@ -127,6 +127,12 @@ impl PrismConfig {
                     .into(),
             );
         }
+        if self.projector.max_messages_in_flight < self.projector.batch_max_events {
+            return invalid(format!(
+                "projector.max_messages_in_flight ({}) must be at least projector.batch_max_events ({}): a full batch could never run",
+                self.projector.max_messages_in_flight, self.projector.batch_max_events
+            ));
+        }
         if self.projector.retry_initial_backoff_ms == 0
             || self.projector.retry_max_backoff_ms < self.projector.retry_initial_backoff_ms
         {

@@ -270,6 +270,9 @@ pub struct ProjectorConfig {
     pub max_buffered_per_partition: usize,
     /// Batches one worker applies at once, over all its partitions.
     pub max_concurrent_batches: usize,
+    /// Messages the batches one worker applies at once may hold together, over all its
+    /// partitions (at least `batch_max_events`).
+    pub max_messages_in_flight: usize,
     /// Offset commit interval, in milliseconds.
     pub commit_interval_ms: u64,
     /// Whether a worker that landed everything it received commits at once.

@@ -178,3 +178,23 @@ fn query_section_has_defaults_and_checks_page_sizes() {
         load_err(&ConfigSources { env: env(&[("PRISM__QUERY__MAX_PAGE_SIZ", "10")]), ..Default::default() });
     assert!(err.contains("max_page_siz"), "{err}");
 }
+
+#[test]
+fn a_message_budget_below_one_batch_is_refused() {
+    let err = load_err(&ConfigSources {
+        env: env(&[("PRISM__PROJECTOR__MAX_MESSAGES_IN_FLIGHT", "500")]),
+        ..Default::default()
+    });
+    assert!(err.contains("projector.max_messages_in_flight (500)"), "{err}");
+    assert!(err.contains("projector.batch_max_events (2000)"), "{err}");
+
+    let config = PrismConfig::load(&ConfigSources {
+        env: env(&[
+            ("PRISM__PROJECTOR__MAX_MESSAGES_IN_FLIGHT", "500"),
+            ("PRISM__PROJECTOR__BATCH_MAX_EVENTS", "500"),
+        ]),
+        ..Default::default()
+    })
+    .expect("a budget of one full batch");
+    assert_eq!(config.projector.max_messages_in_flight, 500);
+}

@@ -8,8 +8,9 @@
 //!
 //! Also against the real broker: a member applies at most `max_concurrent_batches` batches at
 //! once over all its partitions, while batches may be larger than a partition's buffer bound;
-//! and a member that has landed everything it received commits at once instead of waiting for
-//! its commit interval.
+//! the batches running at once hold at most `max_messages_in_flight` messages, yet small ones
+//! use every turn; and a member that has landed everything it received commits at once
+//! instead of waiting for its commit interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -77,6 +78,7 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         // One turn per partition: member B's stalled second batches must not keep its other
         // partitions from their first.
         max_concurrent_batches: 4,
+        max_messages_in_flight: 100_000,
     }
 }
 
@@ -185,13 +187,15 @@ async fn paused_partition_comes_back(protocol: GroupProtocol) {
     }
 }
 
-/// Counts the batches running at once (and the most seen), the largest batch, and every
-/// offset handled. Each batch takes a while, so batches of different partitions overlap
-/// unless something keeps them apart.
+/// Counts the batches running at once and the messages they hold (and the most seen of
+/// each), the largest batch, and every offset handled. Each batch takes a while, so batches of
+/// different partitions overlap unless something keeps them apart.
 #[derive(Default)]
 struct Concurrency {
     running: AtomicUsize,
     most_running: AtomicUsize,
+    messages_running: AtomicUsize,
+    most_messages_running: AtomicUsize,
     largest_batch: AtomicUsize,
     handled: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
 }
@@ -202,6 +206,8 @@ impl BatchHandler for Concurrency {
     async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
+        let held = self.messages_running.fetch_add(messages.len(), Ordering::SeqCst) + messages.len();
+        self.most_messages_running.fetch_max(held, Ordering::SeqCst);
         self.largest_batch.fetch_max(messages.len(), Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.handled
@@ -210,6 +216,7 @@ impl BatchHandler for Concurrency {
             .entry(partition.partition)
             .or_default()
             .extend(messages.iter().map(Message::offset));
+        self.messages_running.fetch_sub(messages.len(), Ordering::SeqCst);
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
@@ -270,6 +277,67 @@ async fn batches_of_a_member_take_turns_and_may_outgrow_the_buffer() {
         let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
         assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
     }
+}
+
+/// Settings where two full batches fill the message budget but eight turns exist.
+fn budget_settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
+    let mut settings = settings(env, topic, group);
+    settings.max_concurrent_batches = 8;
+    settings.max_messages_in_flight = 400;
+    settings.batch_max_messages = 200;
+    settings.batch_max_wait = Duration::from_millis(200);
+    settings.max_buffered_per_partition = 50;
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_batches_share_the_message_budget() {
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 8, "budget-full").await;
+    let ends = produce(&env, &topic, 4_000).await;
+
+    let handler = Arc::new(Concurrency::default());
+    let member =
+        ConsumerRuntime::start(budget_settings(&env, &topic, &group), handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
+
+    let most_messages = handler.most_messages_running.load(Ordering::SeqCst);
+    assert!(
+        most_messages <= 400,
+        "the batches running at once held {most_messages} messages; max_messages_in_flight is 400"
+    );
+    assert!(handler.most_running.load(Ordering::SeqCst) >= 2, "batches never overlapped under a backlog");
+    let largest = handler.largest_batch.load(Ordering::SeqCst);
+    assert!(
+        largest > 50,
+        "the largest batch had {largest} messages: batches no longer outgrow the buffer (50)"
+    );
+    for ((_, partition), end) in &ends {
+        let seen = handler.handled.lock().expect("lock").get(partition).cloned().unwrap_or_default();
+        let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
+        assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_batches_use_every_turn() {
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 8, "budget-small").await;
+    // About ten messages per partition: no partition reaches its buffer bound, so each batch
+    // holds room for what it has, not for a full batch.
+    let ends = produce(&env, &topic, 80).await;
+
+    let handler = Arc::new(Concurrency::default());
+    let member =
+        ConsumerRuntime::start(budget_settings(&env, &topic, &group), handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
+
+    let most = handler.most_running.load(Ordering::SeqCst);
+    assert!(
+        most > 2,
+        "at most {most} small batches ran at once: each took room for a full batch (the budget holds two)"
+    );
+    assert!(most <= 8, "{most} batches ran at once; max_concurrent_batches is 8");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

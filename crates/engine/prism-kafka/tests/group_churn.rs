@@ -101,6 +101,7 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         retry_max_backoff: Duration::from_millis(500),
         max_buffered_per_partition: 500,
         max_concurrent_batches: 4,
+        max_messages_in_flight: 100_000,
     }
 }
 

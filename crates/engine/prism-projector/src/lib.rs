@@ -144,6 +144,7 @@ fn consumer_settings(
         retry_max_backoff: Duration::from_millis(p.retry_max_backoff_ms),
         max_buffered_per_partition: p.max_buffered_per_partition,
         max_concurrent_batches: p.max_concurrent_batches,
+        max_messages_in_flight: p.max_messages_in_flight,
     }
 }
 

@@ -49,6 +49,8 @@ pub(super) struct Shared<H> {
     pub landed_rx: Mutex<Receiver<Landed>>,
     /// Turns to handle a batch (`max_concurrent_batches`).
     pub turns: Arc<tokio::sync::Semaphore>,
+    /// Messages the batches in flight may hold (`max_messages_in_flight`).
+    pub messages_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl<H> Shared<H> {
@@ -70,6 +72,7 @@ impl<H: BatchHandler> Shared<H> {
             stop: stop_rx,
             landed: self.landed_tx.clone(),
             turns: self.turns.clone(),
+            messages_in_flight: self.messages_in_flight.clone(),
         };
         let join =
             self.runtime.spawn(worker::run(partition, self.handler.clone(), self.settings.clone(), channels));

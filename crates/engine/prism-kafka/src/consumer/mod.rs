@@ -9,8 +9,10 @@
 //! - one tokio task per assigned partition (`worker`) fills a batch (up to
 //!   `batch_max_messages`, or whatever arrived within `batch_max_wait`), waits for a turn (at
 //!   most `max_concurrent_batches` workers of the member hold one; none is held while a batch
-//!   fills) and hands it to the [`BatchHandler`], retrying transient failures with capped
-//!   exponential backoff — never skipping a batch;
+//!   fills) and for room for the messages it may grow to (the batches in flight hold at most
+//!   `max_messages_in_flight`: full batches bound memory, small ones use every turn) and hands
+//!   it to the [`BatchHandler`], retrying transient failures with capped exponential backoff —
+//!   never skipping a batch;
 //! - offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`: librdkafka
 //!   commits periodically only what this runtime stored, and the runtime stores an offset only
 //!   after the handler returned `Ok` for every message before it (invariant 1). When every
@@ -22,7 +24,7 @@
 //! (a batch still waiting for its turn counts) is paused, and resumed once half of them were
 //! taken. A batch that gets its turn leaves the count; if its partition had reached the bound
 //! (a backlog) it keeps filling from the resumed fetch, so a batch can outgrow the buffer
-//! while the member's memory stays bounded by partitions × buffer plus one batch per turn.
+//! while the member's memory stays bounded by partitions × buffer plus the messages in flight.
 //! librdkafka keeps such a pause across unassignment, so every newly assigned partition is
 //! resumed explicitly: its new worker starts with nothing buffered.
 //!

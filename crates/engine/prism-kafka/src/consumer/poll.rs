@@ -36,6 +36,9 @@ impl PollThread {
             landed_tx,
             landed_rx: Mutex::new(landed_rx),
             turns: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent_batches.max(1))),
+            messages_in_flight: Arc::new(tokio::sync::Semaphore::new(super::worker::message_budget(
+                &settings,
+            ))),
         });
         let mut client = base_client_config(&settings.kafka, &settings.role);
         client

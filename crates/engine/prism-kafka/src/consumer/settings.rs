@@ -40,4 +40,9 @@ pub struct ConsumerSettings {
     /// Batches handled at once over all partitions of this member; a filled batch waits for
     /// its turn still counted in its partition's buffer.
     pub max_concurrent_batches: usize,
+    /// Messages in the batches handled at once over all partitions of this member: a batch
+    /// holds as many of them as it may grow to while it runs. Small batches (moderate traffic)
+    /// use every turn; full ones (a backlog) only as many as this allows, which bounds the
+    /// member's memory. At least `batch_max_messages`.
+    pub max_messages_in_flight: usize,
 }

@@ -1,5 +1,6 @@
 //! The per-partition worker: fill a batch, wait for a turn (at most `max_concurrent_batches`
-//! of a member's workers hold one), hand the batch to the handler until it lands (retrying
+//! of a member's workers hold one) and for room for its messages (the batches in flight hold
+//! at most `max_messages_in_flight`), hand the batch to the handler until it lands (retrying
 //! transient failures with capped exponential backoff), report the landed offset, repeat.
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -24,6 +25,14 @@ pub(super) struct WorkerChannels {
     pub landed: Sender<Landed>,
     /// Turns to handle a batch, shared by the member's workers.
     pub turns: Arc<Semaphore>,
+    /// One permit per message a batch in flight may hold, shared by the member's workers.
+    pub messages_in_flight: Arc<Semaphore>,
+}
+
+/// The permits of [`WorkerChannels::messages_in_flight`]: `max_messages_in_flight`, and at
+/// least one full batch, which could otherwise never run.
+pub(super) fn message_budget(settings: &ConsumerSettings) -> usize {
+    settings.max_messages_in_flight.max(settings.batch_max_messages).max(1)
 }
 
 /// Resolves once stop was requested.
@@ -56,7 +65,7 @@ pub(super) async fn run<H: BatchHandler>(
         // control bounds a waiting worker's memory like its buffer.
         let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
         let mut batch = vec![first];
-        if !fill(&mut batch, deadline, &settings, &mut channels).await {
+        if !fill_up_to(&mut batch, settings.batch_max_messages, deadline, &mut channels).await {
             return;
         }
         let waiting_since = Instant::now();
@@ -72,16 +81,40 @@ pub(super) async fn run<H: BatchHandler>(
         // count, the partition resumes, and the batch keeps filling up to its size bound from
         // the fetch that brings (a batch may outgrow the buffer). Otherwise it takes only what
         // arrived while it waited for the turn.
-        let turned_at = Instant::now();
         let backlog = channels.buffered.load(Ordering::Relaxed) >= settings.max_buffered_per_partition;
+        // Room for every message the batch may hold while it runs, so that full batches (a
+        // backlog) bound the member's memory while small ones (moderate traffic, where a
+        // batch's round trips, not its size, take the time) use every turn.
+        let may_hold = if backlog {
+            settings.batch_max_messages
+        } else {
+            channels.buffered.load(Ordering::Relaxed).clamp(batch.len(), settings.batch_max_messages)
+        };
+        let mut room = tokio::select! {
+            biased;
+            _ = stop_requested(&mut channels.stop) => return,
+            room = channels
+                .messages_in_flight
+                .clone()
+                .acquire_many_owned(u32::try_from(may_hold.min(message_budget(&settings))).unwrap_or(u32::MAX)) =>
+            match room {
+                Ok(room) => room,
+                Err(_) => return,
+            },
+        };
+        let turned_at = Instant::now();
         channels.buffered.fetch_sub(batch.len(), Ordering::Relaxed);
         let top_up_until =
             tokio::time::Instant::now() + if backlog { settings.batch_max_wait } else { Duration::ZERO };
         let taken = batch.len();
-        if !fill(&mut batch, top_up_until, &settings, &mut channels).await {
+        if !fill_up_to(&mut batch, room.num_permits().max(taken), top_up_until, &mut channels).await {
             return;
         }
         channels.buffered.fetch_sub(batch.len() - taken, Ordering::Relaxed);
+        // What the batch did not grow to is room for the others at once.
+        if let Some(unused) = room.split(room.num_permits().saturating_sub(batch.len())) {
+            drop(unused);
+        }
 
         let started = Instant::now();
         let (turn_wait, topped_up) =
@@ -90,7 +123,7 @@ pub(super) async fn run<H: BatchHandler>(
             // Stopped: nothing of this batch is stored; the next owner reads it again.
             return;
         }
-        drop(turn);
+        drop((turn, room));
         let next_offset = batch.last().map_or(0, |m| m.offset() + 1);
         let _ = channels.landed.send(Landed { partition: partition.clone(), next_offset });
         if channels.buffered.load(Ordering::Relaxed) == 0 {
@@ -102,17 +135,17 @@ pub(super) async fn run<H: BatchHandler>(
     }
 }
 
-/// Adds to `batch` what arrives until it holds the size bound or `deadline` passed (what has
+/// Adds to `batch` what arrives until it holds `size` messages or `deadline` passed (what has
 /// already arrived is taken even after the deadline). Leaves the buffer count to the caller.
 /// `false` when stop was requested meanwhile (the batch was not started, so it is simply
 /// dropped: the next owner reads it again).
-async fn fill(
+async fn fill_up_to(
     batch: &mut Vec<OwnedMessage>,
+    size: usize,
     deadline: tokio::time::Instant,
-    settings: &ConsumerSettings,
     channels: &mut WorkerChannels,
 ) -> bool {
-    while batch.len() < settings.batch_max_messages {
+    while batch.len() < size {
         match channels.messages.try_recv() {
             Ok(message) => {
                 batch.push(message);
