@@ -96,7 +96,7 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
     assert_eq!((device_status.generation, hourly.generation), (2, 1), "only device_status was rebuilt");
     // The live producer interleaves its 150 devices at random, so a short rebuild may end
     // before every one of them wrote its first event: count the devices that did.
-    let devices: std::collections::BTreeSet<_> = all.iter().map(|e| e.aggregate_id).collect();
+    let devices: std::collections::BTreeSet<_> = all.iter().map(|e| e.meta.aggregate_id).collect();
     assert!(devices.len() > 40, "live traffic reached new devices during the rebuild");
     assert_eq!(summary.cache_entries, devices.len(), "every device cached in generation 2");
 
