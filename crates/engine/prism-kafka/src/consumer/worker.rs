@@ -90,13 +90,11 @@ pub(super) async fn run<H: BatchHandler>(
         } else {
             channels.buffered.load(Ordering::Relaxed).clamp(batch.len(), settings.batch_max_messages)
         };
+        // `may_hold` is at most one full batch, which the budget always holds.
         let mut room = tokio::select! {
             biased;
             _ = stop_requested(&mut channels.stop) => return,
-            room = channels
-                .messages_in_flight
-                .clone()
-                .acquire_many_owned(u32::try_from(may_hold.min(message_budget(&settings))).unwrap_or(u32::MAX)) =>
+            room = channels.messages_in_flight.clone().acquire_many_owned(u32::try_from(may_hold).unwrap_or(u32::MAX)) =>
             match room {
                 Ok(room) => room,
                 Err(_) => return,
@@ -107,14 +105,12 @@ pub(super) async fn run<H: BatchHandler>(
         let top_up_until =
             tokio::time::Instant::now() + if backlog { settings.batch_max_wait } else { Duration::ZERO };
         let taken = batch.len();
-        if !fill_up_to(&mut batch, room.num_permits().max(taken), top_up_until, &mut channels).await {
+        if !fill_up_to(&mut batch, may_hold, top_up_until, &mut channels).await {
             return;
         }
         channels.buffered.fetch_sub(batch.len() - taken, Ordering::Relaxed);
         // What the batch did not grow to is room for the others at once.
-        if let Some(unused) = room.split(room.num_permits().saturating_sub(batch.len())) {
-            drop(unused);
-        }
+        drop(room.split(may_hold - batch.len()));
 
         let started = Instant::now();
         let (turn_wait, topped_up) =
