@@ -19,6 +19,13 @@
 //! decides, and a loader that finds the range moved on continues from where it is. A process
 //! keeps the readers of finished ranges for the next ones: an instance has a range per source
 //! partition, and opening and closing a client for each cost as much as replaying a small one.
+//!
+//! Instances whose ranges of a partition cover the same offsets from the same point — every
+//! read model a topic feeds, rebuilt together by `prismctl rebuild --all` — are loaded
+//! together by [`load_pending`]: one reader, each chunk decoded once and landed in all of them
+//! in one transaction ([`replay::apply_shared_chunk`]), as a live batch feeds every instance
+//! of its topic. When their ranges stop agreeing (another loader moved one) or PostgreSQL
+//! refuses the chunk, each range goes on on its own, where a refused message is isolated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,7 +37,7 @@ use prism_events::AggregateType;
 use prism_kafka::consumer::TransientError;
 use prism_kafka::partition_reader::PartitionReader;
 use prism_projections::ProjectionInstance;
-use prism_read_store::projection::replay::{self, ChunkOutcome, ReplayRange, Step};
+use prism_read_store::projection::replay::{self, ChunkOutcome, ReplayRange, SharedChunkOutcome, Step};
 use prism_read_store::projection::{BatchOutcome, SourceMessage, Target};
 use tokio::sync::watch;
 
@@ -75,6 +82,40 @@ enum Landing {
     Moved(i64),
     /// The range is no longer registered.
     Gone,
+}
+
+/// How loading ranges together ended.
+enum SharedLoading {
+    /// Every range is loaded and settled.
+    Done,
+    /// The ranges no longer agree, or PostgreSQL refused a chunk: each goes on on its own.
+    OnTheirOwn,
+}
+
+/// Whether two pending ranges can be loaded by one reader: the same partition, the same
+/// offsets still to load, nothing landed without its later steps.
+fn loadable_together(a: &ReplayRange, b: &ReplayRange) -> bool {
+    a.topic == b.topic
+        && a.partition == b.partition
+        && a.loaded_to == b.loaded_to
+        && a.end == b.end
+        && a.settled_to == a.loaded_to
+        && b.settled_to == b.loaded_to
+}
+
+/// `pending` (in the order of the instances) grouped into ranges loaded together, each group
+/// in that order.
+fn group_loadable_together(
+    pending: Vec<(ProjectionInstance, ReplayRange)>,
+) -> Vec<Vec<(ProjectionInstance, ReplayRange)>> {
+    let mut groups: Vec<Vec<(ProjectionInstance, ReplayRange)>> = Vec::new();
+    for (instance, range) in pending {
+        match groups.iter_mut().find(|group| loadable_together(&group[0].1, &range)) {
+            Some(group) => group.push((instance, range)),
+            None => groups.push(vec![(instance, range)]),
+        }
+    }
+    groups
 }
 
 impl Replays {
@@ -303,6 +344,145 @@ impl ProjectionHandler {
         Ok(Some(range.end))
     }
 
+    /// Loads `group`'s ranges (see [`loadable_together`]) with one reader, each chunk decoded
+    /// once and landed in every instance together; a range that stops agreeing with the others,
+    /// or a chunk PostgreSQL refuses, sends every range of the group on on its own.
+    async fn load_together(
+        &self,
+        group: Vec<(ProjectionInstance, ReplayRange)>,
+    ) -> Result<(), TransientError> {
+        let loaders: Vec<LoaderLock> = group
+            .iter()
+            .map(|(instance, range)| self.replays.loader(*instance, &range.topic, range.partition))
+            .collect();
+        // Taken in the group's order, the order of the instances every group is built in.
+        let mut loading = Vec::with_capacity(loaders.len());
+        for loader in &loaders {
+            loading.push(loader.lock().await);
+        }
+        // What the batch path may have loaded while this waited.
+        let mut ranges: Vec<(ProjectionInstance, ReplayRange)> = group
+            .into_iter()
+            .map(|(instance, range)| {
+                let current = self
+                    .replays
+                    .known_range(instance, &range.topic, range.partition)
+                    .flatten()
+                    .unwrap_or(range);
+                (instance, current)
+            })
+            .filter(|(_, range)| !range.is_settled())
+            .collect();
+        let together =
+            ranges.len() > 1 && ranges.iter().all(|(_, range)| loadable_together(&ranges[0].1, range));
+        let loaded = if together {
+            let (topic, partition, from) =
+                (ranges[0].1.topic.clone(), ranges[0].1.partition, ranges[0].1.loaded_to);
+            let reader = self
+                .replays
+                .reader(&self.kafka, &topic, partition, from)
+                .map_err(|e| transient("kafka", e))?;
+            let loaded = self.load_together_with(&mut ranges, &reader).await;
+            self.replays.give_back(reader);
+            loaded?
+        } else {
+            SharedLoading::OnTheirOwn
+        };
+        drop(loading);
+        if let SharedLoading::OnTheirOwn = loaded {
+            for (instance, range) in ranges {
+                self.load(instance, range).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::load_together`] with `reader` at the ranges' common `loaded_to`.
+    async fn load_together_with(
+        &self,
+        ranges: &mut [(ProjectionInstance, ReplayRange)],
+        reader: &PartitionReader,
+    ) -> Result<SharedLoading, TransientError> {
+        let (topic, partition, end) = (ranges[0].1.topic.clone(), ranges[0].1.partition, ranges[0].1.end);
+        let source = aggregate_name_of_topic(&topic, &self.topic_prefix)
+            .and_then(|name| self.app.events().aggregate_type(name))
+            .ok_or_else(|| transient("kafka", format!("{topic} is not an event topic of this deployment")))?;
+        let targets: Vec<Target<'_>> = ranges
+            .iter()
+            .filter_map(|(instance, _)| {
+                self.app.read_model(instance.projection).map(|model| Target { instance: *instance, model })
+            })
+            .collect();
+        if targets.len() != ranges.len() {
+            return Ok(SharedLoading::OnTheirOwn);
+        }
+        let instances: Vec<String> = ranges.iter().map(|(instance, _)| instance.id()).collect();
+        let (started, first) = (Instant::now(), ranges[0].1.loaded_to);
+        let mut events = 0usize;
+        tracing::info!(?instances, %topic, partition, from = first, to = end, "replaying a range for several instances together");
+        let (mut reading, mut decoding, mut landing, mut after_steps) =
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        while !ranges[0].1.is_loaded() {
+            let at = Instant::now();
+            let chunk =
+                reader.read(end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
+            reading += at.elapsed();
+            let at = Instant::now();
+            let decoded: Vec<SourceMessage> =
+                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            decoding += at.elapsed();
+            let step = Step { from: ranges[0].1.loaded_to, to: chunk.next };
+            let at = Instant::now();
+            let landed = replay::apply_shared_chunk(
+                &self.db,
+                &targets,
+                self.policy,
+                source,
+                &topic,
+                partition,
+                step,
+                &decoded,
+            )
+            .await;
+            landing += at.elapsed();
+            match landed {
+                Ok(SharedChunkOutcome::Landed(outcomes)) => {
+                    let at = Instant::now();
+                    for (instance, outcome) in &outcomes {
+                        self.after_chunk(*instance, outcome).await;
+                    }
+                    after_steps += at.elapsed();
+                    events += decoded.len();
+                    for (instance, range) in ranges.iter_mut() {
+                        range.loaded_to = step.to;
+                        self.settle(*instance, range, step.to).await?;
+                        range.settled_to = step.to;
+                        self.replays.record(*instance, range);
+                    }
+                }
+                Ok(SharedChunkOutcome::Diverged) => {
+                    tracing::debug!(?instances, %topic, partition, at = step.from, "ranges no longer agree; loading each on its own");
+                    return Ok(SharedLoading::OnTheirOwn);
+                }
+                Err(err) if err.is_transient() => return Err(transient("postgres", err)),
+                Err(err) => {
+                    tracing::warn!(?instances, %topic, partition, messages = decoded.len(), error = %err, "database refused a chunk replayed for several instances; landing it for each on its own");
+                    return Ok(SharedLoading::OnTheirOwn);
+                }
+            }
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(
+            ?instances, %topic, partition, offsets = end - first, events,
+            seconds, events_per_second = (events as f64 / seconds.max(1e-6)).round(),
+            read_seconds = reading.as_secs_f64(), decode_seconds = decoding.as_secs_f64(),
+            postgres_seconds = landing.as_secs_f64(),
+            cache_and_dead_letter_seconds = after_steps.as_secs_f64(),
+            "range replayed for several instances together"
+        );
+        Ok(SharedLoading::Done)
+    }
+
     fn gone(&self, instance: ProjectionInstance, range: &ReplayRange) -> Result<Option<i64>, TransientError> {
         tracing::info!(%instance, topic = %range.topic, partition = range.partition, "range no longer registered; stopping its replay");
         self.replays.lock_known().remove(&instance);
@@ -480,7 +660,8 @@ impl ProjectionHandler {
     }
 }
 
-/// Loads the pending ranges of the instances `handler` maintains, `concurrency` at a time,
+/// Loads the pending ranges of the instances `handler` maintains, `concurrency` at a time
+/// (ranges of the same offsets of a partition together, as one),
 /// retrying after transient failures, until `stop`; looks again every [`LOOK_EVERY`] for
 /// instances it has not seen (the active generation it follows changed).
 pub async fn load_pending(
@@ -504,14 +685,23 @@ pub async fn load_pending(
                     }
                 }
             }
-            let results: Vec<Result<Option<i64>, TransientError>> = futures::stream::iter(pending)
-                .map(|(instance, range)| {
-                    let handler = &handler;
-                    async move { handler.load(instance, range).await }
-                })
-                .buffer_unordered(concurrency.max(1))
-                .collect()
-                .await;
+            let results: Vec<Result<(), TransientError>> =
+                futures::stream::iter(group_loadable_together(pending))
+                    .map(|mut group| {
+                        let handler = &handler;
+                        async move {
+                            match group.len() {
+                                1 => {
+                                    let (instance, range) = group.remove(0);
+                                    handler.load(instance, range).await.map(drop)
+                                }
+                                _ => handler.load_together(group).await,
+                            }
+                        }
+                    })
+                    .buffer_unordered(concurrency.max(1))
+                    .collect()
+                    .await;
             for err in results.iter().filter_map(|r| r.as_ref().err()) {
                 tracing::warn!(dependency = err.dependency, error = %err.detail, "replaying a range; retrying");
                 failed = true;

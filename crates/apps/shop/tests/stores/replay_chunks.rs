@@ -2,10 +2,12 @@
 //! transaction, so two loaders walking the same range (two workers, or a restarted one and a
 //! stale one) never apply an event twice or skip one, a chunk read from a stale position
 //! writes nothing, a chunk of a range that was cleared again writes nothing, and a poison
-//! message inside a chunk is dead-lettered while the range moves past it.
+//! message inside a chunk is dead-lettered while the range moves past it. A chunk shared by
+//! the instances a topic feeds lands in all of them or, when one of their ranges moved, in
+//! none.
 
 use prism_projections::{GapPolicy, ProjectionInstance};
-use prism_read_store::projection::replay::{self, ChunkOutcome, Step};
+use prism_read_store::projection::replay::{self, ChunkOutcome, SharedChunkOutcome, Step};
 use prism_read_store::projection::{MessageContent, Poison, SourceMessage, Target};
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
@@ -279,4 +281,119 @@ async fn poison_inside_a_chunk_is_dead_lettered_and_the_range_moves_past_it() {
         .map(|(_, e)| e.clone())
         .collect();
     assert_rows_equal_fold(&env, instance, &others).await;
+}
+
+/// What `instance` holds: its rows (key → row) as the oracle reads them.
+async fn stored_rows(
+    env: &TestEnv,
+    instance: ProjectionInstance,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let app = shop_model::application();
+    let model = app.read_model(instance.projection).expect("a shop read model");
+    let client = env.pg().await.expect("pg");
+    oracle::stored_rows(&client, instance, model).await.expect("rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_chunk_lands_in_every_instance_or_in_none() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let (orders, messages) = order_messages(86, 3_000);
+    let end = messages.len() as i64;
+    let (a, b) = (end / 3, 2 * end / 3);
+    assert!(a >= 100, "enough order events for three chunks: {end}");
+    let app = shop_model::application();
+    // Two read models the order topic feeds: a fold per order and sums over many orders.
+    let (summary, sales) =
+        (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(PRODUCT_SALES_DAILY, 1));
+    let targets = [
+        Target { instance: summary, model: app.read_model(ORDER_SUMMARY).expect("model") },
+        Target { instance: sales, model: app.read_model(PRODUCT_SALES_DAILY).expect("model") },
+    ];
+    register(&env, summary, end).await;
+    register(&env, sales, end).await;
+    let shared = |from: i64, to: i64| {
+        let (db, targets, slice) = (env.db.clone(), &targets, &messages[from as usize..to as usize]);
+        async move {
+            replay::apply_shared_chunk(
+                &db,
+                targets,
+                GapPolicy::DeadLetter,
+                ORDER,
+                TOPIC,
+                PARTITION,
+                Step { from, to },
+                slice,
+            )
+            .await
+            .expect("shared chunk")
+        }
+    };
+
+    match shared(0, a).await {
+        SharedChunkOutcome::Landed(outcomes) => {
+            let instances: Vec<ProjectionInstance> = outcomes.iter().map(|(instance, _)| *instance).collect();
+            assert_eq!(instances, [summary, sales], "one outcome per instance, in the targets' order");
+            for (instance, outcome) in &outcomes {
+                assert_eq!(outcome.applied, a as u64, "{instance}: every event of the chunk applied");
+            }
+        }
+        SharedChunkOutcome::Diverged => panic!("a chunk at both ranges' position lands"),
+    }
+    for instance in [summary, sales] {
+        let range = range_of(&env, instance).await.expect("range");
+        assert_eq!(range.loaded_to, a, "{instance}: its range moved with the shared chunk");
+    }
+    assert_rows_equal_fold(&env, summary, &orders[..a as usize]).await;
+    assert_rows_equal_fold(&env, sales, &orders[..a as usize]).await;
+
+    // One range moves on alone (another loader of that instance); a shared chunk read from the
+    // old position must write nothing to either instance, the sums included.
+    let alone = replay::apply_chunk(
+        &env.db,
+        &targets[1],
+        GapPolicy::DeadLetter,
+        ORDER,
+        TOPIC,
+        PARTITION,
+        Step { from: a, to: b },
+        &messages[a as usize..b as usize],
+    )
+    .await
+    .expect("chunk");
+    assert!(matches!(alone, ChunkOutcome::Landed(_)), "the lone chunk lands: {alone:?}");
+    let (summary_before, sales_before) = (stored_rows(&env, summary).await, stored_rows(&env, sales).await);
+    match shared(a, b).await {
+        SharedChunkOutcome::Diverged => {}
+        SharedChunkOutcome::Landed(outcomes) => panic!(
+            "a shared chunk behind one of its ranges must not land; it applied {:?}",
+            outcomes.iter().map(|(instance, outcome)| (instance.id(), outcome.applied)).collect::<Vec<_>>()
+        ),
+    }
+    assert_eq!(
+        stored_rows(&env, summary).await,
+        summary_before,
+        "nothing written to the range that had not moved"
+    );
+    assert_eq!(stored_rows(&env, sales).await, sales_before, "nothing added twice to the sums");
+    assert_eq!(range_of(&env, summary).await.expect("range").loaded_to, a);
+    assert_eq!(range_of(&env, sales).await.expect("range").loaded_to, b);
+
+    // Each range goes on on its own from where it is, and both end equal to the fold.
+    for (target, from) in [(&targets[0], a), (&targets[1], b)] {
+        let landed = replay::apply_chunk(
+            &env.db,
+            target,
+            GapPolicy::DeadLetter,
+            ORDER,
+            TOPIC,
+            PARTITION,
+            Step { from, to: end },
+            &messages[from as usize..],
+        )
+        .await
+        .expect("chunk");
+        assert!(matches!(landed, ChunkOutcome::Landed(_)), "{}: {landed:?}", target.instance);
+    }
+    assert_rows_equal_fold(&env, summary, &orders).await;
+    assert_rows_equal_fold(&env, sales, &orders).await;
 }

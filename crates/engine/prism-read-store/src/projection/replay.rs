@@ -18,6 +18,10 @@
 //! hands back what the steps need), as the consumer group redelivers a batch whose offsets were
 //! never committed.
 //!
+//! The instances a topic feeds, rebuilt together, have ranges of the same offsets:
+//! [`apply_shared_chunk`] lands a chunk in all of them in one transaction (read and decoded
+//! once), or in none when one of their ranges is no longer where the chunk starts.
+//!
 //! Why it is faster than replaying through the group: a chunk writes each aggregate's gate
 //! row and read-model row once for thousands of its events, the other read models fed by the
 //! same topic never see the replayed events again (an in-place rebuild no longer rewinds the
@@ -259,6 +263,52 @@ pub async fn apply_chunk(
     advance(&tx, target.instance, topic, partition, step).await?;
     tx.commit().await?;
     Ok(ChunkOutcome::Landed(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default()))
+}
+
+/// What became of a chunk landed in several instances at once.
+#[derive(Debug)]
+pub enum SharedChunkOutcome {
+    /// It landed in every one of them; each instance's outcome, in the order of the targets.
+    Landed(Vec<(ProjectionInstance, BatchOutcome)>),
+    /// At least one of the ranges is no longer at the chunk's start (another loader moved it,
+    /// or it was cleared again or retired): nothing written to any of them. Each range is then
+    /// loaded on its own, from wherever it is.
+    Diverged,
+}
+
+/// Lands one chunk in every one of `targets`, whose ranges of `topic`/`partition` all stand at
+/// `step.from`: the instances a topic feeds, rebuilt together (`prismctl rebuild --all`), each
+/// have a range of the same offsets, and a chunk read and decoded once serves them all, in one
+/// transaction, as a live batch serves every instance its topic feeds. Every range's row is
+/// locked and checked first (in the order of the targets, the order every loader uses); one that
+/// moved or is gone writes nothing anywhere ([`SharedChunkOutcome::Diverged`]). A permanent
+/// error writes nothing either; the caller lands the chunk per instance then, where the
+/// refused message is isolated and dead-lettered for the instance that refuses it.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_shared_chunk(
+    db: &Database,
+    targets: &[Target<'_>],
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    step: Step,
+    messages: &[SourceMessage],
+) -> Result<SharedChunkOutcome, StoreError> {
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    for target in targets {
+        if claim(&tx, target.instance, topic, partition, step).await?.is_some() {
+            tx.rollback().await?;
+            return Ok(SharedChunkOutcome::Diverged);
+        }
+    }
+    let outcomes = apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages).await?;
+    for target in targets {
+        advance(&tx, target.instance, topic, partition, step).await?;
+    }
+    tx.commit().await?;
+    Ok(SharedChunkOutcome::Landed(outcomes))
 }
 
 /// Lands a chunk of one message PostgreSQL refused: its dead-letter record (parking its
