@@ -82,6 +82,18 @@ impl GateLock {
     }
 }
 
+impl GateLock {
+    /// Takes the table's write lock only, as [`GateLock::lock`] does first, and reads no row:
+    /// every aggregate is taken as new ([`super::GateRead::AssumeNew`]).
+    pub(super) async fn lock_table(
+        &self,
+        tx: &Transaction<'_>,
+    ) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+        tx.execute(&self.table, &[]).await?;
+        Ok(HashMap::new())
+    }
+}
+
 /// Locks the existing gate rows of `keys`; returns their state (see [`GateLock::lock`]).
 pub(super) async fn lock(
     tx: &Transaction<'_>,

@@ -39,6 +39,19 @@ use prism_projections::{AggregateKey, GapPolicy, GateState, PlannedItem, Project
 pub use batch::{BatchOutcome, CacheEntry, DeadLetterRecord, MessageContent, Poison, SourceMessage};
 pub use writers::key_text;
 
+/// How a batch learns the gate state of its aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GateRead {
+    /// Lock the gate rows that exist and read them (every live batch).
+    LockExisting,
+    /// Take every aggregate as new to the instances without looking them up: for the first
+    /// chunk of a replayed range, whose instance has no gate row of the partition's aggregates
+    /// (see `replay`). The insert of the batch's new gate rows checks it: a row that exists
+    /// fails it as [`StoreError::Contended`], and the caller lands the chunk again with
+    /// [`GateRead::LockExisting`].
+    AssumeNew,
+}
+
 /// A read model at the generation a batch is applied to.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
@@ -65,7 +78,18 @@ pub async fn apply_batch(
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    let outcomes = apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages).await?;
+    let outcomes = apply_in(
+        &tx,
+        db.schema(),
+        targets,
+        policy,
+        source,
+        topic,
+        partition,
+        messages,
+        GateRead::LockExisting,
+    )
+    .await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -82,6 +106,7 @@ pub(crate) async fn apply_in(
     topic: &str,
     partition: i32,
     messages: &[SourceMessage],
+    gate_read: GateRead,
 ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError> {
     if messages.is_empty() || targets.is_empty() {
         return Ok(Vec::new());
@@ -103,9 +128,10 @@ pub(crate) async fn apply_in(
     for target in targets {
         statements.push(writers::LoadStatements::prepare(tx, schema, target, Some(source), &items).await?);
     }
-    let loaded =
-        futures::future::try_join_all(statements.into_iter().map(|statements| statements.send(tx, &keys)))
-            .await?;
+    let loaded = futures::future::try_join_all(
+        statements.into_iter().map(|statements| statements.send(tx, &keys, gate_read)),
+    )
+    .await?;
     // Every instance's writes waited for, so that the failure reported is the one that caused
     // the others (see [`all_or_cause`]): a concurrent batch's gate row, retried, not a later
     // statement's refusal because the transaction had failed.

@@ -40,7 +40,7 @@ use prism_postgres::{Database, StoreError};
 use prism_projections::{GapPolicy, ProjectionInstance};
 use tokio_postgres::GenericClient;
 
-use super::{apply_batch, apply_in, BatchOutcome, SourceMessage, Target};
+use super::{apply_batch, apply_in, BatchOutcome, GateRead, SourceMessage, Target};
 
 /// One range of a source partition an instance loads in bulk, with its progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +196,14 @@ pub enum ChunkOutcome {
     Gone,
 }
 
+/// Where a range stands once its row is locked ([`claim`]).
+enum Claimed {
+    /// At the chunk's start; `first_chunk` when nothing of the range has landed yet.
+    AtStep { first_chunk: bool },
+    /// Elsewhere: the chunk must not land.
+    Elsewhere(ChunkOutcome),
+}
+
 /// Locks the range's row and checks it is still at `step.from`.
 async fn claim(
     tx: &Transaction<'_>,
@@ -203,18 +211,20 @@ async fn claim(
     topic: &str,
     partition: i32,
     step: Step,
-) -> Result<Option<ChunkOutcome>, StoreError> {
+) -> Result<Claimed, StoreError> {
     let row = prism_postgres::cached::query(
         tx,
-        "SELECT loaded_to FROM projection_replays \
+        "SELECT loaded_to, start_offset FROM projection_replays \
          WHERE projection = $1 AND source_topic = $2 AND source_partition = $3 FOR UPDATE",
         &[&instance.id(), &topic, &partition],
     )
     .await?;
-    Ok(match row.first().map(|r| r.get::<_, i64>(0)) {
-        None => Some(ChunkOutcome::Gone),
-        Some(loaded_to) if loaded_to != step.from => Some(ChunkOutcome::Moved { loaded_to }),
-        Some(_) => None,
+    Ok(match row.first().map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))) {
+        None => Claimed::Elsewhere(ChunkOutcome::Gone),
+        Some((loaded_to, _)) if loaded_to != step.from => {
+            Claimed::Elsewhere(ChunkOutcome::Moved { loaded_to })
+        }
+        Some((loaded_to, start)) => Claimed::AtStep { first_chunk: loaded_to == start },
     })
 }
 
@@ -237,6 +247,63 @@ async fn advance(
     Ok(())
 }
 
+/// Lands one chunk in every one of `targets`, whose ranges of `topic`/`partition` must all
+/// stand at `step.from` (checked under their rows' locks, in the order of the targets): each
+/// instance's outcome, or where the first range that does not stand there is.
+///
+/// The first chunk of a range meets no gate row: the range's instance was cleared or created
+/// with it, its partition's aggregates belong to no other partition, and no batch of the
+/// partition is applied to the instance before the range settles. That chunk takes every
+/// aggregate as new ([`GateRead::AssumeNew`]) instead of looking each one up — a sixth of a
+/// rebuild's statement time went to lookups that found nothing. The insert of the new gate rows
+/// checks the assumption: a row that exists fails it, nothing of the attempt stays, and the
+/// chunk is landed again looking its gate rows up.
+#[allow(clippy::too_many_arguments)]
+async fn land(
+    db: &Database,
+    targets: &[Target<'_>],
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    step: Step,
+    messages: &[SourceMessage],
+) -> Result<Result<Vec<(ProjectionInstance, BatchOutcome)>, ChunkOutcome>, StoreError> {
+    let mut assume_new = true;
+    loop {
+        let mut client = db.client().await?;
+        let tx = client.transaction().await?;
+        let mut first_chunk = true;
+        for target in targets {
+            match claim(&tx, target.instance, topic, partition, step).await? {
+                Claimed::AtStep { first_chunk: first } => first_chunk &= first,
+                Claimed::Elsewhere(elsewhere) => {
+                    tx.rollback().await?;
+                    return Ok(Err(elsewhere));
+                }
+            }
+        }
+        let gate_read = if first_chunk && assume_new { GateRead::AssumeNew } else { GateRead::LockExisting };
+        let applied =
+            apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages, gate_read).await;
+        let outcomes = match applied {
+            Ok(outcomes) => outcomes,
+            Err(StoreError::Contended { detail, .. }) if gate_read == GateRead::AssumeNew => {
+                tracing::info!(topic, partition, %detail, "the first chunk of a replayed range met existing gate rows; landing it again with them looked up");
+                drop(tx);
+                assume_new = false;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        for target in targets {
+            advance(&tx, target.instance, topic, partition, step).await?;
+        }
+        tx.commit().await?;
+        return Ok(Ok(outcomes));
+    }
+}
+
 /// Lands one chunk of `target`'s range of `topic`/`partition` (see the module documentation).
 /// A permanent error (the database refuses data) writes nothing; the caller isolates the
 /// message by landing smaller chunks, and dead-letters it with [`dead_letter_in_chunk`].
@@ -251,18 +318,15 @@ pub async fn apply_chunk(
     step: Step,
     messages: &[SourceMessage],
 ) -> Result<ChunkOutcome, StoreError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    if let Some(elsewhere) = claim(&tx, target.instance, topic, partition, step).await? {
-        tx.rollback().await?;
-        return Ok(elsewhere);
-    }
-    let outcomes =
-        apply_in(&tx, db.schema(), std::slice::from_ref(target), policy, source, topic, partition, messages)
-            .await?;
-    advance(&tx, target.instance, topic, partition, step).await?;
-    tx.commit().await?;
-    Ok(ChunkOutcome::Landed(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default()))
+    Ok(
+        match land(db, std::slice::from_ref(target), policy, source, topic, partition, step, messages).await?
+        {
+            Ok(outcomes) => ChunkOutcome::Landed(
+                outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default(),
+            ),
+            Err(elsewhere) => elsewhere,
+        },
+    )
 }
 
 /// What became of a chunk landed in several instances at once.
@@ -295,20 +359,10 @@ pub async fn apply_shared_chunk(
     step: Step,
     messages: &[SourceMessage],
 ) -> Result<SharedChunkOutcome, StoreError> {
-    let mut client = db.client().await?;
-    let tx = client.transaction().await?;
-    for target in targets {
-        if claim(&tx, target.instance, topic, partition, step).await?.is_some() {
-            tx.rollback().await?;
-            return Ok(SharedChunkOutcome::Diverged);
-        }
-    }
-    let outcomes = apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages).await?;
-    for target in targets {
-        advance(&tx, target.instance, topic, partition, step).await?;
-    }
-    tx.commit().await?;
-    Ok(SharedChunkOutcome::Landed(outcomes))
+    Ok(match land(db, targets, policy, source, topic, partition, step, messages).await? {
+        Ok(outcomes) => SharedChunkOutcome::Landed(outcomes),
+        Err(_) => SharedChunkOutcome::Diverged,
+    })
 }
 
 /// Lands a chunk of one message PostgreSQL refused: its dead-letter record (parking its
@@ -325,7 +379,7 @@ pub async fn dead_letter_in_chunk(
 ) -> Result<ChunkOutcome, StoreError> {
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    if let Some(elsewhere) = claim(&tx, instance, topic, partition, step).await? {
+    if let Claimed::Elsewhere(elsewhere) = claim(&tx, instance, topic, partition, step).await? {
         tx.rollback().await?;
         return Ok(elsewhere);
     }

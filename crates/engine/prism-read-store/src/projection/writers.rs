@@ -393,7 +393,10 @@ pub(super) async fn lock_and_load(
     keys: &BTreeSet<AggregateKey>,
     items: &[PlannedItem<'_>],
 ) -> Result<Loaded, StoreError> {
-    LoadStatements::prepare(tx, schema, target, source, items).await?.send(tx, keys).await
+    LoadStatements::prepare(tx, schema, target, source, items)
+        .await?
+        .send(tx, keys, super::GateRead::LockExisting)
+        .await
 }
 
 /// What a batch's planning needs from one instance, prepared: the gate lock and the read of the
@@ -438,6 +441,7 @@ impl LoadStatements {
         self,
         tx: &Transaction<'_>,
         keys: &BTreeSet<AggregateKey>,
+        gate_read: super::GateRead,
     ) -> Result<Loaded, StoreError> {
         let read_rows = async {
             match &self.load {
@@ -445,8 +449,13 @@ impl LoadStatements {
                 None => Ok::<_, StoreError>(Vec::new()),
             }
         };
-        let (gates, stored) =
-            futures::try_join!(self.gate_lock.lock(tx, &self.projection_id, keys), read_rows)?;
+        let gates = async {
+            match gate_read {
+                super::GateRead::LockExisting => self.gate_lock.lock(tx, &self.projection_id, keys).await,
+                super::GateRead::AssumeNew => self.gate_lock.lock_table(tx).await,
+            }
+        };
+        let (gates, stored) = futures::try_join!(gates, read_rows)?;
         let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
         for row in &stored {
             let stored = StoredRow::from_db(row)?;
