@@ -447,3 +447,99 @@ async fn a_first_chunk_that_meets_gate_rows_lands_them_as_duplicates() {
     assert!(range_of(&env, instance).await.expect("range").is_loaded());
     assert_rows_equal_fold(&env, instance, &orders).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_chunk_whose_new_row_another_transaction_writes_lands_again() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let (orders, messages) = order_messages(88, 1_500);
+    let end = messages.len() as i64;
+    let app = shop_model::application();
+    let model = app.read_model(ORDER_SUMMARY).expect("model");
+    // The finished rows, landed in another generation of the same table shape.
+    let (instance, finished) =
+        (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(ORDER_SUMMARY, 2));
+    {
+        let client = env.pg().await.expect("pg");
+        client
+            .batch_execute(&format!("CREATE TABLE {} (LIKE {} INCLUDING ALL)", finished.id(), instance.id()))
+            .await
+            .expect("a second generation's table");
+    }
+    register(&env, finished, end).await;
+    let landed = replay::apply_chunk(
+        &env.db,
+        &Target { instance: finished, model },
+        GapPolicy::DeadLetter,
+        ORDER,
+        TOPIC,
+        PARTITION,
+        Step { from: 0, to: end },
+        &messages,
+    )
+    .await
+    .expect("chunk");
+    assert!(matches!(landed, ChunkOutcome::Landed(_)));
+
+    // Another transaction writes one order's row into the instance and commits only while the
+    // first chunk waits on it: the chunk read no row, inserts them plainly, meets that one, and
+    // must land again rather than fail or dead-letter anything.
+    let victim = messages[0].aggregate().expect("an order event").1;
+    let mut other = env.pg().await.expect("pg");
+    let writer = other.transaction().await.expect("transaction");
+    let copied = writer
+        .execute(
+            &format!("INSERT INTO {} SELECT * FROM {} WHERE order_id = $1", instance.id(), finished.id()),
+            &[&victim],
+        )
+        .await
+        .expect("the other transaction's row");
+    assert_eq!(copied, 1);
+    register(&env, instance, end).await;
+    let chunk = {
+        let (db, messages) = (env.db.clone(), messages.clone());
+        tokio::spawn(async move {
+            let app = shop_model::application();
+            let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
+            replay::apply_chunk(
+                &db,
+                &target,
+                GapPolicy::DeadLetter,
+                ORDER,
+                TOPIC,
+                PARTITION,
+                Step { from: 0, to: end },
+                &messages,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    writer.commit().await.expect("commit");
+    let outcome = match chunk.await.expect("chunk task") {
+        Ok(ChunkOutcome::Landed(outcome)) => outcome,
+        Ok(other) => panic!("the chunk lands: {other:?}"),
+        Err(err) => panic!("a row written meanwhile must make the chunk land again, not fail: {err}"),
+    };
+    // The victim's events, folded again onto its finished row, may be refused by the fold (an
+    // order placed twice); nothing of any other order may be.
+    let client = env.pg().await.expect("pg");
+    let others_dead: i64 = client
+        .query_one(
+            "SELECT count(*) FROM dead_letters WHERE projection = $1 AND aggregate_id IS DISTINCT FROM $2",
+            &[&instance.id(), &victim],
+        )
+        .await
+        .expect("dead letters")
+        .get(0);
+    assert_eq!(others_dead, 0, "no other order dead-lettered (outcome: {:?})", outcome.dead_lettered);
+    assert!(range_of(&env, instance).await.expect("range").is_loaded());
+    // Every other order is exactly the fold of its events.
+    let others: Vec<_> = orders.iter().filter(|e| e.meta.aggregate_id != victim).cloned().collect();
+    let expected = shop::testing::oracle::fold(&others);
+    let got = stored_rows(&env, instance).await;
+    for (key, row) in &expected.rows[ORDER_SUMMARY] {
+        let stored = got.get(key).unwrap_or_else(|| panic!("row {key} missing"));
+        assert_eq!(oracle::normalize(stored), oracle::normalize(row), "{key}");
+    }
+    assert_eq!(got.len(), expected.rows[ORDER_SUMMARY].len() + 1, "every order has its row");
+}

@@ -48,7 +48,8 @@ pub(crate) enum GateRead {
     /// chunk of a replayed range, whose instance has no gate row of the partition's aggregates
     /// (see `replay`). The insert of the batch's new gate rows checks it: a row that exists
     /// fails it as [`StoreError::Contended`], and the caller lands the chunk again with
-    /// [`GateRead::LockExisting`].
+    /// [`GateRead::LockExisting`]. Where the read of a fold's rows finds none either, they are
+    /// inserted plainly rather than upserted, checked the same way.
     AssumeNew,
 }
 
@@ -137,7 +138,7 @@ pub(crate) async fn apply_in(
     // statement's refusal because the transaction had failed.
     let written = all_or_cause(
         futures::future::join_all(targets.iter().zip(loaded).map(|(target, loaded)| {
-            write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items)
+            write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items, gate_read)
         }))
         .await,
     )?;
@@ -191,14 +192,18 @@ async fn write_instance(
     partition: i32,
     messages: &[SourceMessage],
     items: &[PlannedItem<'_>],
+    gate_read: GateRead,
 ) -> Result<(BatchOutcome, Option<writers::PendingSum>), StoreError> {
     let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
         return Ok((BatchOutcome::default(), None));
     };
     let projection_id = target.instance.id();
     let initial: HashMap<AggregateKey, GateState> = loaded.gates.clone();
-    let (outcomes, pending_fold, pending_sum) =
+    let (outcomes, mut pending_fold, pending_sum) =
         writers::plan_writes(target, Some(source), items, &mut loaded, policy)?;
+    if let (GateRead::AssumeNew, Some(pending)) = (gate_read, pending_fold.as_mut()) {
+        pending.assume_new();
+    }
     let gates = &loaded.gates;
 
     let dead_letters: Vec<DeadLetterRecord> = messages

@@ -105,6 +105,9 @@ pub struct TableShape {
     /// Upsert of folded rows (parameters: [`crate::row_sets::TableColumns::params`]); for a
     /// cached read model it returns the written rows as [`StoredRow::from_db`] reads them.
     upsert: String,
+    /// Plain insert of folded rows, returning them as the upsert does: for rows that cannot
+    /// exist yet ([`PendingFold::assume_new`]), without the upsert's speculative insertion.
+    insert: String,
     /// Insert-or-add of summed rows (parameters as the upsert's); `None` without sum feeds.
     add: Option<String>,
     /// The rows of a read model keyed by one column whose key is in `$1` (an array of the
@@ -191,12 +194,13 @@ async fn shape(
         .filter(|c| *c != VERSION_COLUMN && *c != REVISION_COLUMN)
         .collect();
     let stored = stored_columns(key, &application);
-    let upsert = if model.cache_kind().is_some() {
+    let plain_insert = table_columns.insert(&table);
+    let (upsert, insert) = if model.cache_kind().is_some() {
         // Returned as the statement writes them, not through a CTE of whole rows read again:
         // about 1.5 µs a row of `order_summary` less.
-        format!("{insert} RETURNING {stored}")
+        (format!("{insert} RETURNING {stored}"), format!("{plain_insert} RETURNING {stored}"))
     } else {
-        insert
+        (insert, plain_insert)
     };
     let load_by_ids = format!("SELECT {stored} FROM {table} t WHERE t.{} = ANY($1)", key[0]);
     // One index lookup per key whatever the planner believes about the table's size: a
@@ -213,7 +217,8 @@ async fn shape(
         adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
         format!("{} ON CONFLICT ({conflict}) DO UPDATE SET {}", table_columns.insert(&table), adds.join(", "))
     });
-    let shape = Arc::new(TableShape { columns: table_columns, upsert, add, load_by_ids, load_by_keys });
+    let shape =
+        Arc::new(TableShape { columns: table_columns, upsert, insert, add, load_by_ids, load_by_keys });
     shapes().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, shape.clone());
     Ok(shape)
 }
@@ -479,15 +484,39 @@ pub(super) struct PendingFold {
     rows: HashMap<Uuid, StoredRow>,
     /// With a cache: every aggregate of the batch, duplicates included.
     cache_ids: Option<Vec<Uuid>>,
+    /// Whether the rows are inserted plainly ([`PendingFold::assume_new`]).
+    insert_only: bool,
 }
 
 impl PendingFold {
+    /// For a batch that takes its aggregates as new ([`super::GateRead::AssumeNew`]): when the
+    /// read of the fold's rows found none, the rows are inserted plainly. A row committed since
+    /// by another transaction (a sum of another topic that creates the same row) fails the
+    /// insert on its key, which becomes [`StoreError::Contended`]: the batch is landed again,
+    /// with its gate rows looked up and its rows upserted.
+    pub(super) fn assume_new(&mut self) {
+        self.insert_only = self.rows.is_empty();
+    }
+
     /// Sends the upsert; returns the cache entries of every aggregate of the batch (none
     /// without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         if self.documents.count > 0 {
+            let count = self.documents.count;
             let rows = self.shape.columns.params(self.documents.finish()?)?;
-            let written = cached::query(tx, &self.shape.upsert, &rows.values().as_params()).await?;
+            let statement = if self.insert_only { &self.shape.insert } else { &self.shape.upsert };
+            let written = match cached::query(tx, statement, &rows.values().as_params()).await {
+                Err(error) if self.insert_only && error.is_unique_violation() => {
+                    return Err(StoreError::Contended {
+                        what: "read-model row",
+                        detail: format!(
+                            "a row of the {} rows this batch took as new was written by another transaction since ({error})",
+                            count
+                        ),
+                    })
+                }
+                written => written?,
+            };
             for row in &written {
                 let stored = StoredRow::from_db(row)?;
                 if let Ok(id) = stored.key.parse() {
@@ -584,6 +613,7 @@ pub(super) fn plan_writes(
         documents,
         rows,
         cache_ids: cached.then_some(ids),
+        insert_only: false,
     });
 
     let mut pending = None;
