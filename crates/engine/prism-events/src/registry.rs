@@ -43,8 +43,11 @@ pub struct Upcaster {
     /// The step itself: the payload object in, the next version's object (or why not) out.
     /// The context carries the rest of the envelope, for a new field that derives from it
     /// (e.g. a timestamp that older producers left to `occurred_at`).
-    pub apply: fn(&UpcastContext<'_>, Map<String, Value>) -> Result<Map<String, Value>, String>,
+    pub apply: UpcastFn,
 }
+
+/// An upcaster's step: the payload object in, the next version's object (or why not) out.
+pub type UpcastFn = fn(&UpcastContext<'_>, Map<String, Value>) -> Result<Map<String, Value>, String>;
 
 /// What an upcaster may read besides the payload: the envelope of the event being upcast.
 #[derive(Debug, Clone, Copy)]

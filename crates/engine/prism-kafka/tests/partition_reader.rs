@@ -54,7 +54,7 @@ async fn ranges_are_read_exactly_also_by_a_reader_that_stopped_fetching_and_move
             .map_err(|(err, _)| err)
             .expect("produce");
     }
-    let ends = end_offsets(&env.config, &[topic.clone()]).await.expect("end offsets");
+    let ends = end_offsets(&env.config, std::slice::from_ref(&topic)).await.expect("end offsets");
     let end_of = |partition: i32| ends[&(topic.clone(), partition)];
     assert_eq!((end_of(0), end_of(1)), (500, 500));
 

@@ -368,9 +368,9 @@ mod tests {
     #[test]
     fn takes_one_field_of_a_struct_and_says_when_it_is_not_one() {
         let row = Counter { id: "a".into(), count: 3, note: None };
-        assert_eq!(column(&row, "id").unwrap(), Some(json!("a")));
-        assert_eq!(column(&row, "count").unwrap(), Some(json!(3)));
-        assert_eq!(column(&row, "note").unwrap(), None);
+        assert_eq!(column(&row, "id").expect("a column"), Some(json!("a")));
+        assert_eq!(column(&row, "count").expect("a column"), Some(json!(3)));
+        assert_eq!(column(&row, "note").expect("a column"), None);
         assert!(matches!(column(&json!({"id": 1}), "id"), Err(ColumnError::NotAStruct)));
         let flattened = Flattened { id: 7, rest: BTreeMap::new() };
         assert!(matches!(column(&flattened, "id"), Err(ColumnError::NotAStruct)));
@@ -381,12 +381,12 @@ mod tests {
         let counter =
             Fold::new::<Counter>("counter", |_, _| Ok(Counter { id: "x".into(), count: 1, note: None }));
         let row = FoldedRow(Box::new(Counter { id: "k/1".into(), count: 2, note: None }));
-        assert_eq!(counter.column_text(&row, "id").unwrap().as_deref(), Some("k/1"));
-        assert_eq!(counter.column_text(&row, "count").unwrap().as_deref(), Some("2"));
-        assert_eq!(counter.column_text(&row, "note").unwrap(), None);
+        assert_eq!(counter.column_text(&row, "id").expect("a column").as_deref(), Some("k/1"));
+        assert_eq!(counter.column_text(&row, "count").expect("a column").as_deref(), Some("2"));
+        assert_eq!(counter.column_text(&row, "note").expect("a column"), None);
         let flattened = Fold::new::<Flattened>("flat", |_, _| Ok(Flattened { id: 0, rest: BTreeMap::new() }));
         let row = FoldedRow(Box::new(Flattened { id: 9, rest: BTreeMap::new() }));
-        assert_eq!(flattened.column_text(&row, "id").unwrap().as_deref(), Some("9"));
+        assert_eq!(flattened.column_text(&row, "id").expect("a column").as_deref(), Some("9"));
         // A row of another type is an error, not a panic.
         assert!(counter.column_text(&row, "id").is_err());
     }

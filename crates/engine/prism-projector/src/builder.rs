@@ -87,16 +87,13 @@ pub async fn watch(
                     }
                 }
                 for instance in building {
-                    if !running.contains_key(&instance) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(instance) {
                         tracing::info!(%instance, group = %build_group(instance), "building a new generation");
-                        running.insert(
-                            instance,
-                            Embedded::start_with(
-                                builder_config(&config, instance),
-                                app.clone(),
-                                Duties::GroupOnly,
-                            ),
-                        );
+                        slot.insert(Embedded::start_with(
+                            builder_config(&config, instance),
+                            app.clone(),
+                            Duties::GroupOnly,
+                        ));
                     }
                 }
             }

@@ -415,7 +415,7 @@ async fn produce(
         let topic = event.meta.aggregate_type.topic(env.topic_prefix());
         let key = event.meta.aggregate_id.to_string();
         let value = event.to_json_bytes();
-        let headers = prism_testkit::kafka::event_headers(&event);
+        let headers = prism_testkit::kafka::event_headers(event);
         let record = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers);
         let at = Instant::now();
         let delivery = producer

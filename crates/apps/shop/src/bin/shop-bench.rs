@@ -163,6 +163,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The deployment's configuration from `files` and the process's environment; `None` after
+/// printing why it could not be read.
+fn load_config(files: Vec<std::path::PathBuf>) -> Option<prism_config::PrismConfig> {
+    match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(files)) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            eprintln!("error: {err}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,17 +202,5 @@ mod tests {
         assert!(Cli::try_parse_from(["shop-bench", "verify", "--wait", "soon"]).is_err());
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-}
-
-/// The deployment's configuration from `files` and the process's environment; `None` after
-/// printing why it could not be read.
-fn load_config(files: Vec<std::path::PathBuf>) -> Option<prism_config::PrismConfig> {
-    match prism_config::PrismConfig::load(&prism_config::ConfigSources::from_process(files)) {
-        Ok(config) => Some(config),
-        Err(err) => {
-            eprintln!("error: {err}");
-            None
-        }
     }
 }

@@ -113,9 +113,10 @@ async fn a_partition_that_lands_nothing_shows_in_readiness_metrics_and_lag() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let committed = prism_testkit::kafka::committed_offsets(&env.config, &group, &[orders.clone()])
-        .await
-        .expect("committed");
+    let committed =
+        prism_testkit::kafka::committed_offsets(&env.config, &group, std::slice::from_ref(&orders))
+            .await
+            .expect("committed");
     assert!(
         !committed.contains_key(&(orders.clone(), partition)),
         "the stalled partition never committed: {committed:?}"

@@ -118,11 +118,13 @@ pub struct TableShape {
     load_by_keys: String,
 }
 
+/// Table shapes by (schema, table).
+type ShapesByTable = HashMap<(String, String), Arc<TableShape>>;
+
 /// Generated statements per (schema, table): a table's columns do not change while it lives
 /// (a new generation is a new table).
-fn shapes() -> &'static Mutex<HashMap<(String, String), Arc<TableShape>>> {
-    static SHAPES: std::sync::OnceLock<Mutex<HashMap<(String, String), Arc<TableShape>>>> =
-        std::sync::OnceLock::new();
+fn shapes() -> &'static Mutex<ShapesByTable> {
+    static SHAPES: std::sync::OnceLock<Mutex<ShapesByTable>> = std::sync::OnceLock::new();
     SHAPES.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
@@ -708,10 +710,10 @@ mod tests {
         assert_eq!(total["revenue"], json!(1.75));
         assert_eq!(key_text(&total, &["product_id", "day"]), "p/2026-11-23");
         // Keys read back from PostgreSQL are named by the same rule.
-        assert_eq!(key_text_of(r#"["p", "2026-11-23"]"#).unwrap(), "p/2026-11-23");
-        assert_eq!(key_text_of("[1.50]").unwrap(), "1.5");
+        assert_eq!(key_text_of(r#"["p", "2026-11-23"]"#).expect("a key"), "p/2026-11-23");
+        assert_eq!(key_text_of("[1.50]").expect("a key"), "1.5");
         assert_eq!(
-            key_text_of(r#"["9b2f2f0e-8c1e-4a36-9a53-1c6f0f7b2a10"]"#).unwrap(),
+            key_text_of(r#"["9b2f2f0e-8c1e-4a36-9a53-1c6f0f7b2a10"]"#).expect("a key"),
             "9b2f2f0e-8c1e-4a36-9a53-1c6f0f7b2a10"
         );
         assert!(key_text_of("not json").is_err());
@@ -720,9 +722,18 @@ mod tests {
     #[test]
     fn rows_are_written_as_one_array_with_bookkeeping() {
         let mut rows = JsonRows::default();
-        rows.push(3, |out| Ok(out.extend_from_slice(br#"{"a":1}"#))).unwrap();
-        rows.push(0, |out| Ok(out.extend_from_slice(b"{}"))).unwrap();
-        let written: Value = serde_json::from_str(&rows.finish().unwrap()).unwrap();
+        rows.push(3, |out| {
+            out.extend_from_slice(br#"{"a":1}"#);
+            Ok(())
+        })
+        .expect("an object");
+        rows.push(0, |out| {
+            out.extend_from_slice(b"{}");
+            Ok(())
+        })
+        .expect("an object");
+        let written: Value =
+            serde_json::from_str(&rows.finish().expect("rows")).expect("the rows are one JSON array");
         assert_eq!(
             written,
             json!([
@@ -730,8 +741,13 @@ mod tests {
                 {"prism_version": 0, "prism_revision": 1}
             ])
         );
-        assert_eq!(JsonRows::default().finish().unwrap(), "[]");
+        assert_eq!(JsonRows::default().finish().expect("no rows"), "[]");
         let mut rows = JsonRows::default();
-        assert!(rows.push(1, |out| Ok(out.extend_from_slice(b"[1]"))).is_err());
+        assert!(rows
+            .push(1, |out| {
+                out.extend_from_slice(b"[1]");
+                Ok(())
+            })
+            .is_err());
     }
 }
