@@ -192,6 +192,22 @@ impl Replays {
 }
 
 impl ProjectionHandler {
+    /// The aggregate type whose events `topic` carries.
+    fn source_of(&self, topic: &str) -> Result<AggregateType, TransientError> {
+        aggregate_name_of_topic(topic, &self.topic_prefix)
+            .and_then(|name| self.app.events().aggregate_type(name))
+            .ok_or_else(|| transient("kafka", format!("{topic} is not an event topic of this deployment")))
+    }
+
+    /// A chunk's messages decoded as a batch's are.
+    fn decode_chunk(
+        &self,
+        messages: &[rdkafka::message::OwnedMessage],
+        source: AggregateType,
+    ) -> Vec<SourceMessage> {
+        messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect()
+    }
+
     /// The ranges of `instance` as PostgreSQL has them now.
     async fn stored_ranges(&self, instance: ProjectionInstance) -> Result<Vec<ReplayRange>, TransientError> {
         let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
@@ -274,11 +290,7 @@ impl ProjectionHandler {
         reader: &PartitionReader,
     ) -> Result<Option<i64>, TransientError> {
         let Some(model) = self.app.read_model(instance.projection) else { return Ok(None) };
-        let source = aggregate_name_of_topic(&range.topic, &self.topic_prefix)
-            .and_then(|name| self.app.events().aggregate_type(name))
-            .ok_or_else(|| {
-                transient("kafka", format!("{} is not an event topic of this deployment", range.topic))
-            })?;
+        let source = self.source_of(&range.topic)?;
         let target = Target { instance, model };
         let started = Instant::now();
         let first = range.loaded_to;
@@ -298,8 +310,7 @@ impl ProjectionHandler {
                 reader.read(range.end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
             reading += at.elapsed();
             let at = Instant::now();
-            let decoded: Vec<SourceMessage> =
-                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
             decoding += at.elapsed();
             let step = Step { from: range.loaded_to, to: chunk.next };
             let at = Instant::now();
@@ -404,9 +415,7 @@ impl ProjectionHandler {
         reader: &PartitionReader,
     ) -> Result<SharedLoading, TransientError> {
         let (topic, partition, end) = (ranges[0].1.topic.clone(), ranges[0].1.partition, ranges[0].1.end);
-        let source = aggregate_name_of_topic(&topic, &self.topic_prefix)
-            .and_then(|name| self.app.events().aggregate_type(name))
-            .ok_or_else(|| transient("kafka", format!("{topic} is not an event topic of this deployment")))?;
+        let source = self.source_of(&topic)?;
         let targets: Vec<Target<'_>> = ranges
             .iter()
             .filter_map(|(instance, _)| {
@@ -428,8 +437,7 @@ impl ProjectionHandler {
                 reader.read(end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
             reading += at.elapsed();
             let at = Instant::now();
-            let decoded: Vec<SourceMessage> =
-                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
             decoding += at.elapsed();
             let step = Step { from: ranges[0].1.loaded_to, to: chunk.next };
             let at = Instant::now();
@@ -529,8 +537,7 @@ impl ProjectionHandler {
                 .read(range.loaded_to, self.replay_chunk_events)
                 .await
                 .map_err(|e| transient("kafka", e))?;
-            let decoded: Vec<SourceMessage> =
-                chunk.messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect();
+            let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
             // Slices still to redeliver, in offset order (last pushed is next).
             let mut pending: Vec<&[SourceMessage]> = vec![&decoded];
             while let Some(slice) = pending.pop() {

@@ -35,6 +35,16 @@ fn order_messages(seed: u64, events: usize) -> (Vec<prism_events::Event>, Vec<So
     (orders, messages)
 }
 
+/// Lands a chunk of the test's range of orders in `target` (what a loader does).
+async fn land_chunk(
+    db: &prism_postgres::Database,
+    target: &Target<'_>,
+    step: Step,
+    messages: &[SourceMessage],
+) -> Result<ChunkOutcome, prism_postgres::StoreError> {
+    replay::apply_chunk(db, target, GapPolicy::DeadLetter, ORDER, TOPIC, PARTITION, step, messages).await
+}
+
 async fn register(env: &TestEnv, instance: ProjectionInstance, end: i64) {
     let mut client = env.pg().await.expect("pg");
     let tx = client.transaction().await.expect("transaction");
@@ -85,18 +95,7 @@ async fn two_loaders_of_one_range_land_every_event_once() {
                 let to = (at + chunk as i64).min(end);
                 let slice = &messages[at as usize..to as usize];
                 let step = Step { from: at, to };
-                match replay::apply_chunk(
-                    &db,
-                    &target,
-                    GapPolicy::DeadLetter,
-                    ORDER,
-                    TOPIC,
-                    PARTITION,
-                    step,
-                    slice,
-                )
-                .await
-                {
+                match land_chunk(&db, &target, step, slice).await {
                     Ok(ChunkOutcome::Landed(outcome)) => {
                         assert_eq!(
                             outcome.applied,
@@ -148,20 +147,7 @@ async fn stale_chunks_and_cleared_ranges_write_nothing() {
     register(&env, instance, end).await;
     let apply = |from: i64, to: i64| {
         let (db, target, slice) = (env.db.clone(), &target, &messages[from as usize..to as usize]);
-        async move {
-            replay::apply_chunk(
-                &db,
-                target,
-                GapPolicy::DeadLetter,
-                ORDER,
-                TOPIC,
-                PARTITION,
-                Step { from, to },
-                slice,
-            )
-            .await
-            .expect("chunk")
-        }
+        async move { land_chunk(&db, target, Step { from, to }, slice).await.expect("chunk") }
     };
 
     let first = apply(0, 100).await;
@@ -241,22 +227,11 @@ async fn poison_inside_a_chunk_is_dead_lettered_and_the_range_moves_past_it() {
     let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
     register(&env, instance, end).await;
 
-    let outcome = match replay::apply_chunk(
-        &env.db,
-        &target,
-        GapPolicy::DeadLetter,
-        ORDER,
-        TOPIC,
-        PARTITION,
-        Step { from: 0, to: end },
-        &messages,
-    )
-    .await
-    .expect("chunk")
-    {
-        ChunkOutcome::Landed(outcome) => outcome,
-        other => panic!("the chunk lands: {other:?}"),
-    };
+    let outcome =
+        match land_chunk(&env.db, &target, Step { from: 0, to: end }, &messages).await.expect("chunk") {
+            ChunkOutcome::Landed(outcome) => outcome,
+            other => panic!("the chunk lands: {other:?}"),
+        };
     let dead: u64 = outcome.dead_lettered.iter().map(|(_, n)| n).sum();
     assert!(dead >= 1, "the poison message is dead-lettered: {:?}", outcome.dead_lettered);
     assert!(range_of(&env, instance).await.expect("range").is_loaded(), "the range moved past the poison");
@@ -348,18 +323,9 @@ async fn a_shared_chunk_lands_in_every_instance_or_in_none() {
 
     // One range moves on alone (another loader of that instance); a shared chunk read from the
     // old position must write nothing to either instance, the sums included.
-    let alone = replay::apply_chunk(
-        &env.db,
-        &targets[1],
-        GapPolicy::DeadLetter,
-        ORDER,
-        TOPIC,
-        PARTITION,
-        Step { from: a, to: b },
-        &messages[a as usize..b as usize],
-    )
-    .await
-    .expect("chunk");
+    let alone = land_chunk(&env.db, &targets[1], Step { from: a, to: b }, &messages[a as usize..b as usize])
+        .await
+        .expect("chunk");
     assert!(matches!(alone, ChunkOutcome::Landed(_)), "the lone chunk lands: {alone:?}");
     let (summary_before, sales_before) = (stored_rows(&env, summary).await, stored_rows(&env, sales).await);
     match shared(a, b).await {
@@ -380,18 +346,9 @@ async fn a_shared_chunk_lands_in_every_instance_or_in_none() {
 
     // Each range goes on on its own from where it is, and both end equal to the fold.
     for (target, from) in [(&targets[0], a), (&targets[1], b)] {
-        let landed = replay::apply_chunk(
-            &env.db,
-            target,
-            GapPolicy::DeadLetter,
-            ORDER,
-            TOPIC,
-            PARTITION,
-            Step { from, to: end },
-            &messages[from as usize..],
-        )
-        .await
-        .expect("chunk");
+        let landed = land_chunk(&env.db, target, Step { from, to: end }, &messages[from as usize..])
+            .await
+            .expect("chunk");
         assert!(matches!(landed, ChunkOutcome::Landed(_)), "{}: {landed:?}", target.instance);
     }
     assert_rows_equal_fold(&env, summary, &orders).await;
@@ -410,18 +367,9 @@ async fn a_first_chunk_that_meets_gate_rows_lands_them_as_duplicates() {
     let land = |from: i64| {
         let (db, target, slice) = (env.db.clone(), &target, &messages[from as usize..]);
         async move {
-            replay::apply_chunk(
-                &db,
-                target,
-                GapPolicy::DeadLetter,
-                ORDER,
-                TOPIC,
-                PARTITION,
-                Step { from, to: end },
-                slice,
-            )
-            .await
-            .expect("a first chunk that meets gate rows still lands")
+            land_chunk(&db, target, Step { from, to: end }, slice)
+                .await
+                .expect("a first chunk that meets gate rows still lands")
         }
     };
     register(&env, instance, end).await;
@@ -500,17 +448,7 @@ async fn a_first_chunk_whose_new_row_another_transaction_writes_lands_again() {
         tokio::spawn(async move {
             let app = shop_model::application();
             let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
-            replay::apply_chunk(
-                &db,
-                &target,
-                GapPolicy::DeadLetter,
-                ORDER,
-                TOPIC,
-                PARTITION,
-                Step { from: 0, to: end },
-                &messages,
-            )
-            .await
+            land_chunk(&db, &target, Step { from: 0, to: end }, &messages).await
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
