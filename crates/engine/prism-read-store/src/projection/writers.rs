@@ -89,12 +89,19 @@ impl PendingSum {
     }
 }
 
-/// Adds `entries` to `cache`, replacing the entries of the same rows.
+/// Adds `entries` to `cache`, replacing the entries of the same rows (the last of `entries`
+/// for a row wins). One pass over each: a batch's sums meet thousands of rows.
 pub(super) fn merge_cache_entries(cache: &mut Vec<CacheEntry>, entries: Vec<CacheEntry>) {
+    let mut latest: HashMap<String, CacheEntry> = HashMap::with_capacity(entries.len());
+    let mut order: Vec<String> = Vec::with_capacity(entries.len());
     for entry in entries {
-        cache.retain(|existing| existing.id != entry.id);
-        cache.push(entry);
+        if !latest.contains_key(&entry.id) {
+            order.push(entry.id.clone());
+        }
+        latest.insert(entry.id.clone(), entry);
     }
+    cache.retain(|existing| !latest.contains_key(&existing.id));
+    cache.extend(order.into_iter().filter_map(|id| latest.remove(&id)));
 }
 
 /// The columns of one read-model table and the statements generated from them.
@@ -701,6 +708,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn merged_cache_entries_replace_those_of_the_same_rows_and_the_last_wins() {
+        let entry = |id: &str, revision: i64| CacheEntry {
+            id: id.to_owned(),
+            revision,
+            version: 0,
+            document: format!("{{\"r\":{revision}}}"),
+        };
+        let mut cache = vec![entry("a", 1), entry("b", 1), entry("c", 1)];
+        merge_cache_entries(&mut cache, vec![entry("b", 2), entry("d", 1), entry("b", 3)]);
+        let merged: Vec<(&str, i64)> = cache.iter().map(|e| (e.id.as_str(), e.revision)).collect();
+        assert_eq!(merged, vec![("a", 1), ("c", 1), ("b", 3), ("d", 1)]);
+    }
 
     #[test]
     fn sums_keep_integers_and_keys_read_as_text() {
