@@ -5,8 +5,11 @@
 //! the read model notices (it looks every [`LOOK_EVERY`]) and runs a builder: a projector of that
 //! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`.
 //! What the partitions held at registration is a bulk replay of N+1 (`crate::replay`), loaded
-//! by the builders' replay task; prismctl committed the build group's offsets at the replay's
-//! ends, so the group delivers only the events that came after. Several workers share the
+//! by the worker's own replay task with the ranges of every other generation being built
+//! ([`Building`]): generations of read models fed by the same topic, registered together by
+//! `prismctl rebuild --all --mode blue-green`, have ranges of the same offsets, and one reader
+//! lands each chunk in all of them. prismctl committed the build group's offsets at the
+//! replay's ends, so the group delivers only the events that came after. Several workers share the
 //! build's partitions like any group. prismctl follows the replay and the build group's
 //! offsets, verifies and switches; once the generation is no longer
 //! `building` (switched to, or abandoned), the builders stop.
@@ -51,12 +54,45 @@ pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> Pri
 /// The smallest batch a builder uses (see [`builder_config`]).
 pub const BUILD_BATCH_EVENTS: usize = 5_000;
 
-/// Runs builders for the building generations of `read_models` until `stop`.
+/// The generations being built, as [`watch`] last saw them: the worker's replay task
+/// (`crate::replay::load_pending`) loads their ranges together with its own instances', so
+/// builders run no replay task of their own.
+#[derive(Debug, Default)]
+pub struct Building {
+    instances: std::sync::Mutex<Vec<ProjectionInstance>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Building {
+    /// The generations being built now.
+    pub(crate) fn current(&self) -> Vec<ProjectionInstance> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records what is being built; wakes the replay task when that changed.
+    fn set(&self, building: &[ProjectionInstance]) {
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        if instances.as_slice() != building {
+            *instances = building.to_vec();
+            // A permit is kept when the task is busy loading: it looks again once done.
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when what is being built changed since the last call.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+}
+
+/// Runs builders for the building generations of `read_models` until `stop`, and keeps
+/// `building` current for the worker's replay task.
 pub async fn watch(
     config: PrismConfig,
     app: Application,
     db: Database,
     read_models: Vec<&'static str>,
+    building_now: std::sync::Arc<Building>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut running: BTreeMap<ProjectionInstance, Embedded> = BTreeMap::new();
@@ -76,6 +112,7 @@ pub async fn watch(
         }
         match building(&db, &read_models).await {
             Ok(building) => {
+                building_now.set(&building);
                 let finished: Vec<ProjectionInstance> =
                     running.keys().filter(|i| !building.contains(i)).copied().collect();
                 for instance in finished {

@@ -220,30 +220,38 @@ pub async fn run_with(
     tracing::info!(group = %group_id(&config), application = app.name(), read_models = ?names, "projector started");
 
     let (stop_duties, duties_stopped) = tokio::sync::watch::channel(false);
-    let mut background = vec![tokio::spawn(replay::load_pending(
-        handler,
-        config.projector.replay_concurrency,
-        duties_stopped.clone(),
-    ))];
-    if duties == Duties::All && config.projector.generation == 0 {
-        let read_models: Vec<&'static str> = instances.iter().map(|i| i.projection).collect();
-        background.push(tokio::spawn(builder::watch(
-            config.clone(),
-            app.clone(),
-            db.clone(),
-            read_models.clone(),
+    let mut background = Vec::new();
+    if duties == Duties::All {
+        // The generations being built are loaded by this task too (a builder runs none): one
+        // reader for the ranges of the same offsets of every instance, live or being built.
+        let building = (config.projector.generation == 0).then(|| Arc::new(builder::Building::default()));
+        background.push(tokio::spawn(replay::load_pending(
+            handler,
+            config.projector.replay_concurrency,
+            building.clone(),
             duties_stopped.clone(),
         )));
-        background.push(tokio::spawn(requests::serve(
-            app.clone(),
-            db.clone(),
-            cache.clone(),
-            config.redis.key_prefix.clone(),
-            policy,
-            config.events.limits(),
-            read_models,
-            duties_stopped.clone(),
-        )));
+        if let Some(building) = building {
+            let read_models: Vec<&'static str> = instances.iter().map(|i| i.projection).collect();
+            background.push(tokio::spawn(builder::watch(
+                config.clone(),
+                app.clone(),
+                db.clone(),
+                read_models.clone(),
+                building,
+                duties_stopped.clone(),
+            )));
+            background.push(tokio::spawn(requests::serve(
+                app.clone(),
+                db.clone(),
+                cache.clone(),
+                config.redis.key_prefix.clone(),
+                policy,
+                config.events.limits(),
+                read_models,
+                duties_stopped.clone(),
+            )));
+        }
     }
 
     let (stop_ops, ops_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -9,8 +9,9 @@
 //!
 //! - [`load_pending`], a task of every projector process, loads the pending ranges of the
 //!   instances it maintains when it starts (and of an instance it starts following after a
-//!   switch), `projector.replay_concurrency` at a time — partitions without new events get no
-//!   batch that would load them;
+//!   switch), and of the generations its builders build (`crate::builder::Building`),
+//!   `projector.replay_concurrency` at a time — partitions without new events get no batch
+//!   that would load them;
 //! - the batch handler, before it applies a batch of a partition to an instance whose range
 //!   there is still pending ([`ProjectionHandler::replayed_below`]): its events must follow
 //!   the range's, never meet an empty gate.
@@ -21,7 +22,8 @@
 //! partition, and opening and closing a client for each cost as much as replaying a small one.
 //!
 //! Instances whose ranges of a partition cover the same offsets from the same point — every
-//! read model a topic feeds, rebuilt together by `prismctl rebuild --all` — are loaded
+//! read model a topic feeds, rebuilt together by `prismctl rebuild --all`, in place or
+//! blue/green — are loaded
 //! together by [`load_pending`]: one reader, each chunk decoded once and landed in all of them
 //! in one transaction ([`replay::apply_shared_chunk`]), as a live batch feeds every instance
 //! of its topic. When their ranges stop agreeing (another loader moved one) or PostgreSQL
@@ -667,13 +669,15 @@ impl ProjectionHandler {
     }
 }
 
-/// Loads the pending ranges of the instances `handler` maintains, `concurrency` at a time
-/// (ranges of the same offsets of a partition together, as one),
-/// retrying after transient failures, until `stop`; looks again every [`LOOK_EVERY`] for
-/// instances it has not seen (the active generation it follows changed).
+/// Loads the pending ranges of the instances `handler` maintains, and of the generations of
+/// its read models being built (`building`, for a worker that builds them), `concurrency` at a
+/// time (ranges of the same offsets of a partition together, as one), retrying after transient
+/// failures, until `stop`; looks again every [`LOOK_EVERY`] for instances it has not seen (the
+/// active generation it follows changed), and at once when a generation is registered.
 pub async fn load_pending(
     handler: Arc<ProjectionHandler>,
     concurrency: usize,
+    building: Option<Arc<crate::builder::Building>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let work = async {
@@ -681,7 +685,13 @@ pub async fn load_pending(
         loop {
             let mut pending: Vec<(ProjectionInstance, ReplayRange)> = Vec::new();
             let mut failed = false;
-            for instance in handler.current_instances() {
+            let mut instances = handler.current_instances();
+            for instance in building.iter().flat_map(|b| b.current()) {
+                if !instances.contains(&instance) {
+                    instances.push(instance);
+                }
+            }
+            for instance in instances {
                 match handler.ranges_of(instance).await {
                     Ok(ranges) => {
                         pending.extend(ranges.into_iter().filter(|r| !r.is_settled()).map(|r| (instance, r)))
@@ -718,7 +728,16 @@ pub async fn load_pending(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             } else {
                 backoff = Duration::from_millis(100);
-                tokio::time::sleep(LOOK_EVERY).await;
+                let registered = async {
+                    match &building {
+                        Some(building) => building.changed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(LOOK_EVERY) => {}
+                    () = registered => {}
+                }
             }
         }
     };

@@ -225,44 +225,60 @@ pub async fn clear_instance(
     Ok(Cleared { rows, gate_rows, dead_letters, parked, replay_ranges })
 }
 
-/// Registers generation `max + 1` of `projection` as `building` and creates its table from
-/// `table_sql`, with `replays` (`(topic, partition, start, end)`, see
-/// [`crate::projection::replay`]) to load in bulk, in one transaction, then says so on
-/// [`generations_channel`] (the application's workers start building it). Returns (the
-/// active instance, the new one).
-pub async fn allocate_generation(
+/// A generation to register with [`allocate_generations`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewGeneration<'a> {
+    /// The read model.
+    pub projection: &'static str,
+    /// The SQL that creates its table (`{table}` stands for the generation's name).
+    pub table_sql: &'a str,
+    /// Its ranges to load in bulk: `(topic, partition, start, end)`.
+    pub replays: &'a [(String, i32, i64, i64)],
+}
+
+/// Registers, per request, generation `max + 1` of its read model as `building`, creates its
+/// table and registers its ranges to load in bulk (see [`crate::projection::replay`]), all in
+/// one transaction, and says so on [`generations_channel`]: the application's workers, woken
+/// once at the commit, find every new generation at once and load ranges of the same offsets
+/// together (one read of a topic for every read model it feeds). Returns, per request in
+/// order, (the active instance, the new one).
+pub async fn allocate_generations(
     client: &mut tokio_postgres::Client,
     schema: &str,
-    projection: &'static str,
-    table_sql: &str,
-    replays: &[(String, i32, i64, i64)],
-) -> Result<(ProjectionInstance, ProjectionInstance), StoreError> {
+    requests: &[NewGeneration<'_>],
+) -> Result<Vec<(ProjectionInstance, ProjectionInstance)>, StoreError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('prism.read_models'))", &[]).await?;
-    let active =
-        crate::read_models::active_generation(&tx, projection).await?.ok_or_else(|| StoreError::Corrupt {
-            what: "projection_generations",
-            detail: format!("{projection} has no active generation: run `prismctl migrate` first"),
+    let mut allocated = Vec::with_capacity(requests.len());
+    for NewGeneration { projection, table_sql, replays } in requests {
+        let projection = *projection;
+        let active = crate::read_models::active_generation(&tx, projection).await?.ok_or_else(|| {
+            StoreError::Corrupt {
+                what: "projection_generations",
+                detail: format!("{projection} has no active generation: run `prismctl migrate` first"),
+            }
         })?;
-    let max: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
-            &[&projection],
+        let max: i32 = tx
+            .query_one(
+                "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
+                &[&projection],
+            )
+            .await?
+            .get(0);
+        let next = max.unsigned_abs() + 1;
+        tx.execute(
+            "INSERT INTO projection_generations (projection, generation, status) VALUES ($1, $2, 'building')",
+            &[&projection, &(next as i32)],
         )
-        .await?
-        .get(0);
-    let next = max.unsigned_abs() + 1;
-    tx.execute(
-        "INSERT INTO projection_generations (projection, generation, status) VALUES ($1, $2, 'building')",
-        &[&projection, &(next as i32)],
-    )
-    .await?;
-    let new = ProjectionInstance::new(projection, next);
-    create_tables(&tx, new, table_sql).await?;
-    crate::projection::replay::register(&tx, new, replays).await?;
-    tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &projection]).await?;
+        .await?;
+        let new = ProjectionInstance::new(projection, next);
+        create_tables(&tx, new, table_sql).await?;
+        crate::projection::replay::register(&tx, new, replays).await?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &projection]).await?;
+        allocated.push((ProjectionInstance::new(projection, active), new));
+    }
     tx.commit().await?;
-    Ok((ProjectionInstance::new(projection, active), new))
+    Ok(allocated)
 }
 
 /// One attempt at the switch from `old` to `new` (see the module documentation). Waits at most

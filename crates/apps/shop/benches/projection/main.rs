@@ -247,7 +247,8 @@ async fn bench(settings: Settings) -> anyhow::Result<()> {
     };
     if settings.rebuild {
         let rebuilds = rebuild::run(&env, &binaries, &services, &work).await?;
-        (run.rebuilds, run.rebuild_all_in_place) = (rebuilds.each, rebuilds.all_in_place);
+        (run.rebuilds, run.rebuild_all_in_place, run.rebuild_all_blue_green) =
+            (rebuilds.each, rebuilds.all_in_place, rebuilds.all_blue_green);
         let summary = env
             .wait_for_oracle(
                 &shop::testing::oracle::fold(&events),

@@ -21,9 +21,9 @@ pub enum Watch {
     /// The bulk replay of one projection instance (an in-place rebuild: the group's offsets
     /// do not move).
     Replay(ReplayWatch),
-    /// A bulk replay, then a group from where it ends (a blue/green build): progress is the
-    /// replay's, done when both are.
-    ReplayThenGroup(ReplayWatch, GroupWatch),
+    /// A bulk replay, then groups from where it ends (blue/green builds, one group each):
+    /// progress is the replay's, done when the replay and every group are.
+    ReplayThenGroups(ReplayWatch, Vec<GroupWatch>),
 }
 
 impl Watch {
@@ -32,9 +32,15 @@ impl Watch {
         match self {
             Self::Group(group) => group.progress().await,
             Self::Replay(replay) => replay.progress().await,
-            Self::ReplayThenGroup(replay, group) => {
+            Self::ReplayThenGroups(replay, groups) => {
                 let replayed = replay.progress().await?;
-                let done = replayed.done && group.progress().await?.done;
+                let mut done = replayed.done;
+                for group in groups {
+                    if !done {
+                        break;
+                    }
+                    done = group.progress().await?.done;
+                }
                 Ok(Progress { committed: replayed.committed, done })
             }
         }
@@ -45,8 +51,9 @@ impl Watch {
         match self {
             Self::Group(group) => format!("group {}", group.group),
             Self::Replay(replay) => format!("the replay of {}", replay.instances.join(", ")),
-            Self::ReplayThenGroup(replay, group) => {
-                format!("the replay of {} and group {}", replay.instances.join(", "), group.group)
+            Self::ReplayThenGroups(replay, groups) => {
+                let groups: Vec<&str> = groups.iter().map(|g| g.group.as_str()).collect();
+                format!("the replay of {} and group(s) {}", replay.instances.join(", "), groups.join(", "))
             }
         }
     }

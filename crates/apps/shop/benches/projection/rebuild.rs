@@ -14,10 +14,12 @@
 //! - **Blue/green** runs beside the serving generation, with the projector running. For each
 //!   read model: `prismctl rebuild <model> --mode blue-green --yes --retire-grace 1` registers
 //!   the next generation with replay ranges to the topics' ends and commits its build group
-//!   (`<prefix>prism.rebuild.<model>.g<N>`) there; the running worker's builder loads the ranges.
-//!   Timed from prismctl's start until the ranges have settled and the build group stands at the
-//!   ends. Verification and the switch come after that and are reported separately
-//!   (prismctl's whole run).
+//!   (`<prefix>prism.rebuild.<model>.g<N>`) there; the running worker loads the ranges and its
+//!   builder follows the group. Timed from prismctl's start until the ranges have settled and
+//!   the build group stands at the ends. Verification and the switch come after that and are
+//!   reported separately (prismctl's whole run). Then all of them at once: `prismctl rebuild
+//!   --all --mode blue-green`, timed until every new generation has settled and every build
+//!   group stands at the ends.
 //!
 //! Events replayed = messages in the read model's source topics, so an event counts once per
 //! read model it feeds; the live rate they are compared with counts the same way (the events
@@ -60,10 +62,12 @@ pub struct Rebuilds {
     pub each: Vec<Rebuilt>,
     /// Every read model in place by one `prismctl rebuild --all` and one start of the projector.
     pub all_in_place: Option<Rebuilt>,
+    /// Every read model blue/green by one `prismctl rebuild --all`, beside the running projector.
+    pub all_blue_green: Option<Rebuilt>,
 }
 
-/// Rebuilds every read model in place, one at a time and then all at once, then every one
-/// blue/green; the projector is stopped when this returns.
+/// Rebuilds every read model in place, one at a time and then all at once, then blue/green
+/// the same way; the projector is stopped when this returns.
 pub async fn run(
     env: &TestEnv,
     binaries: &Binaries,
@@ -96,8 +100,11 @@ pub async fn run(
     let (_, running) = contender::measure(projector, services).await?;
     let pid = running.pid().context("the projector is not running")?;
     binaries::wait_ready(&format!("http://{listen}"), Duration::from_secs(60), || Ok(())).await?;
-    for model in env.app.read_models() {
-        match blue_green(env, binaries, services, work, model.name(), pid).await {
+    let mut all_blue_green = None;
+    let each = env.app.read_models().iter().map(|m| Some(m.name()));
+    for which in each.chain([None]) {
+        match blue_green(env, binaries, services, work, which, pid).await {
+            Ok(rebuilt) if which.is_none() => all_blue_green = Some(rebuilt),
             Ok(rebuilt) => out.push(rebuilt),
             Err(err) => {
                 let err = err.context(running.log_tail());
@@ -107,7 +114,7 @@ pub async fn run(
         }
     }
     running.stop().await;
-    Ok(Rebuilds { each: out, all_in_place })
+    Ok(Rebuilds { each: out, all_in_place, all_blue_green })
 }
 
 /// The source topics of a read model and their end offsets.
@@ -202,19 +209,34 @@ async fn in_place(
     })
 }
 
+/// A blue/green rebuild of `read_model`, or of every read model at once (`None`: `prismctl
+/// rebuild --all`), beside the running projector `projector`: timed from prismctl's start
+/// until every new generation's ranges have settled and its build group stands at the ends.
 async fn blue_green(
     env: &TestEnv,
     binaries: &Binaries,
     services: &Services,
     work: &Path,
-    read_model: &'static str,
+    read_model: Option<&'static str>,
     projector: u32,
 ) -> anyhow::Result<Rebuilt> {
-    println!("blue/green rebuild of {read_model} ...");
-    let (_, ends) = sources(env, read_model).await?;
-    let log = work.join(format!("prismctl-blue-green-{read_model}.log"));
+    let (which, label) = match read_model {
+        Some(name) => (name, name),
+        None => ("--all", "all"),
+    };
+    let models: Vec<&'static str> = match read_model {
+        Some(name) => vec![name],
+        None => env.app.read_models().iter().map(|m| m.name()).collect(),
+    };
+    println!("blue/green rebuild of {} ...", read_model.unwrap_or("every read model at once"));
+    let mut ends_of = Vec::with_capacity(models.len());
+    for model in &models {
+        ends_of.push(sources(env, model).await?.1);
+    }
+    let events: i64 = ends_of.iter().map(offsets::total).sum();
+    let log = work.join(format!("prismctl-blue-green-{label}.log"));
     let mut child = binaries::command(&binaries.prismctl, &binaries::prism_vars(env))
-        .args(["rebuild", read_model, "--mode", "blue-green", "--yes", "--retire-grace", "1"])
+        .args(["rebuild", which, "--mode", "blue-green", "--yes", "--retire-grace", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -236,40 +258,50 @@ async fn blue_green(
     }
     drop(lines_tx);
     let mut transcript = String::new();
-    // "registered <model>_g<N> (building), …" names the generation, hence the build group.
-    let generation = loop {
+    // "registered <model>_g<N> (building), …" names each generation, hence its build group.
+    let mut generations: Vec<Option<u32>> = vec![None; models.len()];
+    while generations.iter().any(Option::is_none) {
         let line = tokio::time::timeout(Duration::from_secs(120), lines_rx.recv())
             .await
             .context("prismctl printed nothing for 120 s")?;
         let Some(line) = line else {
             let status = child.wait().await?;
-            bail!("prismctl rebuild {read_model} --mode blue-green ended ({status}) before registering a generation:\n{transcript}");
+            bail!("prismctl rebuild {which} --mode blue-green ended ({status}) before registering every generation:\n{transcript}");
         };
         transcript.push_str(&line);
         transcript.push('\n');
-        if let Some(rest) = line.strip_prefix(&format!("registered {read_model}_g")) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse::<u32>().with_context(|| format!("reading the generation from `{line}`"))?;
+        for (model, generation) in models.iter().zip(generations.iter_mut()) {
+            if let Some(rest) = line.strip_prefix(&format!("registered {model}_g")) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                *generation = Some(
+                    digits.parse::<u32>().with_context(|| format!("reading the generation from `{line}`"))?,
+                );
+            }
         }
-    };
-    let mut builder = env.config.clone();
-    builder.projector.group = format!("prism.rebuild.{read_model}.g{generation}");
-    let group = prism_kafka::admin::projector_group_id(&builder);
-    let replay = ReplayWatch::new(env.pg().await?, vec![format!("{read_model}_g{generation}")]);
-    let watch = Watch::ReplayThenGroup(replay, GroupWatch::new(&env.config, &group, &ends)?);
+    }
+    let mut instances = Vec::with_capacity(models.len());
+    let mut groups = Vec::with_capacity(models.len());
+    for ((model, generation), ends) in models.iter().zip(&generations).zip(&ends_of) {
+        let generation = generation.context("every generation was registered")?;
+        let mut builder = env.config.clone();
+        builder.projector.group = format!("prism.rebuild.{model}.g{generation}");
+        let group = prism_kafka::admin::projector_group_id(&builder);
+        groups.push(GroupWatch::new(&env.config, &group, ends)?);
+        instances.push(format!("{model}_g{generation}"));
+    }
+    let watch = Watch::ReplayThenGroups(ReplayWatch::new(env.pg().await?, instances), groups);
     let deadline = started + contender::timeout();
-    let window =
-        contender::follow(&watch, offsets::total(&ends), services, projector, start, deadline, || {
-            while let Ok(line) = lines_rx.try_recv() {
-                transcript.push_str(&line);
-                transcript.push('\n');
-            }
-            match child.try_wait() {
-                Ok(Some(status)) if !status.success() => bail!("prismctl failed ({status}):\n{transcript}"),
-                _ => Ok(()),
-            }
-        })
-        .await?;
+    let window = contender::follow(&watch, events, services, projector, start, deadline, || {
+        while let Ok(line) = lines_rx.try_recv() {
+            transcript.push_str(&line);
+            transcript.push('\n');
+        }
+        match child.try_wait() {
+            Ok(Some(status)) if !status.success() => bail!("prismctl failed ({status}):\n{transcript}"),
+            _ => Ok(()),
+        }
+    })
+    .await?;
     let status = tokio::time::timeout(contender::timeout(), child.wait())
         .await
         .context("prismctl did not finish")??;
@@ -279,15 +311,21 @@ async fn blue_green(
     }
     std::fs::write(&log, &transcript)?;
     if !status.success() {
-        bail!("prismctl rebuild {read_model} --mode blue-green failed ({status}):\n{transcript}");
+        bail!("prismctl rebuild {which} --mode blue-green failed ({status}):\n{transcript}");
     }
     let prismctl_seconds = started.elapsed().as_secs_f64();
     let measured = window.into_measured(
-        format!("rebuild-blue-green-{read_model}"),
-        format!("blue/green rebuild of {read_model}"),
+        format!("rebuild-blue-green-{label}"),
+        format!("blue/green rebuild of {}", read_model.unwrap_or("every read model at once")),
         String::new(),
-        offsets::total(&ends),
+        events,
     );
     measured.print();
-    Ok(Rebuilt { read_model, mode: "blue-green", measured, prismctl_seconds, statements: Vec::new() })
+    Ok(Rebuilt {
+        read_model: read_model.unwrap_or("all read models"),
+        mode: "blue-green",
+        measured,
+        prismctl_seconds,
+        statements: Vec::new(),
+    })
 }

@@ -35,6 +35,8 @@ pub struct Run {
     pub rebuilds: Vec<Rebuilt>,
     /// Every read model rebuilt in place by one `prismctl rebuild --all`.
     pub rebuild_all_in_place: Option<Rebuilt>,
+    /// Every read model rebuilt blue/green by one `prismctl rebuild --all`.
+    pub rebuild_all_blue_green: Option<Rebuilt>,
     /// Latency.
     pub latency: Option<latency::Outcome>,
     /// PostgreSQL's time by statement over Prism's window (empty when not tracked).
@@ -243,7 +245,7 @@ impl Run {
                 times_live(rate)
             );
         }
-        if let Some(r) = &self.rebuild_all_in_place {
+        for r in self.rebuild_all_in_place.iter().chain(&self.rebuild_all_blue_green) {
             row(&mut t, "**all read models at once** (`prismctl rebuild --all`)", r);
         }
         t
@@ -432,16 +434,16 @@ impl Run {
             "ms",
         ));
         let live = self.live_fed_rate();
-        // In place, every read model is rebuilt by one command when that was measured; the
-        // sum of one-at-a-time rebuilds is in the rebuild table beside it.
-        let all_at_once =
-            self.rebuild_all_in_place.as_ref().map(|r| (r.measured.events, r.measured.whole_seconds()));
+        // Every read model rebuilt by one command, when that was measured; the sum of
+        // one-at-a-time rebuilds is in the rebuild table beside it.
         for (mode, events, seconds) in self.rebuild_totals() {
+            let all_at_once = match mode {
+                "in-place" => self.rebuild_all_in_place.as_ref(),
+                _ => self.rebuild_all_blue_green.as_ref(),
+            };
             let (events, seconds, how) = match all_at_once {
-                Some((events, seconds)) if mode == "in-place" => {
-                    (events, seconds, " (`prismctl rebuild --all`)")
-                }
-                _ => (events, seconds, " (one at a time)"),
+                Some(r) => (r.measured.events, r.measured.whole_seconds(), " (`prismctl rebuild --all`)"),
+                None => (events, seconds, " (one at a time)"),
             };
             let rate = events as f64 / seconds;
             let value = live.map(|l| rate / l);
@@ -644,7 +646,7 @@ impl Run {
                 "live_rate": self.live_rate(),
                 "live_whole_rate": self.live_whole_rate(),
                 "live_fed_rate": self.live_fed_rate(),
-                "rebuilds": self.rebuilds.iter().chain(&self.rebuild_all_in_place).map(|r| json!({
+                "rebuilds": self.rebuilds.iter().chain(&self.rebuild_all_in_place).chain(&self.rebuild_all_blue_green).map(|r| json!({
                     "read_model": r.read_model, "mode": r.mode, "prismctl_seconds": r.prismctl_seconds,
                     "measured": measured_json(&r.measured),
                 })).collect::<Vec<_>>(),

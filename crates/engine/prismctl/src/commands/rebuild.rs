@@ -4,8 +4,11 @@
 //! Several read models (or `--all`) rebuild in one run: in place, the checks, the confirmation
 //! and the wait are shared — each read model is cleared and registered in a transaction of its
 //! own, and one start of the workers replays them all (one process start and one set of
-//! partition readers instead of one per read model); blue/green, each is built, verified and
-//! switched in turn.
+//! partition readers instead of one per read model); blue/green, every new generation is
+//! registered from one look at the topics' offsets and built at once by the running workers
+//! (a topic that feeds several of them is read once for all), then each is verified and
+//! switched as it catches up, and the replaced generations are retired after one grace period.
+//! A read model whose verification fails stays building while the others are switched.
 //!
 //! **In place** (the read model is empty while it replays; workers must be stopped):
 //! check the projector group has no members (DescribeConsumerGroups, either protocol), commit
@@ -60,8 +63,8 @@ use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
 #[command(after_long_help = AFTER_HELP)]
 pub struct RebuildArgs {
     /// The read models to rebuild (of those `prismctl read-models` lists). In place, several
-    /// are cleared together and replayed by one start of the workers; blue/green, they are
-    /// rebuilt and switched one after another.
+    /// are cleared together and replayed by one start of the workers; blue/green, their new
+    /// generations are built at once and each is switched to as it catches up.
     #[arg(value_parser = parse_projection, required_unless_present = "all", conflicts_with = "all")]
     pub projections: Vec<&'static str>,
     /// Rebuild every registered read model.
@@ -100,7 +103,9 @@ pub struct RebuildArgs {
 /// What `prismctl rebuild --help` adds after the options.
 const AFTER_HELP: &str = "\
 Several read models may be named, or --all for every registered one: in place they are cleared
-by one run and replayed by one start of the workers; blue/green they are rebuilt one after another.
+by one run and replayed by one start of the workers; blue/green their new generations are built
+at once, each is verified and switched to as it catches up (one that fails stays building and
+fails the run), and the replaced ones are retired together.
 
 In place: stop the projector workers first. The projection's table, gate rows, dead letters and
 parked aggregates are cleared and the events before the projector group's committed offsets on
@@ -170,13 +175,7 @@ pub async fn run(config: &PrismConfig, args: RebuildArgs) -> anyhow::Result<()> 
     drop(client);
     match args.mode {
         RebuildMode::InPlace => in_place(config, &db, &models, &args).await,
-        // One after another: each new generation is built, verified and switched to on its own.
-        RebuildMode::BlueGreen => {
-            for (model, active) in &models {
-                blue_green(config, &db, model, *active, &args).await?;
-            }
-            Ok(())
-        }
+        RebuildMode::BlueGreen => blue_green(config, &db, &models, &args).await,
     }
 }
 
@@ -534,28 +533,171 @@ async fn in_place(
     Ok(())
 }
 
+/// One read model's blue/green rebuild: what it serves now and what it builds.
+struct GreenBuild<'m> {
+    model: &'m RegisteredReadModel,
+    /// The serving generation.
+    old: ProjectionInstance,
+    /// The generation it builds.
+    next: ProjectionInstance,
+    /// The group the workers build `next` in.
+    build_group: String,
+    /// Its source topics.
+    topics: Vec<String>,
+    /// Generations an earlier rebuild left `building`.
+    abandoned: Vec<u32>,
+}
+
+/// Rebuilds `models` blue/green together: one plan and one confirmation; every new generation
+/// is registered from one look at the topics' offsets, so the workers build them all at once
+/// (a topic feeding several of them is read once for all, as in place); then each is verified
+/// and switched as it catches up, and after one grace period every replaced generation is
+/// retired. A read model that fails (a difference at the common position, a timeout) stays
+/// building while the others go on; the run then fails naming it.
 async fn blue_green(
     config: &PrismConfig,
     db: &Database,
-    model: &RegisteredReadModel,
-    old: ProjectionInstance,
+    models: &[(RegisteredReadModel, ProjectionInstance)],
     args: &RebuildArgs,
 ) -> anyhow::Result<()> {
-    let projection = old.projection;
     let live_group = projector_group(config);
-    let topics = source_topics(config, model);
+    let mut builds: Vec<GreenBuild<'_>> = Vec::with_capacity(models.len());
     let client = db.client().await?;
-    let abandoned = store::building_generations(&**client, projection).await?;
-    let max_generation: i32 = client
-        .query_one(
-            "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
-            &[&projection],
-        )
-        .await?
-        .get(0);
+    for (model, old) in models {
+        let projection = old.projection;
+        let abandoned = store::building_generations(&**client, projection).await?;
+        let max_generation: i32 = client
+            .query_one(
+                "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
+                &[&projection],
+            )
+            .await?
+            .get(0);
+        let next = ProjectionInstance::new(projection, max_generation.unsigned_abs() + 1);
+        builds.push(GreenBuild {
+            model,
+            old: *old,
+            next,
+            build_group: build_group(config, next),
+            topics: source_topics(config, model),
+            abandoned,
+        });
+    }
     drop(client);
-    let next = ProjectionInstance::new(projection, max_generation.unsigned_abs() + 1);
-    let build_group = build_group(config, next);
+    for build in &builds {
+        print_blue_green_plan(config, build, args);
+    }
+    if builds.len() > 1 {
+        println!(
+            "  the {} new generations are registered together and built at once; each is verified and switched \
+             as it catches up, and the replaced ones are retired together after {}s",
+            builds.len(),
+            args.retire_grace
+        );
+    }
+    if args.dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    if !args.abandon_previous {
+        if let Some(build) = builds.iter().find(|b| !b.abandoned.is_empty()) {
+            bail!(
+                "{} has generation(s) {:?} in state building (a rebuild in progress or one that did not finish). \
+                 Make sure no other rebuild runs, then pass --abandon-previous to drop them. Nothing was changed",
+                build.old.projection,
+                build.abandoned
+            );
+        }
+    }
+    let names: Vec<&str> = builds.iter().map(|b| b.old.projection).collect();
+    confirm(&format!("rebuild {} blue/green?", names.join(", ")), args.yes)?;
+    let cache = connect_cache(config).await?;
+    for build in &builds {
+        for generation in &build.abandoned {
+            let instance = ProjectionInstance::new(build.old.projection, *generation);
+            let mut client = db.client().await?;
+            let retired = store::retire_instance(&mut client, instance, REQUEST_TIMEOUT).await?;
+            let keys = delete_cache(&cache, config, build.model, instance).await?;
+            println!("dropped abandoned {instance}: {retired:?}, {keys} Redis keys");
+        }
+    }
+
+    // Everything in the source partitions now is replayed in bulk into the new generations;
+    // their build groups deliver the rest. One look for all of them: read models of the same
+    // topic get ranges of the same offsets, which the workers load with one reader.
+    let mut topics: Vec<String> = builds.iter().flat_map(|b| b.topics.iter().cloned()).collect();
+    topics.sort();
+    topics.dedup();
+    let positions = offsets(config, &live_group, &topics).await?;
+    register_generations(config, db, &builds, &positions).await?;
+
+    let mut switched: Vec<&GreenBuild<'_>> = Vec::with_capacity(builds.len());
+    let mut failed: Vec<anyhow::Error> = Vec::new();
+    for build in &builds {
+        let (old, new) = (build.old, build.next);
+        let mut builders = BuilderWatch::new(config, &build.build_group);
+        let result = build_and_switch(
+            config,
+            db,
+            old,
+            new,
+            &live_group,
+            &build.build_group,
+            &build.topics,
+            &mut builders,
+            args,
+        )
+        .await;
+        match result {
+            Ok((old_sum, new_sum)) => {
+                if old_sum != new_sum {
+                    println!("the rebuilt model differs from the one it replaces (--allow-changes)");
+                }
+                println!("switched: {old} ({old_sum}) -> {new} ({new_sum})");
+                println!("checksum {new}: {new_sum}");
+                switched.push(build);
+            }
+            Err(err) => {
+                let err = err.context(format!(
+                    "{new} was not switched to and stays building (the workers keep building it); {old} still \
+                     serves. Run again with --abandon-previous to start over"
+                ));
+                if builds.len() > 1 {
+                    println!("{err:#}");
+                }
+                failed.push(err);
+            }
+        }
+    }
+
+    if !switched.is_empty() {
+        let replaced: Vec<String> = switched.iter().map(|b| b.old.id()).collect();
+        println!(
+            "retiring {} in {}s (batches of live workers started before the switch finish first)",
+            replaced.join(", "),
+            args.retire_grace
+        );
+        tokio::time::sleep(Duration::from_secs(args.retire_grace)).await;
+    }
+    for build in &switched {
+        retire_replaced(config, db, &cache, build).await?;
+    }
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        _ => bail!(
+            "{} of {} read models were not switched to:\n{}",
+            failed.len(),
+            builds.len(),
+            failed.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("\n")
+        ),
+    }
+}
+
+/// Prints what a blue/green rebuild of one read model will do.
+fn print_blue_green_plan(config: &PrismConfig, build: &GreenBuild<'_>, args: &RebuildArgs) {
+    let GreenBuild { model, old, next, build_group, topics, abandoned } = build;
+    let projection = old.projection;
     println!("rebuild {projection} blue/green: {old} keeps serving while {next} is built");
     if !abandoned.is_empty() {
         println!(
@@ -584,89 +726,101 @@ async fn blue_green(
     println!(
         "  4. after {}s: drop {old}, its gate rows and parked aggregates, discard its open dead letters{}",
         args.retire_grace,
-        cache_prefix(config, model, old)
+        cache_prefix(config, model, *old)
             .map_or(String::new(), |p| format!(", delete the Redis keys under {p}"))
     );
     println!("     then delete the stopped rebuild group {build_group} from the broker");
-    if args.dry_run {
-        println!("dry run: nothing changed");
-        return Ok(());
-    }
-    if !abandoned.is_empty() && !args.abandon_previous {
-        bail!(
-            "{projection} has generation(s) {abandoned:?} in state building (a rebuild in progress or one that \
-             did not finish). Make sure no other rebuild runs, then pass --abandon-previous to drop them"
-        );
-    }
-    confirm(&format!("rebuild {projection} blue/green?"), args.yes)?;
-    let cache = connect_cache(config).await?;
-    for generation in abandoned {
-        let instance = ProjectionInstance::new(projection, generation);
-        let mut client = db.client().await?;
-        let retired = store::retire_instance(&mut client, instance, REQUEST_TIMEOUT).await?;
-        let keys = delete_cache(&cache, config, model, instance).await?;
-        println!("dropped abandoned {instance}: {retired:?}, {keys} Redis keys");
-    }
+}
 
-    // Everything in the source partitions now is replayed in bulk into the new generation;
-    // its build group delivers the rest.
-    let replays: Vec<(String, i32, i64, i64)> = offsets(config, &live_group, &topics)
-        .await?
-        .into_iter()
-        .map(|p| (p.topic, p.partition, p.low, p.high))
+/// Registers every build's new generation, in one transaction, with a replay of what
+/// `positions` (the source partitions' offsets, looked at once for all of them) hold, after
+/// committing each build group's start offsets at its replay's ends.
+async fn register_generations(
+    config: &PrismConfig,
+    db: &Database,
+    builds: &[GreenBuild<'_>],
+    positions: &[PartitionOffsets],
+) -> anyhow::Result<()> {
+    let replays_of: Vec<Vec<(String, i32, i64, i64)>> = builds
+        .iter()
+        .map(|build| {
+            positions
+                .iter()
+                .filter(|p| build.topics.contains(&p.topic))
+                .map(|p| (p.topic.clone(), p.partition, p.low, p.high))
+                .collect()
+        })
         .collect();
     // The build group starts where the replay ends: committed before the generation exists,
     // so the builders, which start when it is registered, never read the replayed part again.
-    let starts: Vec<(String, i32, i64)> =
-        replays.iter().map(|(t, p, _, high)| (t.clone(), *p, *high)).collect();
-    if !starts.is_empty() {
-        match admin::commit_offsets_outside_group(&config.kafka, &build_group, &starts, REQUEST_TIMEOUT)
+    // Every group's at once: each commit is a client of its own.
+    futures::future::try_join_all(builds.iter().zip(&replays_of).map(|(build, replays)| async move {
+        let (projection, build_group) = (build.old.projection, &build.build_group);
+        let starts: Vec<(String, i32, i64)> =
+            replays.iter().map(|(t, p, _, high)| (t.clone(), *p, *high)).collect();
+        if starts.is_empty() {
+            return Ok(());
+        }
+        match admin::commit_offsets_outside_group(&config.kafka, build_group, &starts, REQUEST_TIMEOUT)
             .await
             .with_context(|| format!("committing the start offsets of {build_group} ({KAFKA_HINT})"))?
         {
-            OutsideCommit::Committed => {}
+            OutsideCommit::Committed => Ok(()),
             OutsideCommit::RefusedGroupActive { code } => bail!(
                 "the broker refused to set the start offsets of {build_group}, which has live members ({code}): \
                  another rebuild of {projection} is running. Nothing was registered"
             ),
         }
-    }
+    }))
+    .await?;
+    let requests: Vec<store::NewGeneration<'_>> = builds
+        .iter()
+        .zip(&replays_of)
+        .map(|(build, replays)| store::NewGeneration {
+            projection: build.old.projection,
+            table_sql: &build.model.table_sql,
+            replays,
+        })
+        .collect();
     let mut client = db.client().await?;
-    let (old, new) =
-        store::allocate_generation(&mut client, db.schema(), projection, &model.table_sql, &replays).await?;
+    let allocated = store::allocate_generations(&mut client, db.schema(), &requests)
+        .await
+        .context("registering the new generations (nothing was registered)")?;
     drop(client);
-    if new != next {
-        bail!("another rebuild allocated {next} meanwhile; {new} was registered instead and left building");
+    let unexpected: Vec<String> = builds
+        .iter()
+        .zip(&allocated)
+        .filter(|(build, (_, new))| *new != build.next)
+        .map(|(build, (_, new))| format!("{new} instead of {}", build.next))
+        .collect();
+    if !unexpected.is_empty() {
+        bail!(
+            "another rebuild allocated generations meanwhile; registered {} and left building",
+            unexpected.join(", ")
+        );
     }
-    println!("registered {new} (building), table created; waiting for the application's workers to build it");
-    let mut builders = BuilderWatch::new(config, &build_group);
-    let result =
-        build_and_switch(config, db, old, new, &live_group, &build_group, &topics, &mut builders, args).await;
-    let (old_sum, new_sum) = match result {
-        Ok(sums) => sums,
-        Err(err) => {
-            return Err(err.context(format!(
-                "{new} was not switched to and stays building (the workers keep building it); {old} still serves. \
-                 Run again with --abandon-previous to start over"
-            )));
-        }
-    };
-    if old_sum != new_sum {
-        println!("the rebuilt model differs from the one it replaces (--allow-changes)");
+    for (_, new) in &allocated {
+        println!(
+            "registered {new} (building), table created; waiting for the application's workers to build it"
+        );
     }
-    println!("switched: {old} ({old_sum}) -> {new} ({new_sum})");
-    println!("checksum {new}: {new_sum}");
+    Ok(())
+}
 
-    println!(
-        "retiring {old} in {}s (batches of live workers started before the switch finish first)",
-        args.retire_grace
-    );
-    tokio::time::sleep(Duration::from_secs(args.retire_grace)).await;
+/// Retires the generation `build` replaced (its switch is done): table, gate rows, parked
+/// aggregates, open dead letters and Redis keys; then deletes the stopped build group.
+async fn retire_replaced(
+    config: &PrismConfig,
+    db: &Database,
+    cache: &Cache,
+    build: &GreenBuild<'_>,
+) -> anyhow::Result<()> {
+    let (old, build_group) = (build.old, &build.build_group);
     let mut client = db.client().await?;
     let retired = store::retire_instance(&mut client, old, REQUEST_TIMEOUT)
         .await
         .with_context(|| format!("retiring {old} (the switch is done; run the retire again later)"))?;
-    let keys = delete_cache(&cache, config, model, old).await?;
+    let keys = delete_cache(cache, config, build.model, old).await?;
     println!(
         "retired {old}: table dropped {}, {} gate rows, {} parked aggregates, {} open dead letters discarded, {keys} Redis keys deleted",
         retired.table_dropped, retired.gate_rows, retired.parked, retired.dead_letters_discarded
@@ -676,7 +830,7 @@ async fn blue_green(
     let deleted = async {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match admin::delete_group(&config.kafka, &build_group, REQUEST_TIMEOUT).await {
+            match admin::delete_group(&config.kafka, build_group, REQUEST_TIMEOUT).await {
                 Ok(()) => return Ok(()),
                 Err(err) if Instant::now() < deadline => {
                     tracing::info!(error = %err, "the rebuild group is not empty yet");
