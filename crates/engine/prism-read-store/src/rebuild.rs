@@ -225,6 +225,19 @@ pub async fn clear_instance(
     Ok(Cleared { rows, gate_rows, dead_letters, parked, replay_ranges })
 }
 
+/// The generation a rebuild of `projection` would allocate now: one past every generation it
+/// ever had (retired ones included, so a name is never reused).
+pub async fn next_generation(client: &impl GenericClient, projection: &str) -> Result<u32, StoreError> {
+    let max: i32 = client
+        .query_one(
+            "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
+            &[&projection],
+        )
+        .await?
+        .get(0);
+    Ok(max.unsigned_abs() + 1)
+}
+
 /// A generation to register with [`allocate_generations`].
 #[derive(Debug, Clone, Copy)]
 pub struct NewGeneration<'a> {
@@ -258,14 +271,7 @@ pub async fn allocate_generations(
                 detail: format!("{projection} has no active generation: run `prismctl migrate` first"),
             }
         })?;
-        let max: i32 = tx
-            .query_one(
-                "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
-                &[&projection],
-            )
-            .await?
-            .get(0);
-        let next = max.unsigned_abs() + 1;
+        let next = next_generation(&tx, projection).await?;
         tx.execute(
             "INSERT INTO projection_generations (projection, generation, status) VALUES ($1, $2, 'building')",
             &[&projection, &(next as i32)],

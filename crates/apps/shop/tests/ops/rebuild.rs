@@ -162,6 +162,20 @@ fn printed_md5(output: &str, marker: &str) -> String {
     line.rsplit("md5 ").next().expect("md5").trim().to_owned()
 }
 
+/// The two checksums of the `switched: <old> (…md5 a) -> <new> (…md5 b)` line of `old`.
+fn switch_checksums(output: &str, old: &str) -> (String, String) {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with(&format!("switched: {old} (")))
+        .unwrap_or_else(|| panic!("no switch of {old} in:\n{output}"));
+    let sums: Vec<String> =
+        line.split("md5 ").skip(1).map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect()).collect();
+    match sums.as_slice() {
+        [before, after] if before.len() == 32 => (before.clone(), after.clone()),
+        _ => panic!("two checksums in `{line}`"),
+    }
+}
+
 /// The Redis key prefix of `instance` (its read model is cached).
 fn cache_prefix(env: &TestEnv, instance: ProjectionInstance) -> String {
     let kind =
@@ -593,17 +607,9 @@ async fn blue_green_rebuild_under_live_traffic_switches_atomically_and_repeats_w
         "the event list ran out before the rebuild finished: make it longer"
     );
     assert!(traffic.published() > published_at_start, "traffic flowed during the rebuild");
-    assert!(output.contains("switched: user_profile_g1 ("), "{output}");
     assert!(output.contains("retired user_profile_g1: table dropped true"), "{output}");
-    let switch_line = output.lines().find(|l| l.starts_with("switched:")).expect("switched line");
-    let sums: Vec<String> = switch_line
-        .split("md5 ")
-        .skip(1)
-        .map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect())
-        .collect();
-    assert_eq!(sums.len(), 2, "{switch_line}");
-    assert_eq!(sums[0].len(), 32, "{switch_line}");
-    assert_eq!(sums[0], sums[1], "both generations are equal at the common position: {switch_line}");
+    let (before, after) = switch_checksums(&output, "user_profile_g1");
+    assert_eq!(before, after, "both generations are equal at the common position:\n{output}");
     eprintln!("blue/green rebuild under traffic took {:.1}s", rebuild_took.as_secs_f64());
 
     // Traffic after the switch must land in g2 through the live workers: let some more flow,
@@ -780,17 +786,8 @@ async fn every_read_model_rebuilt_blue_green_at_once_under_live_traffic_equals_t
             );
             continue;
         }
-        let switch_line = output
-            .lines()
-            .find(|l| l.starts_with(&format!("switched: {old} (")))
-            .unwrap_or_else(|| panic!("{name} switched:\n{output}"));
-        let sums: Vec<String> = switch_line
-            .split("md5 ")
-            .skip(1)
-            .map(|s| s.chars().take_while(char::is_ascii_hexdigit).collect())
-            .collect();
-        assert_eq!(sums.len(), 2, "{switch_line}");
-        assert_eq!(sums[0], sums[1], "both generations are equal at the common position: {switch_line}");
+        let (before, after) = switch_checksums(&output, &old);
+        assert_eq!(before, after, "{name}: both generations are equal at the common position:\n{output}");
         assert!(output.contains(&format!("retired {old}: table dropped true")), "{old} retired:\n{output}");
         assert_eq!(active(&env, name).await, Some(ProjectionInstance::new(name, 2)), "{name} serves g2");
     }

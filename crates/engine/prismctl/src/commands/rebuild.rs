@@ -566,14 +566,7 @@ async fn blue_green(
     for (model, old) in models {
         let projection = old.projection;
         let abandoned = store::building_generations(&**client, projection).await?;
-        let max_generation: i32 = client
-            .query_one(
-                "SELECT coalesce(max(generation), 0) FROM projection_generations WHERE projection = $1",
-                &[&projection],
-            )
-            .await?
-            .get(0);
-        let next = ProjectionInstance::new(projection, max_generation.unsigned_abs() + 1);
+        let next = ProjectionInstance::new(projection, store::next_generation(&**client, projection).await?);
         builds.push(GreenBuild {
             model,
             old: *old,
