@@ -134,6 +134,89 @@ async fn race(gate_rows: GateRows) {
     }
 }
 
+/// A batch inserts the rows of a fold-only read model that its read did not find plainly, not
+/// as an upsert. Should one of them be written by another transaction meanwhile (in production
+/// a concurrent batch of the same aggregate, whose gate row would fail this batch too), the
+/// insert fails on its key: that must be a retry, never a refusal that dead-letters the event,
+/// and the batch applied again must land every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retried_not_refused() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let events = Workload::generate(83, 800);
+    let orders = order_messages(&events);
+    let app = shop_model::application();
+    let model = app.read_model(ORDER_SUMMARY).expect("model");
+    let (instance, finished) =
+        (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(ORDER_SUMMARY, 2));
+    let client = env.pg().await.expect("pg");
+    client
+        .batch_execute(&format!("CREATE TABLE {} (LIKE {} INCLUDING ALL)", finished.id(), instance.id()))
+        .await
+        .expect("a second generation's table");
+    apply_batch(
+        &env.db,
+        &[Target { instance: finished, model }],
+        GapPolicy::DeadLetter,
+        ORDER,
+        "orders",
+        0,
+        &orders,
+    )
+    .await
+    .expect("the finished rows");
+
+    // Another transaction writes one order's row and commits only while the batch waits on it.
+    let victim = orders[0].aggregate().expect("an order event").1;
+    let mut other = env.pg().await.expect("pg");
+    let writer = other.transaction().await.expect("transaction");
+    let copied = writer
+        .execute(
+            &format!("INSERT INTO {} SELECT * FROM {} WHERE order_id = $1", instance.id(), finished.id()),
+            &[&victim],
+        )
+        .await
+        .expect("the other transaction's row");
+    assert_eq!(copied, 1);
+    let batch = {
+        let (db, orders) = (env.db.clone(), orders.clone());
+        tokio::spawn(async move {
+            let app = shop_model::application();
+            let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
+            apply_batch(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders).await.map(drop)
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    writer.commit().await.expect("commit");
+    match batch.await.expect("batch task") {
+        Err(prism_postgres::StoreError::Contended { what, .. }) => assert_eq!(what, "read-model row"),
+        Err(err) => panic!("a row written meanwhile must make the batch retry, not be refused: {err}"),
+        Ok(()) => panic!("the batch cannot land over a row it found absent"),
+    }
+    let dead: i64 = client
+        .query_one("SELECT count(*) FROM dead_letters WHERE projection = $1", &[&instance.id()])
+        .await
+        .expect("dead letters")
+        .get(0);
+    assert_eq!(dead, 0, "nothing dead-lettered by the failed attempt");
+
+    // Applied again, the batch reads the victim's row and upserts it; every other order is
+    // exactly the fold of its events (the victim's, folded onto its finished row, may differ).
+    apply_batch(&env.db, &[Target { instance, model }], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders)
+        .await
+        .expect("the batch lands when applied again");
+    let others: Vec<_> = events
+        .iter()
+        .filter(|e| e.meta.aggregate_type == ORDER && e.meta.aggregate_id != victim)
+        .cloned()
+        .collect();
+    let expected = shop::testing::oracle::fold(&others);
+    let got = oracle::stored_rows(&client, instance, model).await.expect("rows");
+    assert_eq!(got.len(), expected.rows[ORDER_SUMMARY].len() + 1, "every order has its row");
+    for (key, row) in &expected.rows[ORDER_SUMMARY] {
+        assert_eq!(oracle::normalize(&got[key]), oracle::normalize(row), "{key}");
+    }
+}
+
 /// A switch of generations (`prism_read_store::rebuild::switch`) locks the gate table, then the
 /// read-model tables, in share mode. A batch that arrives meanwhile must wait at the gate table
 /// holding nothing the switch still needs: had it taken a read-model table first, the switch

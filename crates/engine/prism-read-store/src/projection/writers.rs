@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::batch::CacheEntry;
 use super::Target;
-use prism_postgres::StoreError;
+use prism_postgres::{all_or_cause, StoreError};
 
 type Gates = HashMap<AggregateKey, GateState>;
 type Written = (Vec<ItemOutcome>, Option<PendingFold>, Option<PendingSum>);
@@ -343,6 +343,20 @@ impl JsonRows {
         Ok(())
     }
 
+    /// Appends `other`'s rows.
+    fn append(&mut self, other: JsonRows) {
+        match (self.count, other.count) {
+            (_, 0) => {}
+            (0, _) => *self = other,
+            _ => {
+                // Both are `[` and rows separated by commas, closed by `finish`.
+                self.text.push(b',');
+                self.text.extend_from_slice(&other.text[1..]);
+                self.count += other.count;
+            }
+        }
+    }
+
     /// The array's text.
     fn finish(mut self) -> Result<String, StoreError> {
         if self.count == 0 {
@@ -483,49 +497,71 @@ impl LoadStatements {
 
 /// A fold feed's write, decided but not yet sent ([`PendingFold::write`]), so the caller can
 /// send it together with the gate's advance and the dead letters.
+///
+/// Rows the batch's read found are upserted. Rows it did not find are inserted plainly where
+/// no other feed writes the table (a fold keyed by the aggregate, no sum): an upsert of a row
+/// that does not exist looks for it once more and writes it twice to the WAL (the speculative
+/// tuple, then its confirmation). Such a row can appear meanwhile only through a concurrent
+/// batch of the same aggregate, whose gate row fails this batch anyway; its key fails the
+/// insert first, and either way the batch is retried as [`StoreError::Contended`].
 #[derive(Debug)]
 pub(super) struct PendingFold {
     /// The table's statements.
     shape: Arc<TableShape>,
-    /// The folded rows, with bookkeeping; empty when nothing was applied.
+    /// The folded rows to upsert, with bookkeeping.
     documents: JsonRows,
+    /// The folded rows to insert plainly, with bookkeeping.
+    new_documents: JsonRows,
     /// The rows as loaded, replaced by the written ones once written.
     rows: HashMap<Uuid, StoredRow>,
     /// With a cache: every aggregate of the batch, duplicates included.
     cache_ids: Option<Vec<Uuid>>,
-    /// Whether the rows are inserted plainly ([`PendingFold::assume_new`]).
-    insert_only: bool,
 }
 
 impl PendingFold {
     /// For a batch that takes its aggregates as new ([`super::GateRead::AssumeNew`]): when the
-    /// read of the fold's rows found none, the rows are inserted plainly. A row committed since
-    /// by another transaction (a sum of another topic that creates the same row) fails the
-    /// insert on its key, which becomes [`StoreError::Contended`]: the batch is landed again,
-    /// with its gate rows looked up and its rows upserted.
+    /// read of the fold's rows found none, every row is inserted plainly, in a table other
+    /// feeds write too. A row committed since by another transaction (a sum of another topic
+    /// that creates the same row) fails the insert on its key, which becomes
+    /// [`StoreError::Contended`]: the batch is landed again, with its gate rows looked up and
+    /// its rows upserted.
     pub(super) fn assume_new(&mut self) {
-        self.insert_only = self.rows.is_empty();
+        if self.rows.is_empty() {
+            let documents = std::mem::take(&mut self.documents);
+            self.new_documents.append(documents);
+        }
     }
 
-    /// Sends the upsert; returns the cache entries of every aggregate of the batch (none
-    /// without a cache).
+    /// Sends the upsert and the insert; returns the cache entries of every aggregate of the
+    /// batch (none without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
-        if self.documents.count > 0 {
-            let count = self.documents.count;
-            let rows = self.shape.columns.params(self.documents.finish()?)?;
-            let statement = if self.insert_only { &self.shape.insert } else { &self.shape.upsert };
-            let written = match cached::query(tx, statement, &rows.values().as_params()).await {
-                Err(error) if self.insert_only && error.is_unique_violation() => {
-                    return Err(StoreError::Contended {
-                        what: "read-model row",
-                        detail: format!(
-                            "a row of the {} rows this batch took as new was written by another transaction since ({error})",
-                            count
-                        ),
-                    })
-                }
-                written => written?,
-            };
+        let shape = self.shape.clone();
+        let upsert = async {
+            if self.documents.count == 0 {
+                return Ok(Vec::new());
+            }
+            let rows = shape.columns.params(std::mem::take(&mut self.documents).finish()?)?;
+            cached::query(tx, &shape.upsert, &rows.values().as_params()).await
+        };
+        let insert = async {
+            let count = self.new_documents.count;
+            if count == 0 {
+                return Ok(Vec::new());
+            }
+            let rows = shape.columns.params(std::mem::take(&mut self.new_documents).finish()?)?;
+            match cached::query(tx, &shape.insert, &rows.values().as_params()).await {
+                Err(error) if error.is_unique_violation() => Err(StoreError::Contended {
+                    what: "read-model row",
+                    detail: format!(
+                        "a row of the {count} rows this batch found absent was written by another transaction since ({error})"
+                    ),
+                }),
+                written => Ok(written?),
+            }
+        };
+        // Both results waited for: the one that failed first is the cause ([`all_or_cause`]).
+        let (upserted, inserted) = futures::join!(upsert, insert);
+        for written in all_or_cause([upserted, inserted])? {
             for row in &written {
                 let stored = StoredRow::from_db(row)?;
                 if let Ok(id) = stored.key.parse() {
@@ -611,18 +647,22 @@ pub(super) fn plan_writes(
     });
 
     let cached = model.cache_kind().is_some();
-    let mut documents = JsonRows::default();
+    // Only this fold writes the table's rows: those the read did not find are new.
+    let fold_only = shape.add.is_none();
+    let (mut documents, mut new_documents) = (JsonRows::default(), JsonRows::default());
     if let Some(fold) = &fold {
-        for (row, version) in folded.values() {
-            documents.push(*version, |out| fold.write_json(row, out))?;
+        for (id, (row, version)) in &folded {
+            let rows_of =
+                if fold_only && !rows.contains_key(id) { &mut new_documents } else { &mut documents };
+            rows_of.push(*version, |out| fold.write_json(row, out))?;
         }
     }
     let pending_fold = fold.is_some().then(|| PendingFold {
         shape: shape.clone(),
         documents,
+        new_documents,
         rows,
         cache_ids: cached.then_some(ids),
-        insert_only: false,
     });
 
     let mut pending = None;
