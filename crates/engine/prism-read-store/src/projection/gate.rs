@@ -10,6 +10,11 @@ use uuid::Uuid;
 use super::batch::DeadLetterRecord;
 use prism_postgres::StoreError;
 
+/// Where the gate rows a transaction locked are: each aggregate's row's `ctid` as text,
+/// stable while the transaction holds the row's lock, so [`advance`] updates the row without
+/// looking its key up again.
+pub(super) type GateRows = HashMap<AggregateKey, String>;
+
 /// Column arrays of a set of aggregate keys, sorted (the lock order).
 fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'static str>, Vec<Uuid>) {
     let sorted: BTreeSet<(&'static str, Uuid)> = keys.into_iter().map(|(t, id)| (t.as_str(), *id)).collect();
@@ -43,22 +48,24 @@ impl GateLock {
         })
     }
 
-    /// Locks the existing gate rows of `keys`; returns their state. An aggregate without a row
-    /// is absent from the map: it is new to the instance (version 0, not parked).
+    /// Locks the existing gate rows of `keys`; returns their state and where they are. An
+    /// aggregate without a row is absent from both maps: it is new to the instance (version 0,
+    /// not parked).
     pub(super) async fn lock(
         &self,
         tx: &Transaction<'_>,
         projection: &str,
         keys: &BTreeSet<AggregateKey>,
-    ) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+    ) -> Result<(HashMap<AggregateKey, GateState>, GateRows), StoreError> {
         if keys.is_empty() {
-            return Ok(HashMap::new());
+            return Ok((HashMap::new(), HashMap::new()));
         }
         let (types, ids) = key_arrays(keys);
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&projection, &types, &ids];
         // Both sent at once (pipelined), in this order.
         let (_, rows) = futures::try_join!(tx.execute(&self.table, &[]), tx.query(&self.lock, &params))?;
         let mut gates = HashMap::with_capacity(rows.len());
+        let mut locations = HashMap::with_capacity(rows.len());
         for row in rows {
             let type_name: &str = row.get(0);
             // The rows are the keys asked for: their aggregate types come back by name.
@@ -69,16 +76,18 @@ impl GateLock {
                 });
             };
             let last_version: i64 = row.get(2);
+            let key = (aggregate_type, row.get::<_, Uuid>(1));
             gates.insert(
-                (aggregate_type, row.get::<_, Uuid>(1)),
+                key,
                 GateState {
                     last_version: last_version.unsigned_abs(),
                     parked: row.get(3),
                     last_event_id: row.get(4),
                 },
             );
+            locations.insert(key, row.get::<_, String>(5));
         }
-        Ok(gates)
+        Ok((gates, locations))
     }
 }
 
@@ -88,39 +97,47 @@ impl GateLock {
     pub(super) async fn lock_table(
         &self,
         tx: &Transaction<'_>,
-    ) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+    ) -> Result<(HashMap<AggregateKey, GateState>, GateRows), StoreError> {
         tx.execute(&self.table, &[]).await?;
-        Ok(HashMap::new())
+        Ok((HashMap::new(), HashMap::new()))
     }
 }
 
-/// Locks the existing gate rows of `keys`; returns their state (see [`GateLock::lock`]).
+/// Locks the existing gate rows of `keys`; returns their state and where they are (see
+/// [`GateLock::lock`]).
 pub(super) async fn lock(
     tx: &Transaction<'_>,
     projection: &str,
     keys: &BTreeSet<AggregateKey>,
-) -> Result<HashMap<AggregateKey, GateState>, StoreError> {
+) -> Result<(HashMap<AggregateKey, GateState>, GateRows), StoreError> {
     GateLock::prepare(tx).await?.lock(tx, projection, keys).await
 }
 
 /// Writes the gate after a batch: the last applied version of every locked row whose version
-/// moved, and a row for every aggregate the batch met that had none (`before` is what
-/// [`lock`] returned). A row that another transaction created meanwhile fails the insert on
-/// its key, which becomes [`StoreError::Contended`]: the batch is rolled back and retried.
+/// moved, and a row for every aggregate the batch met that had none (`before` and `rows` are
+/// what [`lock`] returned). A row that another transaction created meanwhile fails the insert
+/// on its key, which becomes [`StoreError::Contended`]: the batch is rolled back and retried.
 pub(super) async fn advance(
     tx: &Transaction<'_>,
     projection: &str,
     before: &HashMap<AggregateKey, GateState>,
+    rows: &GateRows,
     after: &HashMap<AggregateKey, GateState>,
 ) -> Result<(), StoreError> {
     let version = |state: &GateState| i64::try_from(state.last_version).unwrap_or(i64::MAX);
-    let mut moved: Vec<(&AggregateKey, i64, Option<Uuid>)> = Vec::new();
+    let mut moved: Vec<(&str, i64, Option<Uuid>)> = Vec::new();
     let mut new: Vec<(&AggregateKey, i64, Option<Uuid>)> = Vec::new();
     for (key, state) in after {
         match before.get(key) {
             None => new.push((key, version(state), state.last_event_id)),
             Some(locked) if locked.last_version != state.last_version => {
-                moved.push((key, version(state), state.last_event_id))
+                let Some(row) = rows.get(key) else {
+                    return Err(StoreError::Corrupt {
+                        what: "projection_gate",
+                        detail: format!("the locked gate row of {}:{} has no location", key.0, key.1),
+                    });
+                };
+                moved.push((row.as_str(), version(state), state.last_event_id))
             }
             Some(_) => {}
         }
@@ -138,13 +155,24 @@ pub(super) async fn advance(
         if moved.is_empty() {
             return Ok(());
         }
-        let (types, ids, versions, event_ids) = columns(&moved);
-        cached::execute(
+        let row_ids: Vec<&str> = moved.iter().map(|(row, _, _)| *row).collect();
+        let versions: Vec<i64> = moved.iter().map(|(_, v, _)| *v).collect();
+        let event_ids: Vec<Option<Uuid>> = moved.iter().map(|(_, _, e)| *e).collect();
+        let updated = cached::execute(
             tx,
             include_str!("../../sql/projection/gate_advance.sql"),
-            &[&projection, &types, &ids, &versions, &event_ids],
+            &[&row_ids, &versions, &event_ids],
         )
         .await?;
+        if updated != moved.len() as u64 {
+            return Err(StoreError::Corrupt {
+                what: "projection_gate",
+                detail: format!(
+                    "{updated} of the {} gate rows of {projection} this batch locked and advanced were found where the lock found them",
+                    moved.len()
+                ),
+            });
+        }
         Ok::<_, StoreError>(())
     };
     let insert = async {

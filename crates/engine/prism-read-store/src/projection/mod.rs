@@ -228,8 +228,11 @@ async fn write_instance(
                 .await?;
         Ok::<_, StoreError>((new_kinds, unpublished))
     };
-    let (cache_entries, advanced, dead_letters) =
-        futures::join!(write_fold, gate::advance(tx, &projection_id, &initial, gates), record_dead_letters);
+    let (cache_entries, advanced, dead_letters) = futures::join!(
+        write_fold,
+        gate::advance(tx, &projection_id, &initial, &loaded.gate_rows, gates),
+        record_dead_letters
+    );
     // The cause of a failure, not a later statement's refusal (see [`all_or_cause`]).
     let (cache_entries, (new_kinds, unpublished)) = match (cache_entries, advanced, dead_letters) {
         (Ok(cache_entries), Ok(()), Ok(dead_letters)) => (cache_entries, dead_letters),
@@ -348,13 +351,13 @@ async fn record_one(
 ) -> Result<Vec<DeadLetterRecord>, StoreError> {
     let projection_id = instance.id();
     let keys: BTreeSet<AggregateKey> = message.aggregate().into_iter().collect();
-    let initial = gate::lock(tx, &projection_id, &keys).await?;
+    let (initial, rows) = gate::lock(tx, &projection_id, &keys).await?;
     let mut parked = initial.clone();
     for key in &keys {
         parked.entry(*key).or_default().parked = true;
     }
     // A parked aggregate has a gate row: the row a batch of it locks first.
-    gate::advance(tx, &projection_id, &initial, &parked).await?;
+    gate::advance(tx, &projection_id, &initial, &rows, &parked).await?;
     gate::record_dead_letters(tx, &projection_id, &initial, &parked, std::slice::from_ref(&record)).await?;
     gate::unpublished_dead_letters(tx, &projection_id, topic, partition, message.offset, message.offset).await
 }

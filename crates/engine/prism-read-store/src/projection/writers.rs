@@ -389,6 +389,8 @@ struct EventEffect {
 pub(super) struct Loaded {
     /// The gate state of every aggregate of the batch, as locked.
     pub(super) gates: Gates,
+    /// Where the locked gate rows are (see `gate::GateRows`).
+    pub(super) gate_rows: super::gate::GateRows,
     shape: Arc<TableShape>,
     rows: HashMap<Uuid, StoredRow>,
 }
@@ -491,7 +493,8 @@ impl LoadStatements {
                 rows.insert(id, stored);
             }
         }
-        Ok(Loaded { gates, shape: self.shape, rows })
+        let (gates, gate_rows) = gates;
+        Ok(Loaded { gates, gate_rows, shape: self.shape, rows })
     }
 }
 

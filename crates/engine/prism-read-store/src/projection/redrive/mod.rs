@@ -486,7 +486,7 @@ where
     }
 
     // 4. Gate, parking, and the rows' new state.
-    gate::advance(&tx, &projection_id, &initial, &gates).await?;
+    gate::advance(&tx, &projection_id, &initial, &loaded.gate_rows, &gates).await?;
     gate::record_dead_letters(&tx, &projection_id, &initial, &gates, &[]).await?;
     let mut reclassified: Vec<(i64, String, String, String)> = Vec::new();
     for ((letter, message), outcome) in decoded.iter().zip(&outcomes) {
