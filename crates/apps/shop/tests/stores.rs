@@ -6,6 +6,7 @@
 //!   batch waits for a switch of generations without holding what the switch needs.
 //! - `replay_chunks`: bulk replay chunks land once, whoever loads them.
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
+//! - `support`: set-ups the tests above share.
 
 #[path = "stores/event_store.rs"]
 mod event_store;
@@ -15,3 +16,5 @@ mod projection_race;
 mod replay_chunks;
 #[path = "stores/roles.rs"]
 mod roles;
+#[path = "stores/support.rs"]
+mod support;

@@ -148,11 +148,7 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
     let model = app.read_model(ORDER_SUMMARY).expect("model");
     let (instance, finished) =
         (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(ORDER_SUMMARY, 2));
-    let client = env.pg().await.expect("pg");
-    client
-        .batch_execute(&format!("CREATE TABLE {} (LIKE {} INCLUDING ALL)", finished.id(), instance.id()))
-        .await
-        .expect("a second generation's table");
+    crate::support::create_table_like(&env, instance, finished).await;
     apply_batch(
         &env.db,
         &[Target { instance: finished, model }],
@@ -167,31 +163,20 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
 
     // Another transaction writes one order's row and commits only while the batch waits on it.
     let victim = orders[0].aggregate().expect("an order event").1;
-    let mut other = env.pg().await.expect("pg");
-    let writer = other.transaction().await.expect("transaction");
-    let copied = writer
-        .execute(
-            &format!("INSERT INTO {} SELECT * FROM {} WHERE order_id = $1", instance.id(), finished.id()),
-            &[&victim],
-        )
-        .await
-        .expect("the other transaction's row");
-    assert_eq!(copied, 1);
     let batch = {
         let (db, orders) = (env.db.clone(), orders.clone());
-        tokio::spawn(async move {
+        async move {
             let app = shop_model::application();
             let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
             apply_batch(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders).await.map(drop)
-        })
+        }
     };
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    writer.commit().await.expect("commit");
-    match batch.await.expect("batch task") {
+    match crate::support::with_order_row_written_meanwhile(&env, instance, finished, victim, batch).await {
         Err(prism_postgres::StoreError::Contended { what, .. }) => assert_eq!(what, "read-model row"),
         Err(err) => panic!("a row written meanwhile must make the batch retry, not be refused: {err}"),
         Ok(()) => panic!("the batch cannot land over a row it found absent"),
     }
+    let client = env.pg().await.expect("pg");
     let dead: i64 = client
         .query_one("SELECT count(*) FROM dead_letters WHERE projection = $1", &[&instance.id()])
         .await

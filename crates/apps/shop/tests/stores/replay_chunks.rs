@@ -406,13 +406,7 @@ async fn a_first_chunk_whose_new_row_another_transaction_writes_lands_again() {
     // The finished rows, landed in another generation of the same table shape.
     let (instance, finished) =
         (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(ORDER_SUMMARY, 2));
-    {
-        let client = env.pg().await.expect("pg");
-        client
-            .batch_execute(&format!("CREATE TABLE {} (LIKE {} INCLUDING ALL)", finished.id(), instance.id()))
-            .await
-            .expect("a second generation's table");
-    }
+    crate::support::create_table_like(&env, instance, finished).await;
     register(&env, finished, end).await;
     let landed = replay::apply_chunk(
         &env.db,
@@ -432,28 +426,18 @@ async fn a_first_chunk_whose_new_row_another_transaction_writes_lands_again() {
     // first chunk waits on it: the chunk read no row, inserts them plainly, meets that one, and
     // must land again rather than fail or dead-letter anything.
     let victim = messages[0].aggregate().expect("an order event").1;
-    let mut other = env.pg().await.expect("pg");
-    let writer = other.transaction().await.expect("transaction");
-    let copied = writer
-        .execute(
-            &format!("INSERT INTO {} SELECT * FROM {} WHERE order_id = $1", instance.id(), finished.id()),
-            &[&victim],
-        )
-        .await
-        .expect("the other transaction's row");
-    assert_eq!(copied, 1);
     register(&env, instance, end).await;
     let chunk = {
         let (db, messages) = (env.db.clone(), messages.clone());
-        tokio::spawn(async move {
+        async move {
             let app = shop_model::application();
             let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
             land_chunk(&db, &target, Step { from: 0, to: end }, &messages).await
-        })
+        }
     };
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    writer.commit().await.expect("commit");
-    let outcome = match chunk.await.expect("chunk task") {
+    let landed =
+        crate::support::with_order_row_written_meanwhile(&env, instance, finished, victim, chunk).await;
+    let outcome = match landed {
         Ok(ChunkOutcome::Landed(outcome)) => outcome,
         Ok(other) => panic!("the chunk lands: {other:?}"),
         Err(err) => panic!("a row written meanwhile must make the chunk land again, not fail: {err}"),
