@@ -23,11 +23,11 @@
 //!
 //! Instances whose ranges of a partition cover the same offsets from the same point — every
 //! read model a topic feeds, rebuilt together by `prismctl rebuild --all`, in place or
-//! blue/green — are loaded
-//! together by [`load_pending`]: one reader, each chunk decoded once and landed in all of them
-//! in one transaction ([`replay::apply_shared_chunk`]), as a live batch feeds every instance
-//! of its topic. When their ranges stop agreeing (another loader moved one) or PostgreSQL
-//! refuses the chunk, each range goes on on its own, where a refused message is isolated.
+//! blue/green — are loaded together by [`load_pending`]: one reader, each chunk decoded once
+//! and landed in all of them in one transaction ([`replay::apply_shared_chunk`]), as a live
+//! batch feeds every instance of its topic. When their ranges stop agreeing (another loader
+//! moved one) or PostgreSQL refuses the chunk, each range goes on on its own, where a refused
+//! message is isolated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,9 @@
 -- Locks the batch's existing gate rows and reads the last applied version and the parked flag
 -- of each aggregate, and where each row is (its `ctid`, for gate_advance.sql). Held until
 -- commit: a second worker on the same aggregates (during a rebalance) waits here and then sees
--- what this batch applied. An aggregate without a row is
--- new to the instance; its row is inserted with the batch's writes (gate_insert.sql), which is
--- where a concurrent first batch of it is caught.
+-- what this batch applied. An aggregate without a row is new to the instance; its row is
+-- inserted with the batch's writes (gate_insert.sql), which is where a concurrent first batch
+-- of it is caught.
 --
 -- One index lookup per key, in the order of the keys (the caller sorts them, so two batches
 -- never deadlock on them), whatever the planner believes about the table: the lookup is a

@@ -143,14 +143,6 @@ pub(super) async fn advance(
         }
     }
     new.sort_by_key(|((t, id), _, _)| (t.as_str(), *id));
-    let columns = |rows: &[(&AggregateKey, i64, Option<Uuid>)]| {
-        (
-            rows.iter().map(|((t, _), _, _)| t.as_str()).collect::<Vec<&str>>(),
-            rows.iter().map(|((_, id), _, _)| *id).collect::<Vec<Uuid>>(),
-            rows.iter().map(|(_, v, _)| *v).collect::<Vec<i64>>(),
-            rows.iter().map(|(_, _, e)| *e).collect::<Vec<Option<Uuid>>>(),
-        )
-    };
     let update = async {
         if moved.is_empty() {
             return Ok(());
@@ -179,7 +171,10 @@ pub(super) async fn advance(
         if new.is_empty() {
             return Ok(());
         }
-        let (types, ids, versions, event_ids) = columns(&new);
+        let types: Vec<&str> = new.iter().map(|((t, _), _, _)| t.as_str()).collect();
+        let ids: Vec<Uuid> = new.iter().map(|((_, id), _, _)| *id).collect();
+        let versions: Vec<i64> = new.iter().map(|(_, v, _)| *v).collect();
+        let event_ids: Vec<Option<Uuid>> = new.iter().map(|(_, _, e)| *e).collect();
         match cached::execute(
             tx,
             include_str!("../../sql/projection/gate_insert.sql"),

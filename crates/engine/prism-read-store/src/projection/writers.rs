@@ -92,16 +92,19 @@ impl PendingSum {
 /// Adds `entries` to `cache`, replacing the entries of the same rows (the last of `entries`
 /// for a row wins). One pass over each: a batch's sums meet thousands of rows.
 pub(super) fn merge_cache_entries(cache: &mut Vec<CacheEntry>, entries: Vec<CacheEntry>) {
-    let mut latest: HashMap<String, CacheEntry> = HashMap::with_capacity(entries.len());
-    let mut order: Vec<String> = Vec::with_capacity(entries.len());
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+    let mut latest: Vec<CacheEntry> = Vec::with_capacity(entries.len());
     for entry in entries {
-        if !latest.contains_key(&entry.id) {
-            order.push(entry.id.clone());
+        match at.get(&entry.id) {
+            Some(&index) => latest[index] = entry,
+            None => {
+                at.insert(entry.id.clone(), latest.len());
+                latest.push(entry);
+            }
         }
-        latest.insert(entry.id.clone(), entry);
     }
-    cache.retain(|existing| !latest.contains_key(&existing.id));
-    cache.extend(order.into_iter().filter_map(|id| latest.remove(&id)));
+    cache.retain(|existing| !at.contains_key(&existing.id));
+    cache.extend(latest);
 }
 
 /// The columns of one read-model table and the statements generated from them.
@@ -502,11 +505,12 @@ impl LoadStatements {
 /// send it together with the gate's advance and the dead letters.
 ///
 /// Rows the batch's read found are upserted. Rows it did not find are inserted plainly where
-/// no other feed writes the table (a fold keyed by the aggregate, no sum): an upsert of a row
-/// that does not exist looks for it once more and writes it twice to the WAL (the speculative
-/// tuple, then its confirmation). Such a row can appear meanwhile only through a concurrent
-/// batch of the same aggregate, whose gate row fails this batch anyway; its key fails the
-/// insert first, and either way the batch is retried as [`StoreError::Contended`].
+/// the table has no sum feed, so a row keyed by an aggregate is written by that aggregate's
+/// fold alone: an upsert of a row that does not exist looks for it once more and writes it
+/// twice to the WAL (the speculative tuple, then its confirmation). Such a row can appear
+/// meanwhile only through a concurrent batch of the same aggregate, whose gate row fails this
+/// batch anyway; its key fails the insert first, and either way the batch is retried as
+/// [`StoreError::Contended`].
 #[derive(Debug)]
 pub(super) struct PendingFold {
     /// The table's statements.
@@ -650,7 +654,8 @@ pub(super) fn plan_writes(
     });
 
     let cached = model.cache_kind().is_some();
-    // Only this fold writes the table's rows: those the read did not find are new.
+    // Without a sum feed an aggregate's row is written by its fold alone: one the read did not
+    // find is new.
     let fold_only = shape.add.is_none();
     let (mut documents, mut new_documents) = (JsonRows::default(), JsonRows::default());
     if let Some(fold) = &fold {
