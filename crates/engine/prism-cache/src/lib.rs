@@ -9,7 +9,8 @@
 //! newer entry.
 //!
 //! Where the keys live is `redis.mode`'s business:
-//! - `standalone`: one server; a whole chunk of entries in one script call.
+//! - `standalone`: one server; a chunk of entries per script call, every chunk of a write in
+//!   flight at once.
 //! - `cluster`: Redis Cluster. A script call may only touch keys of one hash slot, and
 //!   Prism's keys spread over all 16384 slots on purpose (no hash tags), so writes are grouped
 //!   per slot and the groups of one master sent together; projector writes wait until the

@@ -86,19 +86,22 @@ impl Standalone {
         info.is_ok_and(|text| text.lines().any(|line| line.trim() == "cluster_enabled:1"))
     }
 
-    /// One script call per chunk of [`ENTRIES_PER_CALL`] entries.
+    /// One script call per chunk of [`ENTRIES_PER_CALL`] entries, all of them in flight at
+    /// once on the multiplexed connection: a batch's entries cost one round trip, not one per
+    /// chunk waited for in turn. Redis runs the calls in the order they were sent, and each
+    /// entry's compare-and-set makes that order irrelevant anyway.
     pub(crate) async fn put_if_newer(
         &self,
         script: &Script,
         entries: &[Entry<'_>],
     ) -> Result<usize, CacheError> {
-        let mut written = 0;
-        let mut connection = self.connection.clone();
-        for chunk in entries.chunks(ENTRIES_PER_CALL) {
-            let count: usize = crate::invocation(script, chunk, false).invoke_async(&mut connection).await?;
-            written += count;
-        }
-        Ok(written)
+        let calls = entries.chunks(ENTRIES_PER_CALL).map(|chunk| {
+            let invocation = crate::invocation(script, chunk, false);
+            let mut connection = self.connection.clone();
+            async move { invocation.invoke_async::<usize>(&mut connection).await }
+        });
+        let counts = futures::future::try_join_all(calls).await?;
+        Ok(counts.into_iter().sum())
     }
 
     /// Reads one entry.
