@@ -3,7 +3,8 @@
 //!
 //! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
 //! - `projection_race`: the version gate lands a batch once however many writers race, and a
-//!   batch waits for a switch of generations without holding what the switch needs.
+//!   batch waits for a switch of generations without holding what the switch needs, and
+//!   lands only in a generation still active at its commit.
 //! - `replay_chunks`: bulk replay chunks land once, whoever loads them.
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
 //! - `support`: set-ups the tests above share.

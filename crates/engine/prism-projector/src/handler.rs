@@ -11,14 +11,16 @@
 //! A permanent PostgreSQL error (the database refuses data, not an outage) is pinned to one
 //! message by bisecting the batch; that message is dead-lettered and the rest proceed.
 //!
-//! Following a blue/green switch (`projector.generation = 0`): after every batch's
-//! transaction the handler re-reads the active generations of its read models. When one
-//! changed while the batch ran, the batch may have landed in the old generation only, so it is
-//! reported as a transient failure and retried — from the same offsets — against the new
-//! generation (its events already there are skipped as duplicates by the version gate). The
-//! offsets of a batch are therefore stored only after it landed in the generation that was
-//! active when its transaction committed; with `prismctl rebuild`'s switch (both generations
-//! equal at the switch) the new generation misses no event and sees no gap.
+//! Following a blue/green switch (`projector.generation = 0`): every batch's transaction
+//! takes the gate table's write lock and reads the active generations of its read models
+//! first (`apply_batch_while_active`); a switch must take that table's share lock to commit,
+//! so it either committed before (the batch sees it) or waits for the batch's commit. A batch
+//! that finds a generation switched applies nothing and is reported as a transient failure,
+//! retried — from the same offsets — against the new generation (its events already there are
+//! skipped as duplicates by the version gate). The offsets of a batch are therefore stored
+//! only after it landed in generations that were active when its transaction committed; with
+//! `prismctl rebuild`'s switch (both generations equal at the switch) the new generation
+//! misses no event and sees no gap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +31,9 @@ use prism_events::aggregate::aggregate_name_of_topic;
 use prism_events::{AggregateType, Limits};
 use prism_kafka::consumer::{BatchHandler, ConsumerObserver, PartitionId, TransientError};
 use prism_kafka::EventProducer;
-use prism_postgres::Database;
+use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, GapPolicy, ProjectionInstance};
-use prism_read_store::projection::{self, BatchOutcome, SourceMessage, Target};
+use prism_read_store::projection::{self, ActiveBatch, BatchOutcome, SourceMessage, Target};
 use prism_runtime::metric_names as m;
 use rdkafka::message::{Message, OwnedMessage};
 
@@ -87,10 +89,10 @@ impl ProjectionHandler {
 
     /// When following the active generation: fails (transiently, so the batch is retried) if
     /// any of `used` is no longer its projection's active generation, after recording the new
-    /// ones for the retry.
+    /// ones for the retry. For a batch the database refused: a retired generation's table may
+    /// be gone, and the batch then belongs to the active one rather than to the dead letters.
     async fn ensure_still_active(&self, used: &[ProjectionInstance]) -> Result<(), TransientError> {
-        let Some(current) = &self.follow_active else { return Ok(()) };
-        if used.is_empty() {
+        if self.follow_active.is_none() || used.is_empty() {
             return Ok(());
         }
         let projections: Vec<_> = used.iter().map(|i| i.projection).collect();
@@ -98,29 +100,79 @@ impl ProjectionHandler {
         let active = prism_read_store::rebuild::active_generations_pooled(&client, &projections)
             .await
             .map_err(|e| transient("postgres", e))?;
-        let switched: Vec<(ProjectionInstance, ProjectionInstance)> = used
-            .iter()
-            .filter_map(|u| active.iter().find(|a| a.projection == u.projection && a != &u).map(|a| (*u, *a)))
+        let switched: Vec<ProjectionInstance> = active
+            .into_iter()
+            .filter(|a| used.iter().any(|u| u.projection == a.projection && u != a))
             .collect();
-        if switched.is_empty() {
-            return Ok(());
+        match switched.is_empty() {
+            true => Ok(()),
+            false => Err(self.follow_switch(&switched)),
         }
-        {
+    }
+
+    /// Records `now_active` (generations that replaced ones this member applied batches to)
+    /// for the next attempt, and returns the transient failure that makes the runtime retry
+    /// the batch, from the same offsets, against them.
+    fn follow_switch(&self, now_active: &[ProjectionInstance]) -> TransientError {
+        let mut detail = Vec::with_capacity(now_active.len());
+        if let Some(current) = &self.follow_active {
             let mut current = current.lock().unwrap_or_else(|p| p.into_inner());
             for instance in current.iter_mut() {
-                if let Some((_, to)) =
-                    switched.iter().find(|(from, _)| from.projection == instance.projection)
-                {
-                    *instance = *to;
+                if let Some(to) = now_active.iter().find(|to| to.projection == instance.projection) {
+                    if instance != to {
+                        detail.push(format!("{instance} -> {to}"));
+                        *instance = *to;
+                    }
                 }
             }
         }
-        let detail: Vec<String> = switched.iter().map(|(from, to)| format!("{from} -> {to}")).collect();
         tracing::info!(switched = ?detail, "active generation switched; applying the batch to the new generation");
-        Err(TransientError::switch(format!(
+        TransientError::switch(format!(
             "active generation switched ({}); applying the batch again to the new generation",
             detail.join(", ")
-        )))
+        ))
+    }
+
+    /// Applies `messages` to `targets` in one transaction ([`projection::apply_batch`]); when
+    /// this member follows the active generation, only while every target still is its read
+    /// model's active generation ([`projection::apply_batch_while_active`]). The outer error is
+    /// a switch found before the batch began: nothing was applied, and the batch is retried
+    /// against the new generation.
+    async fn apply_once(
+        &self,
+        targets: &[Target<'_>],
+        source: AggregateType,
+        partition: &PartitionId,
+        messages: &[SourceMessage],
+    ) -> Result<Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError>, TransientError> {
+        let (topic, number) = (&partition.topic, partition.partition);
+        if self.follow_active.is_none() {
+            return Ok(projection::apply_batch(
+                &self.db,
+                targets,
+                self.policy,
+                source,
+                topic,
+                number,
+                messages,
+            )
+            .await);
+        }
+        match projection::apply_batch_while_active(
+            &self.db,
+            targets,
+            self.policy,
+            source,
+            topic,
+            number,
+            messages,
+        )
+        .await
+        {
+            Ok(ActiveBatch::Landed(applied)) => Ok(Ok(applied)),
+            Ok(ActiveBatch::Switched(now_active)) => Err(self.follow_switch(&now_active)),
+            Err(err) => Ok(Err(err)),
+        }
     }
 
     /// The read models of `instances`, as apply targets.
@@ -146,17 +198,7 @@ impl ProjectionHandler {
         // Slices still to apply, in offset order (last pushed is next).
         let mut pending: Vec<&[SourceMessage]> = vec![messages];
         while let Some(slice) = pending.pop() {
-            let result = projection::apply_batch(
-                &self.db,
-                &targets,
-                self.policy,
-                source,
-                &partition.topic,
-                partition.partition,
-                slice,
-            )
-            .await;
-            match result {
+            match self.apply_once(&targets, source, partition, slice).await? {
                 Ok(applied) => outcomes.extend(applied),
                 Err(err) if err.is_transient() => return Err(transient("postgres", err)),
                 Err(err) => {
@@ -190,17 +232,7 @@ impl ProjectionHandler {
         for target in targets {
             let instance = target.instance;
             let single = std::slice::from_ref(message);
-            match projection::apply_batch(
-                &self.db,
-                std::slice::from_ref(target),
-                self.policy,
-                source,
-                &partition.topic,
-                partition.partition,
-                single,
-            )
-            .await
-            {
+            match self.apply_once(std::slice::from_ref(target), source, partition, single).await? {
                 Ok(applied) => outcomes.extend(applied),
                 Err(err) if err.is_transient() => return Err(transient("postgres", err)),
                 Err(err) => {
@@ -406,10 +438,8 @@ impl BatchHandler for ProjectionHandler {
                 .await?,
             );
         }
+        // Each transaction above landed only in generations active until its commit.
         phases.done("postgres");
-        // Landed in the generation that is still active? Otherwise retry against the new one.
-        self.ensure_still_active(&instances).await?;
-        phases.done("generation_check");
         // Counted once the transaction committed: a retry after a cache or broker failure
         // finds these events again as duplicates, and must not count them as applied twice.
         for (instance, outcome) in &outcomes {

@@ -231,7 +231,7 @@ fn describe() {
     describe_histogram!(
         m::PROJECTOR_BATCH_PHASE,
         Unit::Seconds,
-        "Time a batch's handler spends in each step once it has its turn, by phase (replays, decode, postgres, generation_check, cache, dead_letters)."
+        "Time a batch's handler spends in each step once it has its turn, by phase (replays, decode, postgres, cache, dead_letters)."
     );
     describe_histogram!(m::PROJECTOR_BATCH_SIZE, "Messages per batch.");
     describe_counter!(m::PROJECTOR_REBALANCES, "Rebalance callbacks, by kind (assign, revoke).");

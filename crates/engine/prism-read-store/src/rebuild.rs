@@ -5,7 +5,8 @@
 //! Why here: every statement names tables built from a [`ProjectionInstance`] (a checked
 //! identifier and a number, never event text), and the switch must be one
 //! transaction that sees both generations at the same point of the event stream. The
-//! projector also reads [`active_generations`] after each batch, to follow a switch.
+//! projector's batches read the active generations after taking the gate table's lock, to
+//! follow a switch (`crate::projection::apply_batch_while_active`).
 //!
 //! The statements are short and built around instance names, so they live here as constants
 //! rather than in `sql/` files.
@@ -26,9 +27,11 @@
 //!
 //! Invariant it establishes: at the commit of the switch, the new generation holds exactly
 //! what the old one held; from then on every batch a generation-following projector lands is
-//! applied to the new generation (a batch that was applied to the old one while the switch
-//! committed is applied again to the new one, see `prism-projector`'s handler), so the new
-//! generation misses nothing and gets no gap.
+//! applied to the new generation (a batch holds the gate table's write lock from its first
+//! statement, and reads the active generations under it: one that finds its generation
+//! switched applies nothing and is applied again to the new one, see
+//! `crate::projection::apply_batch_while_active`), so the new generation misses nothing and
+//! gets no gap.
 
 use std::time::Duration;
 
@@ -133,7 +136,7 @@ pub async fn checksum(
     Ok(Checksum { rows: row.get(0), md5: row.get(1) })
 }
 
-const ACTIVE_GENERATIONS: &str = "SELECT projection, generation FROM projection_generations \
+pub(crate) const ACTIVE_GENERATIONS: &str = "SELECT projection, generation FROM projection_generations \
      WHERE status = 'active' AND projection = ANY($1)";
 
 /// The active generation of each of `read_models` (those that have one).
@@ -156,7 +159,10 @@ pub async fn active_generations_pooled(
     Ok(instances_of(read_models, rows))
 }
 
-fn instances_of(read_models: &[&'static str], rows: Vec<tokio_postgres::Row>) -> Vec<ProjectionInstance> {
+pub(crate) fn instances_of(
+    read_models: &[&'static str],
+    rows: Vec<tokio_postgres::Row>,
+) -> Vec<ProjectionInstance> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let name: &str = row.get(0);

@@ -41,8 +41,8 @@ pub const PROJECTOR_GAPS_HEALED: &str = "prism_projector_version_gaps_healed_tot
 pub const PROJECTOR_BATCH_DURATION: &str = "prism_projector_batch_duration_seconds";
 /// Histogram: time a batch's handler spends in each of its steps, once it has its turn.
 /// Labels: `phase` (`replays`: a pending bulk replay of the partition loaded first, near
-/// zero otherwise; `decode`; `postgres`: the transaction; `generation_check`; `cache`;
-/// `dead_letters`: copies to the dead-letter topic and healing).
+/// zero otherwise; `decode`; `postgres`: the transactions, with the check that a
+/// followed generation is still active; `cache`; `dead_letters`: copies to the dead-letter topic and healing).
 pub const PROJECTOR_BATCH_PHASE: &str = "prism_projector_batch_phase_seconds";
 /// Histogram: messages per batch. Labels: `group`.
 pub const PROJECTOR_BATCH_SIZE: &str = "prism_projector_batch_size_events";

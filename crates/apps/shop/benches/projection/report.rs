@@ -88,7 +88,7 @@ impl BatchPhases {
                 1e3 * seconds / self.batches
             );
         };
-        let order = ["replays", "decode", "postgres", "generation_check", "cache", "dead_letters"];
+        let order = ["replays", "decode", "postgres", "cache", "dead_letters"];
         let mut phases = self.phases.clone();
         phases.sort_by_key(|(name, _)| order.iter().position(|o| o == name).unwrap_or(order.len()));
         for (name, seconds) in &phases {

@@ -69,7 +69,7 @@ async fn a_workload_lands_exactly_in_postgres_and_redis() {
             // failure is timed in the steps it got through as well).
             let batches = sample(&metrics, &format!("{}_count", m::PROJECTOR_BATCH_DURATION)).unwrap_or(0.0);
             assert!(batches > 0.0, "batches counted");
-            for phase in ["replays", "decode", "postgres", "generation_check", "cache", "dead_letters"] {
+            for phase in ["replays", "decode", "postgres", "cache", "dead_letters"] {
                 let timed =
                     sample(&metrics, &format!("{}_count{{phase=\"{phase}\"}}", m::PROJECTOR_BATCH_PHASE));
                 assert!(

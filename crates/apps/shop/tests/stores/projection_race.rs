@@ -3,10 +3,13 @@
 //! it exactly once — the totals fed by many aggregates would show a double application. Both
 //! ways a batch meets an aggregate are raced: with its gate row there to lock, and new to the
 //! instance, where the writers' inserts of the gate row decide. And a batch meeting a switch of
-//! generations waits for it before it touches a read-model table, so the two cannot deadlock.
+//! generations waits for it before it touches a read-model table, so the two cannot deadlock;
+//! one that follows the active generation then lands in the new generation, never the old.
 
 use prism_projections::{GapPolicy, ProjectionInstance};
-use prism_read_store::projection::{apply_batch, MessageContent, SourceMessage, Target};
+use prism_read_store::projection::{
+    apply_batch, apply_batch_while_active, ActiveBatch, MessageContent, SourceMessage, Target,
+};
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
 use shop::testing::workload::Workload;
@@ -231,4 +234,88 @@ async fn a_batch_waits_for_a_switch_before_it_touches_a_read_model_table() {
         .expect("the waiting batch holds the read-model table: the switch would deadlock with it");
     switch.rollback().await.expect("rollback");
     batch.await.expect("batch task").expect("the batch lands once the switch is gone");
+}
+
+/// A projector that follows the active generation applies a batch only while its target is
+/// active until the commit. Here a switch from g1 to g2 holds the gate table's share lock,
+/// uncommitted, when the batch for g1 begins: the batch must wait, see the switch once it
+/// commits, and write nothing to g1 — then land in g2 when asked to, equal to the oracle.
+/// (A batch that read the registry before its lock was granted would see g1 still active and
+/// land there, after the switch had compared and retired it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_its_commit() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let events = Workload::generate(19, 300);
+    let orders = order_messages(&events);
+    let (g1, g2) = (ProjectionInstance::new(ORDER_SUMMARY, 1), ProjectionInstance::new(ORDER_SUMMARY, 2));
+    crate::support::create_table_like(&env, g1, g2).await;
+    let registry = env.pg().await.expect("pg");
+    registry
+        .execute(
+            "INSERT INTO projection_generations (projection, generation, status) VALUES ($1, 2, 'building')",
+            &[&ORDER_SUMMARY],
+        )
+        .await
+        .expect("g2 registered as building");
+
+    let mut switch = env.pg().await.expect("pg");
+    let switch = switch.transaction().await.expect("transaction");
+    switch.batch_execute("LOCK TABLE projection_gate IN SHARE MODE").await.expect("the gate's share lock");
+    for (generation, status) in [(1, "retired"), (2, "active")] {
+        switch
+            .execute(
+                "UPDATE projection_generations SET status = $3 WHERE projection = $1 AND generation = $2",
+                &[&ORDER_SUMMARY, &generation, &status],
+            )
+            .await
+            .expect("the switch's registry update");
+    }
+
+    let db = env.db.clone();
+    let batch_orders = orders.clone();
+    let batch = tokio::spawn(async move {
+        let app = shop_model::application();
+        let target =
+            Target { instance: g1, model: app.read_model(ORDER_SUMMARY).expect("a shop read model") };
+        apply_batch_while_active(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &batch_orders)
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!batch.is_finished(), "the batch went on while the switch held the gate's share lock");
+    switch.commit().await.expect("the switch commits");
+
+    match batch.await.expect("batch task").expect("the batch's transaction") {
+        ActiveBatch::Switched(now_active) => assert_eq!(now_active, vec![g2], "the generation active now"),
+        ActiveBatch::Landed(_) => panic!("the batch landed in {g1}, retired before its commit"),
+    }
+    let client = env.pg().await.expect("pg");
+    for (what, sql) in [
+        ("rows", format!("SELECT count(*) FROM {}", g1.id())),
+        ("gate rows", format!("SELECT count(*) FROM projection_gate WHERE projection = '{}'", g1.id())),
+    ] {
+        let count: i64 = client.query_one(sql.as_str(), &[]).await.expect("count").get(0);
+        assert_eq!(count, 0, "{what} written to {g1} by a batch that found it retired");
+    }
+
+    let app = shop_model::application();
+    let model = app.read_model(ORDER_SUMMARY).expect("a shop read model");
+    let landed = apply_batch_while_active(
+        &env.db,
+        &[Target { instance: g2, model }],
+        GapPolicy::DeadLetter,
+        ORDER,
+        "orders",
+        0,
+        &orders,
+    )
+    .await
+    .expect("the batch's transaction");
+    assert!(matches!(landed, ActiveBatch::Landed(_)), "the batch lands in the active {g2}: {landed:?}");
+    let order_events: Vec<_> = events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
+    let expected = shop::testing::oracle::fold(&order_events);
+    let got = oracle::stored_rows(&client, g2, model).await.expect("rows");
+    assert_eq!(got.len(), expected.rows[ORDER_SUMMARY].len(), "every order has its row in {g2}");
+    for (key, row) in &expected.rows[ORDER_SUMMARY] {
+        assert_eq!(oracle::normalize(&got[key]), oracle::normalize(row), "{key}");
+    }
 }

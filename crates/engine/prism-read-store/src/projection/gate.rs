@@ -21,6 +21,9 @@ fn key_arrays<'a>(keys: impl IntoIterator<Item = &'a AggregateKey>) -> (Vec<&'st
     sorted.into_iter().unzip()
 }
 
+/// The gate table's write lock, a batch's first lock (see [`GateLock`]).
+pub(super) const LOCK_GATE_TABLE: &str = "LOCK TABLE projection_gate IN ROW EXCLUSIVE MODE";
+
 /// The statement that locks a batch's existing gate rows, prepared on a connection.
 ///
 /// A batch locks the gate rows of its aggregates that exist, and creates the others only with
@@ -43,7 +46,7 @@ impl GateLock {
     /// Prepares them (once per connection; later calls find them in its cache).
     pub(super) async fn prepare(tx: &Transaction<'_>) -> Result<Self, StoreError> {
         Ok(Self {
-            table: tx.prepare_cached("LOCK TABLE projection_gate IN ROW EXCLUSIVE MODE").await?,
+            table: tx.prepare_cached(LOCK_GATE_TABLE).await?,
             lock: tx.prepare_cached(include_str!("../../sql/projection/gate_lock.sql")).await?,
         })
     }

@@ -95,6 +95,79 @@ pub async fn apply_batch(
     Ok(outcomes)
 }
 
+/// What [`apply_batch_while_active`] did with a batch.
+#[derive(Debug)]
+pub enum ActiveBatch {
+    /// Landed and committed: every target was its read model's active generation from the
+    /// batch's first statement to its commit. Each instance's outcome, as [`apply_batch`]'s.
+    Landed(Vec<(ProjectionInstance, BatchOutcome)>),
+    /// Nothing applied: a switch made another generation of these targets' read models
+    /// active (the ones listed, active now) before the batch began. It belongs there.
+    Switched(Vec<ProjectionInstance>),
+}
+
+/// [`apply_batch`] for a projector that follows the active generation of its read models:
+/// the batch lands only while every target is still its read model's active generation.
+///
+/// The transaction's first round trip takes the gate table's write lock and then reads the
+/// active generations. A switch (`crate::rebuild::switch`) takes that table's share lock before
+/// it changes the registry, so from the lock on no switch can commit until this transaction
+/// does; one that committed before is what the read sees. A batch therefore never lands in a
+/// generation that was retired before its commit, and needs no look at the registry of its own
+/// after it. The batch's own statements are sent in the same round trip, behind the read, and
+/// are rolled back unused when a target was switched.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_batch_while_active(
+    db: &Database,
+    targets: &[Target<'_>],
+    policy: GapPolicy,
+    source: AggregateType,
+    topic: &str,
+    partition: i32,
+    messages: &[SourceMessage],
+) -> Result<ActiveBatch, StoreError> {
+    if messages.is_empty() || targets.is_empty() {
+        return Ok(ActiveBatch::Landed(Vec::new()));
+    }
+    let mut client = db.client().await?;
+    let tx = client.transaction().await?;
+    let projections: Vec<&'static str> = targets.iter().map(|t| t.instance.projection).collect();
+    // Prepared before anything is sent, so that the lock and the read are the transaction's
+    // first statements: a request goes out when its future is first polled, and the join
+    // below polls them before the batch's.
+    let lock = tx.prepare_cached(gate::LOCK_GATE_TABLE).await?;
+    let read_active = tx.prepare_cached(crate::rebuild::ACTIVE_GENERATIONS).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&projections];
+    let active = async {
+        let (_, rows) = futures::try_join!(tx.execute(&lock, &[]), tx.query(&read_active, &params))?;
+        Ok::<_, StoreError>(crate::rebuild::instances_of(&projections, rows))
+    };
+    let apply = apply_in(
+        &tx,
+        db.schema(),
+        targets,
+        policy,
+        source,
+        topic,
+        partition,
+        messages,
+        GateRead::LockExisting,
+    );
+    let (active, applied) = futures::join!(active, apply);
+    // The read came first: a failed batch refused after it does not hide a switch.
+    let switched: Vec<ProjectionInstance> = active?
+        .into_iter()
+        .filter(|now| targets.iter().any(|t| t.instance.projection == now.projection && t.instance != *now))
+        .collect();
+    if !switched.is_empty() {
+        tx.rollback().await?;
+        return Ok(ActiveBatch::Switched(switched));
+    }
+    let outcomes = applied?;
+    tx.commit().await?;
+    Ok(ActiveBatch::Landed(outcomes))
+}
+
 /// [`apply_batch`]'s work inside the caller's transaction (a bulk replay adds its progress to
 /// the same transaction, see [`replay`]).
 #[allow(clippy::too_many_arguments)]
