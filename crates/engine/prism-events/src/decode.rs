@@ -133,21 +133,29 @@ fn check_headers(envelope: &Envelope, headers: WireHeaders<'_>) -> Result<(), De
 
 /// The deepest nesting of `{`/`[` outside string literals. Runs over any text (valid JSON
 /// or not) in one pass without recursion, so it is safe on hostile input.
+///
+/// Most of an event's bytes are inside strings (ids, names, timestamps): a string is skipped
+/// to its closing quote by a vectorised search for the next `"` or `\\`, and only the bytes
+/// between strings are looked at one by one. (Byte by byte throughout, this check took a
+/// sixteenth of the projector's CPU.) An unterminated string runs to the end of the text.
 pub fn nesting_depth(text: &str) -> usize {
-    let (mut depth, mut deepest) = (0_usize, 0_usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for byte in text.bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut at) = (0_usize, 0_usize, 0_usize);
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => loop {
+                let Some(rest) = bytes.get(at..) else { return deepest };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => return deepest,
+                    // An escape: the next byte, whatever it is, belongs to it.
+                    Some(found) if rest[found] == b'\\' => at += found + 2,
+                    Some(found) => {
+                        at += found + 1;
+                        break;
+                    }
+                }
+            },
             b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -168,5 +176,43 @@ mod tests {
         assert_eq!(nesting_depth(r#"{"a": "[[[{{{", "b": [1, {"c": "\"]"}]}"#), 3);
         assert_eq!(nesting_depth("42"), 0);
         assert_eq!(nesting_depth(&"[".repeat(10_000)), 10_000);
+        assert_eq!(nesting_depth(r#"[{"a\\": [["#), 4, "an escaped backslash ends nothing");
+        assert_eq!(nesting_depth(r#"[["unterminated [[[["#), 2);
+        assert_eq!(nesting_depth(r#"[["ends in an escape \"#), 2);
+    }
+
+    /// The definition, one byte at a time: what [`nesting_depth`] must agree with.
+    fn depth_byte_by_byte(text: &str) -> usize {
+        let (mut depth, mut deepest) = (0_usize, 0_usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for byte in text.bytes() {
+            if in_string {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    proptest::proptest! {
+        /// Any text of JSON's structural bytes, quotes, escapes and a multi-byte character.
+        #[test]
+        fn depth_agrees_with_the_byte_by_byte_definition(text in r#"[\[\]{}"\\a é:,]{0,64}"#) {
+            proptest::prop_assert_eq!(nesting_depth(&text), depth_byte_by_byte(&text));
+        }
     }
 }
