@@ -1,10 +1,11 @@
 //! Flow control across rebalances, against the real broker and under both group protocols: a
-//! member whose workers fall behind pauses their partitions; when such a partition moves to
-//! another member and later comes back, it must be fetched again. (librdkafka keeps an
-//! application pause across unassignment, so a runtime that forgot to lift it would leave the
-//! partition unconsumed for good, with its lag growing.) The second member handles one batch
-//! of each partition it takes and then stalls, so the first must handle the rest of those
-//! partitions after they came back: it cannot pass by the second draining them.
+//! member whose workers fall behind pauses their partitions (its observer is told); when such
+//! a partition moves to another member and later comes back, it must be fetched again.
+//! (librdkafka keeps an application pause across unassignment, so a runtime that forgot to
+//! lift it would leave the partition unconsumed for good, with its lag growing.) The second
+//! member handles one batch of each partition it takes and then stalls, so the first must
+//! handle the rest of those partitions after they came back: it cannot pass by the second
+//! draining them.
 //!
 //! Also against the real broker: a member applies at most `max_concurrent_batches` batches at
 //! once over all its partitions, while batches may be larger than a partition's buffer bound;
@@ -35,9 +36,19 @@ struct Recorder {
     held: AtomicBool,
     one_batch_each: bool,
     handled: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
+    /// Partitions flow control paused (and did not resume since).
+    paused: Mutex<BTreeSet<i32>>,
 }
 
-impl ConsumerObserver for Recorder {}
+impl ConsumerObserver for Recorder {
+    fn on_flow_control(&self, partition: &PartitionId, paused: bool) {
+        let mut paused_now = self.paused.lock().expect("lock");
+        match paused {
+            true => paused_now.insert(partition.partition),
+            false => paused_now.remove(&partition.partition),
+        };
+    }
+}
 
 impl BatchHandler for Recorder {
     async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
@@ -138,6 +149,12 @@ async fn paused_partition_comes_back(protocol: GroupProtocol) {
     let a = Arc::new(Recorder { held: AtomicBool::new(true), ..Default::default() });
     let member_a = ConsumerRuntime::start(settings(&env, &topic, &group), a.clone()).expect("member A");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // (Without the pause its buffers would take in whatever librdkafka fetched.)
+    assert_eq!(
+        *a.paused.lock().expect("lock"),
+        BTreeSet::from([0, 1, 2, 3]),
+        "a member held on every partition pauses them all"
+    );
 
     // Member B joins and takes some of them over, then leaves: they go back to A.
     let b = Arc::new(Recorder { one_batch_each: true, ..Default::default() });

@@ -100,6 +100,9 @@ impl TransientError {
 pub trait ConsumerObserver: Send + Sync + 'static {
     /// Partitions were assigned (`added`) or revoked (`removed`); `total` now held.
     fn on_rebalance(&self, _added: &[PartitionId], _removed: &[PartitionId], _total: usize) {}
+    /// Flow control paused a partition whose worker has too much waiting (`paused`), or
+    /// resumed it once the worker caught up.
+    fn on_flow_control(&self, _partition: &PartitionId, _paused: bool) {}
     /// A batch landed.
     fn on_batch(&self, _partition: &PartitionId, _messages: usize, _elapsed: Duration) {}
     /// A batch failed transiently and will be retried after `backoff`.

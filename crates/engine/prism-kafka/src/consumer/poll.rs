@@ -197,27 +197,33 @@ fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, sha
     // Resumed with half left: the worker has a batch or so to work on while the next fetch
     // comes back.
     let low = high / 2;
-    let mut to_pause = TopicPartitionList::new();
-    let mut to_resume = TopicPartitionList::new();
+    // Runs after every message: the lists (librdkafka allocations) are made only when a
+    // partition changes state, which is rare.
+    let (mut to_pause, mut to_resume) = (None, None);
     {
         let mut workers = shared.workers();
         for (partition, worker) in workers.iter_mut() {
             let buffered = worker.buffered.load(Ordering::Relaxed);
-            if !worker.paused && buffered >= high {
-                to_pause.add_partition(&partition.topic, partition.partition);
+            let list = if !worker.paused && buffered >= high {
                 worker.paused = true;
+                &mut to_pause
             } else if worker.paused && buffered <= low {
-                to_resume.add_partition(&partition.topic, partition.partition);
                 worker.paused = false;
-            }
+                &mut to_resume
+            } else {
+                continue;
+            };
+            shared.handler.on_flow_control(partition, worker.paused);
+            list.get_or_insert_with(TopicPartitionList::new)
+                .add_partition(&partition.topic, partition.partition);
         }
     }
-    if to_pause.count() > 0 {
+    if let Some(to_pause) = to_pause {
         if let Err(err) = consumer.pause(&to_pause) {
             tracing::debug!(error = %err, "pausing partitions");
         }
     }
-    if to_resume.count() > 0 {
+    if let Some(to_resume) = to_resume {
         if let Err(err) = consumer.resume(&to_resume) {
             tracing::debug!(error = %err, "resuming partitions");
         }
