@@ -87,29 +87,6 @@ impl ProjectionHandler {
         }
     }
 
-    /// When following the active generation: fails (transiently, so the batch is retried) if
-    /// any of `used` is no longer its projection's active generation, after recording the new
-    /// ones for the retry. For a batch the database refused: a retired generation's table may
-    /// be gone, and the batch then belongs to the active one rather than to the dead letters.
-    async fn ensure_still_active(&self, used: &[ProjectionInstance]) -> Result<(), TransientError> {
-        if self.follow_active.is_none() || used.is_empty() {
-            return Ok(());
-        }
-        let projections: Vec<_> = used.iter().map(|i| i.projection).collect();
-        let client = self.db.client().await.map_err(|e| transient("postgres", e))?;
-        let active = prism_read_store::rebuild::active_generations_pooled(&client, &projections)
-            .await
-            .map_err(|e| transient("postgres", e))?;
-        let switched: Vec<ProjectionInstance> = active
-            .into_iter()
-            .filter(|a| used.iter().any(|u| u.projection == a.projection && u != a))
-            .collect();
-        match switched.is_empty() {
-            true => Ok(()),
-            false => Err(self.follow_switch(&switched)),
-        }
-    }
-
     /// Records `now_active` (generations that replaced ones this member applied batches to)
     /// for the next attempt, and returns the transient failure that makes the runtime retry
     /// the batch, from the same offsets, against them.
@@ -136,8 +113,9 @@ impl ProjectionHandler {
     /// Applies `messages` to `targets` in one transaction ([`projection::apply_batch`]); when
     /// this member follows the active generation, only while every target still is its read
     /// model's active generation ([`projection::apply_batch_while_active`]). The outer error is
-    /// a switch found before the batch began: nothing was applied, and the batch is retried
-    /// against the new generation.
+    /// a switch found before the batch began — also when the batch's statements then failed,
+    /// as they do on a retired generation's dropped table: nothing was applied, and the batch
+    /// is retried against the new generation.
     async fn apply_once(
         &self,
         targets: &[Target<'_>],
@@ -201,10 +179,9 @@ impl ProjectionHandler {
             match self.apply_once(&targets, source, partition, slice).await? {
                 Ok(applied) => outcomes.extend(applied),
                 Err(err) if err.is_transient() => return Err(transient("postgres", err)),
+                // Refused by a transaction that found every target active (a retired
+                // generation's missing table shows as a switch first, see `apply_once`).
                 Err(err) => {
-                    // A retired generation's table may be gone: retry on the active one
-                    // rather than dead-letter anything.
-                    self.ensure_still_active(instances).await?;
                     if slice.len() == 1 {
                         outcomes.extend(self.isolate(&targets, source, partition, &slice[0]).await?);
                     } else {

@@ -148,17 +148,6 @@ pub async fn active_generations(
     Ok(instances_of(read_models, rows))
 }
 
-/// [`active_generations`] on a pooled connection, the statement prepared once per connection:
-/// the projector asks after every batch.
-pub async fn active_generations_pooled(
-    client: &prism_postgres::cached::PooledClient,
-    read_models: &[&'static str],
-) -> Result<Vec<ProjectionInstance>, StoreError> {
-    let statement = client.prepare_cached(ACTIVE_GENERATIONS).await?;
-    let rows = client.query(&statement, &[&read_models]).await?;
-    Ok(instances_of(read_models, rows))
-}
-
 pub(crate) fn instances_of(
     read_models: &[&'static str],
     rows: Vec<tokio_postgres::Row>,
