@@ -241,7 +241,8 @@ async fn a_batch_waits_for_a_switch_before_it_touches_a_read_model_table() {
 /// uncommitted, when the batch for g1 begins: the batch must wait, see the switch once it
 /// commits, and write nothing to g1 — then land in g2 when asked to, equal to the oracle.
 /// (A batch that read the registry before its lock was granted would see g1 still active and
-/// land there, after the switch had compared and retired it.)
+/// land there, after the switch had compared and retired it.) Once g1's table is dropped, a
+/// batch for it still finds the switch rather than failing on the missing table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_its_commit() {
     let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
@@ -299,6 +300,24 @@ async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_
 
     let app = shop_model::application();
     let model = app.read_model(ORDER_SUMMARY).expect("a shop read model");
+    // Retired and dropped (as `prismctl rebuild` does after its grace): a projector that has
+    // not heard of the switch yet still finds it, not a refusal of its events.
+    client.batch_execute(&format!("DROP TABLE {} CASCADE", g1.id())).await.expect("g1 dropped");
+    let on_dropped = apply_batch_while_active(
+        &env.db,
+        &[Target { instance: g1, model }],
+        GapPolicy::DeadLetter,
+        ORDER,
+        "orders",
+        0,
+        &orders,
+    )
+    .await
+    .expect("a batch for the dropped g1 is no refusal");
+    assert!(
+        matches!(&on_dropped, ActiveBatch::Switched(now) if now == &vec![g2]),
+        "a batch for the dropped {g1} finds the switch: {on_dropped:?}"
+    );
     let landed = apply_batch_while_active(
         &env.db,
         &[Target { instance: g2, model }],
