@@ -201,6 +201,17 @@ fn an_old_schema_version_validates_and_is_upcast_on_decode() {
             marketing_opt_in: false
         })
     );
+    // The payload a decoded event gives is its current version, written from the typed body
+    // (the event holds no second, JSON copy of it), and publishes as an equal event.
+    assert_eq!(decoded.meta.schema_version, 2);
+    assert_eq!(
+        decoded.payload(),
+        json!({"email": "ada@example.com", "display_name": "Ada", "marketing_opt_in": false})
+    );
+    let republished =
+        decode_event(&registry(), Some(&decoded.to_json_bytes()), WireHeaders::default(), &Limits::default())
+            .expect("the republished event decodes");
+    assert_eq!(republished, decoded);
 }
 
 /// An envelope that is valid, to be broken one way at a time.

@@ -95,7 +95,7 @@ pub fn envelope_to_event(registry: &EventRegistry, envelope: Envelope) -> Result
         occurred_at,
     };
     let payload = registry.upcast(&event_type, envelope.schema_version, &context, envelope.payload)?;
-    let body = registry.decode_body(&event_type, payload.clone())?;
+    let body = registry.decode_body(&event_type, payload)?;
     let meta = EventMeta {
         event_id: envelope.event_id,
         event_type: event_type.name,
@@ -107,7 +107,7 @@ pub fn envelope_to_event(registry: &EventRegistry, envelope: Envelope) -> Result
         correlation_id: envelope.correlation_id,
         causation_id: envelope.causation_id,
     };
-    Ok(Event::decoded(meta, payload, body))
+    Ok(Event::decoded(meta, body, registry.encode()))
 }
 
 /// Headers are optional, but when present they must agree with the envelope: a consumer

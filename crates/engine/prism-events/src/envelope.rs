@@ -2,8 +2,12 @@
 //!
 //! [`Envelope`] is exactly what is published (JSON, one per Kafka message) and what
 //! `schemas/envelope.schema.json` describes. [`Event`] is the decoded form: identity and
-//! position in [`EventMeta`], the payload at its current schema version, and the application's
-//! typed body of it (see [`Event::body`]).
+//! position in [`EventMeta`] and the application's typed body of the payload at its current
+//! schema version (see [`Event::body`]).
+//!
+//! An event holds its payload once, as the typed body, and writes the JSON form only when asked
+//! ([`Event::payload`]): a projector holds thousands of decoded events at once, and each kept
+//! its payload twice, as a JSON value beside the body decoded from a clone of it.
 
 use std::any::Any;
 use std::fmt;
@@ -104,21 +108,30 @@ pub struct EventPosition {
 pub struct Event {
     /// Identity, type and position.
     pub meta: EventMeta,
-    /// The payload at the current schema version.
-    pub payload: serde_json::Value,
     /// The application's typed body of the payload.
     body: Arc<dyn Any + Send + Sync>,
+    /// The application's `to_payload` of the body's type.
+    encode: EncodeFn,
+}
+
+/// An application's [`EventSet::to_payload`] for a body held as `dyn Any`.
+pub(crate) type EncodeFn = fn(&(dyn Any + Send + Sync)) -> serde_json::Value;
+
+/// [`EventSet::to_payload`] of `E`, erased. A body of another type (which [`Event`]'s
+/// constructors never pair with it) writes `null`.
+pub(crate) fn encode_body<E: EventSet>(body: &(dyn Any + Send + Sync)) -> serde_json::Value {
+    body.downcast_ref::<E>().map_or(serde_json::Value::Null, E::to_payload)
 }
 
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Event").field("meta", &self.meta).field("payload", &self.payload).finish()
+        f.debug_struct("Event").field("meta", &self.meta).field("payload", &self.payload()).finish()
     }
 }
 
 impl PartialEq for Event {
     fn eq(&self, other: &Self) -> bool {
-        self.meta == other.meta && self.payload == other.payload
+        self.meta == other.meta && self.payload() == other.payload()
     }
 }
 
@@ -133,7 +146,6 @@ impl Event {
             // registry's tests catch; keep the name visible rather than panic.
             None => (AggregateType::new("undeclared"), 1),
         };
-        let payload = body.to_payload();
         Self {
             meta: EventMeta {
                 event_id: position.event_id,
@@ -146,18 +158,21 @@ impl Event {
                 correlation_id: position.correlation_id,
                 causation_id: position.causation_id,
             },
-            payload,
             body: Arc::new(body),
+            encode: encode_body::<E>,
         }
     }
 
     /// Assembles a decoded event (see [`crate::decode`]).
-    pub(crate) fn decoded(
-        meta: EventMeta,
-        payload: serde_json::Value,
-        body: Arc<dyn Any + Send + Sync>,
-    ) -> Self {
-        Self { meta, payload, body }
+    pub(crate) fn decoded(meta: EventMeta, body: Arc<dyn Any + Send + Sync>, encode: EncodeFn) -> Self {
+        Self { meta, body, encode }
+    }
+
+    /// The payload at the current schema version, as the application's type writes it (for a
+    /// decoded event: its body written again, so a field the application's type does not keep
+    /// is not in it). Written on each call.
+    pub fn payload(&self) -> serde_json::Value {
+        (self.encode)(&*self.body)
     }
 
     /// The typed body, when `E` is the application's event type.
@@ -194,7 +209,7 @@ impl Event {
             occurred_at: self.meta.occurred_at,
             correlation_id: self.meta.correlation_id,
             causation_id: self.meta.causation_id,
-            payload: self.payload.clone(),
+            payload: self.payload(),
         }
     }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::aggregate::AggregateType;
+use crate::envelope::EncodeFn;
 use crate::error::{clip, DecodeError};
 
 /// One event type of an application.
@@ -99,6 +100,8 @@ pub struct EventRegistry {
     upcasters: Arc<BTreeMap<(&'static str, u32), Upcaster>>,
     /// `E::from_payload`, erased.
     decode: DecodeFn,
+    /// `E::to_payload`, erased: how a decoded event writes its payload.
+    encode: EncodeFn,
     /// The name of `E`, for messages.
     type_name: &'static str,
 }
@@ -186,6 +189,7 @@ impl EventRegistry {
             aggregate_types: Arc::new(aggregate_types),
             upcasters: Arc::new(upcasters),
             decode,
+            encode: crate::envelope::encode_body::<E>,
             type_name: events,
         })
     }
@@ -252,5 +256,10 @@ impl EventRegistry {
         payload: Value,
     ) -> Result<Arc<dyn Any + Send + Sync>, DecodeError> {
         (self.decode)(event_type.name, payload)
+    }
+
+    /// How the events this registry decodes write their payload ([`crate::Event::payload`]).
+    pub(crate) fn encode(&self) -> EncodeFn {
+        self.encode
     }
 }

@@ -58,7 +58,7 @@ pub fn record(event: &Event) -> (String, String) {
         "occurred_at": m.occurred_at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         "correlation_id": m.correlation_id,
         "causation_id": m.causation_id,
-        "payload": event.payload.to_string(),
+        "payload": event.payload().to_string(),
     });
     (key, format!("{VALUE_PREFIX}{payload}}}"))
 }
