@@ -24,6 +24,9 @@ where
         }
     };
     crate::logging::init(&config.log);
+    if let Err(err) = crate::allocator::return_freed_memory_sooner() {
+        tracing::warn!(error = %err, "jemalloc refused its decay setting; freed memory is returned at its default pace");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -6,8 +6,9 @@
 //! one. librdkafka's DescribeConsumerGroups asks with ConsumerGroupDescribe first and falls back
 //! to DescribeGroups for classic groups (librdkafka 2.10+), so it describes groups of both
 //! protocols, over the client's own connection settings (TLS, SASL). rust-rdkafka does not wrap
-//! it, so this module calls the C API: the only `unsafe` code of the workspace, kept to the
-//! calls below, each with what makes it sound.
+//! it, so this module calls the C API: one of the workspace's two modules with `unsafe` code
+//! (the other sets jemalloc's decay, `prism_runtime::allocator`), kept to the calls below, each
+//! with what makes it sound.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, CStr, CString};
