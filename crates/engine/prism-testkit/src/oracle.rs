@@ -194,8 +194,7 @@ pub async fn check_expected(
 ) -> anyhow::Result<Result<CheckSummary, String>> {
     let mut diffs = Vec::new();
     let mut summary = CheckSummary::default();
-    let redis = redis::Client::open(redis_url)?;
-    let mut conn = redis.get_multiplexed_async_connection().await?;
+    let mut conn = crate::services::redis_connection(redis_url).await?;
     for &(instance, model) in targets {
         let want = expected.rows.get(instance.projection).cloned().unwrap_or_default();
         let stored = stored_rows(client, instance, model).await?;

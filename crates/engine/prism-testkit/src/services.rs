@@ -73,8 +73,7 @@ impl Services {
     /// Proves Redis answers PING.
     pub async fn check_redis(&self) -> anyhow::Result<()> {
         let attempt = async {
-            let client = redis::Client::open(self.redis.as_str())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut conn = redis_connection(&self.redis).await?;
             let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
             anyhow::ensure!(pong == "PONG", "unexpected PING reply {pong}");
             anyhow::Ok(())
@@ -131,6 +130,17 @@ pub async fn connect_pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// A connection for a test's own looks at Redis, as patient as the engine's cache client
+/// (`prism-cache`: 5 s for a reply). redis-rs gives up on a reply after 500 ms by default, and
+/// a look made while four tests load the machine (a PostgreSQL restart, Redis clusters starting)
+/// failed a test that was only waiting for the read models to catch up.
+pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    Ok(redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await?)
 }
 
 #[cfg(test)]
