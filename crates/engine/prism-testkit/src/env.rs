@@ -140,13 +140,19 @@ impl TestEnv {
         cache: crate::oracle::CacheCheck,
         timeout: Duration,
     ) -> anyhow::Result<crate::oracle::CheckSummary> {
-        let client = self.pg().await?;
+        // Kept across looks, and opened again when PostgreSQL closed it (a test that restarts
+        // PostgreSQL while it waits): a closed client would fail every look until the deadline.
+        let mut client: Option<tokio_postgres::Client> = None;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let look = async {
+                let client = match client.take() {
+                    Some(open) if !open.is_closed() => client.insert(open),
+                    _ => client.insert(self.pg().await?),
+                };
                 crate::oracle::check_expected(
                     expected,
-                    &client,
+                    client,
                     &self.config.redis.url,
                     &self.config.redis.key_prefix,
                     &self.active_targets().await?,

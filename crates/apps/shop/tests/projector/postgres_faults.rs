@@ -2,7 +2,7 @@
 //! the middle of batches, the server restarted, and the server refusing writes for a while.
 //! Transient failures wait and retry; no offset is committed for a batch that did not land
 //! (invariant 1); in the end every row and cache entry equals the oracle. Under both group
-//! protocols.
+//! protocols. And the test kit's own wait for the oracle outlasts a restart it meets.
 
 use std::time::{Duration, Instant};
 
@@ -107,5 +107,33 @@ async fn postgres_outages(protocol: GroupProtocol) {
         .expect("oracle");
     eprintln!("{summary:?}");
     assert!(dead_letter_counts(&env).await.is_empty(), "outages never dead-letter valid events");
+    projector.stop().await;
+}
+
+/// The test kit's wait for the oracle keeps its PostgreSQL connection between looks; a restart
+/// closes it. The wait opens it again, rather than failing every later look until its deadline
+/// (what a test that restarts PostgreSQL while it waits would report as a failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_wait_outlasts_a_postgres_restart() {
+    prism_testkit::init_logging();
+    let mut postgres = PrivatePostgres::start().await.expect("private PostgreSQL");
+    let services = Services { postgres: postgres.url(), ..Services::from_env() };
+    let env = TestEnv::on(&shop_model::application(), services, &[]).await.expect("test environment");
+    let producer = producer(&env.config).expect("producer");
+    let events = Workload::generate(43, 600);
+    publish_events(&producer, env.topic_prefix(), &events).await.expect("publish");
+
+    // The wait's first looks find nothing projected; then PostgreSQL restarts under it, and
+    // only after that does a projector start.
+    let expected = shop::testing::oracle::fold(&events);
+    let wait = env.wait_for_oracle(&expected, CacheCheck::Complete, Duration::from_secs(60));
+    let restart_then_project = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        postgres.restart().await.expect("restart PostgreSQL");
+        InProcess::start(env.config.clone())
+    };
+    let (waited, projector) = tokio::join!(wait, restart_then_project);
+    let summary = waited.expect("the wait, across the restart, sees the projector catch up");
+    eprintln!("{summary:?}");
     projector.stop().await;
 }
