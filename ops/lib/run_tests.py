@@ -113,7 +113,7 @@ def main():
         index = arguments.index("--")
         arguments, name_filter = arguments[:index], arguments[index + 1:]
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--jobs", type=int, default=int(os.environ.get("PRISM_TEST_JOBS", "4")))
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("PRISM_TEST_JOBS", "6")))
     parser.add_argument("--timeout", type=int, default=int(os.environ.get("PRISM_TEST_TIMEOUT", "900")))
     options, cargo_args = parser.parse_known_args(arguments)
 
