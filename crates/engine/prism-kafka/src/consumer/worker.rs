@@ -80,7 +80,9 @@ pub(super) async fn run<H: BatchHandler>(
         // A partition that reached its buffer bound has a backlog: its batch leaves the
         // count, the partition resumes, and the batch keeps filling up to its size bound from
         // the fetch that brings (a batch may outgrow the buffer). Otherwise it takes only what
-        // arrived while it waited for the turn.
+        // arrived while it waited for the turn. The resumed partition's next fetch seldom
+        // comes within `batch_max_wait` (librdkafka drops a paused partition's prefetched
+        // messages), so under a backlog most batches are the buffer's size: docs/sizing.md.
         let backlog = channels.buffered.load(Ordering::Relaxed) >= settings.max_buffered_per_partition;
         // Room for every message the batch may hold while it runs, so that full batches (a
         // backlog) bound the member's memory while small ones (moderate traffic, where a
