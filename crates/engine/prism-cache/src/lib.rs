@@ -33,6 +33,12 @@ use redis::{Script, ScriptInvocation};
 pub use cluster::key_slot;
 pub use error::CacheError;
 
+/// How long every connection of the cache waits for Redis to reply (a write to a cluster
+/// waits longer by its replica acknowledgement timeout). Public so that tools and tests looking
+/// at the same Redis are as patient as the engine: redis-rs's own default is 500 ms, which a
+/// busy machine outlasts.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Entries per script call: bounds the time Redis spends in one script.
 const ENTRIES_PER_CALL: usize = 200;
 

@@ -58,7 +58,7 @@ impl Standalone {
         };
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(crate::REPLY_TIMEOUT))
             .set_number_of_retries(2);
         let connection = ConnectionManager::new_with_config(client, manager_config)
             .await

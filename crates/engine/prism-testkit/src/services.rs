@@ -133,13 +133,13 @@ pub async fn connect_pg(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// A connection for a test's own looks at Redis, as patient as the engine's cache client
-/// (`prism-cache`: 5 s for a reply). redis-rs gives up on a reply after 500 ms by default, and
+/// ([`prism_cache::REPLY_TIMEOUT`]). redis-rs gives up on a reply after 500 ms by default, and
 /// a look made while four tests load the machine (a PostgreSQL restart, Redis clusters starting)
 /// failed a test that was only waiting for the read models to catch up.
 pub async fn redis_connection(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(Duration::from_secs(5)));
+        .set_response_timeout(Some(prism_cache::REPLY_TIMEOUT));
     Ok(redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&config).await?)
 }
 

@@ -74,7 +74,7 @@ impl Cluster {
         let mut builder = ClusterClientBuilder::new(nodes.clone())
             .connection_timeout(Duration::from_secs(2))
             // A write may wait for replicas (WAIT) within its response.
-            .response_timeout(Duration::from_secs(5) + ack_timeout)
+            .response_timeout(crate::REPLY_TIMEOUT + ack_timeout)
             // Redirections and reconnections during a failover are retried a few times within
             // about a second and a half; beyond that the caller's own retry (the projector's
             // backoff, the query's fallback to PostgreSQL) is the better judge.

@@ -81,7 +81,7 @@ impl Cluster {
         let client = redis::Client::open(self.node_template.clone().set_addr(addr))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
+            .set_response_timeout(Some(crate::REPLY_TIMEOUT));
         Ok(client.get_multiplexed_async_connection_with_config(&config).await?)
     }
 }
