@@ -165,11 +165,8 @@ async fn any_application_reads_its_read_models_by_key_whatever_the_key_type() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "label": "even", "total": even }));
     assert_eq!(headers["x-prism-version"], "0", "rows fed by many aggregates reflect no one version");
-    let mut redis = redis::Client::open(env.config.redis.url.as_str())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut redis =
+        prism_testkit::services::redis_connection(&env.config.redis.url).await.expect("redis connection");
     let key = format!("{}g1:tally:{EVERYTHING}", env.config.redis.key_prefix);
     let cached: Option<String> =
         redis::cmd("HGET").arg(&key).arg("doc").query_async(&mut redis).await.expect("HGET");

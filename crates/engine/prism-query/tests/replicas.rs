@@ -427,11 +427,8 @@ async fn reads_without_min_version_come_from_the_replica_and_converge_once_it_re
     // A cached read model: Redis has version 2. A key missing from Redis is read from the
     // replica (version 1) and must not be put back into Redis from there: the cache would then
     // hold version 1 until the aggregate changes again.
-    let mut redis = redis::Client::open(env.config.redis.url.as_str())
-        .expect("redis")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let mut redis =
+        prism_testkit::services::redis_connection(&env.config.redis.url).await.expect("redis connection");
     let evicted = aggregates[0];
     let key = format!("{}g1:card:{evicted}", env.config.redis.key_prefix);
     let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.expect("DEL");

@@ -315,8 +315,7 @@ async fn measure(
     for target in &targets {
         statements.push(pg.prepare(&target.sql).await?);
     }
-    let redis =
-        redis::Client::open(env.config.redis.url.as_str())?.get_multiplexed_async_connection().await?;
+    let redis = prism_testkit::services::redis_connection(&env.config.redis.url).await?;
     let (listener, notifications) = listen(env).await?;
 
     let (sent_tx, sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();

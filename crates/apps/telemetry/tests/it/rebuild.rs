@@ -121,8 +121,7 @@ async fn blue_green_rebuild_of_device_status_under_live_traffic_switches_and_equ
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(statuses, vec![(1, "retired".to_owned()), (2, "active".to_owned())]);
-    let redis = redis::Client::open(env.config.redis.url.as_str()).expect("redis url");
-    let mut conn = redis.get_multiplexed_async_connection().await.expect("redis");
+    let mut conn = prism_testkit::services::redis_connection(&env.config.redis.url).await.expect("redis");
     let g1_prefix = prism_projections::ProjectionInstance::new(DEVICE_STATUS, 1)
         .cache_prefix(DEVICE_CACHE_KIND, &env.config.redis.key_prefix);
     let old_keys: Vec<String> = redis::cmd("KEYS")
