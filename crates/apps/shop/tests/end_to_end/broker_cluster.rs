@@ -4,7 +4,7 @@
 //! projector workers run. Mid-run the broker leading the busiest partitions is SIGKILLed, and
 //! restarted once the relay has had more events acknowledged without it; then the same is done
 //! to the active KRaft controller. Under each group protocol, on a cluster of its own (the two
-//! run at once, each about four minutes on 2 cores): every event of the store is in the topics
+//! run at once, each three to four minutes on 2 cores): every event of the store is in the topics
 //! exactly once (the relay lost and repeated nothing), the outbox is empty, and every read-model
 //! row and cache entry equals the fold of the event store (nothing lost, nothing applied twice).
 
@@ -32,7 +32,6 @@ prism_testkit::group_protocol_tests!(brokers_and_the_controller_killed_mid_run_l
 async fn run_with_faults(protocol: GroupProtocol) {
     prism_testkit::init_logging();
     let mut cluster = PrivateKafka::start_cluster().await.expect("three-node Kafka cluster");
-    let cluster = &mut cluster;
     let load_seed = match protocol {
         GroupProtocol::Classic => 40,
         GroupProtocol::Consumer => 41,
