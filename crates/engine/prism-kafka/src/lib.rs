@@ -6,6 +6,7 @@
 //! - [`consumer`]: the consumer runtime — partitions processed concurrently, each in order, in
 //!   bounded batches, offsets stored only after a batch landed, clean handover on rebalance.
 //! - [`partition_reader`]: one partition read in chunks outside any group, for bulk replays.
+//! - [`message`]: [`ConsumedMessage`], a message as both hold it: its bytes in one allocation.
 //! - [`admin`]: topic creation (`prismctl topics ensure`) and broker reachability.
 //! - [`error`]: [`KafkaError`] and its transient/permanent class.
 //!
@@ -19,10 +20,12 @@ pub mod admin;
 pub mod client;
 pub mod consumer;
 pub mod error;
+pub mod message;
 pub mod partition_reader;
 pub mod producer;
 
 pub use admin::{ensure_topics, topic_plan, TopicOutcome, TopicSpec};
 pub use client::base_client_config;
 pub use error::KafkaError;
+pub use message::ConsumedMessage;
 pub use producer::{Delivered, EventProducer};

@@ -11,13 +11,14 @@ use std::time::Duration;
 use prism_config::KafkaConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::base_client_config;
 use crate::error::KafkaError;
+use crate::message::ConsumedMessage;
 
 /// How long a read waits for the broker before it reports the broker as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -57,7 +58,7 @@ impl std::fmt::Debug for PartitionReader {
 #[derive(Debug)]
 pub struct Chunk {
     /// The messages, in offset order, all before the end asked for.
-    pub messages: Vec<OwnedMessage>,
+    pub messages: Vec<ConsumedMessage>,
     /// The offset after the chunk: the last message's offset + 1, or the end asked for when the
     /// partition holds nothing more before it.
     pub next: i64,
@@ -138,7 +139,7 @@ impl PartitionReader {
                     if offset >= end {
                         return Ok(Chunk { messages, next: end });
                     }
-                    messages.push(message.detach());
+                    messages.push(ConsumedMessage::from_kafka(&message));
                     if offset + 1 >= end {
                         return Ok(Chunk { messages, next: end });
                     }

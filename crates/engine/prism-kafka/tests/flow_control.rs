@@ -21,9 +21,9 @@ use std::time::Duration;
 use prism_kafka::consumer::{
     BatchHandler, ConsumerObserver, ConsumerRuntime, ConsumerSettings, PartitionId, TransientError,
 };
+use prism_kafka::ConsumedMessage;
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer};
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 
 const MESSAGES: usize = 2_000;
@@ -51,14 +51,18 @@ impl ConsumerObserver for Recorder {
 }
 
 impl BatchHandler for Recorder {
-    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+    async fn handle(
+        &self,
+        partition: &PartitionId,
+        messages: &[ConsumedMessage],
+    ) -> Result<(), TransientError> {
         let stall =
             self.one_batch_each && self.handled.lock().expect("lock").contains_key(&partition.partition);
         while stall || self.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut handled = self.handled.lock().expect("lock");
-        handled.entry(partition.partition).or_default().extend(messages.iter().map(Message::offset));
+        handled.entry(partition.partition).or_default().extend(messages.iter().map(ConsumedMessage::offset));
         Ok(())
     }
 }
@@ -220,7 +224,11 @@ struct Concurrency {
 impl ConsumerObserver for Concurrency {}
 
 impl BatchHandler for Concurrency {
-    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+    async fn handle(
+        &self,
+        partition: &PartitionId,
+        messages: &[ConsumedMessage],
+    ) -> Result<(), TransientError> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
         let held = self.messages_running.fetch_add(messages.len(), Ordering::SeqCst) + messages.len();
@@ -232,7 +240,7 @@ impl BatchHandler for Concurrency {
             .expect("lock")
             .entry(partition.partition)
             .or_default()
-            .extend(messages.iter().map(Message::offset));
+            .extend(messages.iter().map(ConsumedMessage::offset));
         self.messages_running.fetch_sub(messages.len(), Ordering::SeqCst);
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(())

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use prism_kafka::consumer::{
     BatchHandler, ConsumerObserver, ConsumerRuntime, ConsumerSettings, PartitionId, TransientError,
 };
+use prism_kafka::ConsumedMessage;
 use prism_testkit::kafka::{committed_offsets, end_offsets, producer};
 use prism_testkit::{group_protocol_tests, GroupProtocol, TestEnv};
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const PARTITIONS: &str = "8";
@@ -69,7 +69,11 @@ impl ConsumerObserver for Member {
 }
 
 impl BatchHandler for Member {
-    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+    async fn handle(
+        &self,
+        partition: &PartitionId,
+        messages: &[ConsumedMessage],
+    ) -> Result<(), TransientError> {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut entries = self.journal.entries.lock().expect("lock");
         for message in messages {

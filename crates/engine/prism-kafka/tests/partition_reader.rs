@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use prism_kafka::partition_reader::PartitionReader;
+use prism_kafka::ConsumedMessage;
 use prism_testkit::kafka::{end_offsets, producer};
 use prism_testkit::{GroupProtocol, TestEnv};
-use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 
 /// Reads `from..end` of the reader's partition in chunks of `max`; returns every offset read
@@ -18,15 +18,21 @@ async fn read_range(reader: &PartitionReader, end: i64, max: usize) -> (Vec<i64>
     loop {
         let chunk = reader.read(end, max).await.expect("read");
         assert!(chunk.messages.len() <= max, "a chunk of {} messages; {max} asked for", chunk.messages.len());
-        let (topic, partition) = reader.partition();
+        // Message `i` was produced to partition `i % 2` (see the test), so each value says which
+        // partition it came from.
+        let (_, partition) = reader.partition();
         for message in &chunk.messages {
+            let value = std::str::from_utf8(message.payload().expect("a value")).expect("text");
+            let produced: i32 =
+                value.strip_prefix("message ").and_then(|i| i.parse().ok()).expect("message <i>");
             assert_eq!(
-                (message.topic(), message.partition()),
-                (topic, partition),
-                "a message of another partition"
+                produced % 2,
+                partition,
+                "`{value}` (offset {}) is of another partition",
+                message.offset()
             );
         }
-        offsets.extend(chunk.messages.iter().map(Message::offset));
+        offsets.extend(chunk.messages.iter().map(ConsumedMessage::offset));
         if chunk.next >= end {
             return (offsets, chunk.next);
         }

@@ -5,13 +5,13 @@ use prism_events::decode::{decode_envelope, WireHeaders};
 use prism_events::{
     decode_event, AggregateType, EventRegistry, Limits, HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION,
 };
+use prism_kafka::ConsumedMessage;
 use prism_read_store::projection::{MessageContent, Poison, SourceMessage};
-use rdkafka::message::{Headers, Message, OwnedMessage};
 use uuid::Uuid;
 
 /// Decodes one message of `topic_type`'s topic into an event of `events`' application.
 pub fn decode(
-    message: &OwnedMessage,
+    message: &ConsumedMessage,
     events: &EventRegistry,
     topic_type: AggregateType,
     limits: &Limits,
@@ -27,20 +27,16 @@ pub fn decode(
     SourceMessage { offset: message.offset(), key, value, content }
 }
 
-fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a [u8]> {
-    message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value)
-}
-
 fn decode_content(
-    message: &OwnedMessage,
+    message: &ConsumedMessage,
     events: &EventRegistry,
     topic_type: AggregateType,
     limits: &Limits,
     key_id: Option<Uuid>,
 ) -> Result<MessageContent, Poison> {
     let headers = WireHeaders {
-        event_type: header(message, HEADER_EVENT_TYPE),
-        schema_version: header(message, HEADER_SCHEMA_VERSION),
+        event_type: message.header(HEADER_EVENT_TYPE),
+        schema_version: message.header(HEADER_SCHEMA_VERSION),
     };
     let key_aggregate = key_id.map(|id| (topic_type, id));
     match decode_event(events, message.payload(), headers, limits) {

@@ -30,12 +30,12 @@ use prism_cache::{Cache, Entry};
 use prism_events::aggregate::aggregate_name_of_topic;
 use prism_events::{AggregateType, Limits};
 use prism_kafka::consumer::{BatchHandler, ConsumerObserver, PartitionId, TransientError};
+use prism_kafka::ConsumedMessage;
 use prism_kafka::EventProducer;
 use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{self, ActiveBatch, BatchOutcome, SourceMessage, Target};
 use prism_runtime::metric_names as m;
-use rdkafka::message::{Message, OwnedMessage};
 
 use crate::decode::decode;
 use crate::observe::Progress;
@@ -365,7 +365,11 @@ impl ConsumerObserver for ProjectionHandler {
 }
 
 impl BatchHandler for ProjectionHandler {
-    async fn handle(&self, partition: &PartitionId, messages: &[OwnedMessage]) -> Result<(), TransientError> {
+    async fn handle(
+        &self,
+        partition: &PartitionId,
+        messages: &[ConsumedMessage],
+    ) -> Result<(), TransientError> {
         let topic_type = aggregate_name_of_topic(&partition.topic, &self.topic_prefix)
             .and_then(|name| self.app.events().aggregate_type(name));
         let Some(topic_type) = topic_type else {

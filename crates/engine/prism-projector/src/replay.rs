@@ -204,7 +204,7 @@ impl ProjectionHandler {
     /// A chunk's messages decoded as a batch's are.
     fn decode_chunk(
         &self,
-        messages: &[rdkafka::message::OwnedMessage],
+        messages: &[prism_kafka::ConsumedMessage],
         source: AggregateType,
     ) -> Vec<SourceMessage> {
         messages.iter().map(|m| decode(m, self.app.events(), source, &self.limits)).collect()

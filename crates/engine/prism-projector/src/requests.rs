@@ -18,7 +18,6 @@ use prism_projections::{Application, GapPolicy, ProjectionInstance};
 use prism_read_store::projection::redrive::{self, ChainReport, DeadLetter};
 use prism_read_store::projection::{MessageContent, Poison, SourceMessage, Target};
 use prism_read_store::requests::{self, OperatorRequest, RedriveRequest};
-use rdkafka::message::{OwnedMessage, Timestamp};
 use tokio::sync::watch;
 
 /// How often a worker looks for requests.
@@ -171,14 +170,12 @@ pub fn decode_stored(app: &Application, limits: &Limits, letter: &DeadLetter) ->
             }),
         };
     };
-    let message = OwnedMessage::new(
-        letter.message_value.clone(),
-        letter.message_key.clone(),
-        letter.source_topic.clone(),
-        Timestamp::NotAvailable,
-        letter.source_partition,
+    let message = prism_kafka::ConsumedMessage::new(
         letter.source_offset,
         None,
+        letter.message_key.as_deref(),
+        letter.message_value.as_deref(),
+        &[],
     );
     crate::decode::decode(&message, app.events(), topic_type, limits)
 }

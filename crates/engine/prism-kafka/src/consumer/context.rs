@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -17,6 +16,7 @@ use tokio::task::JoinHandle;
 use super::settings::ConsumerSettings;
 use super::worker::{self, WorkerChannels};
 use super::{BatchHandler, PartitionId};
+use crate::message::ConsumedMessage;
 
 /// An offset that landed: everything before `next_offset` in `partition` is durable.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub(super) struct Landed {
 /// The poll thread's handle on one partition's worker.
 pub(super) struct WorkerHandle {
     /// Messages for the worker, in offset order.
-    pub messages: mpsc::UnboundedSender<OwnedMessage>,
+    pub messages: mpsc::UnboundedSender<ConsumedMessage>,
     /// Messages sent but not yet taken into a batch (flow control).
     pub buffered: Arc<AtomicUsize>,
     /// Timestamp (ms) of the oldest message seen and not yet landed; 0 when none.

@@ -46,11 +46,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::message::OwnedMessage;
-
 pub use settings::ConsumerSettings;
 
 use crate::error::KafkaError;
+use crate::message::ConsumedMessage;
 
 /// A topic partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -126,7 +125,7 @@ pub trait BatchHandler: ConsumerObserver {
     fn handle<'a>(
         &'a self,
         partition: &'a PartitionId,
-        messages: &'a [OwnedMessage],
+        messages: &'a [ConsumedMessage],
     ) -> impl Future<Output = Result<(), TransientError>> + Send + 'a;
 }
 

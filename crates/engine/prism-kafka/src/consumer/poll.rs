@@ -16,6 +16,7 @@ use super::settings::ConsumerSettings;
 use super::{BatchHandler, PartitionId};
 use crate::client::base_client_config;
 use crate::error::KafkaError;
+use crate::message::ConsumedMessage;
 
 /// Handle on the running poll thread.
 #[derive(Debug)]
@@ -139,7 +140,7 @@ fn poll_loop<H: BatchHandler>(
     let mut last_caught_up_commit = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(POLL_INTERVAL) {
-            Some(Ok(message)) => dispatch(shared, message.detach()),
+            Some(Ok(message)) => dispatch(shared, &message),
             Some(Err(err)) => {
                 let fatal = consumer.client().fatal_error();
                 if let Some((code, reason)) = fatal {
@@ -167,7 +168,9 @@ fn poll_loop<H: BatchHandler>(
     "stopped".into()
 }
 
-fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: rdkafka::message::OwnedMessage) {
+/// Hands a message to its partition's worker, copied out of librdkafka (which frees its own
+/// copy, and the fetch response it points into, once the message is dropped).
+fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: &rdkafka::message::BorrowedMessage<'_>) {
     let partition = PartitionId { topic: message.topic().to_owned(), partition: message.partition() };
     let workers = shared.workers();
     let Some(worker) = workers.get(&partition) else {
@@ -184,7 +187,7 @@ fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: rdkafka::message::Owne
         std::sync::atomic::Ordering::Relaxed,
     );
     worker.buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if worker.messages.send(message).is_err() {
+    if worker.messages.send(ConsumedMessage::from_kafka(message)).is_err() {
         tracing::debug!(%partition, "worker gone; message dropped");
     }
 }

@@ -8,17 +8,17 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::sleep;
 
 use super::context::Landed;
 use super::settings::ConsumerSettings;
 use super::{BatchHandler, PartitionId};
+use crate::message::ConsumedMessage;
 
 /// What a worker receives from the poll thread.
 pub(super) struct WorkerChannels {
-    pub messages: mpsc::UnboundedReceiver<OwnedMessage>,
+    pub messages: mpsc::UnboundedReceiver<ConsumedMessage>,
     pub buffered: Arc<AtomicUsize>,
     pub oldest_pending_ms: Arc<AtomicI64>,
     pub stop: watch::Receiver<bool>,
@@ -40,8 +40,8 @@ async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-fn timestamp_ms(message: &OwnedMessage) -> i64 {
-    message.timestamp().to_millis().unwrap_or(0)
+fn timestamp_ms(message: &ConsumedMessage) -> i64 {
+    message.timestamp_ms().unwrap_or(0)
 }
 
 pub(super) async fn run<H: BatchHandler>(
@@ -138,7 +138,7 @@ pub(super) async fn run<H: BatchHandler>(
 /// `false` when stop was requested meanwhile (the batch was not started, so it is simply
 /// dropped: the next owner reads it again).
 async fn fill_up_to(
-    batch: &mut Vec<OwnedMessage>,
+    batch: &mut Vec<ConsumedMessage>,
     size: usize,
     deadline: tokio::time::Instant,
     channels: &mut WorkerChannels,
@@ -174,7 +174,7 @@ async fn land<H: BatchHandler>(
     partition: &PartitionId,
     handler: &H,
     settings: &ConsumerSettings,
-    batch: &[OwnedMessage],
+    batch: &[ConsumedMessage],
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let mut backoff = settings.retry_initial_backoff;
