@@ -41,33 +41,8 @@ impl PollThread {
                 &settings,
             ))),
         });
-        let mut client = base_client_config(&settings.kafka, &settings.role);
-        client
-            .set("group.id", &settings.group_id)
-            // Offsets are committed automatically, but only those this runtime stored after
-            // the writes landed (see the module header).
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", settings.commit_interval.as_millis().to_string())
-            .set("auto.offset.reset", "earliest")
-            .set("max.poll.interval.ms", "300000")
-            .set("statistics.interval.ms", "5000")
-            // Fetch sizes stay at librdkafka's defaults (1 MB per partition per request, grown
-            // automatically for a larger message): bigger fetches only delay the group
-            // coordinator on brokers that serve both from one storage queue.
-            .set("queued.max.messages.kbytes", "16384")
-            // A fetch waits at most this long for data on the partitions it asks for. A
-            // partition resumed meanwhile is only asked for in the next fetch, so with the
-            // default 500 ms a worker that drained its buffer could wait that long while its
-            // partition has messages (flow control below pauses and resumes them all the time
-            // under load).
-            .set("fetch.wait.max.ms", "50");
-        group_protocol_settings(&mut client, &settings);
-        if let Some(instance) = &settings.group_instance_id {
-            client.set("group.instance.id", instance);
-        }
         let consumer: BaseConsumer<RuntimeContext<H>> =
-            client.create_with_context(RuntimeContext { shared: shared.clone() })?;
+            client_config(&settings).create_with_context(RuntimeContext { shared: shared.clone() })?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
 
@@ -105,6 +80,55 @@ impl PollThread {
         }
     }
 }
+
+/// The librdkafka configuration of a member: the base (brokers, security, pass-through
+/// properties), then what the runtime's guarantees and flow control rest on.
+fn client_config(settings: &ConsumerSettings) -> rdkafka::ClientConfig {
+    let mut client = base_client_config(&settings.kafka, &settings.role);
+    client
+        .set("group.id", &settings.group_id)
+        // Offsets are committed automatically, but only those this runtime stored after
+        // the writes landed (see the module header).
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", settings.commit_interval.as_millis().to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("max.poll.interval.ms", "300000")
+        .set("statistics.interval.ms", "5000")
+        // A fetch waits at most this long for data on the partitions it asks for. A
+        // partition resumed meanwhile is only asked for in the next fetch, so with the
+        // default 500 ms a worker that drained its buffer could wait that long while its
+        // partition has messages (flow control below pauses and resumes them all the time
+        // under load).
+        .set("fetch.wait.max.ms", "50");
+    for (property, value) in PREFETCH {
+        if !settings.kafka.properties.contains_key(property) {
+            client.set(property, value);
+        }
+    }
+    group_protocol_settings(&mut client, settings);
+    if let Some(instance) = &settings.group_instance_id {
+        client.set("group.instance.id", instance);
+    }
+    client
+}
+
+/// librdkafka's prefetch: the messages it fetched ahead into its own queue, before the poll
+/// thread hands them to the partitions' workers, whose buffers are the runtime's real prefetch
+/// (`max_buffered_per_partition` each). Set unless `kafka.properties` names them: they carry no
+/// guarantee, only memory and fetch traffic.
+///
+/// - `queued.max.messages.kbytes`, 2 MiB (librdkafka's default is 64 MiB; it also caps each
+///   fetch at that size): a queued message keeps the whole fetch response it came in alive,
+///   and a paused partition's queued messages are dropped and fetched again. At 16 MiB a
+///   worker under a backlog held up to 49 MB in librdkafka at its peak (35.7 MB of fetch
+///   responses, 13.3 MB of queued messages), more than its own buffers of 4 000 messages a
+///   partition (BENCHMARKS.md, "Where a worker's memory goes").
+/// - `fetch.queue.backoff.ms`, 10 ms: how long librdkafka leaves a partition unfetched after
+///   finding its queue full (1 s by default). With a small queue that wait starved the workers:
+///   4 MiB and 1 s made half the events/s of 16 MiB; 4 MiB and 10 ms made more than 16 MiB.
+const PREFETCH: [(&str, &str); 2] =
+    [("queued.max.messages.kbytes", "2048"), ("fetch.queue.backoff.ms", "10")];
 
 /// The group protocol and what belongs to it. Under the classic protocol the member owns its
 /// session and heartbeat and the assignor runs in the group leader (cooperative-sticky, so a
@@ -245,4 +269,54 @@ fn shut_down<H: BatchHandler>(consumer: BaseConsumer<RuntimeContext<H>>, shared:
     // Dropping closes the consumer: it leaves the group (dynamic members) and serves the
     // final revocation, which finds nothing left to stop.
     drop(consumer);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prism_config::{ConfigSources, PrismConfig};
+
+    use super::*;
+
+    fn settings(properties: &[(&str, &str)]) -> ConsumerSettings {
+        let mut kafka = PrismConfig::load(&ConfigSources::default()).expect("default configuration").kafka;
+        kafka.properties.extend(properties.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        ConsumerSettings {
+            kafka,
+            role: "test".into(),
+            group_id: "group".into(),
+            topics: vec!["topic".into()],
+            group_instance_id: None,
+            batch_max_messages: 10,
+            batch_max_wait: Duration::from_millis(20),
+            commit_interval: Duration::from_secs(1),
+            commit_when_caught_up: true,
+            session_timeout: Duration::from_secs(10),
+            shutdown_deadline: Duration::from_secs(1),
+            retry_initial_backoff: Duration::from_millis(50),
+            retry_max_backoff: Duration::from_secs(1),
+            max_buffered_per_partition: 100,
+            max_concurrent_batches: 2,
+            max_messages_in_flight: 20,
+        }
+    }
+
+    #[test]
+    fn the_prefetch_is_small_unless_the_properties_say_otherwise() {
+        let config = client_config(&settings(&[]));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("2048"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+
+        let config = client_config(&settings(&[("queued.max.messages.kbytes", "65536")]));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("65536"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+    }
+
+    #[test]
+    fn the_properties_cannot_override_what_the_guarantees_rest_on() {
+        let config = client_config(&settings(&[("enable.auto.offset.store", "true"), ("group.id", "other")]));
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(config.get("group.id"), Some("group"));
+    }
 }
