@@ -186,7 +186,7 @@ fn a_message_budget_below_one_batch_is_refused() {
         ..Default::default()
     });
     assert!(err.contains("projector.max_messages_in_flight (500)"), "{err}");
-    assert!(err.contains("projector.batch_max_events (2000)"), "{err}");
+    assert!(err.contains("projector.batch_max_events (4000)"), "{err}");
 
     let config = PrismConfig::load(&ConfigSources {
         env: env(&[

@@ -23,8 +23,8 @@
 //! `INSERT INTO ceiling_<read model> AS t (<columns>) SELECT u.c0::<type>, … FROM unnest($1::text[], …) AS u(c0, …)
 //! ON CONFLICT (<key>) DO UPDATE SET <every other column> = EXCLUDED.<column>` — all of a
 //! batch's statements in one transaction, then marks the batch's offsets for commit. Batches
-//! hold up to 2 000 messages (Prism's default `projector.batch_max_events`), taken from what has arrived
-//! without waiting; partitions are spread over `PRISM_BENCH_CEILING_WRITERS` writers (default
+//! hold up to Prism's default `projector.batch_max_events` messages (read from the default
+//! configuration, so the two cannot drift apart), taken from what has arrived without waiting; partitions are spread over `PRISM_BENCH_CEILING_WRITERS` writers (default
 //! 4), each with its own connection, rows sorted by key so concurrent writers lock shared rows
 //! in one order. Offsets are committed every 100 ms.
 //!
@@ -58,8 +58,13 @@ pub fn table(model: &ReadModel) -> String {
     format!("ceiling_{}", model.name())
 }
 
-/// Messages per batch at most (Prism's default `projector.batch_max_events`).
-const BATCH: usize = 2000;
+/// Messages per batch at most: Prism's default `projector.batch_max_events`.
+static BATCH: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    prism_config::PrismConfig::load(&prism_config::ConfigSources::default())
+        .expect("the default configuration loads")
+        .projector
+        .batch_max_events
+});
 
 /// A read model's state during the precomputation: row, version, revision per key.
 type State = HashMap<String, (Value, i64, i64)>;
@@ -255,7 +260,7 @@ pub async fn run(settings: &ChildSettings) -> anyhow::Result<()> {
             let (sql, columns) = upsert_sql(&client, model).await?;
             statements.push((client.prepare(&sql).await?, columns));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4 * BATCH);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(4 * *BATCH);
         senders.push(tx);
         tasks.push(tokio::spawn(write_batches(
             client,
@@ -321,7 +326,7 @@ async fn write_batches(
 ) -> anyhow::Result<()> {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        while batch.len() < *BATCH {
             match rx.try_recv() {
                 Ok(item) => batch.push(item),
                 Err(_) => break,
