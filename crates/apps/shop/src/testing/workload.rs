@@ -11,6 +11,8 @@
 //! (an order only within the available stock), cancelling releases them, shipping takes them
 //! out of stock; carts and orders are only for registered users.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use prism_events::{Event, EventPosition};
 use rand::rngs::StdRng;
@@ -90,6 +92,9 @@ pub struct Workload {
     out: Recorder,
     users: Vec<Stream<UserState>>,
     products: Vec<Stream<ProductState>>,
+    /// Where each product is in `products`: orders look their lines' products up, and a
+    /// workload of millions of events lists tens of thousands of products.
+    product_indexes: HashMap<Uuid, usize>,
     carts: Vec<Stream<CartState>>,
     orders: Vec<Stream<OrderState>>,
 }
@@ -111,6 +116,7 @@ impl Workload {
             },
             users: Vec::new(),
             products: Vec::new(),
+            product_indexes: HashMap::new(),
             carts: Vec::new(),
             orders: Vec::new(),
         };
@@ -168,6 +174,7 @@ impl Workload {
             stock: self.out.rng.random_range(0..=500),
         };
         if self.out.apply(&mut stream, &command) {
+            self.product_indexes.insert(stream.id, self.products.len());
             self.products.push(stream);
         }
     }
@@ -284,7 +291,7 @@ impl Workload {
     }
 
     fn product_index(&self, product_id: Uuid) -> Option<usize> {
-        self.products.iter().position(|p| p.id == product_id)
+        self.product_indexes.get(&product_id).copied()
     }
 
     /// Records decided product events (of the transaction whose clock already ticked).
