@@ -31,7 +31,7 @@
 //!
 //! | variable | default | what |
 //! |---|---|---|
-//! | `PRISM_BENCH_EVENTS` | 100000 | events in the throughput run |
+//! | `PRISM_BENCH_EVENTS` | 300000 | events in the throughput run |
 //! | `PRISM_BENCH_PARTITIONS` | 4 | partitions per topic |
 //! | `PRISM_BENCH_PARTS` | `throughput,rebuild,latency` | which parts run (rebuild needs throughput) |
 //! | `PRISM_BENCH_DEBEZIUM` | 1 | 0 leaves the Debezium peer out (no Java needed) |
@@ -121,7 +121,7 @@ impl Settings {
             }
         }
         let settings = Self {
-            events: number("PRISM_BENCH_EVENTS", 100_000)?,
+            events: number("PRISM_BENCH_EVENTS", 300_000)?,
             partitions: number("PRISM_BENCH_PARTITIONS", 4)?,
             throughput: parts.contains(&"throughput"),
             rebuild: parts.contains(&"rebuild"),
