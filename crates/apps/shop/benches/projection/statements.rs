@@ -30,7 +30,8 @@ pub struct KindTime {
 pub async fn reset(pg: &tokio_postgres::Client) -> bool {
     let tracked = async {
         pg.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").await?;
-        pg.query_one("SELECT pg_stat_statements_reset()::text", &[]).await
+        let schema = extension_schema(pg).await?;
+        pg.query_one(&format!("SELECT {schema}.pg_stat_statements_reset()::text"), &[]).await
     };
     match tracked.await {
         Ok(_) => true,
@@ -45,12 +46,29 @@ pub async fn reset(pg: &tokio_postgres::Client) -> bool {
     }
 }
 
+/// The schema the extension lives in (`regnamespace` quotes it where needed). [`reset`]
+/// creates it in the first schema of the session's search path, which is the run's own and is
+/// dropped with it; a run stopped before its clean-up leaves the extension in its schema,
+/// where later runs' sessions do not search.
+async fn extension_schema(pg: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    let row = pg
+        .query_one(
+            "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// The counters since [`reset`], by kind, largest first.
 pub async fn read(pg: &tokio_postgres::Client) -> anyhow::Result<Vec<KindTime>> {
+    let schema = extension_schema(pg).await?;
     let rows = pg
         .query(
-            "SELECT query, calls, rows, total_exec_time FROM pg_stat_statements \
-             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &format!(
+                "SELECT query, calls, rows, total_exec_time FROM {schema}.pg_stat_statements \
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
             &[],
         )
         .await?;
