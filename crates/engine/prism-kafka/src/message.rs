@@ -39,34 +39,44 @@ impl ConsumedMessage {
         value: Option<&[u8]>,
         headers: &[(&str, Option<&[u8]>)],
     ) -> Self {
+        Self::assemble(offset, timestamp_ms, key, value, || headers.iter().copied())
+    }
+
+    /// Copies a message librdkafka handed over.
+    pub fn from_kafka(message: &impl Message) -> Self {
+        Self::assemble(
+            message.offset(),
+            message.timestamp().to_millis(),
+            message.key(),
+            message.payload(),
+            || message.headers().into_iter().flat_map(|wire| wire.iter()).map(|h| (h.key, h.value)),
+        )
+    }
+
+    /// Builds the message in one allocation; `headers` is walked twice (to size the
+    /// allocation, then to fill it), so a message needs no list of its headers on the way.
+    fn assemble<'h, H>(
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl Fn() -> H,
+    ) -> Self
+    where
+        H: Iterator<Item = (&'h str, Option<&'h [u8]>)>,
+    {
         let header_bytes: usize =
-            headers.iter().map(|(name, value)| 8 + name.len() + value.map_or(0, <[u8]>::len)).sum();
+            headers().map(|(name, value)| 8 + name.len() + value.map_or(0, <[u8]>::len)).sum();
         let mut bytes =
             Vec::with_capacity(key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len) + header_bytes);
         bytes.extend_from_slice(key.unwrap_or_default());
         let key_end = key.map(|_| bytes.len());
         bytes.extend_from_slice(value.unwrap_or_default());
         let value_end = value.map(|_| bytes.len());
-        for (name, value) in headers {
-            encode_header(&mut bytes, name, *value);
+        for (name, value) in headers() {
+            encode_header(&mut bytes, name, value);
         }
         Self { offset, timestamp_ms, bytes: bytes.into_boxed_slice(), key_end, value_end }
-    }
-
-    /// Copies a message librdkafka handed over.
-    pub fn from_kafka(message: &impl Message) -> Self {
-        let mut headers = Vec::new();
-        if let Some(wire) = message.headers() {
-            headers.reserve(wire.count());
-            headers.extend(wire.iter().map(|h| (h.key, h.value)));
-        }
-        Self::new(
-            message.offset(),
-            message.timestamp().to_millis(),
-            message.key(),
-            message.payload(),
-            &headers,
-        )
     }
 
     /// Its offset in the partition.

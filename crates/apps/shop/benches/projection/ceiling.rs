@@ -24,9 +24,10 @@
 //! ON CONFLICT (<key>) DO UPDATE SET <every other column> = EXCLUDED.<column>` — all of a
 //! batch's statements in one transaction, then marks the batch's offsets for commit. Batches
 //! hold up to Prism's default `projector.batch_max_events` messages (read from the default
-//! configuration, so the two cannot drift apart), taken from what has arrived without waiting; partitions are spread over `PRISM_BENCH_CEILING_WRITERS` writers (default
-//! 4), each with its own connection, rows sorted by key so concurrent writers lock shared rows
-//! in one order. Offsets are committed every 100 ms.
+//! configuration, so the two cannot drift apart), taken from what has arrived without
+//! waiting; partitions are spread over `PRISM_BENCH_CEILING_WRITERS` writers (default 4), each
+//! with its own connection, rows sorted by key so concurrent writers lock shared rows in one
+//! order. Offsets are committed every 100 ms.
 //!
 //! It reads no rows, checks no versions, computes nothing, writes no gate rows, no cache and
 //! returns nothing from its statements: the database's ceiling for writing these rows in
