@@ -117,13 +117,16 @@ impl PrismConfig {
             );
         }
         if self.projector.batch_max_events == 0
+            || self.projector.batch_max_bytes == 0
             || self.projector.max_buffered_per_partition == 0
+            || self.projector.max_buffered_bytes_per_partition == 0
             || self.projector.max_concurrent_batches == 0
             || self.projector.replay_chunk_events == 0
+            || self.projector.replay_chunk_bytes == 0
             || self.projector.replay_concurrency == 0
         {
             return invalid(
-                "projector.batch_max_events, projector.max_buffered_per_partition, projector.max_concurrent_batches, projector.replay_chunk_events and projector.replay_concurrency must be at least 1"
+                "projector.batch_max_events, projector.batch_max_bytes, projector.max_buffered_per_partition, projector.max_buffered_bytes_per_partition, projector.max_concurrent_batches, projector.replay_chunk_events, projector.replay_chunk_bytes and projector.replay_concurrency must be at least 1"
                     .into(),
             );
         }
@@ -131,6 +134,12 @@ impl PrismConfig {
             return invalid(format!(
                 "projector.max_messages_in_flight ({}) must be at least projector.batch_max_events ({}): a full batch could never run",
                 self.projector.max_messages_in_flight, self.projector.batch_max_events
+            ));
+        }
+        if self.projector.max_bytes_in_flight < self.projector.batch_max_bytes {
+            return invalid(format!(
+                "projector.max_bytes_in_flight ({}) must be at least projector.batch_max_bytes ({}): a full batch could never run",
+                self.projector.max_bytes_in_flight, self.projector.batch_max_bytes
             ));
         }
         if self.projector.retry_initial_backoff_ms == 0

@@ -264,21 +264,30 @@ pub struct ProjectorConfig {
     pub group_instance_id: String,
     /// Largest batch, in messages.
     pub batch_max_events: usize,
+    /// Largest batch, in bytes of its messages (a larger single message is a batch of its own).
+    pub batch_max_bytes: usize,
     /// How long a batch waits to fill, in milliseconds.
     pub batch_max_wait_ms: u64,
-    /// Per-partition backlog that pauses fetching.
+    /// Per-partition backlog that pauses fetching, in messages.
     pub max_buffered_per_partition: usize,
+    /// Per-partition backlog that pauses fetching, in bytes of its messages.
+    pub max_buffered_bytes_per_partition: usize,
     /// Batches one worker applies at once, over all its partitions.
     pub max_concurrent_batches: usize,
     /// Messages the batches one worker applies at once may hold together, over all its
     /// partitions (at least `batch_max_events`).
     pub max_messages_in_flight: usize,
+    /// Bytes of messages the batches one worker applies at once may hold together (at least
+    /// `batch_max_bytes`).
+    pub max_bytes_in_flight: usize,
     /// Offset commit interval, in milliseconds.
     pub commit_interval_ms: u64,
     /// Whether a worker that landed everything it received commits at once.
     pub commit_when_caught_up: bool,
     /// Events per chunk of a bulk replay (a rebuilt instance loading a range of a partition).
     pub replay_chunk_events: usize,
+    /// Bytes of messages per chunk of a bulk replay, reached first when events are large.
+    pub replay_chunk_bytes: usize,
     /// Ranges one worker replays at once.
     pub replay_concurrency: usize,
     /// Group session timeout, in milliseconds.

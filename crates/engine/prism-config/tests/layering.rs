@@ -198,3 +198,30 @@ fn a_message_budget_below_one_batch_is_refused() {
     .expect("a budget of one full batch");
     assert_eq!(config.projector.max_messages_in_flight, 500);
 }
+
+#[test]
+fn a_byte_budget_below_one_batch_or_a_zero_byte_bound_is_refused() {
+    let err = load_err(&ConfigSources {
+        env: env(&[("PRISM__PROJECTOR__MAX_BYTES_IN_FLIGHT", "1048576")]),
+        ..Default::default()
+    });
+    assert!(err.contains("projector.max_bytes_in_flight (1048576)"), "{err}");
+    assert!(err.contains("projector.batch_max_bytes (4194304)"), "{err}");
+
+    let err = load_err(&ConfigSources {
+        env: env(&[("PRISM__PROJECTOR__MAX_BUFFERED_BYTES_PER_PARTITION", "0")]),
+        ..Default::default()
+    });
+    assert!(err.contains("projector.max_buffered_bytes_per_partition"), "{err}");
+
+    let config = PrismConfig::load(&ConfigSources {
+        env: env(&[
+            ("PRISM__PROJECTOR__MAX_BYTES_IN_FLIGHT", "1048576"),
+            ("PRISM__PROJECTOR__BATCH_MAX_BYTES", "1048576"),
+        ]),
+        ..Default::default()
+    })
+    .expect("a byte budget of one full batch");
+    assert_eq!(config.projector.max_bytes_in_flight, 1_048_576);
+    assert_eq!(config.projector.batch_max_bytes, 1_048_576);
+}

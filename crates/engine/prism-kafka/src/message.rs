@@ -79,6 +79,12 @@ impl ConsumedMessage {
         Self { offset, timestamp_ms, bytes: bytes.into_boxed_slice(), key_end, value_end }
     }
 
+    /// The bytes of its key, value and headers: what holding it costs, less a few dozen bytes
+    /// of bookkeeping. Flow control and batches are bounded by it as well as by message count.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
+    }
+
     /// Its offset in the partition.
     pub fn offset(&self) -> i64 {
         self.offset
@@ -273,5 +279,6 @@ mod tests {
         let message =
             ConsumedMessage::new(0, None, Some(b"0123456789"), Some(&[7; 300]), &[("t", Some(b"x"))]);
         assert_eq!(message.bytes.len(), 10 + 300 + 4 + 1 + 4 + 1);
+        assert_eq!(message.size(), message.bytes.len(), "what flow control counts is what it holds");
     }
 }

@@ -54,6 +54,17 @@ impl std::fmt::Debug for PartitionReader {
     }
 }
 
+/// How large a chunk [`PartitionReader::read`] returns at most: a number of messages, and
+/// bytes of their keys, values and headers (the chunk ends with the message that reaches it,
+/// so it may pass the byte bound by that message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkSize {
+    /// Messages.
+    pub messages: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
 /// A chunk read: its messages and the offset after it.
 #[derive(Debug)]
 pub struct Chunk {
@@ -118,9 +129,11 @@ impl PartitionReader {
         Ok(())
     }
 
-    /// Reads up to `max` messages before `end`.
-    pub async fn read(&self, end: i64, max: usize) -> Result<Chunk, KafkaError> {
-        let mut messages = Vec::with_capacity(max.min(65_536));
+    /// Reads the messages before `end`, up to `max` of them: the chunk ends with the message
+    /// that reaches either of its bounds.
+    pub async fn read(&self, end: i64, max: ChunkSize) -> Result<Chunk, KafkaError> {
+        let mut messages = Vec::with_capacity(max.messages.min(65_536));
+        let mut bytes = 0;
         loop {
             let received = tokio::time::timeout(READ_TIMEOUT, self.consumer.recv()).await.map_err(|_| {
                 KafkaError::Unreachable {
@@ -139,11 +152,13 @@ impl PartitionReader {
                     if offset >= end {
                         return Ok(Chunk { messages, next: end });
                     }
-                    messages.push(ConsumedMessage::from_kafka(&message));
+                    let message = ConsumedMessage::from_kafka(&message);
+                    bytes += message.size();
+                    messages.push(message);
                     if offset + 1 >= end {
                         return Ok(Chunk { messages, next: end });
                     }
-                    if messages.len() >= max {
+                    if messages.len() >= max.messages || bytes >= max.bytes {
                         return Ok(Chunk { messages, next: offset + 1 });
                     }
                 }

@@ -10,8 +10,10 @@
 //! Also against the real broker: a member applies at most `max_concurrent_batches` batches at
 //! once over all its partitions, while batches may be larger than a partition's buffer bound;
 //! the batches running at once hold at most `max_messages_in_flight` messages, yet small ones
-//! use every turn; and a member that has landed everything it received commits at once
-//! instead of waiting for its commit interval.
+//! use every turn; the same bounds hold in bytes when messages are large (a partition pauses on
+//! its buffered bytes, batches and the batches in flight stay within their byte bounds, and a
+//! message larger than every bound is still handled); and a member that has landed everything
+//! it received commits at once instead of waiting for its commit interval.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -81,6 +83,7 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         topics: vec![topic.into()],
         group_instance_id: None,
         batch_max_messages: 10,
+        batch_max_bytes: 64 << 20,
         batch_max_wait: Duration::from_millis(50),
         commit_interval: Duration::from_millis(200),
         commit_when_caught_up: true,
@@ -90,10 +93,12 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         retry_max_backoff: Duration::from_millis(500),
         // Far below what one fetch brings: every partition of a held member is paused.
         max_buffered_per_partition: 20,
+        max_buffered_bytes_per_partition: 64 << 20,
         // One turn per partition: member B's stalled second batches must not keep its other
         // partitions from their first.
         max_concurrent_batches: 4,
         max_messages_in_flight: 100_000,
+        max_bytes_in_flight: 64 << 20,
     }
 }
 
@@ -113,10 +118,20 @@ async fn probe_topic(protocol: GroupProtocol, partitions: u32, group: &str) -> (
 
 /// Produces `count` messages over 64 keys to `topic`, and returns its end offsets.
 async fn produce(env: &TestEnv, topic: &str, count: usize) -> std::collections::BTreeMap<(String, i32), i64> {
+    produce_sized(env, topic, count, 0).await
+}
+
+/// As [`produce`], each value padded to at least `value_bytes`.
+async fn produce_sized(
+    env: &TestEnv,
+    topic: &str,
+    count: usize,
+    value_bytes: usize,
+) -> std::collections::BTreeMap<(String, i32), i64> {
     let producer = producer(&env.config).expect("producer");
     let keys: Vec<String> = (0..count).map(|i| format!("key-{}", i % 64)).collect();
     let sends = keys.iter().enumerate().map(|(i, key)| {
-        let value = format!("message {i}");
+        let value = format!("message {i:<value_bytes$}");
         let producer = &producer;
         async move {
             producer
@@ -208,8 +223,8 @@ async fn paused_partition_comes_back(protocol: GroupProtocol) {
     }
 }
 
-/// Counts the batches running at once and the messages they hold (and the most seen of
-/// each), the largest batch, and every offset handled. Each batch takes a while, so batches of
+/// Counts the batches running at once and the messages and bytes they hold (and the most seen
+/// of each), the largest batch in messages and in bytes, and every offset handled. Each batch takes a while, so batches of
 /// different partitions overlap unless something keeps them apart.
 #[derive(Default)]
 struct Concurrency {
@@ -218,10 +233,22 @@ struct Concurrency {
     messages_running: AtomicUsize,
     most_messages_running: AtomicUsize,
     largest_batch: AtomicUsize,
+    bytes_running: AtomicUsize,
+    most_bytes_running: AtomicUsize,
+    largest_batch_bytes: AtomicUsize,
     handled: Mutex<BTreeMap<i32, BTreeSet<i64>>>,
 }
 
 impl ConsumerObserver for Concurrency {}
+
+/// Fails naming the offsets of `ends` that were never handled.
+fn assert_all_handled(handled: &Mutex<BTreeMap<i32, BTreeSet<i64>>>, ends: &BTreeMap<(String, i32), i64>) {
+    for ((_, partition), end) in ends {
+        let seen = handled.lock().expect("lock").get(partition).cloned().unwrap_or_default();
+        let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
+        assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
+    }
+}
 
 impl BatchHandler for Concurrency {
     async fn handle(
@@ -234,6 +261,10 @@ impl BatchHandler for Concurrency {
         let held = self.messages_running.fetch_add(messages.len(), Ordering::SeqCst) + messages.len();
         self.most_messages_running.fetch_max(held, Ordering::SeqCst);
         self.largest_batch.fetch_max(messages.len(), Ordering::SeqCst);
+        let bytes: usize = messages.iter().map(ConsumedMessage::size).sum();
+        let bytes_held = self.bytes_running.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.most_bytes_running.fetch_max(bytes_held, Ordering::SeqCst);
+        self.largest_batch_bytes.fetch_max(bytes, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.handled
             .lock()
@@ -242,6 +273,7 @@ impl BatchHandler for Concurrency {
             .or_default()
             .extend(messages.iter().map(ConsumedMessage::offset));
         self.messages_running.fetch_sub(messages.len(), Ordering::SeqCst);
+        self.bytes_running.fetch_sub(bytes, Ordering::SeqCst);
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }
@@ -297,11 +329,7 @@ async fn batches_of_a_member_take_turns_and_may_outgrow_the_buffer() {
         largest > 50,
         "the largest batch had {largest} messages: a batch could not grow past the buffer bound (50) to batch_max_messages (200)"
     );
-    for ((_, partition), end) in &ends {
-        let seen = handler.handled.lock().expect("lock").get(partition).cloned().unwrap_or_default();
-        let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
-        assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
-    }
+    assert_all_handled(&handler.handled, &ends);
 }
 
 /// Settings where two full batches fill the message budget but eight turns exist.
@@ -337,11 +365,7 @@ async fn full_batches_share_the_message_budget() {
         largest > 50,
         "the largest batch had {largest} messages: batches no longer outgrow the buffer (50)"
     );
-    for ((_, partition), end) in &ends {
-        let seen = handler.handled.lock().expect("lock").get(partition).cloned().unwrap_or_default();
-        let missing: Vec<i64> = (0..*end).filter(|o| !seen.contains(o)).collect();
-        assert!(missing.is_empty(), "partition {partition}: offsets never handled: {missing:?}");
-    }
+    assert_all_handled(&handler.handled, &ends);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -377,4 +401,91 @@ async fn a_member_that_caught_up_commits_before_its_commit_interval() {
     let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
     wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
     member.shutdown().await;
+}
+
+/// Messages of about 8 KiB each: the byte bounds below bind long before the message counts.
+const LARGE_VALUE_BYTES: usize = 8 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_pauses_on_its_buffered_bytes() {
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 4, "bytes-pause").await;
+    let ends = produce_sized(&env, &topic, 400, LARGE_VALUE_BYTES).await;
+
+    let handler = Arc::new(Recorder::default());
+    handler.held.store(true, Ordering::SeqCst);
+    let mut settings = settings(&env, &topic, &group);
+    // The message count never binds (a partition holds about 100); 64 KiB is 8 messages.
+    settings.max_buffered_per_partition = 100_000;
+    settings.batch_max_messages = 100_000;
+    settings.max_messages_in_flight = 100_000;
+    settings.max_buffered_bytes_per_partition = 64 * 1024;
+    let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
+    wait_until("every partition of the held member is paused on its bytes", Duration::from_secs(60), || {
+        handler.paused.lock().expect("lock").len() == 4
+    })
+    .await;
+    handler.held.store(false, Ordering::SeqCst);
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
+    assert_all_handled(&handler.handled, &ends);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_messages_keep_batches_and_the_batches_in_flight_within_their_bytes() {
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 8, "bytes-budget").await;
+    let ends = produce_sized(&env, &topic, 800, LARGE_VALUE_BYTES).await;
+
+    let handler = Arc::new(Concurrency::default());
+    let mut settings = budget_settings(&env, &topic, &group);
+    // Counts far above what the partitions hold: only the byte bounds can bind.
+    settings.batch_max_messages = 100_000;
+    settings.max_messages_in_flight = 100_000;
+    settings.max_buffered_per_partition = 100_000;
+    settings.batch_max_bytes = 40 * 1024;
+    settings.max_bytes_in_flight = 100 * 1024;
+    settings.max_buffered_bytes_per_partition = 64 * 1024;
+    let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(90)).await;
+    member.shutdown().await;
+
+    let largest = handler.largest_batch_bytes.load(Ordering::SeqCst);
+    assert!(largest <= 40 * 1024, "a batch held {largest} bytes; batch_max_bytes is 40 KiB");
+    assert!(
+        largest > 2 * LARGE_VALUE_BYTES,
+        "the largest batch held {largest} bytes: batches were cut far below their byte bound"
+    );
+    let most_bytes = handler.most_bytes_running.load(Ordering::SeqCst);
+    assert!(
+        most_bytes <= 100 * 1024,
+        "the batches running at once held {most_bytes} bytes; max_bytes_in_flight is 100 KiB"
+    );
+    assert!(handler.most_running.load(Ordering::SeqCst) >= 2, "batches never overlapped under a backlog");
+    assert_all_handled(&handler.handled, &ends);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_larger_than_every_byte_bound_is_handled_alone() {
+    let (env, topic, group) = probe_topic(GroupProtocol::Classic, 2, "bytes-oversize").await;
+    let ends = produce_sized(&env, &topic, 40, LARGE_VALUE_BYTES).await;
+
+    let handler = Arc::new(Concurrency::default());
+    let mut settings = budget_settings(&env, &topic, &group);
+    settings.batch_max_bytes = 1024;
+    settings.max_bytes_in_flight = 1024;
+    settings.max_buffered_bytes_per_partition = 1024;
+    let member = ConsumerRuntime::start(settings, handler.clone()).expect("member");
+    wait_for_commits(&env, &group, &topic, &ends, Duration::from_secs(60)).await;
+    member.shutdown().await;
+
+    assert_eq!(
+        handler.largest_batch.load(Ordering::SeqCst),
+        1,
+        "a batch held more than one oversize message"
+    );
+    assert_eq!(
+        handler.most_running.load(Ordering::SeqCst),
+        1,
+        "oversize batches ran at once: each should take the whole byte budget"
+    );
+    assert_all_handled(&handler.handled, &ends);
 }

@@ -96,6 +96,7 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         topics: vec![topic.into()],
         group_instance_id: None,
         batch_max_messages: 50,
+        batch_max_bytes: 64 << 20,
         batch_max_wait: Duration::from_millis(20),
         commit_interval: Duration::from_millis(500),
         commit_when_caught_up: true,
@@ -104,8 +105,10 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         retry_initial_backoff: Duration::from_millis(50),
         retry_max_backoff: Duration::from_millis(500),
         max_buffered_per_partition: 500,
+        max_buffered_bytes_per_partition: 64 << 20,
         max_concurrent_batches: 4,
         max_messages_in_flight: 100_000,
+        max_bytes_in_flight: 64 << 20,
     }
 }
 

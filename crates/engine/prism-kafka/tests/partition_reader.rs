@@ -5,19 +5,37 @@
 
 use std::time::Duration;
 
-use prism_kafka::partition_reader::PartitionReader;
+use prism_kafka::partition_reader::{ChunkSize, PartitionReader};
 use prism_kafka::ConsumedMessage;
 use prism_testkit::kafka::{end_offsets, producer};
 use prism_testkit::{GroupProtocol, TestEnv};
 use rdkafka::producer::FutureRecord;
 
-/// Reads `from..end` of the reader's partition in chunks of `max`; returns every offset read
-/// and the offset the last chunk said comes next.
+/// Reads `from..end` of the reader's partition in chunks of `max` messages; returns every
+/// offset read and the offset the last chunk said comes next.
 async fn read_range(reader: &PartitionReader, end: i64, max: usize) -> (Vec<i64>, i64) {
+    read_range_in(reader, end, ChunkSize { messages: max, bytes: usize::MAX }).await
+}
+
+/// As [`read_range`], in chunks of at most `max` messages or (up to the message that reaches
+/// it) bytes.
+async fn read_range_in(reader: &PartitionReader, end: i64, max: ChunkSize) -> (Vec<i64>, i64) {
     let mut offsets = Vec::new();
     loop {
         let chunk = reader.read(end, max).await.expect("read");
-        assert!(chunk.messages.len() <= max, "a chunk of {} messages; {max} asked for", chunk.messages.len());
+        assert!(
+            chunk.messages.len() <= max.messages,
+            "a chunk of {} messages; {} asked for",
+            chunk.messages.len(),
+            max.messages
+        );
+        let bytes: usize = chunk.messages.iter().map(ConsumedMessage::size).sum();
+        let last = chunk.messages.last().map_or(0, ConsumedMessage::size);
+        assert!(
+            bytes - last < max.bytes,
+            "a chunk of {bytes} bytes went on past {} bytes (its last message has {last})",
+            max.bytes
+        );
         // Message `i` was produced to partition `i % 2` (see the test), so each value says which
         // partition it came from.
         let (_, partition) = reader.partition();
@@ -85,4 +103,24 @@ async fn ranges_are_read_exactly_also_by_a_reader_that_stopped_fetching_and_move
     let (offsets, next) = read_range(&reader, 600, 1_000).await;
     assert_eq!(offsets, (450..500).collect::<Vec<i64>>(), "partition 0, offsets 450..500");
     assert_eq!(next, 600, "the range is done at its end once the log has nothing more");
+
+    // Chunks bounded by bytes: each message is `message <i>` under a key `key-<k>`, 14 to 17
+    // bytes, so 64 bytes end a chunk at its fourth or fifth message.
+    reader.stop_fetching().expect("stop fetching");
+    reader.retarget(&topic, 1, 0).expect("retarget");
+    let chunk = reader.read(500, ChunkSize { messages: 1_000, bytes: 64 }).await.expect("read");
+    assert!(
+        (4..=5).contains(&chunk.messages.len()),
+        "a 64-byte chunk of {} messages: {:?}",
+        chunk.messages.len(),
+        chunk.messages.iter().map(ConsumedMessage::size).collect::<Vec<_>>()
+    );
+    assert_eq!(chunk.next, chunk.messages.len() as i64);
+    let (offsets, next) = read_range_in(&reader, 500, ChunkSize { messages: 1_000, bytes: 64 }).await;
+    assert_eq!(
+        offsets,
+        (chunk.next..500).collect::<Vec<i64>>(),
+        "partition 1 after the first chunk, in 64-byte chunks"
+    );
+    assert_eq!(next, 500);
 }

@@ -48,6 +48,8 @@ pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> Pri
     // buffered keeps the next one coming without holding two per partition.
     config.projector.max_buffered_per_partition =
         config.projector.max_buffered_per_partition.max(config.projector.batch_max_events / 2);
+    config.projector.max_buffered_bytes_per_partition =
+        config.projector.max_buffered_bytes_per_partition.max(config.projector.batch_max_bytes / 2);
     config
 }
 

@@ -68,8 +68,9 @@ pub struct ProjectionHandler {
     pub progress: Arc<Progress>,
     /// The brokers, for the partition readers of bulk replays.
     pub kafka: prism_config::KafkaConfig,
-    /// Events per chunk of a bulk replay (`projector.replay_chunk_events`).
-    pub replay_chunk_events: usize,
+    /// How large a chunk of a bulk replay is at most (`projector.replay_chunk_events` and
+    /// `projector.replay_chunk_bytes`).
+    pub replay_chunk: prism_kafka::partition_reader::ChunkSize,
     /// The replay ranges of the instances, as far as this process knows them.
     pub replays: crate::replay::Replays,
 }

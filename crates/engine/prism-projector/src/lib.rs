@@ -135,6 +135,7 @@ fn consumer_settings(
         topics: sources.iter().map(|t| t.topic(&config.topics.prefix)).collect(),
         group_instance_id: (!p.group_instance_id.is_empty()).then(|| p.group_instance_id.clone()),
         batch_max_messages: p.batch_max_events,
+        batch_max_bytes: p.batch_max_bytes,
         batch_max_wait: Duration::from_millis(p.batch_max_wait_ms),
         commit_interval: Duration::from_millis(p.commit_interval_ms),
         commit_when_caught_up: p.commit_when_caught_up,
@@ -143,8 +144,10 @@ fn consumer_settings(
         retry_initial_backoff: Duration::from_millis(p.retry_initial_backoff_ms),
         retry_max_backoff: Duration::from_millis(p.retry_max_backoff_ms),
         max_buffered_per_partition: p.max_buffered_per_partition,
+        max_buffered_bytes_per_partition: p.max_buffered_bytes_per_partition,
         max_concurrent_batches: p.max_concurrent_batches,
         max_messages_in_flight: p.max_messages_in_flight,
+        max_bytes_in_flight: p.max_bytes_in_flight,
     }
 }
 
@@ -212,7 +215,10 @@ pub async fn run_with(
         producer: producer.clone(),
         progress: progress.clone(),
         kafka: config.kafka.clone(),
-        replay_chunk_events: config.projector.replay_chunk_events,
+        replay_chunk: prism_kafka::partition_reader::ChunkSize {
+            messages: config.projector.replay_chunk_events,
+            bytes: config.projector.replay_chunk_bytes,
+        },
         replays: replay::Replays::default(),
     });
     let mut consumer = ConsumerRuntime::start(consumer_settings(&config, &app, &instances), handler.clone())?;

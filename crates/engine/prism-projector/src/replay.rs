@@ -3,7 +3,7 @@
 //! land exactly once).
 //!
 //! A range is loaded by reading its partition directly ([`PartitionReader`]) in chunks of
-//! `projector.replay_chunk_events`, decoding them as a batch is decoded, and landing each
+//! `projector.replay_chunk_events` (or `projector.replay_chunk_bytes`), decoding them as a batch is decoded, and landing each
 //! chunk with its progress in one transaction; then, as after a batch, the cache is written,
 //! dead letters are copied to their topic and healable chains redriven. Two paths load:
 //!
@@ -308,8 +308,7 @@ impl ProjectionHandler {
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         while !range.is_loaded() {
             let at = Instant::now();
-            let chunk =
-                reader.read(range.end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
+            let chunk = reader.read(range.end, self.replay_chunk).await.map_err(|e| transient("kafka", e))?;
             reading += at.elapsed();
             let at = Instant::now();
             let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
@@ -435,8 +434,7 @@ impl ProjectionHandler {
             (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
         while !ranges[0].1.is_loaded() {
             let at = Instant::now();
-            let chunk =
-                reader.read(end, self.replay_chunk_events).await.map_err(|e| transient("kafka", e))?;
+            let chunk = reader.read(end, self.replay_chunk).await.map_err(|e| transient("kafka", e))?;
             reading += at.elapsed();
             let at = Instant::now();
             let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
@@ -535,10 +533,8 @@ impl ProjectionHandler {
         tracing::info!(%instance, topic = %range.topic, partition = range.partition, from = range.settled_to, to = range.loaded_to, "redelivering a replayed part whose cache and dead letters may be missing");
         let mut at = range.settled_to;
         while at < range.loaded_to {
-            let chunk = reader
-                .read(range.loaded_to, self.replay_chunk_events)
-                .await
-                .map_err(|e| transient("kafka", e))?;
+            let chunk =
+                reader.read(range.loaded_to, self.replay_chunk).await.map_err(|e| transient("kafka", e))?;
             let decoded: Vec<SourceMessage> = self.decode_chunk(&chunk.messages, source);
             // Slices still to redeliver, in offset order (last pushed is next).
             let mut pending: Vec<&[SourceMessage]> = vec![&decoded];

@@ -2,7 +2,7 @@
 //! revocation) and statistics (lag per partition).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::settings::ConsumerSettings;
-use super::worker::{self, WorkerChannels};
+use super::worker::{self, Buffered, WorkerChannels};
 use super::{BatchHandler, PartitionId};
 use crate::message::ConsumedMessage;
 
@@ -29,8 +29,8 @@ pub(super) struct Landed {
 pub(super) struct WorkerHandle {
     /// Messages for the worker, in offset order.
     pub messages: mpsc::UnboundedSender<ConsumedMessage>,
-    /// Messages sent but not yet taken into a batch (flow control).
-    pub buffered: Arc<AtomicUsize>,
+    /// Messages (and bytes) sent but not yet taken into a batch (flow control).
+    pub buffered: Arc<Buffered>,
     /// Timestamp (ms) of the oldest message seen and not yet landed; 0 when none.
     pub oldest_pending_ms: Arc<AtomicI64>,
     /// Whether the partition is paused because the worker fell behind.
@@ -51,6 +51,8 @@ pub(super) struct Shared<H> {
     pub turns: Arc<tokio::sync::Semaphore>,
     /// Messages the batches in flight may hold (`max_messages_in_flight`).
     pub messages_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bytes the batches in flight may hold (`max_bytes_in_flight`).
+    pub bytes_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl<H> Shared<H> {
@@ -63,7 +65,7 @@ impl<H: BatchHandler> Shared<H> {
     fn start_worker(&self, partition: PartitionId) -> WorkerHandle {
         let (messages, receiver) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
-        let buffered = Arc::new(AtomicUsize::new(0));
+        let buffered = Arc::new(Buffered::default());
         let oldest_pending_ms = Arc::new(AtomicI64::new(0));
         let channels = WorkerChannels {
             messages: receiver,
@@ -73,6 +75,8 @@ impl<H: BatchHandler> Shared<H> {
             landed: self.landed_tx.clone(),
             turns: self.turns.clone(),
             messages_in_flight: self.messages_in_flight.clone(),
+            bytes_in_flight: self.bytes_in_flight.clone(),
+            held_over: None,
         };
         let join =
             self.runtime.spawn(worker::run(partition, self.handler.clone(), self.settings.clone(), channels));
@@ -125,8 +129,7 @@ impl<H: BatchHandler> Shared<H> {
     /// flight.
     pub fn all_landed(&self) -> bool {
         self.workers().values().all(|worker| {
-            worker.buffered.load(Ordering::Relaxed) == 0
-                && worker.oldest_pending_ms.load(Ordering::Relaxed) == 0
+            worker.buffered.messages() == 0 && worker.oldest_pending_ms.load(Ordering::Relaxed) == 0
         })
     }
 

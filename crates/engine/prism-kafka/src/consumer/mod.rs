@@ -7,12 +7,12 @@
 //!   its partition's worker, pauses partitions whose worker falls behind (and resumes them),
 //!   stores the offsets workers report as landed, and serves rebalance callbacks;
 //! - one tokio task per assigned partition (`worker`) fills a batch (up to
-//!   `batch_max_messages`, or whatever arrived within `batch_max_wait`), waits for a turn (at
-//!   most `max_concurrent_batches` workers of the member hold one; none is held while a batch
-//!   fills) and for room for the messages it may grow to (the batches in flight hold at most
-//!   `max_messages_in_flight`: full batches bound memory, small ones use every turn) and hands
-//!   it to the [`BatchHandler`], retrying transient failures with capped exponential backoff —
-//!   never skipping a batch;
+//!   `batch_max_messages` or `batch_max_bytes`, or whatever arrived within `batch_max_wait`),
+//!   waits for a turn (at most `max_concurrent_batches` workers of the member hold one; none is
+//!   held while a batch fills) and for room for the messages it may grow to (the batches in
+//!   flight hold at most `max_messages_in_flight` and `max_bytes_in_flight`: full batches bound
+//!   memory, small ones use every turn) and hands it to the [`BatchHandler`], retrying
+//!   transient failures with capped exponential backoff — never skipping a batch;
 //! - offsets: `enable.auto.commit=true` with `enable.auto.offset.store=false`: librdkafka
 //!   commits periodically only what this runtime stored, and the runtime stores an offset only
 //!   after the handler returned `Ok` for every message before it (invariant 1). When every
@@ -20,9 +20,11 @@
 //!   100 ms) rather than at the next interval: a member that caught up shows no lag. On
 //!   revocation and shutdown the runtime commits synchronously.
 //!
-//! Flow control: a partition whose worker has `max_buffered_per_partition` messages waiting
-//! (a batch still waiting for its turn counts) is paused, and resumed once half of them were
-//! taken. A batch that gets its turn leaves the count; if its partition had reached the bound
+//! Flow control: a partition whose worker has `max_buffered_per_partition` messages or
+//! `max_buffered_bytes_per_partition` bytes waiting (a batch still waiting for its turn counts)
+//! is paused, and resumed once at most half of each is left. Batches and the budget of the
+//! batches in flight are bounded in bytes too (`batch_max_bytes`, `max_bytes_in_flight`), so a
+//! member's memory stays bounded when messages are large, whatever their count. A batch that gets its turn leaves the count; if its partition had reached the bound
 //! (a backlog) it keeps filling from the resumed fetch, so a batch can outgrow the buffer
 //! while the member's memory stays bounded by partitions × buffer plus the messages in flight.
 //! librdkafka keeps such a pause across unassignment, so every newly assigned partition is

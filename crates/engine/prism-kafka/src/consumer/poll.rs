@@ -40,6 +40,7 @@ impl PollThread {
             messages_in_flight: Arc::new(tokio::sync::Semaphore::new(super::worker::message_budget(
                 &settings,
             ))),
+            bytes_in_flight: Arc::new(tokio::sync::Semaphore::new(super::worker::byte_budget(&settings))),
         });
         let consumer: BaseConsumer<RuntimeContext<H>> =
             client_config(&settings).create_with_context(RuntimeContext { shared: shared.clone() })?;
@@ -210,31 +211,28 @@ fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: &rdkafka::message::Bor
         std::sync::atomic::Ordering::Relaxed,
         std::sync::atomic::Ordering::Relaxed,
     );
-    worker.buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if worker.messages.send(ConsumedMessage::from_kafka(message)).is_err() {
+    let message = ConsumedMessage::from_kafka(message);
+    worker.buffered.add(&message);
+    if worker.messages.send(message).is_err() {
         tracing::debug!(%partition, "worker gone; message dropped");
     }
 }
 
-/// Pauses partitions whose worker has too much waiting, resumes them once it caught up.
+/// Pauses partitions whose worker has too much waiting (messages or bytes), resumes them once
+/// it caught up.
 /// Paused, librdkafka stops fetching for the partition; resumed, it fetches from after the
 /// last message it handed over, so no message is lost or repeated.
 fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, shared: &Shared<H>) {
-    let high = shared.settings.max_buffered_per_partition.max(1);
-    // Resumed with half left: the worker has a batch or so to work on while the next fetch
-    // comes back.
-    let low = high / 2;
     // Runs after every message: the lists (librdkafka allocations) are made only when a
     // partition changes state, which is rare.
     let (mut to_pause, mut to_resume) = (None, None);
     {
         let mut workers = shared.workers();
         for (partition, worker) in workers.iter_mut() {
-            let buffered = worker.buffered.load(Ordering::Relaxed);
-            let list = if !worker.paused && buffered >= high {
+            let list = if !worker.paused && worker.buffered.is_full(&shared.settings) {
                 worker.paused = true;
                 &mut to_pause
-            } else if worker.paused && buffered <= low {
+            } else if worker.paused && worker.buffered.may_resume(&shared.settings) {
                 worker.paused = false;
                 &mut to_resume
             } else {
@@ -289,6 +287,7 @@ mod tests {
             topics: vec!["topic".into()],
             group_instance_id: None,
             batch_max_messages: 10,
+            batch_max_bytes: 64 << 20,
             batch_max_wait: Duration::from_millis(20),
             commit_interval: Duration::from_secs(1),
             commit_when_caught_up: true,
@@ -297,8 +296,10 @@ mod tests {
             retry_initial_backoff: Duration::from_millis(50),
             retry_max_backoff: Duration::from_secs(1),
             max_buffered_per_partition: 100,
+            max_buffered_bytes_per_partition: 64 << 20,
             max_concurrent_batches: 2,
             max_messages_in_flight: 20,
+            max_bytes_in_flight: 64 << 20,
         }
     }
 

@@ -20,6 +20,9 @@ pub struct ConsumerSettings {
     pub group_instance_id: Option<String>,
     /// Most messages per batch.
     pub batch_max_messages: usize,
+    /// Most bytes per batch (of its messages' keys, values and headers): a batch closes before
+    /// the message that would take it past this, unless that message is its first.
+    pub batch_max_bytes: usize,
     /// Longest wait for a batch to fill once its first message arrived.
     pub batch_max_wait: Duration,
     /// How often librdkafka commits the stored offsets.
@@ -37,6 +40,9 @@ pub struct ConsumerSettings {
     pub retry_max_backoff: Duration,
     /// Messages buffered for one partition above which it is paused.
     pub max_buffered_per_partition: usize,
+    /// Bytes buffered for one partition above which it is paused, whatever the message count:
+    /// with large messages this bound is reached first.
+    pub max_buffered_bytes_per_partition: usize,
     /// Batches handled at once over all partitions of this member; a filled batch waits for
     /// its turn still counted in its partition's buffer.
     pub max_concurrent_batches: usize,
@@ -45,4 +51,8 @@ pub struct ConsumerSettings {
     /// use every turn; full ones (a backlog) only as many as this allows, which bounds the
     /// member's memory. At least `batch_max_messages`.
     pub max_messages_in_flight: usize,
+    /// Bytes in the batches handled at once, as `max_messages_in_flight` counts messages: a
+    /// batch holds room for the bytes it may grow to while it runs. At least `batch_max_bytes`;
+    /// a single message larger than the whole budget runs with all of it.
+    pub max_bytes_in_flight: usize,
 }
