@@ -8,7 +8,11 @@
 //! librdkafka's heap (a list and one allocation per header) — for what a partition's worker
 //! already knows (the topic) or reads once (the headers, at decoding). Holding the bytes back
 //! to back makes a message cost its bytes and a few dozen more, and lets the poll thread copy
-//! it out of librdkafka with one allocation.
+//! it out of librdkafka with one allocation. The bytes are shared ([`Bytes`]): a decoded
+//! message keeps its key and value (for a dead letter it may become) as views of them, not
+//! copies.
+
+use bytes::Bytes;
 
 use rdkafka::message::{Headers, Message};
 
@@ -22,7 +26,7 @@ pub struct ConsumedMessage {
     /// the epoch, when it has one.
     timestamp_ms: Option<i64>,
     /// The key, then the value, then the headers (see [`encode_header`]).
-    bytes: Box<[u8]>,
+    bytes: Bytes,
     /// Where the key ends in `bytes`; `None` when the message has no key.
     key_end: Option<usize>,
     /// Where the value ends in `bytes` (it starts where the key ends); `None` when the
@@ -76,7 +80,7 @@ impl ConsumedMessage {
         for (name, value) in headers() {
             encode_header(&mut bytes, name, value);
         }
-        Self { offset, timestamp_ms, bytes: bytes.into_boxed_slice(), key_end, value_end }
+        Self { offset, timestamp_ms, bytes: Bytes::from(bytes), key_end, value_end }
     }
 
     /// The bytes of its key, value and headers: what holding it costs, less a few dozen bytes
@@ -104,6 +108,18 @@ impl ConsumedMessage {
     pub fn payload(&self) -> Option<&[u8]> {
         let start = self.key_end.unwrap_or(0);
         self.value_end.map(|end| &self.bytes[start..end])
+    }
+
+    /// Its key as a view that shares the message's bytes (no copy), for keeping it beyond
+    /// the message.
+    pub fn shared_key(&self) -> Option<Bytes> {
+        self.key_end.map(|end| self.bytes.slice(..end))
+    }
+
+    /// Its value as a view that shares the message's bytes (no copy).
+    pub fn shared_payload(&self) -> Option<Bytes> {
+        let start = self.key_end.unwrap_or(0);
+        self.value_end.map(|end| self.bytes.slice(start..end))
     }
 
     /// Its headers in the order they were sent: name and value (`None` for a header without
@@ -280,5 +296,18 @@ mod tests {
             ConsumedMessage::new(0, None, Some(b"0123456789"), Some(&[7; 300]), &[("t", Some(b"x"))]);
         assert_eq!(message.bytes.len(), 10 + 300 + 4 + 1 + 4 + 1);
         assert_eq!(message.size(), message.bytes.len(), "what flow control counts is what it holds");
+    }
+
+    #[test]
+    fn shared_key_and_value_are_views_of_the_message() {
+        let message = ConsumedMessage::new(0, None, Some(b"key"), Some(b"value"), &[("t", Some(b"x"))]);
+        let (key, value) = (message.shared_key().expect("a key"), message.shared_payload().expect("a value"));
+        assert_eq!((&key[..], &value[..]), (&b"key"[..], &b"value"[..]));
+        assert_eq!(key.as_ptr(), message.bytes.as_ptr(), "the key is not a copy");
+        assert_eq!(value.as_ptr(), message.bytes[3..].as_ptr(), "the value is not a copy");
+        let tombstone = ConsumedMessage::new(1, None, None, None, &[]);
+        assert_eq!((tombstone.shared_key(), tombstone.shared_payload()), (None, None));
+        let empty = ConsumedMessage::new(2, None, Some(b""), Some(b""), &[]);
+        assert_eq!((empty.shared_key(), empty.shared_payload()), (Some(Bytes::new()), Some(Bytes::new())));
     }
 }

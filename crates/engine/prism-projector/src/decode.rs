@@ -16,8 +16,7 @@ pub fn decode(
     topic_type: AggregateType,
     limits: &Limits,
 ) -> SourceMessage {
-    let key = message.key().map(<[u8]>::to_vec);
-    let value = message.payload().map(<[u8]>::to_vec);
+    let (key, value) = (message.shared_key(), message.shared_payload());
     let key_id =
         message.key().and_then(|k| std::str::from_utf8(k).ok()).and_then(|k| Uuid::parse_str(k).ok());
     let content = match decode_content(message, events, topic_type, limits, key_id) {

@@ -159,8 +159,8 @@ pub fn decode_stored(app: &Application, limits: &Limits, letter: &DeadLetter) ->
     let Some(topic_type) = topic_type else {
         return SourceMessage {
             offset: letter.source_offset,
-            key: letter.message_key.clone(),
-            value: letter.message_value.clone(),
+            key: letter.message_key.clone().map(Into::into),
+            value: letter.message_value.clone().map(Into::into),
             content: MessageContent::Poison(Poison {
                 aggregate: letter.aggregate(),
                 aggregate_version: letter.aggregate_version.and_then(|v| u64::try_from(v).ok()),

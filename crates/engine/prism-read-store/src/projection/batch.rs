@@ -10,10 +10,10 @@ use prism_projections::AggregateKey;
 pub struct SourceMessage {
     /// Its offset in the partition.
     pub offset: i64,
-    /// The message key as received.
-    pub key: Option<Vec<u8>>,
-    /// The message value as received (kept for the dead-letter record).
-    pub value: Option<Vec<u8>>,
+    /// The message key as received (a view of the consumed message's bytes, not a copy).
+    pub key: Option<bytes::Bytes>,
+    /// The message value as received, kept for the dead-letter record it may become.
+    pub value: Option<bytes::Bytes>,
     /// The decoded event, or why it is poison.
     pub content: MessageContent,
 }
@@ -122,8 +122,8 @@ impl DeadLetterRecord {
             source_topic: topic.to_owned(),
             source_partition: partition,
             source_offset: message.offset,
-            message_key: message.key.clone(),
-            message_value: message.value.clone(),
+            message_key: message.key.as_deref().map(<[u8]>::to_vec),
+            message_value: message.value.as_deref().map(<[u8]>::to_vec),
             aggregate_type,
             aggregate_id,
             aggregate_version,
