@@ -226,6 +226,9 @@ fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, sha
     // Runs after every message: the lists (librdkafka allocations) are made only when a
     // partition changes state, which is rare.
     let (mut to_pause, mut to_resume) = (None, None);
+    // The observer is told after the workers' lock is released: it is the application's code,
+    // and the poll thread's dispatch and the rebalance callbacks wait for that lock.
+    let mut changed: Vec<(PartitionId, bool)> = Vec::new();
     {
         let mut workers = shared.workers();
         for (partition, worker) in workers.iter_mut() {
@@ -238,10 +241,13 @@ fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, sha
             } else {
                 continue;
             };
-            shared.handler.on_flow_control(partition, worker.paused);
+            changed.push((partition.clone(), worker.paused));
             list.get_or_insert_with(TopicPartitionList::new)
                 .add_partition(&partition.topic, partition.partition);
         }
+    }
+    for (partition, paused) in &changed {
+        shared.handler.on_flow_control(partition, *paused);
     }
     if let Some(to_pause) = to_pause {
         if let Err(err) = consumer.pause(&to_pause) {
