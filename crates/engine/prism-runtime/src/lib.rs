@@ -1,6 +1,6 @@
 //! Process plumbing shared by Prism's binaries, so each binary only wires adapters together.
 //!
-//! - [`allocator`]: how soon jemalloc returns freed pages, set before a service starts.
+//! - [`allocator`]: jemalloc's options (one arena, freed pages returned after 2 s).
 //! - [`logging`]: tracing subscriber set up from `[log]` (text or JSON lines).
 //! - [`metric_names`]: every metric name Prism exports, in one place; dashboards, alert
 //!   rules and their tests refer to these.
@@ -13,8 +13,8 @@
 //! Linking this crate also sets the process's memory allocator to jemalloc: a projector batch
 //! allocates and frees tens of thousands of small JSON values across the runtime's threads, and
 //! with glibc's malloc half of the projector's CPU went to allocating, freeing and
-//! consolidating them (BENCHMARKS.md, "Where Prism's microseconds go"). [`allocator`] sets how
-//! soon it returns freed memory.
+//! consolidating them (BENCHMARKS.md, "Where Prism's microseconds go"). [`allocator`] sets its
+//! arenas and how soon it returns freed memory.
 
 #![deny(missing_docs)]
 

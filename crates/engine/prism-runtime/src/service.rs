@@ -24,8 +24,13 @@ where
         }
     };
     crate::logging::init(&config.log);
-    if let Err(err) = crate::allocator::return_freed_memory_sooner() {
-        tracing::warn!(error = %err, "jemalloc refused its decay setting; freed memory is returned at its default pace");
+    match crate::allocator::settings() {
+        Ok(allocator) => tracing::info!(
+            arenas = allocator.arenas,
+            dirty_decay_ms = allocator.dirty_decay_ms,
+            "memory allocator: jemalloc"
+        ),
+        Err(err) => tracing::warn!(error = %err, "jemalloc's settings could not be read"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

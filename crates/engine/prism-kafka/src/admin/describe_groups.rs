@@ -7,7 +7,7 @@
 //! to DescribeGroups for classic groups (librdkafka 2.10+), so it describes groups of both
 //! protocols, over the client's own connection settings (TLS, SASL). rust-rdkafka does not wrap
 //! it, so this module calls the C API: one of the workspace's two modules with `unsafe` code
-//! (the other sets jemalloc's decay, `prism_runtime::allocator`), kept to the calls below, each
+//! (the other sets jemalloc's options, `prism_runtime::allocator`), kept to the calls below, each
 //! with what makes it sound.
 #![allow(unsafe_code)]
 
