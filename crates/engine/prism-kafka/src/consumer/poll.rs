@@ -163,9 +163,10 @@ fn poll_loop<H: BatchHandler>(
     // Offsets stored since the last commit this loop made, and when it made it.
     let mut uncommitted = false;
     let mut last_caught_up_commit = Instant::now();
+    let mut last_partition = LastPartition::default();
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(POLL_INTERVAL) {
-            Some(Ok(message)) => dispatch(shared, &message),
+            Some(Ok(message)) => dispatch(shared, &message, &mut last_partition),
             Some(Err(err)) => {
                 let fatal = consumer.client().fatal_error();
                 if let Some((code, reason)) = fatal {
@@ -193,12 +194,34 @@ fn poll_loop<H: BatchHandler>(
     "stopped".into()
 }
 
+/// The partition of the message dispatched last. A fetch response hands over its messages a
+/// partition at a time, so the next message's partition is almost always this one, and its
+/// [`PartitionId`] (which owns the topic's name) is made only when the partition changes
+/// rather than once per message.
+#[derive(Default)]
+struct LastPartition(Option<PartitionId>);
+
+impl LastPartition {
+    fn of(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> &PartitionId {
+        let (topic, number) = (message.topic(), message.partition());
+        match &mut self.0 {
+            Some(last) if last.partition == number && last.topic == topic => {}
+            slot => *slot = Some(PartitionId { topic: topic.to_owned(), partition: number }),
+        }
+        self.0.as_ref().expect("set above")
+    }
+}
+
 /// Hands a message to its partition's worker, copied out of librdkafka (which frees its own
 /// copy, and the fetch response it points into, once the message is dropped).
-fn dispatch<H: BatchHandler>(shared: &Shared<H>, message: &rdkafka::message::BorrowedMessage<'_>) {
-    let partition = PartitionId { topic: message.topic().to_owned(), partition: message.partition() };
+fn dispatch<H: BatchHandler>(
+    shared: &Shared<H>,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    last_partition: &mut LastPartition,
+) {
+    let partition = last_partition.of(message);
     let workers = shared.workers();
-    let Some(worker) = workers.get(&partition) else {
+    let Some(worker) = workers.get(partition) else {
         // Only possible for a message fetched just before its partition was revoked: the
         // next owner reads it again from the committed offset.
         tracing::debug!(%partition, offset = message.offset(), "message for a partition without worker dropped");
