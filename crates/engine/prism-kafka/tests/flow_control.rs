@@ -83,7 +83,11 @@ fn settings(env: &TestEnv, topic: &str, group: &str) -> ConsumerSettings {
         topics: vec![topic.into()],
         group_instance_id: None,
         batch_max_messages: 10,
-        batch_max_bytes: 64 << 20,
+        // The byte bounds stay out of the way of the message bounds these tests are about,
+        // with room in flight for eight full batches: a batch of a partition with a backlog
+        // takes room for a full batch while it fills, so with a byte budget of one full
+        // batch such batches could only run one at a time.
+        batch_max_bytes: 8 << 20,
         batch_max_wait: Duration::from_millis(50),
         commit_interval: Duration::from_millis(200),
         commit_when_caught_up: true,
