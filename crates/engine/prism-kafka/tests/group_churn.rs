@@ -10,7 +10,10 @@
 //!   still for longer than a session timeout while it is behind;
 //! - **commits failing with a stale member epoch**: failed commits are counted; whatever
 //!   failed must be carried by a later commit, so when the last members stop the committed
-//!   offsets are exactly the end of every partition, and no offset was skipped by anyone.
+//!   offsets are exactly the end of every partition, and no offset was skipped by anyone;
+//! - **a leaving member's last commit refused because its group is rebalancing**: a member
+//!   stops while a batch of its takes seconds and another member has just joined; what it
+//!   landed must be committed on its way out, so its successor handles none of it again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,16 +49,25 @@ struct Journal {
     entries: Mutex<Vec<Handled>>,
     commits_failed: Mutex<BTreeMap<String, usize>>,
     commits_ok: AtomicUsize,
+    /// Partitions revoked from member 0 so far.
+    revoked_from_first: AtomicUsize,
 }
 
-/// A member's handler: journals every offset, taking a little time per batch as real work
-/// does.
+/// A member's handler: journals every offset once its batch is done, taking `batch_time`
+/// per batch as real work does.
 struct Member {
     id: usize,
     journal: Arc<Journal>,
+    batch_time: Duration,
 }
 
 impl ConsumerObserver for Member {
+    fn on_rebalance(&self, _added: &[PartitionId], removed: &[PartitionId], _total: usize) {
+        if self.id == 0 {
+            self.journal.revoked_from_first.fetch_add(removed.len(), Ordering::SeqCst);
+        }
+    }
+
     fn on_commit(&self, error: Option<&str>) {
         match error {
             None => {
@@ -74,7 +86,7 @@ impl BatchHandler for Member {
         partition: &PartitionId,
         messages: &[ConsumedMessage],
     ) -> Result<(), TransientError> {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(self.batch_time).await;
         let mut entries = self.journal.entries.lock().expect("lock");
         for message in messages {
             entries.push(Handled {
@@ -141,7 +153,7 @@ async fn churn(protocol: GroupProtocol) {
     let journal = Arc::new(Journal::default());
     let producer = producer(&env.config).expect("producer");
     let start = |id: usize| {
-        let member = Arc::new(Member { id, journal: journal.clone() });
+        let member = Arc::new(Member { id, journal: journal.clone(), batch_time: Duration::from_millis(5) });
         ConsumerRuntime::start(settings(&env, &topic, &group), member).expect("member starts")
     };
 
@@ -234,6 +246,77 @@ async fn churn(protocol: GroupProtocol) {
         journal.commits_ok.load(Ordering::Relaxed)
     );
     assert!(longest_stall < LONGEST_STALL, "the group made no progress for {longest_stall:?} while behind");
+}
+
+group_protocol_tests!(a_member_leaving_while_its_group_rebalances_commits_what_it_landed => leave_while_rebalancing);
+
+async fn leave_while_rebalancing(protocol: GroupProtocol) {
+    prism_testkit::init_logging();
+    let app = prism_testkit::probe::application();
+    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", PARTITIONS)])
+        .await
+        .expect("test environment");
+    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let topics = vec![topic.clone()];
+    let group = env.group("leave-while-rebalancing");
+    let producer = producer(&env.config).expect("producer");
+    produce(&producer, &topic, 0, 4_000).await;
+    let ends = end_offsets(&env.config, &topics).await.expect("end offsets");
+    let journal = Arc::new(Journal::default());
+
+    // Only the commits made on the way out (on revocation, on stopping) move the group's
+    // offsets, and the first member's batches take long enough that stopping it blocks its
+    // poll thread while the rebalance the second member starts goes on.
+    let mut leaving_settings = settings(&env, &topic, &group);
+    leaving_settings.commit_interval = Duration::from_secs(3600);
+    leaving_settings.commit_when_caught_up = false;
+    leaving_settings.shutdown_deadline = Duration::from_secs(5);
+    leaving_settings.max_concurrent_batches = 8;
+    let leaving = ConsumerRuntime::start(
+        leaving_settings,
+        Arc::new(Member { id: 0, journal: journal.clone(), batch_time: Duration::from_millis(1_500) }),
+    )
+    .expect("first member");
+    let landed_some = tokio::time::Instant::now() + Duration::from_secs(30);
+    while journal.entries.lock().expect("lock").is_empty() {
+        assert!(tokio::time::Instant::now() < landed_some, "the first member landed nothing within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let staying = ConsumerRuntime::start(
+        settings(&env, &topic, &group),
+        Arc::new(Member { id: 1, journal: journal.clone(), batch_time: Duration::from_millis(5) }),
+    )
+    .expect("second member");
+    // The second member's join takes partitions from the first in two rebalances (both
+    // protocols move partitions incrementally): the first member is stopped as soon as it
+    // gave some up, while the group still has the rest to settle.
+    let revoked = tokio::time::Instant::now() + Duration::from_secs(30);
+    while journal.revoked_from_first.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < revoked, "no partition moved to the second member within 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leaving.shutdown().await;
+    wait_committed(&env, &group, &topics, &ends, Duration::from_secs(90)).await;
+    staying.shutdown().await;
+
+    let entries = journal.entries.lock().expect("lock").clone();
+    let landed_by_first: BTreeSet<(i32, i64)> =
+        entries.iter().filter(|h| h.member == 0).map(|h| (h.partition, h.offset)).collect();
+    assert!(!landed_by_first.is_empty(), "the first member landed nothing");
+    let again: Vec<(i32, i64)> = entries
+        .iter()
+        .filter(|h| h.member == 1 && landed_by_first.contains(&(h.partition, h.offset)))
+        .map(|h| (h.partition, h.offset))
+        .collect();
+    let failed = journal.commits_failed.lock().expect("lock").clone();
+    assert!(
+        again.is_empty(),
+        "{} of the {} offsets the first member landed were handled again by the second (first: {:?}): \
+         its commit on the way out was lost; failed commits {failed:?}",
+        again.len(),
+        landed_by_first.len(),
+        again.first()
+    );
 }
 
 async fn wait_committed(

@@ -53,6 +53,9 @@ pub(super) struct Shared<H> {
     pub messages_in_flight: Arc<tokio::sync::Semaphore>,
     /// Bytes the batches in flight may hold (`max_bytes_in_flight`).
     pub bytes_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Set when the member starts leaving the group: partitions assigned from then on (a
+    /// rebalance served while the last commit waits for it) get no worker.
+    pub leaving: std::sync::atomic::AtomicBool,
 }
 
 impl<H> Shared<H> {
@@ -230,6 +233,15 @@ impl<H: BatchHandler> ConsumerContext for RuntimeContext<H> {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
+            Rebalance::Assign(tpl) if self.shared.leaving.load(Ordering::SeqCst) => {
+                // Nothing of them is stored here: the next owner reads them from the
+                // committed offsets once this member has left.
+                tracing::info!(
+                    group = %self.shared.settings.group_id,
+                    partitions = %list(&partitions_of(tpl)),
+                    "partitions assigned while leaving; left to their next owner"
+                );
+            }
             Rebalance::Assign(tpl) => {
                 let mut added = Vec::new();
                 let total = {

@@ -18,7 +18,10 @@
 //!   after the handler returned `Ok` for every message before it (invariant 1). When every
 //!   worker has landed all it received, the stored offsets are committed at once (at most every
 //!   100 ms) rather than at the next interval: a member that caught up shows no lag. On
-//!   revocation and shutdown the runtime commits synchronously.
+//!   revocation and shutdown the runtime commits synchronously; a shutdown commit the broker
+//!   refuses because the group is rebalancing is made again once the member has rejoined
+//!   (within the shutdown deadline, at least a second), and partitions assigned meanwhile get
+//!   no worker.
 //!
 //! Flow control: a partition whose worker has `max_buffered_per_partition` messages or
 //! `max_buffered_bytes_per_partition` bytes waiting (a batch still waiting for its turn counts)

@@ -41,6 +41,7 @@ impl PollThread {
                 &settings,
             ))),
             bytes_in_flight: Arc::new(tokio::sync::Semaphore::new(super::worker::byte_budget(&settings))),
+            leaving: AtomicBool::new(false),
         });
         let consumer: BaseConsumer<RuntimeContext<H>> =
             client_config(&settings).create_with_context(RuntimeContext { shared: shared.clone() })?;
@@ -287,15 +288,70 @@ fn flow_control<H: BatchHandler>(consumer: &BaseConsumer<RuntimeContext<H>>, sha
 /// Stops every worker (in-flight batches finish or are aborted at the deadline), commits
 /// what landed, and leaves the group.
 fn shut_down<H: BatchHandler>(consumer: BaseConsumer<RuntimeContext<H>>, shared: &Shared<H>) {
+    let started = Instant::now();
+    shared.leaving.store(true, Ordering::SeqCst);
     let partitions: Vec<PartitionId> = shared.workers().keys().cloned().collect();
     shared.stop_workers(&partitions);
     shared.store_landed(&consumer);
-    shared.commit(&consumer, CommitMode::Sync);
+    commit_before_leaving(&consumer, shared, started + shared.settings.shutdown_deadline);
     shared.handler.on_rebalance(&[], &partitions, 0);
     consumer.unsubscribe();
     // Dropping closes the consumer: it leaves the group (dynamic members) and serves the
     // final revocation, which finds nothing left to stop.
     drop(consumer);
+}
+
+/// Least time the last commit is tried for through a rebalance, even when stopping the
+/// workers used up the shutdown deadline.
+const LEAVING_COMMIT_MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// The member's last commit, made again while its group rebalances.
+///
+/// Stopping the workers blocks the poll thread (up to the shutdown deadline), and a rebalance
+/// that began meanwhile (a member joining) finds this member on a generation (or, under
+/// KIP-848, a member epoch) the broker no longer accepts commits from. Without the commit,
+/// the next owner would read again everything this member landed since its previous commit:
+/// nothing is applied twice (the version gates skip it), but it is work done twice. Polling
+/// lets librdkafka rejoin; a partition the rejoin revokes is committed by the revocation
+/// callback, the rest by the next attempt here.
+fn commit_before_leaving<H: BatchHandler>(
+    consumer: &BaseConsumer<RuntimeContext<H>>,
+    shared: &Shared<H>,
+    deadline: Instant,
+) {
+    use rdkafka::types::RDKafkaErrorCode;
+    let deadline = deadline.max(Instant::now() + LEAVING_COMMIT_MIN_WAIT);
+    loop {
+        let code = match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => return,
+            Err(err) => err.rdkafka_error_code(),
+        };
+        let rebalancing = matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::RebalanceInProgress
+                    | RDKafkaErrorCode::IllegalGeneration
+                    | RDKafkaErrorCode::StaleMemberEpoch
+            )
+        );
+        match code {
+            // Nothing stored since the last commit (or the revocation committed it).
+            Some(RDKafkaErrorCode::NoOffset) => return,
+            _ if rebalancing && Instant::now() < deadline => {
+                tracing::info!(group = %shared.settings.group_id, error = ?code, "the group is rebalancing; committing again once this member has rejoined");
+                let until = Instant::now() + Duration::from_millis(100);
+                while Instant::now() < until {
+                    // A message of a partition this member is leaving: nothing of it is
+                    // stored, the next owner reads it.
+                    let _ = consumer.poll(Duration::from_millis(20));
+                }
+            }
+            _ => {
+                tracing::warn!(group = %shared.settings.group_id, error = ?code, "the last commit before leaving failed; the next owner reads again what landed since the previous one");
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
