@@ -139,17 +139,24 @@ async fn produce(producer: &FutureProducer, topic: &str, from: usize, count: usi
     }
 }
 
-group_protocol_tests!(members_joining_and_leaving_resume_at_the_committed_offsets_and_never_stall => churn);
-
-async fn churn(protocol: GroupProtocol) {
+/// A test environment whose probe topic has [`PARTITIONS`] partitions, and a group name of
+/// its own.
+async fn probe_topic(protocol: GroupProtocol, group: &str) -> (TestEnv, String, String) {
     prism_testkit::init_logging();
     let app = prism_testkit::probe::application();
     let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", PARTITIONS)])
         .await
         .expect("test environment");
     let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let group = env.group(group);
+    (env, topic, group)
+}
+
+group_protocol_tests!(members_joining_and_leaving_resume_at_the_committed_offsets_and_never_stall => churn);
+
+async fn churn(protocol: GroupProtocol) {
+    let (env, topic, group) = probe_topic(protocol, "churn").await;
     let topics = vec![topic.clone()];
-    let group = env.group("churn");
     let journal = Arc::new(Journal::default());
     let producer = producer(&env.config).expect("producer");
     let start = |id: usize| {
@@ -251,14 +258,8 @@ async fn churn(protocol: GroupProtocol) {
 group_protocol_tests!(a_member_leaving_while_its_group_rebalances_commits_what_it_landed => leave_while_rebalancing);
 
 async fn leave_while_rebalancing(protocol: GroupProtocol) {
-    prism_testkit::init_logging();
-    let app = prism_testkit::probe::application();
-    let env = TestEnv::for_protocol(&app, protocol, &[("PRISM__TOPICS__PARTITIONS", PARTITIONS)])
-        .await
-        .expect("test environment");
-    let topic = prism_testkit::probe::PROBE.topic(env.topic_prefix());
+    let (env, topic, group) = probe_topic(protocol, "leave-while-rebalancing").await;
     let topics = vec![topic.clone()];
-    let group = env.group("leave-while-rebalancing");
     let producer = producer(&env.config).expect("producer");
     produce(&producer, &topic, 0, 4_000).await;
     let ends = end_offsets(&env.config, &topics).await.expect("end offsets");
