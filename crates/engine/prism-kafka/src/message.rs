@@ -99,27 +99,35 @@ impl ConsumedMessage {
         self.timestamp_ms
     }
 
+    /// Where its key lies in `bytes`, if it has one.
+    fn key_range(&self) -> Option<std::ops::Range<usize>> {
+        self.key_end.map(|end| 0..end)
+    }
+
+    /// Where its value lies in `bytes` (right after the key), unless it is a tombstone.
+    fn value_range(&self) -> Option<std::ops::Range<usize>> {
+        self.value_end.map(|end| self.key_end.unwrap_or(0)..end)
+    }
+
     /// Its key, if it has one.
     pub fn key(&self) -> Option<&[u8]> {
-        self.key_end.map(|end| &self.bytes[..end])
+        self.key_range().map(|range| &self.bytes[range])
     }
 
     /// Its value, unless it is a tombstone.
     pub fn payload(&self) -> Option<&[u8]> {
-        let start = self.key_end.unwrap_or(0);
-        self.value_end.map(|end| &self.bytes[start..end])
+        self.value_range().map(|range| &self.bytes[range])
     }
 
     /// Its key as a view that shares the message's bytes (no copy), for keeping it beyond
     /// the message.
     pub fn shared_key(&self) -> Option<Bytes> {
-        self.key_end.map(|end| self.bytes.slice(..end))
+        self.key_range().map(|range| self.bytes.slice(range))
     }
 
     /// Its value as a view that shares the message's bytes (no copy).
     pub fn shared_payload(&self) -> Option<Bytes> {
-        let start = self.key_end.unwrap_or(0);
-        self.value_end.map(|end| self.bytes.slice(start..end))
+        self.value_range().map(|range| self.bytes.slice(range))
     }
 
     /// Its headers in the order they were sent: name and value (`None` for a header without

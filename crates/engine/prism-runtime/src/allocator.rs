@@ -76,11 +76,12 @@ mod tests {
 
     #[test]
     fn jemalloc_starts_with_one_arena_and_a_two_second_decay() {
+        let started_with = settings().expect("jemalloc's options are readable");
         if std::env::var_os("_RJEM_MALLOC_CONF").is_some() {
             // An operator's options win; what they say is not this test's to know.
             return;
         }
-        assert_eq!(settings().expect("readable"), Settings { arenas: 1, dirty_decay_ms: 2_000 });
+        assert_eq!(started_with, Settings { arenas: 1, dirty_decay_ms: 2_000 });
         let arenas_in_use = tikv_jemalloc_ctl::arenas::narenas::read().expect("readable");
         assert!(arenas_in_use <= 2, "{arenas_in_use} arenas (one, and jemalloc's own for huge allocations)");
     }

@@ -326,18 +326,14 @@ fn commit_before_leaving<H: BatchHandler>(
             Ok(()) => return,
             Err(err) => err.rdkafka_error_code(),
         };
-        let rebalancing = matches!(
-            code,
-            Some(
-                RDKafkaErrorCode::RebalanceInProgress
-                    | RDKafkaErrorCode::IllegalGeneration
-                    | RDKafkaErrorCode::StaleMemberEpoch
-            )
-        );
         match code {
             // Nothing stored since the last commit (or the revocation committed it).
             Some(RDKafkaErrorCode::NoOffset) => return,
-            _ if rebalancing && Instant::now() < deadline => {
+            Some(
+                RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::StaleMemberEpoch,
+            ) if Instant::now() < deadline => {
                 tracing::info!(group = %shared.settings.group_id, error = ?code, "the group is rebalancing; committing again once this member has rejoined");
                 let until = Instant::now() + Duration::from_millis(100);
                 while Instant::now() < until {
