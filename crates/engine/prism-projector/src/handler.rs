@@ -34,7 +34,7 @@ use prism_kafka::ConsumedMessage;
 use prism_kafka::EventProducer;
 use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, GapPolicy, ProjectionInstance};
-use prism_read_store::projection::{self, ActiveBatch, BatchOutcome, SourceMessage, Target};
+use prism_read_store::projection::{self, ActiveBatch, BatchOutcome, PartitionBatch, SourceMessage, Target};
 use prism_runtime::metric_names as m;
 
 use crate::decode::decode;
@@ -124,30 +124,12 @@ impl ProjectionHandler {
         partition: &PartitionId,
         messages: &[SourceMessage],
     ) -> Result<Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError>, TransientError> {
-        let (topic, number) = (&partition.topic, partition.partition);
+        let batch =
+            PartitionBatch { source, topic: &partition.topic, partition: partition.partition, messages };
         if self.follow_active.is_none() {
-            return Ok(projection::apply_batch(
-                &self.db,
-                targets,
-                self.policy,
-                source,
-                topic,
-                number,
-                messages,
-            )
-            .await);
+            return Ok(projection::apply_batch(&self.db, targets, self.policy, batch).await);
         }
-        match projection::apply_batch_while_active(
-            &self.db,
-            targets,
-            self.policy,
-            source,
-            topic,
-            number,
-            messages,
-        )
-        .await
-        {
+        match projection::apply_batch_while_active(&self.db, targets, self.policy, batch).await {
             Ok(ActiveBatch::Landed(applied)) => Ok(Ok(applied)),
             Ok(ActiveBatch::Switched(now_active)) => Err(self.follow_switch(&now_active)),
             Err(err) => Ok(Err(err)),

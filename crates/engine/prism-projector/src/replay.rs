@@ -40,7 +40,7 @@ use prism_kafka::consumer::TransientError;
 use prism_kafka::partition_reader::PartitionReader;
 use prism_projections::ProjectionInstance;
 use prism_read_store::projection::replay::{self, ChunkOutcome, ReplayRange, SharedChunkOutcome, Step};
-use prism_read_store::projection::{BatchOutcome, SourceMessage, Target};
+use prism_read_store::projection::{BatchOutcome, PartitionBatch, SourceMessage, Target};
 use tokio::sync::watch;
 
 use crate::decode::decode;
@@ -441,17 +441,8 @@ impl ProjectionHandler {
             decoding += at.elapsed();
             let step = Step { from: ranges[0].1.loaded_to, to: chunk.next };
             let at = Instant::now();
-            let landed = replay::apply_shared_chunk(
-                &self.db,
-                &targets,
-                self.policy,
-                source,
-                &topic,
-                partition,
-                step,
-                &decoded,
-            )
-            .await;
+            let batch = PartitionBatch { source, topic: &topic, partition, messages: &decoded };
+            let landed = replay::apply_shared_chunk(&self.db, &targets, self.policy, batch, step).await;
             landing += at.elapsed();
             match landed {
                 Ok(SharedChunkOutcome::Landed(outcomes)) => {
@@ -539,16 +530,13 @@ impl ProjectionHandler {
             // Slices still to redeliver, in offset order (last pushed is next).
             let mut pending: Vec<&[SourceMessage]> = vec![&decoded];
             while let Some(slice) = pending.pop() {
-                let redelivered = replay::redeliver_chunk(
-                    &self.db,
-                    target,
-                    self.policy,
+                let batch = PartitionBatch {
                     source,
-                    &range.topic,
-                    range.partition,
-                    slice,
-                )
-                .await;
+                    topic: &range.topic,
+                    partition: range.partition,
+                    messages: slice,
+                };
+                let redelivered = replay::redeliver_chunk(&self.db, target, self.policy, batch).await;
                 match redelivered {
                     Ok(outcome) => self.after_chunk(instance, &outcome).await,
                     Err(err) if err.is_transient() || slice.is_empty() => {
@@ -587,17 +575,9 @@ impl ProjectionHandler {
         // Slices still to land, in offset order (last pushed is next).
         let mut pending: Vec<(Step, &[SourceMessage])> = vec![(step, messages)];
         while let Some((step, slice)) = pending.pop() {
-            let landed = replay::apply_chunk(
-                &self.db,
-                target,
-                self.policy,
-                source,
-                &range.topic,
-                range.partition,
-                step,
-                slice,
-            )
-            .await;
+            let batch =
+                PartitionBatch { source, topic: &range.topic, partition: range.partition, messages: slice };
+            let landed = replay::apply_chunk(&self.db, target, self.policy, batch, step).await;
             let outcome = match landed {
                 Ok(ChunkOutcome::Landed(outcome)) => outcome,
                 Ok(ChunkOutcome::Moved { loaded_to }) => return Ok(Landing::Moved(loaded_to)),

@@ -5,7 +5,7 @@
 
 use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, Target};
+use prism_read_store::projection::{apply_batch, PartitionBatch, SourceMessage, Target};
 use prism_testkit::probe::{as_batch, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,11 @@ use uuid::Uuid;
 
 const NOTE_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS {table} (id uuid PRIMARY KEY, last bigint NOT NULL, count bigint NOT NULL)";
+
+/// `messages` as a batch of the probe topic's partition 0.
+fn probe_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
+    PartitionBatch { source: PROBE, topic: "probe", partition: 0, messages }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Note {
@@ -69,10 +74,9 @@ async fn a_row_keyed_by_another_aggregate_dead_letters_the_event_that_made_it() 
     let events: Vec<Event> =
         (1..=5).map(|v| noted(broken, v)).chain((1..=2).map(|v| noted(fine, v))).collect();
 
-    let outcomes =
-        apply_batch(&env.db, &[target], GapPolicy::DeadLetter, PROBE, "probe", 0, &as_batch(events, 0))
-            .await
-            .expect("the batch lands");
+    let outcomes = apply_batch(&env.db, &[target], GapPolicy::DeadLetter, probe_batch(&as_batch(events, 0)))
+        .await
+        .expect("the batch lands");
     let (_, outcome) = &outcomes[0];
 
     // Versions 1 and 2 of the broken aggregate and all of the fine one applied; version 3 is
@@ -118,17 +122,9 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
     let instance = ProjectionInstance::new(name, 1);
     let id = Uuid::new_v4();
     let written = Target { instance, model: app.read_model(name).expect("model") };
-    apply_batch(
-        &env.db,
-        &[written],
-        GapPolicy::DeadLetter,
-        PROBE,
-        "probe",
-        0,
-        &as_batch(vec![noted(id, 1)], 0),
-    )
-    .await
-    .expect("the first event lands");
+    apply_batch(&env.db, &[written], GapPolicy::DeadLetter, probe_batch(&as_batch(vec![noted(id, 1)], 0)))
+        .await
+        .expect("the first event lands");
 
     let titled_model = ReadModel::new(name).table(NOTE_TABLE).key(&["id"]).fold(PROBE, titled);
     let read_as_titled = Target { instance, model: &titled_model };
@@ -136,10 +132,7 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
         &env.db,
         &[read_as_titled],
         GapPolicy::DeadLetter,
-        PROBE,
-        "probe",
-        0,
-        &as_batch(vec![noted(id, 2), noted(id, 3)], 1),
+        probe_batch(&as_batch(vec![noted(id, 2), noted(id, 3)], 1)),
     )
     .await
     .expect("the batch lands");

@@ -60,8 +60,8 @@ pub fn noted(aggregate_id: Uuid, version: u64) -> Event {
     Event::new(position, Noted { n: 10 * i64::try_from(version).unwrap_or(i64::MAX / 10) })
 }
 
-/// `events` as one partition's batch for `prism_read_store::projection::apply_batch`, at
-/// consecutive offsets from `first_offset`.
+/// `events` as the messages of one partition's batch (a
+/// `prism_read_store::projection::PartitionBatch`), at consecutive offsets from `first_offset`.
 pub fn as_batch(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
     (first_offset..)
         .zip(events)

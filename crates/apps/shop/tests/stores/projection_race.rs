@@ -8,7 +8,7 @@
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{
-    apply_batch, apply_batch_while_active, ActiveBatch, MessageContent, SourceMessage, Target,
+    apply_batch, apply_batch_while_active, ActiveBatch, MessageContent, PartitionBatch, SourceMessage, Target,
 };
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
@@ -50,6 +50,11 @@ fn order_messages(events: &[prism_events::Event]) -> Vec<SourceMessage> {
         .collect()
 }
 
+/// `messages` as a batch of the `orders` topic's partition 0.
+fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
+    PartitionBatch { source: ORDER, topic: "orders", partition: 0, messages }
+}
+
 async fn race(gate_rows: GateRows) {
     let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
     let events = Workload::generate(81, 1_500);
@@ -78,7 +83,7 @@ async fn race(gate_rows: GateRows) {
                 MessageContent::Event(e) => e.meta.aggregate_version == 1,
                 MessageContent::Poison(_) => false,
             });
-        apply_batch(&env.db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, &placed)
+        apply_batch(&env.db, &targets, GapPolicy::DeadLetter, order_batch(&placed))
             .await
             .expect("placements");
         later
@@ -106,7 +111,7 @@ async fn race(gate_rows: GateRows) {
                 start_together.wait().await;
                 // Deadlocks and serialization failures are transient: retry like the runtime.
                 loop {
-                    match apply_batch(&db, &targets, GapPolicy::DeadLetter, ORDER, "orders", 0, batch).await {
+                    match apply_batch(&db, &targets, GapPolicy::DeadLetter, order_batch(batch)).await {
                         Ok(_) => break,
                         Err(err) if err.is_transient() => {
                             tokio::time::sleep(std::time::Duration::from_millis(20)).await
@@ -156,10 +161,7 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
         &env.db,
         &[Target { instance: finished, model }],
         GapPolicy::DeadLetter,
-        ORDER,
-        "orders",
-        0,
-        &orders,
+        order_batch(&orders),
     )
     .await
     .expect("the finished rows");
@@ -171,7 +173,7 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
         async move {
             let app = shop_model::application();
             let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
-            apply_batch(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders).await.map(drop)
+            apply_batch(&db, &[target], GapPolicy::DeadLetter, order_batch(&orders)).await.map(drop)
         }
     };
     match crate::support::with_order_row_written_meanwhile(&env, instance, finished, victim, batch).await {
@@ -189,7 +191,7 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
 
     // Applied again, the batch reads the victim's row and upserts it; every other order is
     // exactly the fold of its events (the victim's, folded onto its finished row, may differ).
-    apply_batch(&env.db, &[Target { instance, model }], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders)
+    apply_batch(&env.db, &[Target { instance, model }], GapPolicy::DeadLetter, order_batch(&orders))
         .await
         .expect("the batch lands when applied again");
     let others: Vec<_> = events
@@ -223,7 +225,7 @@ async fn a_batch_waits_for_a_switch_before_it_touches_a_read_model_table() {
     let batch = tokio::spawn(async move {
         let app = shop_model::application();
         let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("a shop read model") };
-        apply_batch(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &orders).await.map(|_| ())
+        apply_batch(&db, &[target], GapPolicy::DeadLetter, order_batch(&orders)).await.map(|_| ())
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!batch.is_finished(), "the batch committed while the switch held the gate's share lock");
@@ -278,8 +280,7 @@ async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_
         let app = shop_model::application();
         let target =
             Target { instance: g1, model: app.read_model(ORDER_SUMMARY).expect("a shop read model") };
-        apply_batch_while_active(&db, &[target], GapPolicy::DeadLetter, ORDER, "orders", 0, &batch_orders)
-            .await
+        apply_batch_while_active(&db, &[target], GapPolicy::DeadLetter, order_batch(&batch_orders)).await
     });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!batch.is_finished(), "the batch went on while the switch held the gate's share lock");
@@ -307,10 +308,7 @@ async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_
         &env.db,
         &[Target { instance: g1, model }],
         GapPolicy::DeadLetter,
-        ORDER,
-        "orders",
-        0,
-        &orders,
+        order_batch(&orders),
     )
     .await
     .expect("a batch for the dropped g1 is no refusal");
@@ -322,10 +320,7 @@ async fn a_batch_following_the_active_generation_lands_only_in_one_active_until_
         &env.db,
         &[Target { instance: g2, model }],
         GapPolicy::DeadLetter,
-        ORDER,
-        "orders",
-        0,
-        &orders,
+        order_batch(&orders),
     )
     .await
     .expect("the batch's transaction");

@@ -8,7 +8,7 @@
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::replay::{self, ChunkOutcome, SharedChunkOutcome, Step};
-use prism_read_store::projection::{MessageContent, Poison, SourceMessage, Target};
+use prism_read_store::projection::{MessageContent, PartitionBatch, Poison, SourceMessage, Target};
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
 use shop::testing::workload::Workload;
@@ -35,6 +35,11 @@ fn order_messages(seed: u64, events: usize) -> (Vec<prism_events::Event>, Vec<So
     (orders, messages)
 }
 
+/// `messages` as a batch of the test's partition of orders.
+fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
+    PartitionBatch { source: ORDER, topic: TOPIC, partition: PARTITION, messages }
+}
+
 /// Lands a chunk of the test's range of orders in `target` (what a loader does).
 async fn land_chunk(
     db: &prism_postgres::Database,
@@ -42,7 +47,7 @@ async fn land_chunk(
     step: Step,
     messages: &[SourceMessage],
 ) -> Result<ChunkOutcome, prism_postgres::StoreError> {
-    replay::apply_chunk(db, target, GapPolicy::DeadLetter, ORDER, TOPIC, PARTITION, step, messages).await
+    replay::apply_chunk(db, target, GapPolicy::DeadLetter, order_batch(messages), step).await
 }
 
 async fn register(env: &TestEnv, instance: ProjectionInstance, end: i64) {
@@ -165,17 +170,10 @@ async fn stale_chunks_and_cleared_ranges_write_nothing() {
 
     // A loader that died before the chunk's cache write: redelivering it changes nothing in
     // PostgreSQL and hands back a cache entry for every order it names.
-    let redelivered = replay::redeliver_chunk(
-        &env.db,
-        &target,
-        GapPolicy::DeadLetter,
-        ORDER,
-        TOPIC,
-        PARTITION,
-        &messages[..100],
-    )
-    .await
-    .expect("redelivery");
+    let redelivered =
+        replay::redeliver_chunk(&env.db, &target, GapPolicy::DeadLetter, order_batch(&messages[..100]))
+            .await
+            .expect("redelivery");
     assert_eq!(redelivered.applied, 0, "a redelivered chunk is all duplicates");
     let named: std::collections::HashSet<_> = messages[..100].iter().filter_map(|m| m.aggregate()).collect();
     assert_eq!(redelivered.cache_entries.len(), named.len(), "one cache entry per order the chunk names");
@@ -293,11 +291,8 @@ async fn a_shared_chunk_lands_in_every_instance_or_in_none() {
                 &db,
                 targets,
                 GapPolicy::DeadLetter,
-                ORDER,
-                TOPIC,
-                PARTITION,
+                order_batch(slice),
                 Step { from, to },
-                slice,
             )
             .await
             .expect("shared chunk")
@@ -412,11 +407,8 @@ async fn a_first_chunk_whose_new_row_another_transaction_writes_lands_again() {
         &env.db,
         &Target { instance: finished, model },
         GapPolicy::DeadLetter,
-        ORDER,
-        TOPIC,
-        PARTITION,
+        order_batch(&messages),
         Step { from: 0, to: end },
-        &messages,
     )
     .await
     .expect("chunk");

@@ -1,9 +1,22 @@
 //! What goes into a batch and what comes out of it.
 
-use prism_events::Event;
+use prism_events::{AggregateType, Event};
 use prism_postgres::StoreError;
 use prism_projections::gate::ItemOutcome;
 use prism_projections::AggregateKey;
+
+/// One partition's messages as a batch applies them: where they come from and what they are.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionBatch<'a> {
+    /// The aggregate type whose events the topic carries.
+    pub source: AggregateType,
+    /// The topic the messages were read from.
+    pub topic: &'a str,
+    /// The partition they were read from.
+    pub partition: i32,
+    /// The messages, in offset order.
+    pub messages: &'a [SourceMessage],
+}
 
 /// One Kafka message of a batch, decoded as far as it would go.
 #[derive(Debug, Clone)]

@@ -31,12 +31,13 @@ mod writers;
 
 use std::collections::{BTreeSet, HashMap};
 
-use prism_events::AggregateType;
 use prism_postgres::{all_or_cause, Database, StoreError};
 use prism_projections::gate::ItemOutcome;
 use prism_projections::{AggregateKey, GapPolicy, GateState, PlannedItem, ProjectionInstance, ReadModel};
 
-pub use batch::{BatchOutcome, CacheEntry, DeadLetterRecord, MessageContent, Poison, SourceMessage};
+pub use batch::{
+    BatchOutcome, CacheEntry, DeadLetterRecord, MessageContent, PartitionBatch, Poison, SourceMessage,
+};
 pub use writers::key_text;
 
 /// How a batch learns the gate state of its aggregates.
@@ -62,35 +63,21 @@ pub struct Target<'a> {
     pub model: &'a ReadModel,
 }
 
-/// Applies `messages` (one partition's of the topic of `source`, in offset order) to every
-/// one of `targets` in one transaction, in the order given (a fixed order, so concurrent
-/// batches lock gate rows in the same sequence). Returns each instance's outcome.
+/// Applies `batch` (one partition's messages, in offset order) to every one of `targets` in
+/// one transaction, in the order given (a fixed order, so concurrent batches lock gate rows in
+/// the same sequence). Returns each instance's outcome.
 pub async fn apply_batch(
     db: &Database,
     targets: &[Target<'_>],
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
+    batch: PartitionBatch<'_>,
 ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError> {
-    if messages.is_empty() || targets.is_empty() {
+    if batch.messages.is_empty() || targets.is_empty() {
         return Ok(Vec::new());
     }
     let mut client = db.client().await?;
     let tx = client.transaction().await?;
-    let outcomes = apply_in(
-        &tx,
-        db.schema(),
-        targets,
-        policy,
-        source,
-        topic,
-        partition,
-        messages,
-        GateRead::LockExisting,
-    )
-    .await?;
+    let outcomes = apply_in(&tx, db.schema(), targets, policy, batch, GateRead::LockExisting).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -116,17 +103,13 @@ pub enum ActiveBatch {
 /// generation that was retired before its commit, and needs no look at the registry of its own
 /// after it. The batch's own statements are sent in the same round trip, behind the read, and
 /// are rolled back unused when a target was switched.
-#[allow(clippy::too_many_arguments)]
 pub async fn apply_batch_while_active(
     db: &Database,
     targets: &[Target<'_>],
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
+    batch: PartitionBatch<'_>,
 ) -> Result<ActiveBatch, StoreError> {
-    if messages.is_empty() || targets.is_empty() {
+    if batch.messages.is_empty() || targets.is_empty() {
         return Ok(ActiveBatch::Landed(Vec::new()));
     }
     let mut client = db.client().await?;
@@ -142,17 +125,7 @@ pub async fn apply_batch_while_active(
         let (_, rows) = futures::try_join!(tx.execute(&lock, &[]), tx.query(&read_active, &params))?;
         Ok::<_, StoreError>(crate::rebuild::instances_of(&projections, rows))
     };
-    let apply = apply_in(
-        &tx,
-        db.schema(),
-        targets,
-        policy,
-        source,
-        topic,
-        partition,
-        messages,
-        GateRead::LockExisting,
-    );
+    let apply = apply_in(&tx, db.schema(), targets, policy, batch, GateRead::LockExisting);
     let (active, applied) = futures::join!(active, apply);
     // The read came first: a failed batch refused after it does not hide a switch.
     let switched: Vec<ProjectionInstance> = active?
@@ -170,18 +143,15 @@ pub async fn apply_batch_while_active(
 
 /// [`apply_batch`]'s work inside the caller's transaction (a bulk replay adds its progress to
 /// the same transaction, see [`replay`]).
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_in(
     tx: &prism_postgres::cached::Transaction<'_>,
     schema: &str,
     targets: &[Target<'_>],
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
+    batch: PartitionBatch<'_>,
     gate_read: GateRead,
 ) -> Result<Vec<(ProjectionInstance, BatchOutcome)>, StoreError> {
+    let PartitionBatch { source, messages, .. } = batch;
     if messages.is_empty() || targets.is_empty() {
         return Ok(Vec::new());
     }
@@ -209,12 +179,11 @@ pub(crate) async fn apply_in(
     // Every instance's writes waited for, so that the failure reported is the one that caused
     // the others (see [`all_or_cause`]): a concurrent batch's gate row, retried, not a later
     // statement's refusal because the transaction had failed.
-    let written = all_or_cause(
-        futures::future::join_all(targets.iter().zip(loaded).map(|(target, loaded)| {
-            write_instance(tx, target, loaded, policy, source, topic, partition, messages, &items, gate_read)
-        }))
-        .await,
-    )?;
+    let writes = targets
+        .iter()
+        .zip(loaded)
+        .map(|(target, loaded)| write_instance(tx, target, loaded, policy, batch, &items, gate_read));
+    let written = all_or_cause(futures::future::join_all(writes).await)?;
     let mut outcomes = Vec::with_capacity(targets.len());
     let mut pending_sums = Vec::new();
     for (target, (outcome, pending_sum)) in targets.iter().zip(written) {
@@ -254,19 +223,16 @@ pub(crate) async fn apply_in(
 
 /// One instance's share of a batch, inside the batch's transaction, from its locked gate rows
 /// and loaded rows: plan, then write.
-#[allow(clippy::too_many_arguments)]
 async fn write_instance(
     tx: &prism_postgres::cached::Transaction<'_>,
     target: &Target<'_>,
     mut loaded: writers::Loaded,
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
+    batch: PartitionBatch<'_>,
     items: &[PlannedItem<'_>],
     gate_read: GateRead,
 ) -> Result<(BatchOutcome, Option<writers::PendingSum>), StoreError> {
+    let PartitionBatch { source, topic, partition, messages } = batch;
     let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
         return Ok((BatchOutcome::default(), None));
     };

@@ -34,13 +34,12 @@
 //! that delivers them again (a blue/green builder's group reads from the earliest offsets)
 //! skips them for the instance without asking the gate.
 
-use prism_events::AggregateType;
 use prism_postgres::cached::Transaction;
 use prism_postgres::{Database, StoreError};
 use prism_projections::{GapPolicy, ProjectionInstance};
 use tokio_postgres::GenericClient;
 
-use super::{apply_batch, apply_in, BatchOutcome, GateRead, SourceMessage, Target};
+use super::{apply_batch, apply_in, BatchOutcome, GateRead, PartitionBatch, SourceMessage, Target};
 
 /// One range of a source partition an instance loads in bulk, with its progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,13 +159,9 @@ pub async fn redeliver_chunk(
     db: &Database,
     target: &Target<'_>,
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
-    messages: &[SourceMessage],
+    batch: PartitionBatch<'_>,
 ) -> Result<BatchOutcome, StoreError> {
-    let outcomes =
-        apply_batch(db, std::slice::from_ref(target), policy, source, topic, partition, messages).await?;
+    let outcomes = apply_batch(db, std::slice::from_ref(target), policy, batch).await?;
     Ok(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default())
 }
 
@@ -247,7 +242,7 @@ async fn advance(
     Ok(())
 }
 
-/// Lands one chunk in every one of `targets`, whose ranges of `topic`/`partition` must all
+/// Lands the chunk `batch` in every one of `targets`, whose ranges of its partition must all
 /// stand at `step.from` (checked under their rows' locks, in the order of the targets): each
 /// instance's outcome, or where the first range that does not stand there is.
 ///
@@ -258,17 +253,14 @@ async fn advance(
 /// rebuild's statement time went to lookups that found nothing. The insert of the new gate rows
 /// checks the assumption: a row that exists fails it, nothing of the attempt stays, and the
 /// chunk is landed again looking its gate rows up.
-#[allow(clippy::too_many_arguments)]
 async fn land(
     db: &Database,
     targets: &[Target<'_>],
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
+    batch: PartitionBatch<'_>,
     step: Step,
-    messages: &[SourceMessage],
 ) -> Result<Result<Vec<(ProjectionInstance, BatchOutcome)>, ChunkOutcome>, StoreError> {
+    let (topic, partition) = (batch.topic, batch.partition);
     let mut assume_new = true;
     loop {
         let mut client = db.client().await?;
@@ -284,8 +276,7 @@ async fn land(
             }
         }
         let gate_read = if first_chunk && assume_new { GateRead::AssumeNew } else { GateRead::LockExisting };
-        let applied =
-            apply_in(&tx, db.schema(), targets, policy, source, topic, partition, messages, gate_read).await;
+        let applied = apply_in(&tx, db.schema(), targets, policy, batch, gate_read).await;
         let outcomes = match applied {
             Ok(outcomes) => outcomes,
             Err(StoreError::Contended { detail, .. }) if gate_read == GateRead::AssumeNew => {
@@ -304,29 +295,22 @@ async fn land(
     }
 }
 
-/// Lands one chunk of `target`'s range of `topic`/`partition` (see the module documentation).
+/// Lands the chunk `batch` of `target`'s range of its partition (see the module documentation).
 /// A permanent error (the database refuses data) writes nothing; the caller isolates the
 /// message by landing smaller chunks, and dead-letters it with [`dead_letter_in_chunk`].
-#[allow(clippy::too_many_arguments)]
 pub async fn apply_chunk(
     db: &Database,
     target: &Target<'_>,
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
+    batch: PartitionBatch<'_>,
     step: Step,
-    messages: &[SourceMessage],
 ) -> Result<ChunkOutcome, StoreError> {
-    Ok(
-        match land(db, std::slice::from_ref(target), policy, source, topic, partition, step, messages).await?
-        {
-            Ok(outcomes) => ChunkOutcome::Landed(
-                outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default(),
-            ),
-            Err(elsewhere) => elsewhere,
-        },
-    )
+    Ok(match land(db, std::slice::from_ref(target), policy, batch, step).await? {
+        Ok(outcomes) => {
+            ChunkOutcome::Landed(outcomes.into_iter().next().map(|(_, outcome)| outcome).unwrap_or_default())
+        }
+        Err(elsewhere) => elsewhere,
+    })
 }
 
 /// What became of a chunk landed in several instances at once.
@@ -340,7 +324,7 @@ pub enum SharedChunkOutcome {
     Diverged,
 }
 
-/// Lands one chunk in every one of `targets`, whose ranges of `topic`/`partition` all stand at
+/// Lands the chunk `batch` in every one of `targets`, whose ranges of its partition all stand at
 /// `step.from`: the instances a topic feeds, rebuilt together (`prismctl rebuild --all`), each
 /// have a range of the same offsets, and a chunk read and decoded once serves them all, in one
 /// transaction, as a live batch serves every instance its topic feeds. Every range's row is
@@ -348,18 +332,14 @@ pub enum SharedChunkOutcome {
 /// moved or is gone writes nothing anywhere ([`SharedChunkOutcome::Diverged`]). A permanent
 /// error writes nothing either; the caller lands the chunk per instance then, where the
 /// refused message is isolated and dead-lettered for the instance that refuses it.
-#[allow(clippy::too_many_arguments)]
 pub async fn apply_shared_chunk(
     db: &Database,
     targets: &[Target<'_>],
     policy: GapPolicy,
-    source: AggregateType,
-    topic: &str,
-    partition: i32,
+    batch: PartitionBatch<'_>,
     step: Step,
-    messages: &[SourceMessage],
 ) -> Result<SharedChunkOutcome, StoreError> {
-    Ok(match land(db, targets, policy, source, topic, partition, step, messages).await? {
+    Ok(match land(db, targets, policy, batch, step).await? {
         Ok(outcomes) => SharedChunkOutcome::Landed(outcomes),
         Err(_) => SharedChunkOutcome::Diverged,
     })
@@ -367,7 +347,6 @@ pub async fn apply_shared_chunk(
 
 /// Lands a chunk of one message PostgreSQL refused: its dead-letter record (parking its
 /// aggregate) and the range's progress past it, in one transaction.
-#[allow(clippy::too_many_arguments)]
 pub async fn dead_letter_in_chunk(
     db: &Database,
     instance: ProjectionInstance,
