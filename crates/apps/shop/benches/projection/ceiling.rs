@@ -175,6 +175,13 @@ pub async fn create_tables(client: &tokio_postgres::Client, models: &[ReadModel]
     Ok(())
 }
 
+/// Empties the ceiling's tables, so that each of its windows starts from none of the rows.
+pub async fn empty_tables(client: &tokio_postgres::Client, models: &[ReadModel]) -> anyhow::Result<()> {
+    let tables: Vec<String> = models.iter().map(table).collect();
+    client.batch_execute(&format!("TRUNCATE {}", tables.join(", "))).await?;
+    Ok(())
+}
+
 /// Rows in each ceiling table.
 pub async fn row_counts(
     client: &tokio_postgres::Client,
