@@ -182,6 +182,24 @@ pub async fn empty_tables(client: &tokio_postgres::Client, models: &[ReadModel])
     Ok(())
 }
 
+/// Fails naming `what` unless `counts` holds as many rows of every read model as the oracle's
+/// fold `expected`.
+pub fn ensure_oracle_counts(
+    what: &str,
+    counts: &BTreeMap<&'static str, usize>,
+    expected: &prism_testkit::oracle::Expected,
+) -> anyhow::Result<()> {
+    for (model, rows) in &expected.rows {
+        anyhow::ensure!(
+            counts.get(model) == Some(&rows.len()),
+            "{what} ends with {:?} rows of {model}, the oracle with {}",
+            counts.get(model),
+            rows.len()
+        );
+    }
+    Ok(())
+}
+
 /// Rows in each ceiling table.
 pub async fn row_counts(
     client: &tokio_postgres::Client,

@@ -356,14 +356,7 @@ async fn throughput(
     let rows_file = work.join("ceiling-rows.tsv");
     println!("precomputing the set-write ceiling's rows ...");
     let final_rows = ceiling::precompute(&models, events, &rows_file)?;
-    for (model, rows) in &expected.rows {
-        anyhow::ensure!(
-            final_rows.get(model) == Some(&rows.len()),
-            "the ceiling's precomputation ends with {:?} rows of {model}, the oracle with {}",
-            final_rows.get(model),
-            rows.len()
-        );
-    }
+    ceiling::ensure_oracle_counts("the ceiling's precomputation", &final_rows, &expected)?;
     let pg = env.pg().await?;
     ceiling::create_tables(&pg, &models).await?;
     for topic in &topics {
@@ -447,14 +440,11 @@ async fn throughput(
             let (measured, running) = contender::measure(c, services).await?;
             running.stop().await;
             let counts = ceiling::row_counts(pg, models).await?;
-            for (model, rows) in &expected.rows {
-                anyhow::ensure!(
-                    counts.get(model) == Some(&rows.len()),
-                    "the set-write ceiling ({when} Prism) wrote {:?} rows of {model}, the oracle has {}",
-                    counts.get(model),
-                    rows.len()
-                );
-            }
+            ceiling::ensure_oracle_counts(
+                &format!("the set-write ceiling's window {when} Prism"),
+                &counts,
+                expected,
+            )?;
             Ok::<_, anyhow::Error>(measured)
         }
     };
