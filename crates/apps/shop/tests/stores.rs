@@ -2,6 +2,8 @@
 //! One test binary; each file under `stores/` is a module.
 //!
 //! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
+//! - `oracle_wait`: the oracle's wait looks again after a passing failure, and stops at a
+//!   refusal that a second look meets again.
 //! - `projection_race`: the version gate lands a batch once however many writers race, and a
 //!   batch waits for a switch of generations without holding what the switch needs, and
 //!   lands only in a generation still active at its commit.
@@ -11,6 +13,8 @@
 
 #[path = "stores/event_store.rs"]
 mod event_store;
+#[path = "stores/oracle_wait.rs"]
+mod oracle_wait;
 #[path = "stores/projection_race.rs"]
 mod projection_race;
 #[path = "stores/replay_chunks.rs"]

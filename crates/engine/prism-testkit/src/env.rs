@@ -143,6 +143,7 @@ impl TestEnv {
         // Kept across looks, and opened again when PostgreSQL closed it (a test that restarts
         // PostgreSQL while it waits): a closed client would fail every look until the deadline.
         let mut client: Option<tokio_postgres::Client> = None;
+        let mut last_refusal: Option<String> = None;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let look = async {
@@ -161,8 +162,21 @@ impl TestEnv {
                 .await
             };
             // A look that failed (a reply that timed out on a loaded machine) is made again until
-            // the deadline; at the deadline its failure is the test's.
-            let outcome = match look.await {
+            // the deadline; at the deadline its failure is the test's. One that PostgreSQL refused
+            // for what the look asks (a table or schema that does not exist) fails the test when
+            // the next look, which reads the active generations again, is refused the same way:
+            // once may be a look at a generation a switch retired meanwhile, twice is the cause.
+            let looked = look.await;
+            let refusal =
+                looked.as_ref().err().filter(|error| refused_for_good(error)).map(|e| format!("{e:#}"));
+            if let (Some(now), Some(before)) = (&refusal, &last_refusal) {
+                if now == before {
+                    let error = looked.expect_err("a refusal is an error");
+                    return Err(error.context("two oracle looks in a row refused the same way"));
+                }
+            }
+            last_refusal = refusal;
+            let outcome = match looked {
                 Ok(outcome) => outcome,
                 Err(error) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = format!("{error:#}"), "an oracle look failed; looking again");
@@ -250,6 +264,18 @@ impl Drop for TestEnv {
         });
         let _ = handle.join();
     }
+}
+
+/// Whether PostgreSQL refused a statement for what it names rather than for the moment it came
+/// in: an undefined table, column or function, a syntax error, a denied privilege (SQLSTATE class
+/// 42), or a schema or database that does not exist (3F, 3D). Asking again cannot help.
+fn refused_for_good(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::code)
+            .is_some_and(|code| ["42", "3F", "3D"].iter().any(|class| code.code().starts_with(class)))
+    })
 }
 
 /// Drops the schema, the Redis keys, the topics and the consumer groups of one environment.
