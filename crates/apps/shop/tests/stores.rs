@@ -1,6 +1,8 @@
 //! The engine's stores against the real PostgreSQL, with the shop's events and read models.
 //! One test binary; each file under `stores/` is a module.
 //!
+//! - `checksum`: the rebuild's checksum of a table is the same for the same rows in any order,
+//!   another for another value, and made for tables of more than 1 GB of row text.
 //! - `event_store`: appends, optimistic concurrency, the outbox and its lane claims.
 //! - `oracle_wait`: the oracle's wait looks again after a passing failure, and stops at a
 //!   refusal that a second look meets again.
@@ -11,6 +13,8 @@
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
 //! - `support`: set-ups the tests above share.
 
+#[path = "stores/checksum.rs"]
+mod checksum;
 #[path = "stores/event_store.rs"]
 mod event_store;
 #[path = "stores/oracle_wait.rs"]
