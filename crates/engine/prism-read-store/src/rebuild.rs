@@ -46,9 +46,9 @@ use crate::read_models::{create_tables, generations_channel, point_view};
 pub struct Checksum {
     /// Rows in the table.
     pub rows: i64,
-    /// md5 over the rows' own md5s: each row's JSON (without the engine's revision, a change
-    /// counter that depends on batching) is hashed, and the two 64-bit halves of the hashes are
-    /// summed over the table (see [`checksum_sql`]).
+    /// md5 of the sums of the rows' hashes: each row (without the engine's revision, a change
+    /// counter that depends on batching) hashed under two seeds, summed per seed over the table
+    /// (see [`checksum_sql`]).
     pub md5: String,
 }
 
@@ -115,20 +115,31 @@ pub enum SwitchOutcome {
     },
 }
 
-/// The row count and checksum of `table`. Order-independent by being a sum, not by sorting:
-/// one pass over the table in constant memory. An md5 of every row's text sorted and joined
-/// would hold the whole table's text in one string, which PostgreSQL caps at 1 GB (a table of
-/// about three million order-sized rows fails with "Cannot enlarge string buffer"), and would
-/// sort it all under the switch's lock.
-fn checksum_sql(table: &str) -> String {
-    let half = |from: u8| {
-        format!("coalesce(sum(('x' || substr(h, {from}, 16))::bit(64)::bigint::numeric), 0)::text")
-    };
+/// The row count and checksum of `table`, whose columns are `columns`. Order-independent by
+/// being a sum, not by sorting: one pass over the table in constant memory. An md5 of every
+/// row's text sorted and joined would hold the whole table's text in one string, which
+/// PostgreSQL caps at 1 GB (a table of about three million order-sized rows fails with "Cannot
+/// enlarge string buffer"), and would sort it all under the switch's lock.
+///
+/// A row is its columns but the revision, by name, as a record's text (unambiguous: values are
+/// quoted where they need it), hashed with PostgreSQL's 64-bit text hash (`hashtextextended`,
+/// the one hash partitioning uses) under two seeds and summed per seed as `numeric`. Both sides
+/// of a comparison are hashed by the same server, so the value needs no portability. The text
+/// is made once per row (`OFFSET 0` keeps the lateral subquery from being folded into both
+/// sums). For 500 000 order-sized rows this takes 1.4–2.0 s where the sorted, joined JSON text
+/// took 4.5–4.8 s, and the switch holds every batch while it reads both tables.
+fn checksum_sql(table: &str, columns: &[String]) -> String {
+    let mut hashed: Vec<&String> = columns.iter().filter(|c| c.as_str() != REVISION_COLUMN).collect();
+    hashed.sort();
+    let row: Vec<String> =
+        hashed.iter().map(|c| format!("t.{}", crate::row_sets::quote_identifier(c))).collect();
+    let sum = |seed: u8| format!("coalesce(sum(hashtextextended(r, {seed})::numeric), 0)::text");
     format!(
         "SELECT count(*)::bigint, md5({} || '/' || {}) \
-         FROM (SELECT md5((to_jsonb(t) - '{REVISION_COLUMN}')::text) AS h FROM {table} t) s",
-        half(1),
-        half(17)
+         FROM {table} t CROSS JOIN LATERAL (SELECT ROW({})::text AS r OFFSET 0) s",
+        sum(0),
+        sum(1),
+        row.join(", ")
     )
 }
 
@@ -143,7 +154,11 @@ pub async fn checksum(
     client: &impl GenericClient,
     instance: ProjectionInstance,
 ) -> Result<Checksum, StoreError> {
-    let row = client.query_one(&checksum_sql(&instance.id()), &[]).await?;
+    let table = instance.id();
+    // A table that does not exist has no columns, and the checksum's statement then fails on it.
+    let columns: Vec<String> =
+        client.query(crate::row_sets::COLUMNS_SQL, &[&table]).await?.iter().map(|row| row.get(0)).collect();
+    let row = client.query_one(&checksum_sql(&table, &columns), &[]).await?;
     Ok(Checksum { rows: row.get(0), md5: row.get(1) })
 }
 
