@@ -6,8 +6,8 @@
 
 use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, BatchOutcome, PartitionBatch, SourceMessage, Target};
-use prism_testkit::probe::{as_batch, noted, Noted, PROBE};
+use prism_read_store::projection::{apply_batch, BatchOutcome, Target};
+use prism_testkit::probe::{as_batch, batch_of, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,11 +29,6 @@ const TOTALS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     events bigint NOT NULL,
     weight numeric(12, 2) NOT NULL
 )";
-
-/// `messages` as a batch of the probe topic's partition 0.
-fn probe_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
-    PartitionBatch { source: PROBE, topic: "probe", partition: 0, messages }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Varied {
@@ -137,7 +132,7 @@ async fn documents_are_the_stored_rows_of_every_column_kind() {
     for (number, events) in batches.into_iter().enumerate() {
         let count = events.len();
         let outcomes =
-            apply_batch(&env.db, &targets, GapPolicy::DeadLetter, probe_batch(&as_batch(events, offset)))
+            apply_batch(&env.db, &targets, GapPolicy::DeadLetter, batch_of(&as_batch(events, offset)))
                 .await
                 .expect("the batch lands");
         offset += count as i64;
@@ -188,7 +183,7 @@ async fn a_table_with_a_column_named_like_the_document_alias_is_refused_by_name(
         &env.db,
         &[target],
         GapPolicy::DeadLetter,
-        probe_batch(&as_batch(vec![noted(Uuid::new_v4(), 1)], 0)),
+        batch_of(&as_batch(vec![noted(Uuid::new_v4(), 1)], 0)),
     )
     .await
     .expect_err("the table is refused");

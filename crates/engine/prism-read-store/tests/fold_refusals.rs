@@ -5,8 +5,8 @@
 
 use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, PartitionBatch, SourceMessage, Target};
-use prism_testkit::probe::{as_batch, noted, Noted, PROBE};
+use prism_read_store::projection::{apply_batch, Target};
+use prism_testkit::probe::{as_batch, batch_of, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -14,11 +14,6 @@ use uuid::Uuid;
 
 const NOTE_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS {table} (id uuid PRIMARY KEY, last bigint NOT NULL, count bigint NOT NULL)";
-
-/// `messages` as a batch of the probe topic's partition 0.
-fn probe_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
-    PartitionBatch { source: PROBE, topic: "probe", partition: 0, messages }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Note {
@@ -74,7 +69,7 @@ async fn a_row_keyed_by_another_aggregate_dead_letters_the_event_that_made_it() 
     let events: Vec<Event> =
         (1..=5).map(|v| noted(broken, v)).chain((1..=2).map(|v| noted(fine, v))).collect();
 
-    let outcomes = apply_batch(&env.db, &[target], GapPolicy::DeadLetter, probe_batch(&as_batch(events, 0)))
+    let outcomes = apply_batch(&env.db, &[target], GapPolicy::DeadLetter, batch_of(&as_batch(events, 0)))
         .await
         .expect("the batch lands");
     let (_, outcome) = &outcomes[0];
@@ -122,7 +117,7 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
     let instance = ProjectionInstance::new(name, 1);
     let id = Uuid::new_v4();
     let written = Target { instance, model: app.read_model(name).expect("model") };
-    apply_batch(&env.db, &[written], GapPolicy::DeadLetter, probe_batch(&as_batch(vec![noted(id, 1)], 0)))
+    apply_batch(&env.db, &[written], GapPolicy::DeadLetter, batch_of(&as_batch(vec![noted(id, 1)], 0)))
         .await
         .expect("the first event lands");
 
@@ -132,7 +127,7 @@ async fn a_stored_row_that_does_not_read_as_the_row_type_dead_letters_the_next_e
         &env.db,
         &[read_as_titled],
         GapPolicy::DeadLetter,
-        probe_batch(&as_batch(vec![noted(id, 2), noted(id, 3)], 1)),
+        batch_of(&as_batch(vec![noted(id, 2), noted(id, 3)], 1)),
     )
     .await
     .expect("the batch lands");

@@ -169,15 +169,13 @@ impl TestEnv {
             let looked = look.await;
             let refusal =
                 looked.as_ref().err().filter(|error| refused_for_good(error)).map(|e| format!("{e:#}"));
-            if let (Some(now), Some(before)) = (&refusal, &last_refusal) {
-                if now == before {
-                    let error = looked.expect_err("a refusal is an error");
-                    return Err(error.context("two oracle looks in a row refused the same way"));
-                }
-            }
+            let refused_again = refusal.is_some() && refusal == last_refusal;
             last_refusal = refusal;
             let outcome = match looked {
                 Ok(outcome) => outcome,
+                Err(error) if refused_again => {
+                    return Err(error.context("two oracle looks in a row refused the same way"));
+                }
                 Err(error) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = format!("{error:#}"), "an oracle look failed; looking again");
                     tokio::time::sleep(Duration::from_secs(1)).await;

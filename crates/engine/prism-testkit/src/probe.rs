@@ -7,7 +7,7 @@ use prism_events::{
     AggregateType, DecodeError, Event, EventPosition, EventRegistry, EventSet, EventTypeInfo,
 };
 use prism_projections::Application;
-use prism_read_store::projection::{MessageContent, SourceMessage};
+use prism_read_store::projection::{MessageContent, PartitionBatch, SourceMessage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -60,8 +60,8 @@ pub fn noted(aggregate_id: Uuid, version: u64) -> Event {
     Event::new(position, Noted { n: 10 * i64::try_from(version).unwrap_or(i64::MAX / 10) })
 }
 
-/// `events` as the messages of one partition's batch (a
-/// `prism_read_store::projection::PartitionBatch`), at consecutive offsets from `first_offset`.
+/// `events` as the messages of one partition's batch ([`batch_of`]), at consecutive offsets from
+/// `first_offset`.
 pub fn as_batch(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
     (first_offset..)
         .zip(events)
@@ -72,4 +72,10 @@ pub fn as_batch(events: Vec<Event>, first_offset: i64) -> Vec<SourceMessage> {
             content: MessageContent::Event(event),
         })
         .collect()
+}
+
+/// `messages` as a batch of the probe topic's partition 0, for
+/// `prism_read_store::projection::apply_batch`.
+pub fn batch_of(messages: &[SourceMessage]) -> PartitionBatch<'_> {
+    PartitionBatch { source: PROBE, topic: "probe", partition: 0, messages }
 }

@@ -9,7 +9,7 @@ use prism_read_store::rebuild::checksum;
 use prism_testkit::TestEnv;
 
 /// Creates `instance`'s table with the engine's bookkeeping columns, and a row per id of `ids`,
-/// written in that order, each with a revision of its own.
+/// inserted in that order, each with a revision of its own (its position times 7).
 async fn table_with_rows(client: &tokio_postgres::Client, instance: ProjectionInstance, ids: &[i64]) {
     client
         .batch_execute(&format!(
@@ -19,18 +19,17 @@ async fn table_with_rows(client: &tokio_postgres::Client, instance: ProjectionIn
         ))
         .await
         .expect("the table");
-    for (revision, id) in (1i64..).zip(ids) {
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {} VALUES ($1, 'row ' || $1::bigint, $1::bigint * 1.5, 3, $2)",
-                    instance.id()
-                ),
-                &[id, &(revision * 7)],
-            )
-            .await
-            .expect("a row");
-    }
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {} SELECT id, 'row ' || id, id * 1.5, 3, n * 7 \
+                 FROM unnest($1::bigint[]) WITH ORDINALITY AS u (id, n)",
+                instance.id()
+            ),
+            &[&ids],
+        )
+        .await
+        .expect("the rows");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

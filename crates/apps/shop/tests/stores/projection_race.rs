@@ -8,13 +8,15 @@
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{
-    apply_batch, apply_batch_while_active, ActiveBatch, MessageContent, PartitionBatch, SourceMessage, Target,
+    apply_batch, apply_batch_while_active, ActiveBatch, MessageContent, SourceMessage, Target,
 };
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
 use shop::testing::workload::Workload;
 use shop_model::aggregates::ORDER;
 use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY, USER_PROFILE};
+
+use crate::support::order_batch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_of_one_batch_apply_it_once() {
@@ -48,11 +50,6 @@ fn order_messages(events: &[prism_events::Event]) -> Vec<SourceMessage> {
             content: MessageContent::Event(e.clone()),
         })
         .collect()
-}
-
-/// `messages` as a batch of the `orders` topic's partition 0.
-fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
-    PartitionBatch { source: ORDER, topic: "orders", partition: 0, messages }
 }
 
 async fn race(gate_rows: GateRows) {

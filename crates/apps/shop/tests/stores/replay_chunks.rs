@@ -8,15 +8,14 @@
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::replay::{self, ChunkOutcome, SharedChunkOutcome, Step};
-use prism_read_store::projection::{MessageContent, PartitionBatch, Poison, SourceMessage, Target};
+use prism_read_store::projection::{MessageContent, Poison, SourceMessage, Target};
 use prism_testkit::oracle;
 use prism_testkit::TestEnv;
 use shop::testing::workload::Workload;
 use shop_model::aggregates::ORDER;
 use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY};
 
-const TOPIC: &str = "orders";
-const PARTITION: i32 = 0;
+use crate::support::{order_batch, ORDER_PARTITION as PARTITION, ORDER_TOPIC as TOPIC};
 
 /// The order events of a generated workload as one partition's messages, offsets 0, 1, …
 fn order_messages(seed: u64, events: usize) -> (Vec<prism_events::Event>, Vec<SourceMessage>) {
@@ -33,11 +32,6 @@ fn order_messages(seed: u64, events: usize) -> (Vec<prism_events::Event>, Vec<So
         })
         .collect();
     (orders, messages)
-}
-
-/// `messages` as a batch of the test's partition of orders.
-fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
-    PartitionBatch { source: ORDER, topic: TOPIC, partition: PARTITION, messages }
 }
 
 /// Lands a chunk of the test's range of orders in `target` (what a loader does).

@@ -1,9 +1,21 @@
-//! Set-ups the store tests share: a second generation's table, and a row written by another
-//! transaction while a batch or chunk runs.
+//! Set-ups the store tests share: a batch of orders, a second generation's table, and a row
+//! written by another transaction while a batch or chunk runs.
 
 use prism_projections::ProjectionInstance;
+use prism_read_store::projection::{PartitionBatch, SourceMessage};
 use prism_testkit::TestEnv;
+use shop_model::aggregates::ORDER;
 use uuid::Uuid;
+
+/// The topic the store tests' batches of orders come from.
+pub const ORDER_TOPIC: &str = "orders";
+/// The partition of [`ORDER_TOPIC`] they come from.
+pub const ORDER_PARTITION: i32 = 0;
+
+/// `messages` as a batch of [`ORDER_TOPIC`]'s partition [`ORDER_PARTITION`].
+pub fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {
+    PartitionBatch { source: ORDER, topic: ORDER_TOPIC, partition: ORDER_PARTITION, messages }
+}
 
 /// Creates `to`'s table in the shape of `from`'s (a generation the tests land finished rows in).
 pub async fn create_table_like(env: &TestEnv, from: ProjectionInstance, to: ProjectionInstance) {
