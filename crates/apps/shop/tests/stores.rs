@@ -11,6 +11,8 @@
 //!   lands only in a generation still active at its commit.
 //! - `replay_chunks`: bulk replay chunks land once, whoever loads them.
 //! - `roles`: `ops/postgres/roles.sql` grants each role what it needs and nothing more.
+//! - `switch`: a blue/green switch's verification holds no batch; the switch compares the
+//!   generations' versions again under its lock and changes nothing while they are apart.
 //! - `support`: set-ups the tests above share.
 
 #[path = "stores/checksum.rs"]
@@ -27,3 +29,5 @@ mod replay_chunks;
 mod roles;
 #[path = "stores/support.rs"]
 mod support;
+#[path = "stores/switch.rs"]
+mod switch;

@@ -19,7 +19,7 @@ pub struct ProjectionInstance {
 
 impl ProjectionInstance {
     /// Generation `generation` of the read model `projection`.
-    pub fn new(projection: &'static str, generation: u32) -> Self {
+    pub const fn new(projection: &'static str, generation: u32) -> Self {
         Self { projection, generation }
     }
 

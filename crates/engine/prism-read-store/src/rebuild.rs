@@ -3,33 +3,49 @@
 //! order-independent checksum both modes print.
 //!
 //! Why here: every statement names tables built from a [`ProjectionInstance`] (a checked
-//! identifier and a number, never event text), and the switch must be one
-//! transaction that sees both generations at the same point of the event stream. The
+//! identifier and a number, never event text), and the verification and the switch must each
+//! see both generations at the same point of the event stream. The
 //! projector's batches read the active generations after taking the gate table's lock, to
 //! follow a switch (`crate::projection::apply_batch_while_active`).
 //!
 //! The statements are short and built around instance names, so they live here as constants
 //! rather than in `sql/` files.
 //!
-//! The switch protocol ([`switch`]), in one transaction:
-//! 1. `LOCK TABLE projection_gate, <old>, <new> IN SHARE MODE` (with a lock timeout): no batch
-//!    of any projector can commit gate rows or rows of either generation meanwhile; queries
-//!    keep reading. Every batch takes the gate table's write lock first (before its rows and
-//!    any read-model table), so no batch holds the tables we lock without also holding the
-//!    gate, and lock order cannot deadlock.
-//! 2. The common position: every aggregate's last applied version must be equal in both
-//!    generations' gate rows. If not (one side is still behind live traffic), nothing changes
-//!    and the caller retries shortly.
-//! 3. Row counts and checksums of both tables, in the same snapshot; they must be equal
-//!    unless the caller expects the rebuild to change the model.
-//! 4. The view is pointed at the new table, the registry marks the new generation active and
-//!    the old one retired, and `NOTIFY` on [`generations_channel`] says so. Commit.
+//! A blue/green switch is two steps: [`verify`] compares the generations without holding any
+//! batch, then [`switch`] makes the new one active under a lock held only for a comparison of
+//! versions.
 //!
-//! Invariant it establishes: at the commit of the switch, the new generation holds exactly
-//! what the old one held; from then on every batch a generation-following projector lands is
-//! applied to the new generation (a batch holds the gate table's write lock from its first
-//! statement, and reads the active generations under it: one that finds its generation
-//! switched applies nothing and is applied again to the new one, see
+//! 1. [`verify`], in one `REPEATABLE READ` snapshot, read only: every aggregate's last applied
+//!    version must be equal in both generations' gate rows (the common position); if not (one
+//!    side is still behind live traffic), the caller retries shortly. At a common position, row
+//!    counts and checksums of both tables in the same snapshot; they must be equal unless the
+//!    caller expects the rebuild to change the model. A snapshot sees exactly the batches that
+//!    committed before it, as a lock would, so this is the comparison a lock would make, while
+//!    every projector's batches go on landing.
+//! 2. [`switch`], in one transaction:
+//!    - `LOCK TABLE projection_gate, <old>, <new> IN SHARE MODE` (with a lock timeout): no
+//!      batch of any projector can commit gate rows or rows of either generation meanwhile;
+//!      queries keep reading. Every batch takes the gate table's write lock first (before its
+//!      rows and any read-model table), so no batch holds the tables we lock without also
+//!      holding the gate, and lock order cannot deadlock.
+//!    - The common position again: every aggregate's version equal in both generations (one
+//!      join of their gate rows, about 0.8 µs per aggregate on a 2-core machine, where the
+//!      checksums cost 2–4 µs per row and table). If not, nothing changes and the caller retries.
+//!    - The view is pointed at the new table, the registry marks the new generation active and
+//!      the old one retired, and `NOTIFY` on [`generations_channel`] says so. Commit.
+//!
+//! Why the checksums need not be taken again under the lock: between the verified position and
+//! the switch's, both generations applied the same events (their versions were equal at both),
+//! through the same folds, to rows that were equal; the rows can differ only where the folds
+//! differ, and that is what the verification compares: the history each generation was built
+//! from. (Workers of two releases with different folds running at once could make them differ
+//! in that interval, as they could after the switch.)
+//!
+//! Invariant it establishes: at the commit of the switch, the new generation has applied
+//! exactly the events the old one had; from then on every batch a generation-following
+//! projector lands is applied to the new generation (a batch holds the gate table's write lock
+//! from its first statement, and reads the active generations under it: one that finds its
+//! generation switched applies nothing and is applied again to the new one, see
 //! `crate::projection::apply_batch_while_active`), so the new generation misses nothing and
 //! gets no gap.
 
@@ -87,32 +103,55 @@ pub struct Retired {
     pub dead_letters_discarded: u64,
 }
 
-/// The outcome of one switch attempt.
+/// Two generations apart: each has applied events the other has not yet (live traffic keeps
+/// one side ahead, or the new one is still catching up). Nothing was compared or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Apart {
+    /// Aggregates whose last applied version is higher in the old generation.
+    pub new_behind: i64,
+    /// Aggregates whose last applied version is higher in the new generation.
+    pub new_ahead: i64,
+}
+
+/// Two generations [`verify`] found at a common position with their rows compared: what
+/// [`switch`] takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SwitchOutcome {
-    /// Both generations were at the same position and equal; the view now reads `new`.
-    Switched {
-        /// The old generation at the common position.
-        old: Checksum,
-        /// The new generation at the common position.
-        new: Checksum,
-    },
-    /// The two generations' gates differ (one has applied events the other has not yet):
-    /// nothing changed; try again shortly.
-    NotAtCommonPosition {
-        /// Aggregates whose last applied version is higher in the old generation.
-        new_behind: i64,
-        /// Aggregates whose last applied version is higher in the new generation.
-        new_ahead: i64,
-    },
-    /// Same position, different rows: the new generation is not a faithful rebuild. Nothing
-    /// changed.
+pub struct Verified {
+    /// The serving generation.
+    pub old: ProjectionInstance,
+    /// The rebuilt one.
+    pub new: ProjectionInstance,
+    /// The old generation at the common position.
+    pub old_sum: Checksum,
+    /// The new generation at the common position (equal to `old_sum` unless the caller allowed
+    /// changes).
+    pub new_sum: Checksum,
+}
+
+/// The outcome of one verification attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// At a common position, and equal (or allowed to differ): ready to [`switch`].
+    Verified(Verified),
+    /// Not at a common position: try again shortly.
+    NotAtCommonPosition(Apart),
+    /// Same position, different rows: the new generation is not a faithful rebuild.
     Mismatch {
         /// The old generation.
         old: Checksum,
         /// The new generation.
         new: Checksum,
     },
+}
+
+/// The outcome of one switch attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchOutcome {
+    /// The view now reads the new generation, registered active; the old one is retired.
+    Switched,
+    /// The generations moved apart since they were verified: nothing changed; try again
+    /// shortly (the verification still holds, see the module documentation).
+    NotAtCommonPosition(Apart),
 }
 
 /// The row count and checksum of `table`, whose columns are `columns`. Order-independent by
@@ -308,21 +347,61 @@ pub async fn allocate_generations(
     Ok(allocated)
 }
 
-/// One attempt at the switch from `old` to `new` (see the module documentation). Waits at most
-/// `lock_timeout` for running batches to let go of the tables. With `allow_changes` the rows
-/// may differ at the common position (a rebuild meant to change the model, e.g. after a fold
-/// was fixed); otherwise a difference is a [`SwitchOutcome::Mismatch`] and nothing changes.
+/// How far apart `old` and `new` are, in `tx`'s snapshot.
+async fn gate_diff(
+    tx: &tokio_postgres::Transaction<'_>,
+    old: ProjectionInstance,
+    new: ProjectionInstance,
+) -> Result<Apart, StoreError> {
+    let row = tx.query_one(GATE_DIFF, &[&old.id(), &new.id()]).await?;
+    Ok(Apart { new_behind: row.get(0), new_ahead: row.get(1) })
+}
+
+/// One attempt at verifying `new` against `old` (step 1 of the module documentation): in one
+/// read-only snapshot, without a lock that holds any batch. With `allow_changes` the rows may
+/// differ at the common position (a rebuild meant to change the model, e.g. after a fold was
+/// fixed); otherwise a difference is a [`Verification::Mismatch`].
+pub async fn verify(
+    client: &mut tokio_postgres::Client,
+    old: ProjectionInstance,
+    new: ProjectionInstance,
+    allow_changes: bool,
+) -> Result<Verification, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    // The checksums read both tables whole: a sequential scan is the fast way (Prism's
+    // sessions price it out for their key lookups, see prism-postgres).
+    tx.batch_execute("SET LOCAL enable_seqscan = on").await?;
+    let apart = gate_diff(&tx, old, new).await?;
+    if apart.new_behind != 0 || apart.new_ahead != 0 {
+        tx.rollback().await?;
+        return Ok(Verification::NotAtCommonPosition(apart));
+    }
+    let old_sum = checksum(&tx, old).await?;
+    let new_sum = checksum(&tx, new).await?;
+    tx.rollback().await?;
+    if old_sum != new_sum && !allow_changes {
+        return Ok(Verification::Mismatch { old: old_sum, new: new_sum });
+    }
+    Ok(Verification::Verified(Verified { old, new, old_sum, new_sum }))
+}
+
+/// One attempt at the switch of `verified` (step 2 of the module documentation). Waits at most
+/// `lock_timeout` for running batches to let go of the tables, then holds every batch for one
+/// comparison of both generations' versions.
 pub async fn switch(
     client: &mut tokio_postgres::Client,
     schema: &str,
-    old: ProjectionInstance,
-    new: ProjectionInstance,
+    verified: &Verified,
     lock_timeout: Duration,
-    allow_changes: bool,
 ) -> Result<SwitchOutcome, StoreError> {
+    let Verified { old, new, .. } = *verified;
     let tx = client.transaction().await?;
-    // The checksums below read both tables whole, under the share lock: a sequential scan is
-    // the fast way (Prism's sessions price it out for their key lookups, see prism-postgres).
+    // The join of both generations' gate rows reads them all: hashed, not looked up per key.
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{}ms'; SET LOCAL enable_seqscan = on",
         lock_timeout.as_millis()
@@ -331,17 +410,10 @@ pub async fn switch(
     // The gate first: batches take it before the read-model tables (see the module docs).
     tx.batch_execute(&format!("LOCK TABLE projection_gate, {}, {} IN SHARE MODE", old.id(), new.id()))
         .await?;
-    let row = tx.query_one(GATE_DIFF, &[&old.id(), &new.id()]).await?;
-    let (new_behind, new_ahead): (i64, i64) = (row.get(0), row.get(1));
-    if new_behind != 0 || new_ahead != 0 {
+    let apart = gate_diff(&tx, old, new).await?;
+    if apart.new_behind != 0 || apart.new_ahead != 0 {
         tx.rollback().await?;
-        return Ok(SwitchOutcome::NotAtCommonPosition { new_behind, new_ahead });
-    }
-    let old_sum = checksum(&tx, old).await?;
-    let new_sum = checksum(&tx, new).await?;
-    if old_sum != new_sum && !allow_changes {
-        tx.rollback().await?;
-        return Ok(SwitchOutcome::Mismatch { old: old_sum, new: new_sum });
+        return Ok(SwitchOutcome::NotAtCommonPosition(apart));
     }
     point_view(&tx, new).await?;
     let name = new.projection;
@@ -368,7 +440,7 @@ pub async fn switch(
     }
     tx.execute("SELECT pg_notify($1, $2)", &[&generations_channel(schema), &name]).await?;
     tx.commit().await?;
-    Ok(SwitchOutcome::Switched { old: old_sum, new: new_sum })
+    Ok(SwitchOutcome::Switched)
 }
 
 /// Removes a generation that no longer serves (retired after a switch, or an abandoned

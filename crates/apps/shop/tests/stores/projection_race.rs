@@ -16,7 +16,7 @@ use shop::testing::workload::Workload;
 use shop_model::aggregates::ORDER;
 use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY, USER_PROFILE};
 
-use crate::support::order_batch;
+use crate::support::{order_batch, order_messages};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_of_one_batch_apply_it_once() {
@@ -35,21 +35,6 @@ enum GateRows {
     Exist,
     /// The writers race from the first event of every order.
     New,
-}
-
-/// The order events of `events` as one partition's messages.
-fn order_messages(events: &[prism_events::Event]) -> Vec<SourceMessage> {
-    events
-        .iter()
-        .filter(|e| e.meta.aggregate_type == ORDER)
-        .enumerate()
-        .map(|(i, e)| SourceMessage {
-            offset: i as i64,
-            key: None,
-            value: None,
-            content: MessageContent::Event(e.clone()),
-        })
-        .collect()
 }
 
 async fn race(gate_rows: GateRows) {

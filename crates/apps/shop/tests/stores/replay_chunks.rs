@@ -17,20 +17,11 @@ use shop_model::read_models::{ORDER_SUMMARY, PRODUCT_SALES_DAILY};
 
 use crate::support::{order_batch, ORDER_PARTITION as PARTITION, ORDER_TOPIC as TOPIC};
 
-/// The order events of a generated workload as one partition's messages, offsets 0, 1, …
+/// The order events of a generated workload, and them as one partition's messages.
 fn order_messages(seed: u64, events: usize) -> (Vec<prism_events::Event>, Vec<SourceMessage>) {
     let orders: Vec<_> =
         Workload::generate(seed, events).into_iter().filter(|e| e.meta.aggregate_type == ORDER).collect();
-    let messages = orders
-        .iter()
-        .enumerate()
-        .map(|(i, e)| SourceMessage {
-            offset: i as i64,
-            key: None,
-            value: None,
-            content: MessageContent::Event(e.clone()),
-        })
-        .collect();
+    let messages = crate::support::order_messages(&orders);
     (orders, messages)
 }
 

@@ -1,8 +1,8 @@
-//! Set-ups the store tests share: a batch of orders, a second generation's table, and a row
-//! written by another transaction while a batch or chunk runs.
+//! Set-ups the store tests share: orders as one partition's messages and batches, a second
+//! generation's table, and a row written by another transaction while a batch or chunk runs.
 
 use prism_projections::ProjectionInstance;
-use prism_read_store::projection::{PartitionBatch, SourceMessage};
+use prism_read_store::projection::{MessageContent, PartitionBatch, SourceMessage};
 use prism_testkit::TestEnv;
 use shop_model::aggregates::ORDER;
 use uuid::Uuid;
@@ -11,6 +11,21 @@ use uuid::Uuid;
 pub const ORDER_TOPIC: &str = "orders";
 /// The partition of [`ORDER_TOPIC`] they come from.
 pub const ORDER_PARTITION: i32 = 0;
+
+/// The order events of `events` as [`ORDER_TOPIC`]'s messages, offsets 0, 1, …
+pub fn order_messages(events: &[prism_events::Event]) -> Vec<SourceMessage> {
+    events
+        .iter()
+        .filter(|e| e.meta.aggregate_type == ORDER)
+        .enumerate()
+        .map(|(i, e)| SourceMessage {
+            offset: i as i64,
+            key: None,
+            value: None,
+            content: MessageContent::Event(e.clone()),
+        })
+        .collect()
+}
 
 /// `messages` as a batch of [`ORDER_TOPIC`]'s partition [`ORDER_PARTITION`].
 pub fn order_batch(messages: &[SourceMessage]) -> PartitionBatch<'_> {

@@ -31,11 +31,12 @@
 //! is registered is a bulk replay of N+1, registered with it; the build group's offsets are
 //! committed at the replay's ends first, so the group delivers only what came after. prismctl
 //! reports the replay until it has landed, then the build group's lag until its committed
-//! offsets reach the end offsets seen then; then switch at a common position
-//! (`prism_store::rebuild::switch`: under a share lock on the gate and both tables, every
-//! aggregate's last applied version equal in both generations, counts and checksums equal,
-//! then view + registry + `NOTIFY` in the same transaction), retrying briefly while live
-//! traffic keeps one side ahead. Live projector workers (`projector.generation = 0`) follow
+//! offsets reach the end offsets seen then; then verify at a common position
+//! (`prism_read_store::rebuild::verify`: in one snapshot, without holding any batch, every
+//! aggregate's last applied version equal in both generations, counts and checksums equal) and
+//! switch (`prism_read_store::rebuild::switch`: under a share lock on the gate and both tables,
+//! the versions equal again, then view + registry + `NOTIFY` in the same transaction), each
+//! retried briefly while live traffic keeps one side ahead. Live projector workers (`projector.generation = 0`) follow
 //! the switch at their next batch: a batch that began before the switch committed lands in
 //! the old generation first (the switch waits for it), one that began after finds the switch
 //! and is applied to the new one instead (duplicates skipped), so the live group simply
@@ -54,7 +55,7 @@ use prism_config::PrismConfig;
 use prism_kafka::admin::{self, GroupMembership, OutsideCommit, PartitionOffsets};
 use prism_postgres::Database;
 use prism_projections::{intern, ProjectionInstance};
-use prism_read_store::rebuild::{self as store, SwitchOutcome};
+use prism_read_store::rebuild::{self as store, Apart, SwitchOutcome, Verification};
 use prism_read_store::RegisteredReadModel;
 
 use super::{confirm, KAFKA_HINT, POSTGRES_HINT, REDIS_HINT};
@@ -711,11 +712,12 @@ fn print_blue_green_plan(config: &PrismConfig, build: &GreenBuild<'_>, args: &Re
         topics.join(", ")
     );
     println!(
-        "  3. verify at a common position and switch: under a share lock on the gate and both tables, \
-         every aggregate's last applied version must be equal in {old} and {next} (retried while live \
-         traffic keeps one side ahead); then row counts and checksums must be equal (unless \
-         --allow-changes); then the view \
-         {projection}, the registry and a NOTIFY switch in that transaction. Live workers follow at their next batch"
+        "  3. verify at a common position, without holding the workers' batches: in one snapshot, every \
+         aggregate's last applied version must be equal in {old} and {next} (retried while live traffic \
+         keeps one side ahead), and row counts and checksums must be equal (unless --allow-changes); \
+         then switch: under a share lock on the gate and both tables, the versions equal again, and the \
+         view {projection}, the registry and a NOTIFY switch in that transaction. Live workers follow at \
+         their next batch"
     );
     println!(
         "  4. after {}s: drop {old}, its gate rows and parked aggregates, discard its open dead letters{}",
@@ -926,65 +928,139 @@ async fn build_and_switch(
         started.elapsed().as_secs_f64()
     );
 
-    let mut last_print = Instant::now();
-    let mut attempts = 0u32;
-    let verify_started = Instant::now();
-    loop {
-        attempts += 1;
+    let mut waiting =
+        CommonPositionWait::new(config, live_group, build_group, topics, deadline, args.timeout);
+    let verified = loop {
         let mut client = db.client().await?;
-        let outcome =
-            store::switch(&mut client, db.schema(), old, new, Duration::from_secs(5), args.allow_changes)
-                .await;
+        let outcome = store::verify(&mut client, old, new, args.allow_changes).await;
+        drop(client);
+        match outcome.context("verifying the new generation")? {
+            Verification::Verified(verified) => break verified,
+            Verification::Mismatch { old: old_sum, new: new_sum } => bail!(
+                "verification failed at a common position: {old} has {old_sum}, {new} has {new_sum}; \
+                 the rebuilt model differs from the serving one. If the rebuild is meant to change it \
+                 (a fixed fold, a repaired table), run again with --allow-changes --abandon-previous"
+            ),
+            Verification::NotAtCommonPosition(apart) => waiting.apart(old, new, apart).await?,
+        }
+    };
+    println!(
+        "verified at a common position after {} attempt(s), without holding the workers' batches: {old} \
+         ({}) and {new} ({})",
+        waiting.attempts, verified.old_sum, verified.new_sum
+    );
+    waiting.attempts = 0;
+    loop {
+        let mut client = db.client().await?;
+        let outcome = store::switch(&mut client, db.schema(), &verified, Duration::from_secs(5)).await;
         drop(client);
         match outcome {
-            Ok(SwitchOutcome::Switched { old: old_sum, new: new_sum }) => {
+            Ok(SwitchOutcome::Switched) => {
                 let live = offsets(config, live_group, topics).await?;
                 let build = offsets(config, build_group, topics).await?;
-                println!("common position reached after {attempts} attempt(s): both generations applied the same versions of every aggregate");
+                println!(
+                    "common position reached again under the switch's lock after {} attempt(s): both \
+                     generations applied the same versions of every aggregate",
+                    waiting.attempts
+                );
                 println!(
                     "committed offsets after the switch: live group {live_group} {} / rebuild group {build_group} {} (of {} at the end)",
                     committed_total(&live),
                     committed_total(&build),
                     live.iter().map(|p| p.high).sum::<i64>()
                 );
-                return Ok((old_sum, new_sum));
+                return Ok((verified.old_sum, verified.new_sum));
             }
-            Ok(SwitchOutcome::Mismatch { old: old_sum, new: new_sum }) => bail!(
-                "verification failed at a common position: {old} has {old_sum}, {new} has {new_sum}; \
-                 the rebuilt model differs from the serving one. If the rebuild is meant to change it \
-                 (a fixed fold, a repaired table), run again with --allow-changes --abandon-previous"
-            ),
-            Ok(SwitchOutcome::NotAtCommonPosition { new_behind, new_ahead }) => {
-                if last_print.elapsed() >= PROGRESS_EVERY {
-                    let live = offsets(config, live_group, topics).await?;
-                    let build = offsets(config, build_group, topics).await?;
-                    println!(
-                        "waiting for a common position: {new} behind on {new_behind} and ahead on {new_ahead} aggregate(s); \
-                         committed: live {} / rebuild {}{}",
-                        committed_total(&live),
-                        committed_total(&build),
-                        if new_ahead > 0 && verify_started.elapsed() > Duration::from_secs(30) {
-                            " (still ahead after 30s: are the live projector workers running?)"
-                        } else {
-                            ""
-                        }
-                    );
-                    last_print = Instant::now();
-                }
-            }
+            Ok(SwitchOutcome::NotAtCommonPosition(apart)) => waiting.apart(old, new, apart).await?,
             Err(err) if err.sql_state() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                println!("switch attempt {attempts}: tables busy (lock timeout); retrying");
+                println!("switch attempt {}: tables busy (lock timeout); retrying", waiting.attempts);
+                waiting.pause().await?;
             }
             Err(err) => return Err(err).context("switching generations"),
         }
-        if Instant::now() >= deadline {
+    }
+}
+
+/// The wait for a common position of two generations, shared by the verification and the
+/// switch: counts attempts, prints progress every [`PROGRESS_EVERY`], gives up at the deadline.
+struct CommonPositionWait<'a> {
+    config: &'a PrismConfig,
+    live_group: &'a str,
+    build_group: &'a str,
+    topics: &'a [String],
+    deadline: Instant,
+    timeout_seconds: u64,
+    started: Instant,
+    last_print: Instant,
+    /// Attempts so far, the one in progress included.
+    attempts: u32,
+}
+
+impl<'a> CommonPositionWait<'a> {
+    fn new(
+        config: &'a PrismConfig,
+        live_group: &'a str,
+        build_group: &'a str,
+        topics: &'a [String],
+        deadline: Instant,
+        timeout_seconds: u64,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            config,
+            live_group,
+            build_group,
+            topics,
+            deadline,
+            timeout_seconds,
+            started: now,
+            last_print: now,
+            attempts: 1,
+        }
+    }
+
+    /// An attempt found `old` and `new` apart: says so now and then, and waits before the next.
+    async fn apart(
+        &mut self,
+        old: ProjectionInstance,
+        new: ProjectionInstance,
+        apart: Apart,
+    ) -> anyhow::Result<()> {
+        let Apart { new_behind, new_ahead } = apart;
+        if self.last_print.elapsed() >= PROGRESS_EVERY {
+            let live = offsets(self.config, self.live_group, self.topics).await?;
+            let build = offsets(self.config, self.build_group, self.topics).await?;
+            println!(
+                "waiting for a common position: {new} behind on {new_behind} and ahead on {new_ahead} aggregate(s); \
+                 committed: live {} / rebuild {}{}",
+                committed_total(&live),
+                committed_total(&build),
+                if new_ahead > 0 && self.started.elapsed() > Duration::from_secs(30) {
+                    " (still ahead after 30s: are the live projector workers running?)"
+                } else {
+                    ""
+                }
+            );
+            self.last_print = Instant::now();
+        }
+        if Instant::now() >= self.deadline {
             bail!(
                 "no common position within {}s: live traffic kept {old} and {new} apart, or the live projector \
                  workers are not running",
-                args.timeout
+                self.timeout_seconds
             );
         }
+        self.pause().await
+    }
+
+    /// Waits before the next attempt; fails past the deadline.
+    async fn pause(&mut self) -> anyhow::Result<()> {
+        if Instant::now() >= self.deadline {
+            bail!("no switch within {}s: the tables stayed busy", self.timeout_seconds);
+        }
         tokio::time::sleep(Duration::from_millis(150)).await;
+        self.attempts += 1;
+        Ok(())
     }
 }
 
