@@ -949,7 +949,7 @@ async fn build_and_switch(
          ({}) and {new} ({})",
         waiting.attempts, verified.old_sum, verified.new_sum
     );
-    waiting.attempts = 0;
+    waiting.attempts = 1;
     loop {
         let mut client = db.client().await?;
         let outcome = store::switch(&mut client, db.schema(), &verified, Duration::from_secs(5)).await;
