@@ -928,8 +928,18 @@ async fn build_and_switch(
         started.elapsed().as_secs_f64()
     );
 
-    let mut waiting =
-        CommonPositionWait::new(config, live_group, build_group, topics, deadline, args.timeout);
+    let now = Instant::now();
+    let mut waiting = CommonPositionWait {
+        config,
+        live_group,
+        build_group,
+        topics,
+        deadline,
+        timeout_seconds: args.timeout,
+        started: now,
+        last_print: now,
+        attempts: 1,
+    };
     let verified = loop {
         let mut client = db.client().await?;
         let outcome = store::verify(&mut client, old, new, args.allow_changes).await;
@@ -996,29 +1006,7 @@ struct CommonPositionWait<'a> {
     attempts: u32,
 }
 
-impl<'a> CommonPositionWait<'a> {
-    fn new(
-        config: &'a PrismConfig,
-        live_group: &'a str,
-        build_group: &'a str,
-        topics: &'a [String],
-        deadline: Instant,
-        timeout_seconds: u64,
-    ) -> Self {
-        let now = Instant::now();
-        Self {
-            config,
-            live_group,
-            build_group,
-            topics,
-            deadline,
-            timeout_seconds,
-            started: now,
-            last_print: now,
-            attempts: 1,
-        }
-    }
-
+impl CommonPositionWait<'_> {
     /// An attempt found `old` and `new` apart: says so now and then, and waits before the next.
     async fn apart(
         &mut self,
