@@ -2,9 +2,11 @@
 //!
 //! Layers, later ones winning: `config/default.toml` (compiled in, so a binary needs no
 //! files to start), `config/<PRISM_ENV>.toml`, files passed with `--config`, then
-//! environment variables `PRISM__<SECTION>__<KEY>`. A variable ending in `_FILE` reads its
-//! value from the named file, for secrets mounted by an orchestrator. Every struct denies
-//! unknown fields, so a misspelt key is an error that names the key and where it came from.
+//! environment variables `PRISM__<SECTION>__<KEY>` (librdkafka's pass-through properties as
+//! `PRISM__KAFKA__PROPERTIES__<NAME>`, `_` for the dots of the name). A variable ending in
+//! `_FILE` reads its value from the named file, for secrets mounted by an orchestrator. Every
+//! struct denies unknown fields, so a misspelt key is an error that names the key and where it
+//! came from.
 //!
 //! - [`sections`]: the typed sections, one struct each.
 //! - [`secret`]: [`Secret`], a string that never shows in `Debug` or logs.

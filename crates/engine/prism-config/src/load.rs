@@ -218,7 +218,9 @@ fn env_providers(env: &[(String, String)]) -> Result<Vec<EnvVar>, ConfigError> {
     sorted.sort();
     for (name, raw) in sorted {
         let rest = &name[ENV_PREFIX.len()..];
-        let (key, value) = match rest.strip_suffix(FILE_SUFFIX) {
+        // A file's text is taken as it is; a variable's value is parsed (a number, a boolean,
+        // an array), as figment does.
+        let (key, text, from_file) = match rest.strip_suffix(FILE_SUFFIX) {
             Some(key) => {
                 if env.iter().any(|(other, _)| other == &format!("{ENV_PREFIX}{key}")) {
                     return Err(ConfigError::Invalid(format!(
@@ -229,9 +231,9 @@ fn env_providers(env: &[(String, String)]) -> Result<Vec<EnvVar>, ConfigError> {
                     .map_err(|e| ConfigError::Invalid(format!("{name}: cannot read {raw}: {e}")))?;
                 // Files written by editors and `echo` end in a newline that is not part of
                 // the secret.
-                (key, Value::from(text.trim_end_matches(['\n', '\r']).to_owned()))
+                (key, text.trim_end_matches(['\n', '\r']).to_owned(), true)
             }
-            None => (rest, raw.parse::<Value>().unwrap_or_else(|never| match never {})),
+            None => (rest, raw.clone(), false),
         };
         let segments: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
         if segments.iter().any(String::is_empty) {
@@ -239,9 +241,41 @@ fn env_providers(env: &[(String, String)]) -> Result<Vec<EnvVar>, ConfigError> {
                 "{name}: expected {ENV_PREFIX}<SECTION>__<KEY> with no empty parts"
             )));
         }
+        if let Some(property) = librdkafka_property(&segments) {
+            // Kept as text, as librdkafka takes every property (a parsed `true` or `50` would
+            // not deserialize into the map's strings), and nested by hand: the dotted name is
+            // one key, not a path.
+            let mut dict = Dict::new();
+            dict.insert(property, Value::from(text));
+            providers.push(EnvVar {
+                name: name.clone(),
+                path: "kafka.properties".into(),
+                value: Value::from(dict),
+            });
+            continue;
+        }
+        let value = if from_file {
+            Value::from(text)
+        } else {
+            text.parse::<Value>().unwrap_or_else(|never| match never {})
+        };
         providers.push(EnvVar { name: name.clone(), path: segments.join("."), value });
     }
     Ok(providers)
+}
+
+/// The librdkafka property a `PRISM__KAFKA__PROPERTIES__<NAME>` variable sets: `<NAME>`
+/// lowercased with `_` for `.` (`FETCH_WAIT_MAX_MS` is `fetch.wait.max.ms`). No property
+/// librdkafka takes as text has an underscore in its name (the few that do are callbacks and
+/// pointers, set through its API only), so the mapping is exact. A variable name cannot carry
+/// the dots themselves.
+fn librdkafka_property(segments: &[String]) -> Option<String> {
+    match segments {
+        [section, properties, name] if section == "kafka" && properties == "properties" => {
+            Some(name.replace('_', "."))
+        }
+        _ => None,
+    }
 }
 
 /// Identifiers Prism splices into SQL must pass this: lowercase, no quoting needed, with

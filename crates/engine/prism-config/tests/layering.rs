@@ -56,14 +56,45 @@ fn later_layers_win_key_by_key() {
 }
 
 #[test]
-fn passthrough_kafka_properties_come_from_files() {
-    // librdkafka property names contain dots, which the variable path syntax cannot carry;
-    // they are set in a file.
+fn passthrough_kafka_properties_come_from_files_and_variables() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = write(&dir, "k.toml", "[kafka.properties]\n\"socket.keepalive.enable\" = \"true\"\n");
-    let config =
-        PrismConfig::load(&ConfigSources { files: vec![file], ..Default::default() }).expect("loads");
-    assert_eq!(config.kafka.properties.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+    let file = write(
+        &dir,
+        "k.toml",
+        "[kafka.properties]\n\"socket.keepalive.enable\" = \"true\"\n\"fetch.wait.max.ms\" = \"100\"\n",
+    );
+    let password = write(&dir, "key-password", "s3cret\n");
+    let config = PrismConfig::load(&ConfigSources {
+        files: vec![file],
+        // A variable names a property with `_` for `.`, and is kept as text however it reads.
+        env: env(&[
+            ("PRISM__KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS", "50"),
+            ("PRISM__KAFKA__PROPERTIES__QUEUED_MAX_MESSAGES_KBYTES", "4096"),
+            ("PRISM__KAFKA__PROPERTIES__CHECK_CRCS", "true"),
+            ("PRISM__KAFKA__PROPERTIES__SSL_KEY_PASSWORD_FILE", password.to_str().expect("utf-8")),
+        ]),
+        ..Default::default()
+    })
+    .expect("loads");
+    let property = |name: &str| config.kafka.properties.get(name).map(String::as_str);
+    assert_eq!(property("socket.keepalive.enable"), Some("true"), "a file's property stays");
+    assert_eq!(property("fetch.wait.max.ms"), Some("50"), "a variable beats a file");
+    assert_eq!(property("queued.max.messages.kbytes"), Some("4096"));
+    assert_eq!(property("check.crcs"), Some("true"));
+    assert_eq!(property("ssl.key.password"), Some("s3cret"), "from the file a `_FILE` variable names");
+    assert_eq!(config.kafka.properties.len(), 5, "{:?}", config.kafka.properties.keys());
+}
+
+#[test]
+fn a_variable_naming_no_property_is_an_error_naming_it() {
+    let err =
+        load_err(&ConfigSources { env: env(&[("PRISM__KAFKA__PROPERTIES__", "x")]), ..Default::default() });
+    assert!(err.contains("PRISM__KAFKA__PROPERTIES__"), "{err}");
+    let err = load_err(&ConfigSources {
+        env: env(&[("PRISM__KAFKA__PROPERTIES__FETCH__WAIT", "1")]),
+        ..Default::default()
+    });
+    assert!(err.contains("PRISM__KAFKA__PROPERTIES__FETCH__WAIT"), "{err}");
 }
 
 #[test]
