@@ -35,12 +35,19 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// True when librdkafka refused its configuration (a property of `kafka.properties` it does
+    /// not know, or a value it does not take) before any broker was asked anything.
+    pub fn is_client_config(&self) -> bool {
+        matches!(self, Self::Client(RdKafkaError::ClientConfig(..)))
+    }
+
     /// True when waiting and retrying can help: the broker is down, a leader is moving, a
-    /// request timed out.
+    /// request timed out. A configuration librdkafka refused stays refused.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable { .. } => true,
             Self::Topic { .. } | Self::Group { .. } => false,
+            Self::Client(RdKafkaError::ClientConfig(..)) => false,
             Self::Client(err) => is_transient_code(err.rdkafka_error_code()),
         }
     }
@@ -77,4 +84,29 @@ pub fn is_transient_code(code: Option<RDKafkaErrorCode>) -> bool {
                 | Retry
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::BaseProducer;
+    use rdkafka::ClientConfig;
+
+    use super::KafkaError;
+
+    #[test]
+    fn a_refused_configuration_is_named_as_such_and_not_retried() {
+        let refused = ClientConfig::new()
+            .set("no.such.property", "1")
+            .create::<BaseProducer>()
+            .map(|_| ())
+            .map_err(KafkaError::from)
+            .expect_err("librdkafka refuses a property it does not know");
+        assert!(refused.is_client_config(), "{refused}");
+        assert!(!refused.is_transient(), "{refused}");
+        assert!(refused.to_string().contains("no.such.property"), "{refused}");
+        let timed_out = KafkaError::Client(rdkafka::error::KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+        ));
+        assert!(!timed_out.is_client_config() && timed_out.is_transient());
+    }
 }

@@ -8,7 +8,9 @@
 //! - `lag --group <typo>` says the group never committed, listing the known groups, instead
 //!   of a table of full lag;
 //! - a `projector.group` written with the prefix already in it is not prefixed twice;
-//! - a destructive command without `--yes` and without a terminal refuses, changing nothing.
+//! - a destructive command without `--yes` and without a terminal refuses, changing nothing;
+//! - librdkafka properties come from `PRISM__KAFKA__PROPERTIES__*` variables, and one librdkafka
+//!   refuses is named as configuration, not blamed on the broker.
 //!
 //! Read models, dead letters and rebuilds are exercised by the applications' own operations
 //! tests (the shop's `tests/ops.rs`).
@@ -252,4 +254,24 @@ async fn a_destructive_command_without_yes_and_without_a_terminal_changes_nothin
     let run = prismctl(&env, &["offsets", "reset", "--to-earliest", "--execute", "--yes"]).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(committed(&env, &group).await.values().all(|o| *o == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_properties_come_from_variables_and_a_refused_one_is_named_as_configuration() {
+    let env = environment().await;
+    // A property librdkafka takes, set the way an orchestrator sets it: the command works.
+    let keepalive = with(&env.env_vars, "PRISM__KAFKA__PROPERTIES__SOCKET_KEEPALIVE_ENABLE", "true");
+    let run = prismctl_with(&keepalive, &["lag", "--output", "json"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+
+    // One it does not know: named, and not blamed on the broker, which is running.
+    let unknown = with(&env.env_vars, "PRISM__KAFKA__PROPERTIES__FETCH_WAIT_MAX_SECONDS", "1");
+    let run = prismctl_with(&unknown, &["lag", "--output", "json"]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("fetch.wait.max.seconds") && run.stderr.contains("kafka.properties"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("is the broker running"), "{}", run.stderr);
 }

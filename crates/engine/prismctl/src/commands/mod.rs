@@ -46,12 +46,16 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<()> {
 
 /// A broker failure while doing `what`: the hint about starting a broker only when the broker
 /// did not answer. A topic or group the broker answered about is named as such, not blamed on
-/// a broker that is running fine.
+/// a broker that is running fine, and a configuration librdkafka refused is named as that.
 pub fn kafka_error(err: prism_kafka::KafkaError, what: impl std::fmt::Display) -> anyhow::Error {
     match err {
         prism_kafka::KafkaError::Topic { .. } | prism_kafka::KafkaError::Group { .. } => {
             anyhow::Error::new(err).context(what.to_string())
         }
+        config if config.is_client_config() => anyhow::Error::new(config).context(format!(
+            "{what} (librdkafka refused its configuration: check kafka.properties and its \
+             PRISM__KAFKA__PROPERTIES__* variables)"
+        )),
         other => anyhow::Error::new(other).context(format!("{what} ({KAFKA_HINT})")),
     }
 }
