@@ -36,11 +36,12 @@
 //! aggregate's last applied version equal in both generations, counts and checksums equal) and
 //! switch (`prism_read_store::rebuild::switch`: under a share lock on the gate and both tables,
 //! the versions equal again, then view + registry + `NOTIFY` in the same transaction), each
-//! retried briefly while live traffic keeps one side ahead. Live projector workers (`projector.generation = 0`) follow
-//! the switch at their next batch: a batch that began before the switch committed lands in
-//! the old generation first (the switch waits for it), one that began after finds the switch
-//! and is applied to the new one instead (duplicates skipped), so the live group simply
-//! continues from its own offsets, and no offsets are copied between groups. After
+//! retried briefly while live traffic keeps one side ahead. Live projector workers
+//! (`projector.generation = 0`) follow the switch at their next batch: a batch that began
+//! before the switch committed lands in the old generation first (the switch waits for it),
+//! one that began after finds the switch and is applied to the new one instead (duplicates
+//! skipped), so the live group simply continues from its own offsets, and no offsets are
+//! copied between groups. After
 //! `--retire-grace` the old generation is retired: table dropped, gate rows and parked
 //! aggregates deleted, open dead letters discarded, Redis keys deleted, and the rebuild group
 //! (stopped by then) is deleted from the broker.
