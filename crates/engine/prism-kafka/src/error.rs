@@ -47,7 +47,7 @@ impl KafkaError {
         match self {
             Self::Unreachable { .. } => true,
             Self::Topic { .. } | Self::Group { .. } => false,
-            Self::Client(RdKafkaError::ClientConfig(..)) => false,
+            Self::Client(_) if self.is_client_config() => false,
             Self::Client(err) => is_transient_code(err.rdkafka_error_code()),
         }
     }

@@ -347,14 +347,15 @@ pub async fn allocate_generations(
     Ok(allocated)
 }
 
-/// How far apart `old` and `new` are, in `tx`'s snapshot.
+/// How far apart `old` and `new` are in `tx`'s snapshot; `None` at a common position.
 async fn gate_diff(
     tx: &tokio_postgres::Transaction<'_>,
     old: ProjectionInstance,
     new: ProjectionInstance,
-) -> Result<Apart, StoreError> {
+) -> Result<Option<Apart>, StoreError> {
     let row = tx.query_one(GATE_DIFF, &[&old.id(), &new.id()]).await?;
-    Ok(Apart { new_behind: row.get(0), new_ahead: row.get(1) })
+    let apart = Apart { new_behind: row.get(0), new_ahead: row.get(1) };
+    Ok((apart.new_behind != 0 || apart.new_ahead != 0).then_some(apart))
 }
 
 /// One attempt at verifying `new` against `old` (step 1 of the module documentation): in one
@@ -376,8 +377,7 @@ pub async fn verify(
     // The checksums read both tables whole: a sequential scan is the fast way (Prism's
     // sessions price it out for their key lookups, see prism-postgres).
     tx.batch_execute("SET LOCAL enable_seqscan = on").await?;
-    let apart = gate_diff(&tx, old, new).await?;
-    if apart.new_behind != 0 || apart.new_ahead != 0 {
+    if let Some(apart) = gate_diff(&tx, old, new).await? {
         tx.rollback().await?;
         return Ok(Verification::NotAtCommonPosition(apart));
     }
@@ -410,8 +410,7 @@ pub async fn switch(
     // The gate first: batches take it before the read-model tables (see the module docs).
     tx.batch_execute(&format!("LOCK TABLE projection_gate, {}, {} IN SHARE MODE", old.id(), new.id()))
         .await?;
-    let apart = gate_diff(&tx, old, new).await?;
-    if apart.new_behind != 0 || apart.new_ahead != 0 {
+    if let Some(apart) = gate_diff(&tx, old, new).await? {
         tx.rollback().await?;
         return Ok(SwitchOutcome::NotAtCommonPosition(apart));
     }
