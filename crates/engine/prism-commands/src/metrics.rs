@@ -75,7 +75,13 @@ impl Outcome {
 pub fn describe() {
     describe_counter!(COMMANDS_REQUESTS, "Commands handled, by command and outcome.");
     describe_histogram!(COMMANDS_REQUEST_DURATION, Unit::Seconds, "Command handling time, by command.");
-    describe_gauge!(COMMANDS_OUTBOX_BACKLOG, "Events in the outbox not yet acknowledged by the broker.");
+    describe_gauge!(
+        COMMANDS_OUTBOX_BACKLOG,
+        format!(
+            "Events in the outbox not yet acknowledged by the broker: counted up to {}, past that the span of their ids (never fewer).",
+            outbox::BACKLOG_COUNTED_UP_TO
+        )
+    );
     describe_gauge!(COMMANDS_OUTBOX_OLDEST_AGE, Unit::Seconds, "Age of the oldest unpublished outbox entry.");
     describe_counter!(COMMANDS_OUTBOX_PUBLISHED, "Events published by the outbox relay.");
     describe_counter!(

@@ -53,11 +53,21 @@ pub struct OutboxMessage {
 /// The outbox's unpublished rows, in numbers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
-    /// Rows not yet acknowledged by the broker.
+    /// Rows not yet acknowledged by the broker: counted when fewer than the bound asked for
+    /// ([`BACKLOG_COUNTED_UP_TO`] for [`backlog`]), otherwise the span of their ids, never
+    /// less than the rows waiting (see `exact`).
     pub events: i64,
+    /// Whether `events` was counted row by row rather than taken from the span of the ids.
+    pub exact: bool,
     /// Age of the oldest of them, in seconds (0 when empty).
     pub oldest_age_seconds: f64,
 }
+
+/// How many outbox rows [`backlog`] counts one by one. A larger backlog is read from the span of
+/// its ids, so a sample costs the same whatever the backlog: the gauges are sampled most while
+/// the broker is down, which is when the backlog grows without bound. Above the backlog alert's
+/// threshold (10 000), so the alert compares with an exact count.
+pub const BACKLOG_COUNTED_UP_TO: i64 = 100_000;
 
 /// Reads the oldest `per_lane` rows of each lane in `lanes`, in id order within each lane.
 pub async fn read_lanes(
@@ -97,11 +107,21 @@ pub async fn delete(db: &Database, ids: &[i64]) -> Result<u64, StoreError> {
     Ok(client.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids]).await?)
 }
 
-/// How many rows wait and how old the oldest is.
+/// How many rows wait and how old the oldest is, counted exactly up to
+/// [`BACKLOG_COUNTED_UP_TO`] rows.
 pub async fn backlog(db: &Database) -> Result<Backlog, StoreError> {
+    backlog_counted_up_to(db, BACKLOG_COUNTED_UP_TO).await
+}
+
+/// [`backlog`] with the bound up to which rows are counted one by one given (at least 1).
+pub async fn backlog_counted_up_to(db: &Database, counted_up_to: i64) -> Result<Backlog, StoreError> {
     let client = db.client().await?;
-    let row = client.query_one(BACKLOG, &[]).await?;
-    Ok(Backlog { events: row.try_get("backlog")?, oldest_age_seconds: row.try_get("oldest_age_seconds")? })
+    let row = client.query_one(BACKLOG, &[&counted_up_to.max(1)]).await?;
+    Ok(Backlog {
+        events: row.try_get("backlog")?,
+        exact: row.try_get("exact")?,
+        oldest_age_seconds: row.try_get("oldest_age_seconds")?,
+    })
 }
 
 /// What the control connection holds.

@@ -217,6 +217,72 @@ async fn multi_stream_append_round_trips_with_outbox_rows() {
     assert_eq!(backlog.events, 0);
 }
 
+/// The backlog gauges' figures: counted row by row up to the bound asked for, and past it the
+/// span of the waiting rows' ids, which counts the rows a lane published ahead of the others
+/// and so is never less than the rows waiting; the oldest row's age is the first id's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_is_counted_up_to_its_bound_and_never_less_than_the_rows_past_it() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let store = store(&env);
+    let appends: Vec<StreamAppend> = (0..12)
+        .map(|n| {
+            let id = Uuid::new_v4();
+            StreamAppend {
+                aggregate_type: USER,
+                aggregate_id: id,
+                expected_version: 0,
+                events: vec![event(USER, id, 1, registered(n))],
+            }
+        })
+        .collect();
+    store.append(&appends, None).await.expect("append");
+    let backlog = |bound| {
+        let db = env.db.clone();
+        async move { outbox::backlog_counted_up_to(&db, bound).await.expect("backlog") }
+    };
+
+    let counted = backlog(100).await;
+    assert_eq!((counted.events, counted.exact), (12, true));
+    assert!((0.0..60.0).contains(&counted.oldest_age_seconds), "{counted:?}");
+    assert_eq!(outbox::backlog(&env.db).await.expect("backlog").events, 12, "the default bound counts them");
+    let spanned = backlog(5).await;
+    assert_eq!((spanned.events, spanned.exact), (12, false), "twelve ids from the first to the last");
+
+    // Lanes publish independently: rows in the middle of the span go first.
+    let all_lanes: Vec<i16> = (0..prism_event_store::OUTBOX_LANES).collect();
+    let mut ids: Vec<i64> = outbox::read_lanes(&env.db, &all_lanes, 100)
+        .await
+        .expect("read outbox")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids.len(), 12);
+    assert_eq!(outbox::delete(&env.db, &ids[3..7]).await.expect("delete"), 4);
+    assert_eq!((backlog(100).await.events, backlog(100).await.exact), (8, true));
+    let spanned = backlog(5).await;
+    assert!(
+        !spanned.exact && spanned.events >= 8,
+        "past the bound, never less than the rows waiting: {spanned:?}"
+    );
+    assert_eq!(spanned.events, 12, "the span of ids from the first waiting row to the last");
+
+    let client = env.db.client().await.expect("client");
+    client
+        .execute("UPDATE outbox SET created_at = now() - interval '1 hour' WHERE id = $1", &[&ids[0]])
+        .await
+        .expect("age the first row");
+    let aged = backlog(100).await.oldest_age_seconds;
+    assert!((3600.0..3660.0).contains(&aged), "the first row's age: {aged}");
+    assert_eq!(outbox::delete(&env.db, &ids[..1]).await.expect("delete"), 1);
+    let next = backlog(100).await.oldest_age_seconds;
+    assert!((0.0..60.0).contains(&next), "the next row's age once the first is published: {next}");
+
+    outbox::delete(&env.db, &ids).await.expect("delete the rest");
+    let empty = backlog(5).await;
+    assert_eq!((empty.events, empty.exact, empty.oldest_age_seconds), (0, true, 0.0));
+}
+
 /// When one stream of a multi-stream append conflicts, nothing of the append lands: not the
 /// other stream's events, not their outbox rows, not the idempotency record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
