@@ -9,6 +9,8 @@
 //! - [`service`]: [`CommandService`] — load → decide → append, `If-Match`, idempotency keys
 //!   (request fingerprint, replay, reuse refused), and [`Decision`]s that append to several
 //!   aggregates in one transaction.
+//! - [`states`]: the states of recently used aggregates, kept between commands so a command
+//!   folds only the events appended since its aggregate was last loaded.
 //! - [`http`]: what an application's HTTP command API mounts: the error body contract
 //!   `{"error": {"code", "reason"?, "field"?, "message"}}` ([`ApiError`](http::ApiError)),
 //!   strict JSON object bodies with a size limit, `Idempotency-Key`, `If-Match`,
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod readiness;
 pub mod relay;
 pub mod service;
+pub mod states;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -148,7 +151,9 @@ async fn serve_inner(
         Some(CommandApi { events, routes, .. }) => {
             let store = EventStore::new(db.clone(), events, config.topics.prefix.clone());
             let state = ApiState {
-                service: Arc::new(CommandService::new(store, ttl)),
+                service: Arc::new(
+                    CommandService::new(store, ttl).keeping_states(config.commands.cached_aggregates),
+                ),
                 max_body_bytes: config.commands.max_body_bytes,
             };
             http::finish(routes, state)

@@ -24,12 +24,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use prism_event_store::{
-    idempotency, EventStore, EventStoreError, IdempotencyRecord, StoredResponse, Stream, StreamAppend,
+    idempotency, Continuation, EventStore, EventStoreError, IdempotencyRecord, StoredResponse, StreamAppend,
 };
-use prism_events::{rehydrate, truncate_to_micros, Aggregate, AggregateType, Event, EventPosition, EventSet};
+use prism_events::{truncate_to_micros, Aggregate, AggregateType, Event, EventPosition, EventSet};
 use prism_postgres::{ErrorClass, StoreError};
 use serde_json::json;
 use uuid::Uuid;
+
+use crate::states::{AggregateStates, Folded};
 
 /// Everything about a request that is not the command itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,12 +382,28 @@ pub struct CommandService {
     store: EventStore,
     /// How long idempotency records answer.
     idempotency_ttl: Duration,
+    /// Recently used aggregates' states, so a load folds only the events appended since.
+    states: AggregateStates,
 }
 
 impl CommandService {
-    /// A service over `store`, keeping idempotency records for `idempotency_ttl`.
+    /// A service over `store`, keeping idempotency records for `idempotency_ttl`. It keeps no
+    /// aggregate's state between commands until [`CommandService::keeping_states`] says how many.
     pub fn new(store: EventStore, idempotency_ttl: Duration) -> Self {
-        Self { store, idempotency_ttl }
+        Self { store, idempotency_ttl, states: AggregateStates::new(0) }
+    }
+
+    /// The same service, keeping the states of up to `aggregates` recently used aggregates
+    /// between commands (0: none), so that a command reads and folds only the events appended
+    /// to its aggregate since (see [`crate::states`]).
+    pub fn keeping_states(mut self, aggregates: usize) -> Self {
+        self.states = AggregateStates::new(aggregates);
+        self
+    }
+
+    /// The aggregates' states it keeps.
+    pub fn states(&self) -> &AggregateStates {
+        &self.states
     }
 
     /// The event store.
@@ -395,15 +413,29 @@ impl CommandService {
 
     /// Loads aggregate `aggregate_id` of type `A` and folds its events. An aggregate with no
     /// events is `A::default()` at version 0.
+    ///
+    /// With a state of it kept from an earlier command, only the events appended since are read
+    /// and folded onto it; the store is asked either way, so the state is current.
     pub async fn load<A: Aggregate>(&self, aggregate_id: Uuid) -> Result<Loaded<A>, ServiceError<A::Error>> {
-        let stream: Stream = self.store.load(A::TYPE, aggregate_id).await?;
+        let kept = self.states.get::<A>(aggregate_id);
+        let folded = kept.as_ref().map(|kept| (kept.version, kept.event_id));
+        let (kept, events) = match self.store.load_after(A::TYPE, aggregate_id, folded).await? {
+            Continuation::Events(events) => (kept, events),
+            Continuation::Diverged => {
+                self.states.forget(A::TYPE, aggregate_id);
+                match self.store.load_after(A::TYPE, aggregate_id, None).await? {
+                    Continuation::Events(events) => (None, events),
+                    Continuation::Diverged => unreachable!("a whole stream has nothing to diverge from"),
+                }
+            }
+        };
         let unfoldable = |source: Box<dyn std::error::Error + Send + Sync>| ServiceError::Unfoldable {
             aggregate_type: A::TYPE,
             aggregate_id,
             source,
         };
-        let mut bodies = Vec::with_capacity(stream.events.len());
-        for event in &stream.events {
+        let mut bodies = Vec::with_capacity(events.len());
+        for event in &events {
             let body = event.body::<A::Event>().ok_or_else(|| {
                 unfoldable(
                     format!(
@@ -416,8 +448,19 @@ impl CommandService {
             })?;
             bodies.push(body);
         }
-        let state = rehydrate::<A>(bodies).map_err(|err| unfoldable(Box::new(err)))?;
-        Ok(Loaded { aggregate_id, state, version: stream.version() })
+        let kept_version = kept.as_ref().map_or(0, |kept| kept.version);
+        let mut state = kept.map(|kept| kept.state).unwrap_or_default();
+        for body in bodies {
+            state.evolve(body).map_err(|err| unfoldable(Box::new(err)))?;
+        }
+        let Some(last) = events.last() else {
+            return Ok(Loaded { aggregate_id, state, version: kept_version });
+        };
+        let folded = Folded { state, version: last.meta.aggregate_version, event_id: last.meta.event_id };
+        // Only aggregates with events are kept: lookups of ids that do not exist would
+        // otherwise push out the states worth keeping.
+        self.states.put(aggregate_id, &folded);
+        Ok(Loaded { aggregate_id, state: folded.state, version: folded.version })
     }
 
     /// Runs `command` against aggregate `aggregate_id` of type `A`: load, decide (with

@@ -22,9 +22,14 @@ async fn env() -> TestEnv {
         .expect("test environment")
 }
 
+/// A service as a command service runs it: keeping the states of the aggregates it loads.
 fn service(env: &TestEnv) -> CommandService {
+    service_keeping(env, 100)
+}
+
+fn service_keeping(env: &TestEnv, aggregates: usize) -> CommandService {
     let store = EventStore::new(env.db.clone(), env.app.events().clone(), env.topic_prefix());
-    CommandService::new(store, Duration::from_secs(3600))
+    CommandService::new(store, Duration::from_secs(3600)).keeping_states(aggregates)
 }
 
 fn keyed(key: &str, fingerprint: &str) -> RequestMeta {
@@ -256,6 +261,109 @@ async fn unfoldable_streams_are_reported() {
     assert!(matches!(err, ServiceError::Unfoldable { .. }), "{err:?}");
     assert!(err.to_string().contains("cannot follow note 0"), "{err}");
     assert!(!err.is_transient());
+}
+
+/// A kept state saves a command the fold of its aggregate's history, and is never taken as
+/// current: each load reads what other instances appended since, and folds the stream anew
+/// when it no longer holds the event the state was folded up to (a store restored from an
+/// older backup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_states_fold_only_what_was_appended_since() {
+    let env = env().await;
+    let (instance, other) = (service(&env), service_keeping(&env, 100));
+    let id = Uuid::new_v4();
+    other.execute::<Tally>(id, Note::Open(5), &RequestMeta::new()).await.expect("open");
+    assert!(instance.states().is_empty(), "an aggregate without events is not kept");
+    let loaded = instance.load::<Tally>(id).await.expect("load");
+    assert_eq!((loaded.version(), loaded.state().total), (1, 5));
+    assert_eq!(instance.states().len(), 1);
+
+    // The first event made unfoldable: only a load that folds it again fails.
+    let client = env.db.client().await.expect("client");
+    client
+        .execute("UPDATE events SET payload = '{\"n\": 0}' WHERE aggregate_id = $1", &[&id])
+        .await
+        .expect("corrupt");
+    let added = instance
+        .execute::<Tally>(id, Note::Add(2), &RequestMeta::new())
+        .await
+        .expect("add on the kept state");
+    assert_eq!(added.body["version"], json!(2));
+    let refolded =
+        service_keeping(&env, 0).load::<Tally>(id).await.expect_err("a whole fold reads the first event");
+    assert!(matches!(refolded, ServiceError::Unfoldable { .. }), "{refolded:?}");
+    client
+        .execute(
+            "UPDATE events SET payload = '{\"n\": 5}' WHERE aggregate_id = $1 AND aggregate_version = 1",
+            &[&id],
+        )
+        .await
+        .expect("repair");
+
+    // Another instance appends; the kept state is not stale for it.
+    other.execute::<Tally>(id, Note::Add(10), &RequestMeta::new()).await.expect("add elsewhere");
+    let loaded = instance.load::<Tally>(id).await.expect("load");
+    assert_eq!((loaded.version(), loaded.state().total, loaded.state().notes), (3, 17, 3));
+
+    // The stream loses its last two events, as a restore from an older backup would.
+    client
+        .execute(
+            "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM events WHERE aggregate_id = $1 AND aggregate_version > 1)",
+            &[&id],
+        )
+        .await
+        .expect("outbox rows");
+    client
+        .execute("DELETE FROM events WHERE aggregate_id = $1 AND aggregate_version > 1", &[&id])
+        .await
+        .expect("events");
+    let loaded = instance.load::<Tally>(id).await.expect("load");
+    assert_eq!((loaded.version(), loaded.state().total), (1, 5), "folded anew, not appended after version 3");
+    let added = instance.execute::<Tally>(id, Note::Add(1), &RequestMeta::new()).await.expect("add");
+    assert_eq!(added.body["version"], json!(2));
+    assert_eq!(versions(&env, id).await, vec![1, 2], "no gap where the kept state was");
+
+    // The same version held by another event: folded anew as well.
+    client
+        .execute("UPDATE events SET event_id = gen_random_uuid(), payload = '{\"n\": 7}' WHERE aggregate_id = $1 AND aggregate_version = 2", &[&id])
+        .await
+        .expect_err("the outbox row refers to the event");
+    client
+        .execute(
+            "DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM events WHERE aggregate_id = $1)",
+            &[&id],
+        )
+        .await
+        .expect("outbox rows");
+    client
+        .execute("UPDATE events SET event_id = gen_random_uuid(), payload = '{\"n\": 7}' WHERE aggregate_id = $1 AND aggregate_version = 2", &[&id])
+        .await
+        .expect("another event at version 2");
+    let loaded = instance.load::<Tally>(id).await.expect("load");
+    assert_eq!(
+        (loaded.version(), loaded.state().total),
+        (2, 12),
+        "the event now at version 2, not the one kept"
+    );
+}
+
+/// The states kept are bounded: the least recently used go first, and none are kept at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_states_are_bounded() {
+    let env = env().await;
+    let (two, none) = (service_keeping(&env, 2), service_keeping(&env, 0));
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        none.execute::<Tally>(*id, Note::Open(n as i64 + 1), &RequestMeta::new()).await.expect("open");
+    }
+    for id in &ids {
+        assert_eq!(two.load::<Tally>(*id).await.expect("load").version(), 1);
+        none.load::<Tally>(*id).await.expect("load");
+    }
+    assert_eq!((two.states().len(), two.states().capacity()), (2, 2));
+    assert!(two.states().get::<Tally>(ids[0]).is_none(), "the least recently used was evicted");
+    assert_eq!(two.states().get::<Tally>(ids[2]).map(|kept| (kept.version, kept.state.total)), Some((1, 3)));
+    assert!(none.states().is_empty() && none.states().capacity() == 0);
 }
 
 /// A schema that was never migrated: the failure names the missing table and counts as

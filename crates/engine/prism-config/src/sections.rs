@@ -58,6 +58,8 @@ pub struct CommandsConfig {
     pub max_body_bytes: usize,
     /// Retention of idempotency records, in seconds.
     pub idempotency_ttl_seconds: u64,
+    /// How many recently used aggregates' states are kept between commands (0: none).
+    pub cached_aggregates: usize,
 }
 
 /// The outbox relay (runs inside `prism-commands`).

@@ -3,7 +3,8 @@
 //!
 //! - [`EventStore::load`] reads one aggregate's stream, decoding every stored event through
 //!   the event contract (upcasting older schema versions), and checks that the versions run
-//!   1, 2, 3, … without gaps.
+//!   1, 2, 3, … without gaps; [`EventStore::load_after`] reads only the events after the
+//!   last one a caller folded before, once it has checked that the stream still holds it.
 //! - [`EventStore::append`] writes new events for one or more aggregates in one transaction.
 //!   Each [`StreamAppend`] names the version its decision was based on; the events must carry
 //!   the versions that follow. The unique constraint `events_stream_version` is the
@@ -132,6 +133,17 @@ impl Stream {
     }
 }
 
+/// What follows, in an aggregate's stream, the last event a caller folded
+/// ([`EventStore::load_after`]).
+#[derive(Debug, Clone)]
+pub enum Continuation {
+    /// The events after it, oldest first (none when the caller has folded them all).
+    Events(Vec<Event>),
+    /// The stream no longer holds that event at that version (a store restored from an older
+    /// backup): what the caller folded is not this stream's, and it must fold the stream anew.
+    Diverged,
+}
+
 /// New events for one aggregate.
 #[derive(Debug, Clone)]
 pub struct StreamAppend {
@@ -182,12 +194,54 @@ impl EventStore {
         aggregate_type: AggregateType,
         aggregate_id: Uuid,
     ) -> Result<Stream, EventStoreError> {
+        match self.load_after(aggregate_type, aggregate_id, None).await? {
+            Continuation::Events(events) => Ok(Stream { events }),
+            // Only a version folded before can be gone.
+            Continuation::Diverged => Ok(Stream { events: Vec::new() }),
+        }
+    }
+
+    /// One aggregate's events after `folded`, the version and event id of the last event a
+    /// caller folded before, oldest first (all of them for `None`), checked to run on from it
+    /// without gaps: what that caller still has to fold. [`Continuation::Diverged`] when the
+    /// stream no longer holds that event at that version.
+    pub async fn load_after(
+        &self,
+        aggregate_type: AggregateType,
+        aggregate_id: Uuid,
+        folded: Option<(u64, Uuid)>,
+    ) -> Result<Continuation, EventStoreError> {
         let client = self.db.client().await?;
         let statement = client.prepare_cached(LOAD_STREAM).await?;
-        let rows = client.query(&statement, &[&aggregate_type.as_str(), &aggregate_id]).await?;
+        let after = folded.map_or(0, |(version, _)| version);
+        let from_version = i64::try_from(after).map_err(|_| EventStoreError::Corrupt {
+            aggregate_type: aggregate_type.as_str().to_owned(),
+            aggregate_id,
+            version: after,
+            detail: "a version past the largest the store keeps".into(),
+        })?;
+        let rows =
+            client.query(&statement, &[&aggregate_type.as_str(), &aggregate_id, &from_version]).await?;
+        // The statement reads from the folded version on: its row says the stream still
+        // continues what the caller folded.
+        let rows = match folded {
+            None => &rows[..],
+            Some((version, event_id)) => match rows.first() {
+                Some(row)
+                    if row.try_get::<_, i64>("aggregate_version")? == from_version
+                        && row.try_get::<_, Uuid>("event_id")? == event_id =>
+                {
+                    &rows[1..]
+                }
+                _ => {
+                    tracing::warn!(%aggregate_type, %aggregate_id, version, %event_id, "the stream no longer holds the event folded at this version");
+                    return Ok(Continuation::Diverged);
+                }
+            },
+        };
         let mut events = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
-            let expected = index as u64 + 1;
+            let expected = after + index as u64 + 1;
             let corrupt = |detail: String| EventStoreError::Corrupt {
                 aggregate_type: aggregate_type.as_str().to_owned(),
                 aggregate_id,
@@ -216,7 +270,7 @@ impl EventStore {
                 envelope_to_event(&self.events, envelope).map_err(|e: DecodeError| corrupt(e.to_string()))?;
             events.push(event);
         }
-        Ok(Stream { events })
+        Ok(Continuation::Events(events))
     }
 
     /// Every stored event, in append order (per aggregate, that is version order). For

@@ -17,7 +17,8 @@ pub mod idempotency;
 pub mod outbox;
 
 pub use event_store::{
-    notify_channel, outbox_lane, EventStore, EventStoreError, Stream, StreamAppend, OUTBOX_LANES,
+    notify_channel, outbox_lane, Continuation, EventStore, EventStoreError, Stream, StreamAppend,
+    OUTBOX_LANES,
 };
 pub use idempotency::{IdempotencyRecord, StoredResponse};
 pub use outbox::{Backlog, ClaimStatus, LaneClaims, OutboxMessage};
