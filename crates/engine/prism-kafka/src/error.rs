@@ -29,9 +29,16 @@ pub enum KafkaError {
         /// What the broker said.
         detail: String,
     },
-    /// Any other client error.
+    /// Any other client error. librdkafka's error is part of this one's message, not a cause
+    /// of its own, so that an error chain (`{:#}`) says it once.
     #[error("Kafka: {0}")]
-    Client(#[from] RdKafkaError),
+    Client(RdKafkaError),
+}
+
+impl From<RdKafkaError> for KafkaError {
+    fn from(error: RdKafkaError) -> Self {
+        Self::Client(error)
+    }
 }
 
 impl KafkaError {

@@ -274,4 +274,10 @@ async fn librdkafka_properties_come_from_variables_and_a_refused_one_is_named_as
         run.stderr
     );
     assert!(!run.stderr.contains("is the broker running"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("No such configuration property").count(),
+        1,
+        "librdkafka's message, once: {}",
+        run.stderr
+    );
 }
