@@ -423,10 +423,7 @@ impl CommandService {
             Continuation::Events(events) => (kept, events),
             Continuation::Diverged => {
                 self.states.forget(A::TYPE, aggregate_id);
-                match self.store.load_after(A::TYPE, aggregate_id, None).await? {
-                    Continuation::Events(events) => (None, events),
-                    Continuation::Diverged => unreachable!("a whole stream has nothing to diverge from"),
-                }
+                (None, self.store.load(A::TYPE, aggregate_id).await?.events)
             }
         };
         let unfoldable = |source: Box<dyn std::error::Error + Send + Sync>| ServiceError::Unfoldable {
