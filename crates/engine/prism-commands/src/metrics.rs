@@ -1,5 +1,6 @@
 //! The command side's metrics (names from `prism_runtime::metric_names`): requests by
-//! command and outcome with their latency, the outbox backlog gauges, and the relay's
+//! command and outcome with their latency, aggregates loaded (from a kept state or the whole
+//! stream) and the events folded for them, the outbox backlog gauges, and the relay's
 //! published and error counters. Labels are bounded: command names are the route table's,
 //! outcomes and error reasons are fixed lists.
 
@@ -12,8 +13,8 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use prism_event_store::outbox;
 use prism_postgres::Database;
 use prism_runtime::metric_names::{
-    COMMANDS_OUTBOX_BACKLOG, COMMANDS_OUTBOX_OLDEST_AGE, COMMANDS_OUTBOX_PUBLISHED,
-    COMMANDS_OUTBOX_PUBLISH_ERRORS, COMMANDS_REQUESTS, COMMANDS_REQUEST_DURATION,
+    COMMANDS_AGGREGATE_LOADS, COMMANDS_EVENTS_FOLDED, COMMANDS_OUTBOX_BACKLOG, COMMANDS_OUTBOX_OLDEST_AGE,
+    COMMANDS_OUTBOX_PUBLISHED, COMMANDS_OUTBOX_PUBLISH_ERRORS, COMMANDS_REQUESTS, COMMANDS_REQUEST_DURATION,
 };
 use tokio::sync::watch;
 
@@ -93,6 +94,50 @@ pub fn describe() {
         counter!(COMMANDS_OUTBOX_PUBLISH_ERRORS, "reason" => reason).absolute(0);
     }
     counter!(COMMANDS_OUTBOX_PUBLISHED).absolute(0);
+    describe_counter!(
+        COMMANDS_AGGREGATE_LOADS,
+        "Aggregates loaded for commands, by where the fold started: kept (a state kept from an earlier command), whole (no state kept), diverged (the kept state's event no longer in the stream)."
+    );
+    describe_counter!(
+        COMMANDS_EVENTS_FOLDED,
+        "Events read from the event store and folded to load aggregates."
+    );
+    for start in LoadStart::ALL {
+        counter!(COMMANDS_AGGREGATE_LOADS, "start" => start.as_str()).absolute(0);
+    }
+    counter!(COMMANDS_EVENTS_FOLDED).absolute(0);
+}
+
+/// Where the fold of an aggregate loaded for a command started (the `start` label of
+/// `prism_commands_aggregate_loads_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStart {
+    /// A state kept from an earlier command: only the events since were folded.
+    Kept,
+    /// The first event: no state of the aggregate was kept.
+    Whole,
+    /// The first event: the kept state's last event was no longer in the stream.
+    Diverged,
+}
+
+impl LoadStart {
+    /// Every value, for exporting each series from the start.
+    pub const ALL: [LoadStart; 3] = [LoadStart::Kept, LoadStart::Whole, LoadStart::Diverged];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadStart::Kept => "kept",
+            LoadStart::Whole => "whole",
+            LoadStart::Diverged => "diverged",
+        }
+    }
+}
+
+/// Counts one aggregate loaded for a command and the events its load folded.
+pub fn aggregate_loaded(start: LoadStart, events_folded: usize) {
+    counter!(COMMANDS_AGGREGATE_LOADS, "start" => start.as_str()).increment(1);
+    counter!(COMMANDS_EVENTS_FOLDED).increment(events_folded as u64);
 }
 
 /// Middleware: counts and times one command route.

@@ -31,6 +31,7 @@ use prism_postgres::{ErrorClass, StoreError};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::metrics::LoadStart;
 use crate::states::{AggregateStates, Folded};
 
 /// Everything about a request that is not the command itself.
@@ -419,13 +420,17 @@ impl CommandService {
     pub async fn load<A: Aggregate>(&self, aggregate_id: Uuid) -> Result<Loaded<A>, ServiceError<A::Error>> {
         let kept = self.states.get::<A>(aggregate_id);
         let folded = kept.as_ref().map(|kept| (kept.version, kept.event_id));
-        let (kept, events) = match self.store.load_after(A::TYPE, aggregate_id, folded).await? {
-            Continuation::Events(events) => (kept, events),
+        let (kept, events, start) = match self.store.load_after(A::TYPE, aggregate_id, folded).await? {
+            Continuation::Events(events) => {
+                let start = if kept.is_some() { LoadStart::Kept } else { LoadStart::Whole };
+                (kept, events, start)
+            }
             Continuation::Diverged => {
                 self.states.forget(A::TYPE, aggregate_id);
-                (None, self.store.load(A::TYPE, aggregate_id).await?.events)
+                (None, self.store.load(A::TYPE, aggregate_id).await?.events, LoadStart::Diverged)
             }
         };
+        crate::metrics::aggregate_loaded(start, events.len());
         let unfoldable = |source: Box<dyn std::error::Error + Send + Sync>| ServiceError::Unfoldable {
             aggregate_type: A::TYPE,
             aggregate_id,

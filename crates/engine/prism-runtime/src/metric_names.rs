@@ -20,6 +20,12 @@ pub const COMMANDS_OUTBOX_OLDEST_AGE: &str = "prism_commands_outbox_oldest_age_s
 pub const COMMANDS_OUTBOX_PUBLISHED: &str = "prism_commands_outbox_published_total";
 /// Counter: relay publish attempts that failed and will be retried. Labels: `reason`.
 pub const COMMANDS_OUTBOX_PUBLISH_ERRORS: &str = "prism_commands_outbox_publish_errors_total";
+/// Counter: aggregates loaded for a command. Labels: `start` (kept: the events since onto a
+/// state kept from an earlier command; whole: the whole stream, no state kept; diverged: the
+/// whole stream, the kept state's event no longer in it).
+pub const COMMANDS_AGGREGATE_LOADS: &str = "prism_commands_aggregate_loads_total";
+/// Counter: events read from the event store and folded to load aggregates for commands.
+pub const COMMANDS_EVENTS_FOLDED: &str = "prism_commands_events_folded_total";
 
 // ---- prism-projector ------------------------------------------------------------------
 

@@ -143,6 +143,17 @@ async fn users_and_catalog_answer_with_versions_and_precise_errors() {
     assert_eq!(status, StatusCode::OK);
     assert!(metrics.contains("prism_commands_requests_total"), "{metrics}");
     assert!(metrics.contains("outcome=\"rejected\""), "{metrics}");
+    // The product was folded whole once, then from the state kept for it.
+    let loads = |start: &str| -> f64 {
+        let series = format!("prism_commands_aggregate_loads_total{{start=\"{start}\"}} ");
+        let line = metrics
+            .lines()
+            .find(|line| line.starts_with(&series))
+            .unwrap_or_else(|| panic!("{series}in {metrics}"));
+        line[series.len()..].trim().parse().expect("a count")
+    };
+    assert!(loads("whole") >= 1.0 && loads("kept") >= 2.0, "{metrics}");
+    assert_eq!(loads("diverged"), 0.0, "exported from the start");
     assert_eq!(server.get_text("/healthz").await.0, StatusCode::OK);
     assert_eq!(server.get_text("/readyz").await.0, StatusCode::OK);
     let nowhere = server.post("/invoices", json!({})).await;
