@@ -418,16 +418,16 @@ impl CommandService {
     /// With a state of it kept from an earlier command, only the events appended since are read
     /// and folded onto it; the store is asked either way, so the state is current.
     pub async fn load<A: Aggregate>(&self, aggregate_id: Uuid) -> Result<Loaded<A>, ServiceError<A::Error>> {
-        let kept = self.states.get::<A>(aggregate_id);
-        let folded = kept.as_ref().map(|kept| (kept.version, kept.event_id));
-        let (kept, events, start) = match self.store.load_after(A::TYPE, aggregate_id, folded).await? {
-            Continuation::Events(events) => {
-                let start = if kept.is_some() { LoadStart::Kept } else { LoadStart::Whole };
-                (kept, events, start)
-            }
-            Continuation::Diverged => {
-                self.states.forget(A::TYPE, aggregate_id);
-                (None, self.store.load(A::TYPE, aggregate_id).await?.events, LoadStart::Diverged)
+        let (kept, events, start) = match self.states.get::<A>(aggregate_id) {
+            None => (None, self.store.load(A::TYPE, aggregate_id).await?.events, LoadStart::Whole),
+            Some(kept) => {
+                match self.store.load_after(A::TYPE, aggregate_id, kept.version, kept.event_id).await? {
+                    Continuation::Events(events) => (Some(kept), events, LoadStart::Kept),
+                    Continuation::Diverged => {
+                        self.states.forget(A::TYPE, aggregate_id);
+                        (None, self.store.load(A::TYPE, aggregate_id).await?.events, LoadStart::Diverged)
+                    }
+                }
             }
         };
         crate::metrics::aggregate_loaded(start, events.len());
@@ -436,7 +436,8 @@ impl CommandService {
             aggregate_id,
             source,
         };
-        let mut bodies = Vec::with_capacity(events.len());
+        let kept_version = kept.as_ref().map_or(0, |kept| kept.version);
+        let mut state = kept.map(|kept| kept.state).unwrap_or_default();
         for event in &events {
             let body = event.body::<A::Event>().ok_or_else(|| {
                 unfoldable(
@@ -448,11 +449,6 @@ impl CommandService {
                     .into(),
                 )
             })?;
-            bodies.push(body);
-        }
-        let kept_version = kept.as_ref().map_or(0, |kept| kept.version);
-        let mut state = kept.map(|kept| kept.state).unwrap_or_default();
-        for body in bodies {
             state.evolve(body).map_err(|err| unfoldable(Box::new(err)))?;
         }
         let Some(last) = events.last() else {

@@ -327,6 +327,8 @@ async fn kept_states_fold_only_what_was_appended_since() {
     assert_eq!(versions(&env, id).await, vec![1, 2], "no gap where the kept state was");
 
     // The same version held by another event: folded anew as well.
+    let loaded = instance.load::<Tally>(id).await.expect("load");
+    assert_eq!((loaded.version(), loaded.state().total), (2, 6), "kept at version 2");
     rewrite(
         "UPDATE events SET event_id = gen_random_uuid(), payload = '{\"n\": 7}' \
          WHERE aggregate_id = $1 AND aggregate_version = 2",

@@ -194,51 +194,70 @@ impl EventStore {
         aggregate_type: AggregateType,
         aggregate_id: Uuid,
     ) -> Result<Stream, EventStoreError> {
-        match self.load_after(aggregate_type, aggregate_id, None).await? {
-            Continuation::Events(events) => Ok(Stream { events }),
-            // Only a version folded before can be gone.
-            Continuation::Diverged => Ok(Stream { events: Vec::new() }),
-        }
+        let rows = self.stream_rows(aggregate_type, aggregate_id, 0).await?;
+        Ok(Stream { events: self.decode_stream(aggregate_type, aggregate_id, 0, &rows)? })
     }
 
-    /// One aggregate's events after `folded`, the version and event id of the last event a
-    /// caller folded before, oldest first (all of them for `None`), checked to run on from it
-    /// without gaps: what that caller still has to fold. [`Continuation::Diverged`] when the
-    /// stream no longer holds that event at that version.
+    /// One aggregate's events after the event `event_id` at `version`, the last one a caller
+    /// folded before, oldest first, checked to run on from it without gaps: what that caller
+    /// still has to fold. [`Continuation::Diverged`] when the stream no longer holds that event
+    /// at that version.
     pub async fn load_after(
         &self,
         aggregate_type: AggregateType,
         aggregate_id: Uuid,
-        folded: Option<(u64, Uuid)>,
+        version: u64,
+        event_id: Uuid,
     ) -> Result<Continuation, EventStoreError> {
-        let client = self.db.client().await?;
-        let statement = client.prepare_cached(LOAD_STREAM).await?;
-        let after = folded.map_or(0, |(version, _)| version);
-        let from_version = i64::try_from(after).map_err(|_| EventStoreError::Corrupt {
+        // The statement reads from the folded version on: its first row says whether the
+        // stream still continues what the caller folded.
+        let rows = self.stream_rows(aggregate_type, aggregate_id, version).await?;
+        match rows.first() {
+            Some(row)
+                if u64::try_from(row.try_get::<_, i64>("aggregate_version")?) == Ok(version)
+                    && row.try_get::<_, Uuid>("event_id")? == event_id =>
+            {
+                Ok(Continuation::Events(self.decode_stream(
+                    aggregate_type,
+                    aggregate_id,
+                    version,
+                    &rows[1..],
+                )?))
+            }
+            _ => {
+                tracing::warn!(%aggregate_type, %aggregate_id, version, %event_id, "the stream no longer holds the event folded at this version");
+                Ok(Continuation::Diverged)
+            }
+        }
+    }
+
+    /// The stored rows of one aggregate's events from version `from` on (`load_stream.sql`).
+    async fn stream_rows(
+        &self,
+        aggregate_type: AggregateType,
+        aggregate_id: Uuid,
+        from: u64,
+    ) -> Result<Vec<tokio_postgres::Row>, EventStoreError> {
+        let from_version = i64::try_from(from).map_err(|_| EventStoreError::Corrupt {
             aggregate_type: aggregate_type.as_str().to_owned(),
             aggregate_id,
-            version: after,
+            version: from,
             detail: "a version past the largest the store keeps".into(),
         })?;
-        let rows =
-            client.query(&statement, &[&aggregate_type.as_str(), &aggregate_id, &from_version]).await?;
-        // The statement reads from the folded version on: its row says the stream still
-        // continues what the caller folded.
-        let rows = match folded {
-            None => &rows[..],
-            Some((version, event_id)) => match rows.first() {
-                Some(row)
-                    if row.try_get::<_, i64>("aggregate_version")? == from_version
-                        && row.try_get::<_, Uuid>("event_id")? == event_id =>
-                {
-                    &rows[1..]
-                }
-                _ => {
-                    tracing::warn!(%aggregate_type, %aggregate_id, version, %event_id, "the stream no longer holds the event folded at this version");
-                    return Ok(Continuation::Diverged);
-                }
-            },
-        };
+        let client = self.db.client().await?;
+        let statement = client.prepare_cached(LOAD_STREAM).await?;
+        Ok(client.query(&statement, &[&aggregate_type.as_str(), &aggregate_id, &from_version]).await?)
+    }
+
+    /// Decodes `rows`, the events of one aggregate after version `after`, through the event
+    /// contract, checking that their versions run `after + 1`, `after + 2`, … without gaps.
+    fn decode_stream(
+        &self,
+        aggregate_type: AggregateType,
+        aggregate_id: Uuid,
+        after: u64,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<Event>, EventStoreError> {
         let mut events = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
             let expected = after + index as u64 + 1;
@@ -270,7 +289,7 @@ impl EventStore {
                 envelope_to_event(&self.events, envelope).map_err(|e: DecodeError| corrupt(e.to_string()))?;
             events.push(event);
         }
-        Ok(Continuation::Events(events))
+        Ok(events)
     }
 
     /// Every stored event, in append order (per aggregate, that is version order). For

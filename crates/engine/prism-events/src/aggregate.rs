@@ -11,8 +11,9 @@ use std::fmt;
 use crate::registry::EventSet;
 
 /// An aggregate: a consistency boundary whose state is the fold of its own events. The
-/// application implements it per aggregate type; `prism-commands` loads a stream, folds it with
-/// [`rehydrate`], runs [`Aggregate::decide`] and appends what it returns.
+/// application implements it per aggregate type; `prism-commands` loads a stream, folds it
+/// with [`Aggregate::evolve`] (as [`rehydrate`] does, or onto a state kept from an earlier
+/// command), runs [`Aggregate::decide`] and appends what it returns.
 pub trait Aggregate: Default + Clone + fmt::Debug + Send + Sync + 'static {
     /// The application's events.
     type Event: EventSet;
