@@ -14,7 +14,7 @@ use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::client::base_client_config;
 use crate::error::KafkaError;
@@ -22,6 +22,19 @@ use crate::message::ConsumedMessage;
 
 /// How long a read waits for the broker before it reports the broker as unreachable.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// librdkafka's prefetch for a reader, set unless `kafka.properties` names them: what it
+/// fetches ahead of the chunk being read, while the chunk before it lands.
+///
+/// - `queued.max.messages.kbytes`, 1 MiB. With librdkafka's default (64 MiB, fetches of up to
+///   `max.partition.fetch.bytes`) each reader fetched a whole range ahead, and a queued message
+///   keeps the whole fetch response it came in alive: a worker rebuilding every read model of
+///   the shop at once, in place, peaked at 191–202 MiB (BENCHMARKS.md, "Rebuild rate"), with
+///   4 MiB at 150, 2 MiB at 117 and 1 MiB at 112, at the same rate within the runs' noise.
+/// - `fetch.queue.backoff.ms`, 10 ms, as for the group's consumer: how long librdkafka leaves a
+///   partition unfetched after finding its queue full (1 s by default).
+const REPLAY_PREFETCH: [(&str, &str); 2] =
+    [("queued.max.messages.kbytes", "1024"), ("fetch.queue.backoff.ms", "10")];
 
 /// The reader's client context: the end of the partition is how [`PartitionReader::read`]
 /// learns a range ends early, not an error worth a log line; everything else is logged as
@@ -75,22 +88,33 @@ pub struct Chunk {
     pub next: i64,
 }
 
+/// The reader's librdkafka configuration.
+fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = base_client_config(kafka, "replay");
+    config
+        // librdkafka wants a group id for a consumer; this one is never joined or committed.
+        .set("group.id", "prism-replay")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        // A replay reads a backlog: big fetches, and no wait at the end of the log.
+        .set("max.partition.fetch.bytes", (8 * 1024 * 1024).to_string())
+        .set("fetch.wait.max.ms", "10");
+    for (property, value) in REPLAY_PREFETCH {
+        if !kafka.properties.contains_key(property) {
+            config.set(property, value);
+        }
+    }
+    config
+}
+
 impl PartitionReader {
     /// A reader of `topic`/`partition` positioned at `from` (or at the earliest offset still in
     /// the log, when `from` is no longer there).
     pub fn open(kafka: &KafkaConfig, topic: &str, partition: i32, from: i64) -> Result<Self, KafkaError> {
-        let mut config = base_client_config(kafka, "replay");
-        config
-            // librdkafka wants a group id for a consumer; this one is never joined or committed.
-            .set("group.id", "prism-replay")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
-            // A replay reads a backlog: big fetches, and no wait at the end of the log.
-            .set("max.partition.fetch.bytes", (8 * 1024 * 1024).to_string())
-            .set("fetch.wait.max.ms", "10");
-        let consumer: StreamConsumer<ReplayContext> = config.create_with_context(ReplayContext)?;
+        let consumer: StreamConsumer<ReplayContext> =
+            client_config(kafka).create_with_context(ReplayContext)?;
         let reader =
             Self { consumer, bootstrap: kafka.bootstrap_servers.clone(), topic: topic.to_owned(), partition };
         reader.seek(from)?;
@@ -174,5 +198,37 @@ impl PartitionReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prism_config::{ConfigSources, PrismConfig};
+
+    use super::*;
+
+    fn kafka(properties: &[(&str, &str)]) -> KafkaConfig {
+        let mut kafka = PrismConfig::load(&ConfigSources::default()).expect("default configuration").kafka;
+        kafka.properties.extend(properties.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        kafka
+    }
+
+    #[test]
+    fn a_readers_prefetch_is_small_unless_the_properties_say_otherwise() {
+        let config = client_config(&kafka(&[]));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+
+        let config = client_config(&kafka(&[("queued.max.messages.kbytes", "65536")]));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("65536"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+    }
+
+    #[test]
+    fn a_reader_joins_no_group_and_stores_no_offsets_whatever_the_properties_say() {
+        let config =
+            client_config(&kafka(&[("enable.auto.commit", "true"), ("enable.auto.offset.store", "true")]));
+        assert_eq!(config.get("enable.auto.commit"), Some("false"));
+        assert_eq!(config.get("enable.auto.offset.store"), Some("false"));
     }
 }
