@@ -217,21 +217,22 @@ impl Run {
     pub fn rebuild_table(&self) -> String {
         let live = self.live_fed_rate();
         let mut t = String::from(
-            "| read model | mode | events replayed | events/s (whole window) | × live rate | whole window | prismctl run |\n\
-             |---|---|---:|---:|---:|---:|---:|\n",
+            "| read model | mode | events replayed | events/s (whole window) | × live rate | whole window | prismctl run | projector peak RSS MiB |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|\n",
         );
         let times_live = |rate: f64| live.map_or("–".into(), |l| format!("{:.2}×", rate / l));
         let row = |t: &mut String, label: &str, r: &Rebuilt| {
             let m = &r.measured;
             let _ = writeln!(
                 t,
-                "| {label} | {} | {} | {:.0} | {} | {:.1} s | {:.1} s |",
+                "| {label} | {} | {} | {:.0} | {} | {:.1} s | {:.1} s | {} |",
                 r.mode,
                 m.events,
                 m.whole_rate(),
                 times_live(m.whole_rate()),
                 m.whole_seconds(),
-                r.prismctl_seconds
+                r.prismctl_seconds,
+                opt(m.peak_rss.map(|b| b as f64 / MIB), 0)
             );
         };
         for r in &self.rebuilds {
@@ -241,7 +242,7 @@ impl Run {
             let rate = events as f64 / seconds;
             let _ = writeln!(
                 t,
-                "| **all read models, one at a time** | {mode} | {events} | {rate:.0} | {} | {seconds:.1} s | |",
+                "| **all read models, one at a time** | {mode} | {events} | {rate:.0} | {} | {seconds:.1} s | | |",
                 times_live(rate)
             );
         }
@@ -460,6 +461,18 @@ impl Run {
             150.0,
             "MiB",
         ));
+        // A rebuild is load too: its replay holds chunks and readers the live path does not.
+        for r in self.rebuild_all_in_place.iter().chain(&self.rebuild_all_blue_green) {
+            out.push(cost(
+                match r.mode {
+                    "in-place" => "a worker's peak RSS rebuilding every read model in place",
+                    _ => "a serving worker's peak RSS rebuilding every read model blue/green",
+                },
+                r.measured.peak_rss.map(|b| b as f64 / MIB),
+                150.0,
+                "MiB",
+            ));
+        }
         out
     }
 
@@ -581,7 +594,9 @@ impl Run {
                 "{}\n\nLive rate, what every ratio below divides by: Prism's throughput run fed {} events to its read \
                  models (an event counted once per read model it feeds, as events replayed are) in {:.1} s over its \
                  whole window, start-up included as the rebuilds' are: {} per second ({} events/s counted once \
-                 each).\n\n{}",
+                 each). The projector's peak RSS is that of the worker started for the in-place replay, and for \
+                 blue/green that of the serving worker since it started (every blue/green rebuild before it \
+                 included).\n\n{}",
                 self.header(),
                 opt(self.live_events_fed().map(|e| e as f64), 0),
                 self.contender("prism").map_or(f64::NAN, Measured::whole_seconds),
