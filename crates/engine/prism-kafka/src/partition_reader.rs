@@ -215,13 +215,12 @@ mod tests {
 
     #[test]
     fn a_readers_prefetch_is_small_unless_the_properties_say_otherwise() {
-        let config = client_config(&kafka(&[]));
-        assert_eq!(config.get("queued.max.messages.kbytes"), Some("1024"));
-        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
-
-        let config = client_config(&kafka(&[("queued.max.messages.kbytes", "65536")]));
-        assert_eq!(config.get("queued.max.messages.kbytes"), Some("65536"));
-        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"));
+        let named: &[(&str, &str)] = &[("queued.max.messages.kbytes", "65536")];
+        for (properties, queue) in [(&[][..], "1024"), (named, "65536")] {
+            let config = client_config(&kafka(properties));
+            assert_eq!(config.get("queued.max.messages.kbytes"), Some(queue), "with {properties:?}");
+            assert_eq!(config.get("fetch.queue.backoff.ms"), Some("10"), "with {properties:?}");
+        }
     }
 
     #[test]
