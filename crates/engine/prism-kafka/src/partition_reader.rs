@@ -29,8 +29,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `queued.max.messages.kbytes`, 1 MiB. With librdkafka's default (64 MiB, fetches of up to
 ///   `max.partition.fetch.bytes`) each reader fetched a whole range ahead, and a queued message
 ///   keeps the whole fetch response it came in alive: a worker rebuilding every read model of
-///   the shop at once, in place, peaked at 191–202 MiB (BENCHMARKS.md, "Rebuild rate"), with
-///   4 MiB at 150, 2 MiB at 117 and 1 MiB at 112, at the same rate within the runs' noise.
+///   the shop at once, in place, peaked at 191–202 MiB (BENCHMARKS.md, "A rebuild's memory"),
+///   with 4 MiB at 150, 2 MiB at 117 and 1 MiB at 108–112, at the same rate within the runs'
+///   noise. librdkafka also asks for no more than its queue holds in one fetch.
 /// - `fetch.queue.backoff.ms`, 10 ms, as for the group's consumer: how long librdkafka leaves a
 ///   partition unfetched after finding its queue full (1 s by default).
 const REPLAY_PREFETCH: [(&str, &str); 2] =
@@ -98,7 +99,8 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
-        // A replay reads a backlog: big fetches, and no wait at the end of the log.
+        // A replay reads a backlog: no wait at the end of the log, and fetches as large as the
+        // prefetch below lets librdkafka ask for.
         .set("max.partition.fetch.bytes", (8 * 1024 * 1024).to_string())
         .set("fetch.wait.max.ms", "10");
     for (property, value) in REPLAY_PREFETCH {
@@ -224,7 +226,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_joins_no_group_and_stores_no_offsets_whatever_the_properties_say() {
+    fn a_reader_commits_and_stores_no_offsets_whatever_the_properties_say() {
         let config =
             client_config(&kafka(&[("enable.auto.commit", "true"), ("enable.auto.offset.store", "true")]));
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
