@@ -444,6 +444,10 @@ impl ProjectionHandler {
             let batch = PartitionBatch { source, topic: &topic, partition, messages: &decoded };
             let landed = replay::apply_shared_chunk(&self.db, &targets, self.policy, batch, step).await;
             landing += at.elapsed();
+            // What the later steps need is in the outcomes: the chunk's messages, raw and
+            // decoded, are let go before the cache is written rather than after.
+            let messages = decoded.len();
+            drop((decoded, chunk));
             match landed {
                 Ok(SharedChunkOutcome::Landed(outcomes)) => {
                     let at = Instant::now();
@@ -451,7 +455,7 @@ impl ProjectionHandler {
                         self.after_chunk(*instance, outcome).await;
                     }
                     after_steps += at.elapsed();
-                    events += decoded.len();
+                    events += messages;
                     for (instance, range) in ranges.iter_mut() {
                         range.loaded_to = step.to;
                         self.settle(*instance, range, step.to).await?;
@@ -465,7 +469,7 @@ impl ProjectionHandler {
                 }
                 Err(err) if err.is_transient() => return Err(transient("postgres", err)),
                 Err(err) => {
-                    tracing::warn!(?instances, %topic, partition, messages = decoded.len(), error = %err, "database refused a chunk replayed for several instances; landing it for each on its own");
+                    tracing::warn!(?instances, %topic, partition, messages, error = %err, "database refused a chunk replayed for several instances; landing it for each on its own");
                     return Ok(SharedLoading::OnTheirOwn);
                 }
             }

@@ -3,7 +3,8 @@
 //!
 //! Rows travel as JSON text: `row_to_json` of the application's columns out, and in, a JSON
 //! array of objects keyed by column name, which [`crate::row_sets`] splits into one text array
-//! per column (any shape of row, one statement per batch). Text, not JSON values: a folded row
+//! per column (any shape of row, one statement per batch and read model, or several of about
+//! a mebibyte each for a larger batch: [`STATEMENT_TEXT_BYTES`]). Text, not JSON values: a folded row
 //! goes from the stored text to the application's row type and back to text without a
 //! `serde_json::Value` in between (see `prism_projections::fold`), and a returned row's text is
 //! the cache's document as it is. `json`, not `jsonb`, on PostgreSQL's side: `row_to_json`
@@ -59,21 +60,30 @@ impl PendingSum {
     /// Sends the write; returns the cache entries of the rows it touched (none without a
     /// cache).
     pub(super) async fn write(self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
-        // Both statements prepared first, so they go out in this order: the rows are read
-        // back after the addition.
-        let add = match &self.shape.add {
-            Some(add) if self.documents.count > 0 => Some(tx.prepare_cached(add).await?),
+        let mut pieces = self.documents.finish()?;
+        let last = pieces.pop();
+        // Every piece but the last one after the other; then the last one and the read-back
+        // at once, both prepared first so they go out in this order: the rows are read back
+        // after every addition.
+        if let Some(add) = &self.shape.add {
+            for piece in pieces {
+                let rows = self.shape.columns.params(piece)?;
+                cached::execute(tx, add, &rows.values().as_params()).await?;
+            }
+        }
+        let add = match (&self.shape.add, &last) {
+            (Some(add), Some(_)) => Some(tx.prepare_cached(add).await?),
             _ => None,
         };
         let reload = match &self.cache_keys {
             Some(keys) if !keys.is_empty() => Some(tx.prepare_cached(&self.shape.load_by_keys).await?),
             _ => None,
         };
-        let rows = self.shape.columns.params(self.documents.finish()?)?;
-        let values = rows.values();
+        let rows = last.map(|piece| self.shape.columns.params(piece)).transpose()?;
+        let values = rows.as_ref().map(|rows| rows.values());
         let keys = Value::Array(self.cache_keys.unwrap_or_default());
         let send_add = async {
-            if let Some(statement) = &add {
+            if let (Some(statement), Some(values)) = (&add, &values) {
                 tx.execute(statement, &values.as_params()).await?;
             }
             Ok::<_, StoreError>(())
@@ -85,7 +95,7 @@ impl PendingSum {
             }
         };
         let ((), stored) = futures::try_join!(send_add, send_reload)?;
-        stored.iter().map(|row| Ok(StoredRow::from_db(row)?.cache_entry())).collect()
+        stored.iter().map(|row| Ok(StoredRow::from_db(row)?.into_cache_entry())).collect()
     }
 }
 
@@ -261,13 +271,10 @@ impl StoredRow {
         })
     }
 
-    fn cache_entry(&self) -> CacheEntry {
-        CacheEntry {
-            id: self.key.clone(),
-            revision: self.revision,
-            version: self.version,
-            document: self.document.clone(),
-        }
+    /// The row as the cache holds it (moved, not copied: a large batch's documents are
+    /// megabytes).
+    fn into_cache_entry(self) -> CacheEntry {
+        CacheEntry { id: self.key, revision: self.revision, version: self.version, document: self.document }
     }
 }
 
@@ -309,25 +316,59 @@ fn key_text_of(values: &str) -> Result<String, StoreError> {
     Ok(values.iter().map(key_value_text).collect::<Vec<_>>().join("/"))
 }
 
-/// Rows written as one JSON array of objects, each with the engine's bookkeeping for a row that
-/// is inserted (on conflict the statements keep or count up the stored values).
-#[derive(Debug, Default)]
+/// How much row text one statement carries, about: a larger set of rows goes as several
+/// statements of this size, one after another in the same transaction. A statement's rows are
+/// held three or four times over while it is sent — the text, the column arrays split from it,
+/// the encoded message, the connection's buffer (which keeps its largest size for the
+/// connection's life) — so a replay chunk of 40 000 shop events sent as one statement per read
+/// model held about 56 MB of statements at once; in pieces of this size a statement's cost no
+/// longer grows with the chunk. A live batch's rows mostly fit in one piece.
+const STATEMENT_TEXT_BYTES: usize = 1 << 20;
+
+/// Rows written as JSON arrays of objects, each with the engine's bookkeeping for a row that is
+/// inserted (on conflict the statements keep or count up the stored values): one array per
+/// statement, of about [`STATEMENT_TEXT_BYTES`] each, the rows in the order pushed.
+#[derive(Debug)]
 struct JsonRows {
-    text: Vec<u8>,
+    /// The arrays, each `[` and rows separated by commas, closed by [`JsonRows::finish`].
+    pieces: Vec<Vec<u8>>,
+    /// Rows in all of them.
     count: usize,
+    /// Where a piece is full.
+    piece_bytes: usize,
+}
+
+impl Default for JsonRows {
+    fn default() -> Self {
+        Self::with_piece_bytes(STATEMENT_TEXT_BYTES)
+    }
 }
 
 impl JsonRows {
+    /// No rows, in pieces of about `piece_bytes`.
+    fn with_piece_bytes(piece_bytes: usize) -> Self {
+        Self { pieces: Vec::new(), count: 0, piece_bytes }
+    }
+
     /// Appends the row `write` writes (a JSON object) with `version` and a first revision.
     fn push(
         &mut self,
         version: i64,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), Unprojectable>,
     ) -> Result<(), StoreError> {
-        self.text.push(if self.count == 0 { b'[' } else { b',' });
-        let start = self.text.len();
-        write(&mut self.text).map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.0 })?;
-        let object = &self.text[start..];
+        let text = match self.pieces.last_mut() {
+            Some(text) if text.len() < self.piece_bytes => {
+                text.push(b',');
+                text
+            }
+            _ => {
+                self.pieces.push(vec![b'[']);
+                self.pieces.last_mut().expect("a piece was just added")
+            }
+        };
+        let start = text.len();
+        write(text).map_err(|e| StoreError::Corrupt { what: "read-model row", detail: e.0 })?;
+        let object = &text[start..];
         if object.len() < 2 || object[0] != b'{' || object[object.len() - 1] != b'}' {
             return Err(StoreError::Corrupt {
                 what: "read-model row",
@@ -335,39 +376,35 @@ impl JsonRows {
             });
         }
         let empty = object.len() == 2;
-        self.text.pop();
+        text.pop();
         if !empty {
-            self.text.push(b',');
+            text.push(b',');
         }
-        self.text.extend_from_slice(
+        text.extend_from_slice(
             format!("\"{VERSION_COLUMN}\":{version},\"{REVISION_COLUMN}\":1}}").as_bytes(),
         );
         self.count += 1;
         Ok(())
     }
 
-    /// Appends `other`'s rows.
+    /// Appends `other`'s rows (its pieces after these).
     fn append(&mut self, other: JsonRows) {
-        match (self.count, other.count) {
-            (_, 0) => {}
-            (0, _) => *self = other,
-            _ => {
-                // Both are `[` and rows separated by commas, closed by `finish`.
-                self.text.push(b',');
-                self.text.extend_from_slice(&other.text[1..]);
-                self.count += other.count;
-            }
-        }
+        self.pieces.extend(other.pieces);
+        self.count += other.count;
     }
 
-    /// The array's text.
-    fn finish(mut self) -> Result<String, StoreError> {
-        if self.count == 0 {
-            self.text.push(b'[');
-        }
-        self.text.push(b']');
-        String::from_utf8(self.text)
-            .map_err(|e| StoreError::Corrupt { what: "read-model row", detail: format!("not UTF-8: {e}") })
+    /// The arrays' texts, one per statement, in order; none without rows.
+    fn finish(self) -> Result<Vec<String>, StoreError> {
+        self.pieces
+            .into_iter()
+            .map(|mut text| {
+                text.push(b']');
+                String::from_utf8(text).map_err(|e| StoreError::Corrupt {
+                    what: "read-model row",
+                    detail: format!("not UTF-8: {e}"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -543,34 +580,23 @@ impl PendingFold {
     /// batch (none without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         let shape = self.shape.clone();
-        let upsert = async {
-            if self.documents.count == 0 {
-                return Ok(Vec::new());
-            }
-            let rows = shape.columns.params(std::mem::take(&mut self.documents).finish()?)?;
-            cached::query(tx, &shape.upsert, &rows.values().as_params()).await
-        };
+        let upsert = write_in_pieces(tx, &shape.columns, &shape.upsert, std::mem::take(&mut self.documents));
+        let count = self.new_documents.count;
         let insert = async {
-            let count = self.new_documents.count;
-            if count == 0 {
-                return Ok(Vec::new());
-            }
-            let rows = shape.columns.params(std::mem::take(&mut self.new_documents).finish()?)?;
-            match cached::query(tx, &shape.insert, &rows.values().as_params()).await {
+            match write_in_pieces(tx, &shape.columns, &shape.insert, std::mem::take(&mut self.new_documents)).await {
                 Err(error) if error.is_unique_violation() => Err(StoreError::Contended {
                     what: "read-model row",
                     detail: format!(
                         "a row of the {count} rows this batch found absent was written by another transaction since ({error})"
                     ),
                 }),
-                written => Ok(written?),
+                written => written,
             }
         };
         // Both results waited for: the one that failed first is the cause ([`all_or_cause`]).
         let (upserted, inserted) = futures::join!(upsert, insert);
         for written in all_or_cause([upserted, inserted])? {
-            for row in &written {
-                let stored = StoredRow::from_db(row)?;
+            for stored in written {
                 if let Ok(id) = stored.key.parse() {
                     self.rows.insert(id, stored);
                 }
@@ -580,13 +606,33 @@ impl PendingFold {
         // Every aggregate of the batch, duplicates included: after a worker died between its
         // commit and its cache write, the redelivered batch is all duplicates, and this is how
         // the cache still catches up.
+        // The ids are distinct ([`event_ids`]), so each row is taken once.
         for id in self.cache_ids.iter().flatten() {
-            if let Some(stored) = self.rows.get(id) {
-                cache.push(stored.cache_entry());
+            if let Some(stored) = self.rows.remove(id) {
+                cache.push(stored.into_cache_entry());
             }
         }
         Ok(cache)
     }
+}
+
+/// Sends `rows` to `statement` (an insert of their table's [`TableShape`]), a piece at a time
+/// and in order, and returns the rows it returns. A piece's parameters are made just before it
+/// is sent and dropped once it is answered, so what a statement holds is one piece's worth.
+async fn write_in_pieces(
+    tx: &Transaction<'_>,
+    columns: &crate::row_sets::TableColumns,
+    statement: &str,
+    rows: JsonRows,
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut stored = Vec::new();
+    for piece in rows.finish()? {
+        let params = columns.params(piece)?;
+        for row in cached::query(tx, statement, &params.values().as_params()).await? {
+            stored.push(StoredRow::from_db(&row)?);
+        }
+    }
+    Ok(stored)
 }
 
 /// Runs the planner over the batch with `target`'s feeds from `source`, starting from
@@ -789,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_written_as_one_array_with_bookkeeping() {
+    fn rows_are_written_as_arrays_with_bookkeeping() {
         let mut rows = JsonRows::default();
         rows.push(3, |out| {
             out.extend_from_slice(br#"{"a":1}"#);
@@ -801,8 +847,9 @@ mod tests {
             Ok(())
         })
         .expect("an object");
-        let written: Value =
-            serde_json::from_str(&rows.finish().expect("rows")).expect("the rows are one JSON array");
+        let pieces = rows.finish().expect("rows");
+        assert_eq!(pieces.len(), 1, "two small rows make one statement: {pieces:?}");
+        let written: Value = serde_json::from_str(&pieces[0]).expect("the rows are one JSON array");
         assert_eq!(
             written,
             json!([
@@ -810,7 +857,7 @@ mod tests {
                 {"prism_version": 0, "prism_revision": 1}
             ])
         );
-        assert_eq!(JsonRows::default().finish().expect("no rows"), "[]");
+        assert!(JsonRows::default().finish().expect("no rows").is_empty());
         let mut rows = JsonRows::default();
         assert!(rows
             .push(1, |out| {
@@ -818,5 +865,39 @@ mod tests {
                 Ok(())
             })
             .is_err());
+    }
+
+    #[test]
+    fn rows_beyond_a_pieces_size_go_to_the_next_piece_in_order() {
+        // Each row is about 45 bytes: a piece of 100 bytes closes after its third row.
+        let mut rows = JsonRows::with_piece_bytes(100);
+        for n in 0..10 {
+            rows.push(n, |out| {
+                out.extend_from_slice(format!(r#"{{"n":{n}}}"#).as_bytes());
+                Ok(())
+            })
+            .expect("an object");
+        }
+        let mut other = JsonRows::with_piece_bytes(100);
+        other
+            .push(10, |out| {
+                out.extend_from_slice(br#"{"n":10}"#);
+                Ok(())
+            })
+            .expect("an object");
+        rows.append(other);
+        assert_eq!(rows.count, 11);
+        let pieces = rows.finish().expect("rows");
+        let sizes: Vec<usize> = pieces
+            .iter()
+            .map(|piece| serde_json::from_str::<Vec<Value>>(piece).expect("each piece is a JSON array").len())
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1, 1], "pieces of {pieces:?}");
+        let numbers: Vec<i64> = pieces
+            .iter()
+            .flat_map(|piece| serde_json::from_str::<Vec<Value>>(piece).expect("an array"))
+            .map(|row| row["n"].as_i64().expect("n"))
+            .collect();
+        assert_eq!(numbers, (0..=10).collect::<Vec<i64>>(), "every row once, in the order pushed");
     }
 }
