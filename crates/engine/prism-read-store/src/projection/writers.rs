@@ -3,9 +3,9 @@
 //!
 //! Rows travel as JSON text: `row_to_json` of the application's columns out, and in, a JSON
 //! array of objects keyed by column name, which [`crate::row_sets`] splits into one text array
-//! per column (any shape of row, one statement per batch and read model, or several of about
-//! a mebibyte each for a larger batch: [`STATEMENT_TEXT_BYTES`]). Text, not JSON values: a folded row
-//! goes from the stored text to the application's row type and back to text without a
+//! per column (any shape of row; one statement per batch and read model, or several of about a
+//! mebibyte each for a larger batch: [`STATEMENT_TEXT_BYTES`]). Text, not JSON values: a folded
+//! row goes from the stored text to the application's row type and back to text without a
 //! `serde_json::Value` in between (see `prism_projections::fold`), and a returned row's text is
 //! the cache's document as it is. `json`, not `jsonb`, on PostgreSQL's side: `row_to_json`
 //! prints the text straight from the row. The statements are generated once per table from its
