@@ -3,8 +3,9 @@
 //! `prismctl rebuild --mode blue-green` (which has no folds) registers generation N+1 of a read
 //! model as `building` and creates its table; every worker of the application that maintains
 //! the read model notices (it looks every [`LOOK_EVERY`]) and runs a builder: a projector of that
-//! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`.
-//! What the partitions held at registration is a bulk replay of N+1 (`crate::replay`), loaded
+//! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`, with
+//! a consumer of its own and the worker's PostgreSQL pool, cache and producer
+//! ([`crate::SharedClients`]). What the partitions held at registration is a bulk replay of N+1 (`crate::replay`), loaded
 //! by the worker's own replay task with the ranges of every other generation being built
 //! ([`Building`]): generations of read models fed by the same topic, registered together by
 //! `prismctl rebuild --all --mode blue-green`, have ranges of the same offsets, and one reader
@@ -22,7 +23,7 @@ use prism_postgres::{Database, StoreError};
 use prism_projections::{Application, ProjectionInstance};
 use tokio::sync::{mpsc, watch};
 
-use crate::{Duties, Embedded};
+use crate::{Embedded, SharedClients};
 
 /// How often a worker looks for generations to build.
 pub const LOOK_EVERY: Duration = Duration::from_secs(2);
@@ -92,11 +93,12 @@ impl Building {
 pub async fn watch(
     config: PrismConfig,
     app: Application,
-    db: Database,
+    clients: SharedClients,
     read_models: Vec<&'static str>,
     building_now: std::sync::Arc<Building>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let db = clients.db.clone();
     let mut running: BTreeMap<ProjectionInstance, Embedded> = BTreeMap::new();
     let channel = prism_read_store::read_models::generations_channel(db.schema());
     let mut listener: Option<Registrations> = None;
@@ -128,10 +130,10 @@ pub async fn watch(
                 for instance in building {
                     if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(instance) {
                         tracing::info!(%instance, group = %build_group(instance), "building a new generation");
-                        slot.insert(Embedded::start_with(
+                        slot.insert(Embedded::start_builder(
                             builder_config(&config, instance),
                             app.clone(),
-                            Duties::GroupOnly,
+                            clients.clone(),
                         ));
                     }
                 }

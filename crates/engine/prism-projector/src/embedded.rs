@@ -11,7 +11,7 @@ use prism_runtime::Health;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::Duties;
+use crate::{Duties, SharedClients};
 
 /// A projector on a task of the current runtime, serving its ops endpoints on an ephemeral
 /// port.
@@ -29,10 +29,25 @@ impl Embedded {
     }
 
     /// [`Embedded::start`], choosing the worker's duties.
-    pub fn start_with(mut config: PrismConfig, app: Application, duties: Duties) -> Self {
+    pub fn start_with(config: PrismConfig, app: Application, duties: Duties) -> Self {
+        Self::start_sharing(config, app, duties, None)
+    }
+
+    /// A builder of the worker whose clients it is given ([`crate::builder`]): its consumer
+    /// group only, on the worker's PostgreSQL pool, cache and producer.
+    pub fn start_builder(config: PrismConfig, app: Application, clients: SharedClients) -> Self {
+        Self::start_sharing(config, app, Duties::GroupOnly, Some(clients))
+    }
+
+    fn start_sharing(
+        mut config: PrismConfig,
+        app: Application,
+        duties: Duties,
+        shared: Option<SharedClients>,
+    ) -> Self {
         config.projector.listen = "127.0.0.1:0".into();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run_with(config, app, Health::new(), duties, async {
+        let task = tokio::spawn(crate::run_sharing(config, app, Health::new(), duties, shared, async {
             let _ = stopped.await;
         }));
         Self { stop: Some(stop), task }

@@ -181,6 +181,20 @@ pub async fn run(
     run_with(config, app, health, Duties::All, shutdown).await
 }
 
+/// A worker's clients of PostgreSQL, Redis and Kafka's producer, lent to the builders it starts
+/// (`crate::builder`): a builder connects to the same services with the same settings, and a
+/// pool, a Redis connection and a librdkafka producer of its own for each generation being
+/// built held memory the worker's own already hold.
+#[derive(Debug, Clone)]
+pub struct SharedClients {
+    /// The worker's PostgreSQL pool.
+    pub db: Database,
+    /// The worker's cache.
+    pub cache: Cache,
+    /// The worker's producer of dead letters' copies.
+    pub producer: EventProducer,
+}
+
 /// [`run`], choosing the worker's [`Duties`].
 pub async fn run_with(
     config: PrismConfig,
@@ -189,14 +203,34 @@ pub async fn run_with(
     duties: Duties,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_sharing(config, app, health, duties, None, shutdown).await
+}
+
+/// [`run_with`], with the clients of the worker that started it when it is a builder (else it
+/// connects its own).
+pub async fn run_sharing(
+    config: PrismConfig,
+    app: Application,
+    health: Health,
+    duties: Duties,
+    shared: Option<SharedClients>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let metrics = prism_runtime::telemetry::install();
     let application_name = format!("{}-projector", app.name());
-    let db =
-        Database::connect(&config.postgres, &application_name).await.context("connecting to PostgreSQL")?;
-    let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
-    prism_kafka::client::refuse_wrong_credentials(&config.kafka, &application_name).await?;
-    let producer =
-        EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
+    let SharedClients { db, cache, producer } = match shared {
+        Some(shared) => shared,
+        None => {
+            let db = Database::connect(&config.postgres, &application_name)
+                .await
+                .context("connecting to PostgreSQL")?;
+            let cache = Cache::connect(&config.redis).await.context("connecting to Redis")?;
+            prism_kafka::client::refuse_wrong_credentials(&config.kafka, &application_name).await?;
+            let producer =
+                EventProducer::new(&config.kafka, "projector-dead-letters", config.topics.max_message_bytes)?;
+            SharedClients { db, cache, producer }
+        }
+    };
     let policy = gap_policy(&config);
 
     let instances = instances(&config, &app, &db).await?;
@@ -242,7 +276,7 @@ pub async fn run_with(
             background.push(tokio::spawn(builder::watch(
                 config.clone(),
                 app.clone(),
-                db.clone(),
+                SharedClients { db: db.clone(), cache: cache.clone(), producer: producer.clone() },
                 read_models.clone(),
                 building,
                 duties_stopped.clone(),
