@@ -6,12 +6,15 @@
 
 use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, BatchOutcome, Target};
+use prism_read_store::projection::{apply_batch, Target};
 use prism_testkit::probe::{as_batch, batch_of, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+mod common;
+use common::{documents, stored};
 
 const VARIED_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     id uuid PRIMARY KEY,
@@ -69,31 +72,6 @@ struct Total {
 fn totals(event: &Event) -> Vec<Total> {
     let n = event.body::<Noted>().map_or(0, |noted| noted.n);
     vec![Total { parity: if n % 20 == 0 { "even" } else { "odd" }.to_owned(), events: 1, weight: 0.25 }]
-}
-
-/// The rows of `table` as `to_jsonb` reads them, without the bookkeeping, by `key`'s text.
-async fn stored(env: &TestEnv, table: &str, key: &str) -> Vec<(String, Value)> {
-    let client = env.db.client().await.expect("client");
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {key}, to_jsonb(t) - 'prism_version' - 'prism_revision' FROM {table} t ORDER BY 1"
-            ),
-            &[],
-        )
-        .await
-        .expect("the stored rows");
-    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
-}
-
-fn documents(outcome: &BatchOutcome) -> Vec<(String, Value)> {
-    let mut documents: Vec<(String, Value)> = outcome
-        .cache_entries
-        .iter()
-        .map(|e| (e.id.clone(), serde_json::from_str(&e.document).expect("a JSON document")))
-        .collect();
-    documents.sort_by(|a, b| a.0.cmp(&b.0));
-    documents
 }
 
 #[tokio::test]

@@ -7,12 +7,15 @@ use std::collections::BTreeMap;
 
 use prism_events::{Event, EventRegistry};
 use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
-use prism_read_store::projection::{apply_batch, BatchOutcome, Target};
+use prism_read_store::projection::{apply_batch, Target};
 use prism_testkit::probe::{as_batch, batch_of, noted, Noted, PROBE};
 use prism_testkit::TestEnv;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+mod common;
+use common::{documents, stored};
 
 /// Aggregates in each batch: with the padding below, each read model's rows are more than
 /// the text of one statement (1 MiB): about 1.5 MiB.
@@ -61,32 +64,6 @@ struct Tally {
 
 fn tally(event: &Event) -> Vec<Tally> {
     vec![Tally { tag: padding(event.meta.aggregate_id), events: 1 }]
-}
-
-/// The cache entries of `outcome` as (key, document), sorted by key.
-fn documents(outcome: &BatchOutcome) -> Vec<(String, Value)> {
-    let mut documents: Vec<(String, Value)> = outcome
-        .cache_entries
-        .iter()
-        .map(|e| (e.id.clone(), serde_json::from_str(&e.document).expect("a JSON document")))
-        .collect();
-    documents.sort_by(|a, b| a.0.cmp(&b.0));
-    documents
-}
-
-/// The rows of `table` by `key`'s text, without the bookkeeping, sorted by key.
-async fn stored(env: &TestEnv, table: &str, key: &str) -> Vec<(String, Value)> {
-    let client = env.db.client().await.expect("client");
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {key}, to_jsonb(t) - 'prism_version' - 'prism_revision' FROM {table} t ORDER BY 1"
-            ),
-            &[],
-        )
-        .await
-        .expect("the stored rows");
-    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
 }
 
 #[tokio::test]
