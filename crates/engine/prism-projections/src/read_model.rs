@@ -18,8 +18,9 @@
 //! The application writes the folds (pure functions, testable without anything running) and
 //! nothing else. The engine does the rest for every read model alike: the version gate, order
 //! per aggregate, set-based batch writes (one statement per feed per batch, several for a batch
-//! of more than a mebibyte of rows, generated from the table's columns), dead letters with parking and redrive, the cache's compare-and-set,
-//! generations with in-place and blue/green rebuilds, lag, metrics and readiness.
+//! of more than a mebibyte of rows, generated from the table's columns), dead letters with
+//! parking and redrive, the cache's compare-and-set, generations with in-place and blue/green
+//! rebuilds, lag, metrics and readiness.
 //!
 //! Two bookkeeping columns are the engine's, added to every read-model table: [`VERSION_COLUMN`]
 //! (for rows keyed by an aggregate: the version of it the row reflects, what read-your-writes

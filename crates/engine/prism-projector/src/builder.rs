@@ -5,13 +5,13 @@
 //! the read model notices (it looks every [`LOOK_EVERY`]) and runs a builder: a projector of that
 //! read model alone, at generation N+1, in the group `<prefix>prism.rebuild.<name>.g<N+1>`, with
 //! a consumer of its own and the worker's PostgreSQL pool, cache and producer
-//! ([`crate::SharedClients`]). What the partitions held at registration is a bulk replay of N+1 (`crate::replay`), loaded
-//! by the worker's own replay task with the ranges of every other generation being built
-//! ([`Building`]): generations of read models fed by the same topic, registered together by
-//! `prismctl rebuild --all --mode blue-green`, have ranges of the same offsets, and one reader
-//! lands each chunk in all of them. prismctl committed the build group's offsets at the
-//! replay's ends, so the group delivers only the events that came after. Several workers share
-//! the build's partitions like any group. prismctl follows the replay and the build group's
+//! ([`crate::SharedClients`]). What the partitions held at registration is a bulk replay of
+//! N+1 (`crate::replay`), loaded by the worker's own replay task with the ranges of every
+//! other generation being built ([`Building`]): generations of read models fed by the same
+//! topic, registered together by `prismctl rebuild --all --mode blue-green`, have ranges of the
+//! same offsets, and one reader lands each chunk in all of them. prismctl committed the build
+//! group's offsets at the replay's ends, so the group delivers only the events that came after.
+//! Several workers share the build's partitions like any group. prismctl follows the replay and the build group's
 //! offsets, verifies and switches; once the generation is no longer `building` (switched to,
 //! or abandoned), the builders stop.
 

@@ -208,7 +208,7 @@ pub async fn run_with(
 
 /// [`run_with`], with the clients of the worker that started it when it is a builder (else it
 /// connects its own).
-pub async fn run_sharing(
+pub(crate) async fn run_sharing(
     config: PrismConfig,
     app: Application,
     health: Health,

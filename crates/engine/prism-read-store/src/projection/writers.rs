@@ -66,10 +66,7 @@ impl PendingSum {
         // at once, both prepared first so they go out in this order: the rows are read back
         // after every addition.
         if let Some(add) = &self.shape.add {
-            for piece in pieces {
-                let rows = self.shape.columns.params(piece)?;
-                cached::execute(tx, add, &rows.values().as_params()).await?;
-            }
+            write_in_pieces(tx, &self.shape.columns, add, pieces).await?;
         }
         let add = match (&self.shape.add, &last) {
             (Some(add), Some(_)) => Some(tx.prepare_cached(add).await?),
@@ -580,10 +577,11 @@ impl PendingFold {
     /// batch (none without a cache).
     pub(super) async fn write(mut self, tx: &Transaction<'_>) -> Result<Vec<CacheEntry>, StoreError> {
         let shape = self.shape.clone();
-        let upsert = write_in_pieces(tx, &shape.columns, &shape.upsert, std::mem::take(&mut self.documents));
-        let count = self.new_documents.count;
+        let upserts = std::mem::take(&mut self.documents).finish()?;
+        let (count, inserts) = (self.new_documents.count, std::mem::take(&mut self.new_documents).finish()?);
+        let upsert = write_in_pieces(tx, &shape.columns, &shape.upsert, upserts);
         let insert = async {
-            match write_in_pieces(tx, &shape.columns, &shape.insert, std::mem::take(&mut self.new_documents)).await {
+            match write_in_pieces(tx, &shape.columns, &shape.insert, inserts).await {
                 Err(error) if error.is_unique_violation() => Err(StoreError::Contended {
                     what: "read-model row",
                     detail: format!(
@@ -605,8 +603,8 @@ impl PendingFold {
         let mut cache = Vec::new();
         // Every aggregate of the batch, duplicates included: after a worker died between its
         // commit and its cache write, the redelivered batch is all duplicates, and this is how
-        // the cache still catches up.
-        // The ids are distinct ([`event_ids`]), so each row is taken once.
+        // the cache still catches up. The ids are distinct ([`event_ids`]): each row is taken
+        // once.
         for id in self.cache_ids.iter().flatten() {
             if let Some(stored) = self.rows.remove(id) {
                 cache.push(stored.into_cache_entry());
@@ -616,17 +614,18 @@ impl PendingFold {
     }
 }
 
-/// Sends `rows` to `statement` (an insert of their table's [`TableShape`]), a piece at a time
-/// and in order, and returns the rows it returns. A piece's parameters are made just before it
-/// is sent and dropped once it is answered, so what a statement holds is one piece's worth.
+/// Sends `pieces` ([`JsonRows::finish`]) to `statement` (an insert of their table's
+/// [`TableShape`]), one at a time and in order, and returns the rows it returns. A piece's
+/// parameters are made just before it is sent and dropped once it is answered, so what a
+/// statement holds is one piece's worth.
 async fn write_in_pieces(
     tx: &Transaction<'_>,
     columns: &crate::row_sets::TableColumns,
     statement: &str,
-    rows: JsonRows,
+    pieces: Vec<String>,
 ) -> Result<Vec<StoredRow>, StoreError> {
     let mut stored = Vec::new();
-    for piece in rows.finish()? {
+    for piece in pieces {
         let params = columns.params(piece)?;
         for row in cached::query(tx, statement, &params.values().as_params()).await? {
             stored.push(StoredRow::from_db(&row)?);
