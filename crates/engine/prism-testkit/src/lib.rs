@@ -9,6 +9,8 @@
 //!   key prefix, migrated, the application's read models registered and its topics created,
 //!   removed again when the test ends.
 //! - [`kafka`]: producing and consuming raw messages in tests.
+//! - [`ports`]: free ports for the servers and workers a test starts, below the range outgoing
+//!   connections take their source ports from.
 //! - [`private`]: a Kafka broker or three-node cluster, PostgreSQL or Redis of one test's own,
 //!   to stop, kill and restart.
 //! - [`oracle`]: the fold oracle — every read-model row and cache entry compared with what
@@ -27,6 +29,7 @@ pub mod env;
 pub mod kafka;
 pub mod layering;
 pub mod oracle;
+pub mod ports;
 pub mod prismctl;
 pub mod private;
 pub mod probe;

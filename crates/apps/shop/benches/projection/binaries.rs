@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+pub use prism_testkit::ports::free_port;
 use prism_testkit::TestEnv;
 use tokio::process::Command;
 
@@ -68,11 +69,6 @@ pub fn command(program: &PathBuf, vars: &[(String, String)]) -> Command {
     }
     command.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     command
-}
-
-/// A free TCP port on the loopback interface.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The projector with the default configuration, its metrics and health on `listen`.

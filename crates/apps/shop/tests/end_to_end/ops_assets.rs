@@ -1241,7 +1241,7 @@ fn the_reference_check_can_fail() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+    prism_testkit::ports::free_port().expect("a free port")
 }
 
 async fn scrape(client: &reqwest::Client, url: &str) -> String {

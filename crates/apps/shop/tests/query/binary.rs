@@ -10,8 +10,7 @@ use tokio::process::Command;
 use crate::support::environment;
 
 fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("address").port()
+    prism_testkit::ports::free_port().expect("a free port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,12 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::{
-    free_port, kill_process, log_file, log_tail, terminate_process, wait_for_port, ScratchDir, START_TIMEOUT,
+    free_ports, kill_process, log_errors, log_file, log_tail, terminate_process, wait_for_port, ScratchDir,
+    START_TIMEOUT,
 };
+
+/// What a node logs when another process took one of its ports.
+const PORT_TAKEN: &str = "Address already in use";
 
 /// The repository root (this crate lives in `crates/engine/prism-testkit`).
 fn repo_root() -> PathBuf {
@@ -125,21 +129,39 @@ impl PrivateKafka {
     }
 
     async fn start_with(count: u32, sasl_ssl: Option<SaslSsl>) -> anyhow::Result<Self> {
+        // Ports are free when picked, but another test's server may bind one before a JVM
+        // has started: the node then stops with "Address already in use", and the whole
+        // cluster is formed again on other ports (the voters name every node's port).
+        let mut attempt = 1;
+        loop {
+            match Self::start_on_free_ports(count, sasl_ssl.clone()).await {
+                Err(error) if attempt < 3 && format!("{error:#}").contains(PORT_TAKEN) => {
+                    tracing::warn!(attempt, error = %format!("{error:#}"), "a Kafka port was taken; starting on others");
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_on_free_ports(count: u32, sasl_ssl: Option<SaslSsl>) -> anyhow::Result<Self> {
         let lib = kafka_lib()?;
         let dir = ScratchDir::new("kafka")?;
+        let ports_per_node = if sasl_ssl.is_some() { 3 } else { 2 };
+        let mut ports = free_ports(count as usize * ports_per_node)?.into_iter();
         let mut nodes = Vec::new();
         for id in 1..=count {
             let node_dir = dir.0.join(format!("node{id}"));
             std::fs::create_dir_all(node_dir.join("logs"))?;
-            let sasl_ssl_port = if sasl_ssl.is_some() { Some(free_port()?) } else { None };
+            let mut port = || ports.next().context("fewer free ports than asked for");
             nodes.push(Node {
                 id,
-                port: free_port()?,
-                controller_port: free_port()?,
+                port: port()?,
+                controller_port: port()?,
                 child: None,
                 dir: node_dir,
                 log_offset: 0,
-                sasl_ssl_port,
+                sasl_ssl_port: if sasl_ssl.is_some() { Some(port()?) } else { None },
             });
         }
         let mut kafka = Self { nodes, lib, dir, sasl_ssl };
@@ -329,7 +351,7 @@ impl PrivateKafka {
         )
         .await;
         if let Err(error) = listening {
-            bail!("{error:#}\nserver.log:\n{}", log_tail(&server_log));
+            bail!("{error:#}\n{}", failure_excerpt(&server_log, &stdout_log));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
@@ -340,13 +362,17 @@ impl PrivateKafka {
             }
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "Kafka node {} exited with {status} while starting; log:\n{}",
+                    "Kafka node {} exited with {status} while starting;\n{}",
                     node.id,
-                    log_tail(&server_log)
+                    failure_excerpt(&server_log, &stdout_log)
                 );
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("Kafka node {} did not start within 90s; log:\n{}", node.id, log_tail(&server_log));
+                bail!(
+                    "Kafka node {} did not start within 90s;\n{}",
+                    node.id,
+                    failure_excerpt(&server_log, &stdout_log)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -435,6 +461,17 @@ impl PrivateKafka {
     pub fn dir(&self) -> &Path {
         &self.dir.0
     }
+}
+
+/// Why a node did not start: the errors it logged (to server.log, or the JVM's to
+/// stdout.log), then server.log's last lines.
+fn failure_excerpt(server_log: &Path, stdout_log: &Path) -> String {
+    format!(
+        "errors in server.log:\n{}\nerrors in stdout.log:\n{}\nlast lines of server.log:\n{}",
+        log_errors(server_log),
+        log_errors(stdout_log),
+        log_tail(server_log)
+    )
 }
 
 impl Drop for PrivateKafka {

@@ -2,9 +2,9 @@
 //! PostgreSQL server or a Redis server that one test owns and may stop, kill and restart
 //! without disturbing the shared development stack or other tests.
 //!
-//! Each instance listens on 127.0.0.1 on ports that were free when it started, keeps its
-//! data in its own temporary directory, and survives [`restart`](PrivateKafka::restart) on
-//! the same ports with the same data. `stop` is graceful, `kill` is SIGKILL. Dropping an
+//! Each instance listens on 127.0.0.1 on ports that were free when it started (picked by
+//! [`crate::ports`]), keeps its data in its own temporary directory, and survives
+//! [`restart`](PrivateKafka::restart) on the same ports with the same data. `stop` is graceful, `kill` is SIGKILL. Dropping an
 //! instance kills it and removes its directory.
 //!
 //! - `kafka`: [`PrivateKafka`], Apache Kafka 4.4 from the dev stack's jars, one node or three.
@@ -17,8 +17,8 @@
 //! - `stack`: [`TlsStack`], all three over TLS with passwords, and the `PRISM__*` variables
 //!   that reach them.
 //!
-//! This module holds what they share: scratch directories, free ports, starting, signalling
-//! and reaping processes. Signals are sent with the `kill` command rather than `libc`,
+//! This module holds what they share: scratch directories, starting, signalling and reaping
+//! processes, and the excerpts of their logs that failures show. Signals are sent with the `kill` command rather than `libc`,
 //! keeping the workspace free of `unsafe`.
 
 mod kafka;
@@ -36,13 +36,15 @@ pub use redis::PrivateRedis;
 pub use stack::{TlsStack, TLS_STACK_USER};
 pub use tls::{ServerCert, TestCa};
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rand::Rng;
+
+use crate::ports::{free_port, free_ports};
 
 /// How long a started service may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,11 +68,6 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Finds `name` on PATH or in `extra` directories.
@@ -168,6 +165,24 @@ fn kill_process(child: Option<Child>) -> anyhow::Result<()> {
         child.wait()?;
     }
     Ok(())
+}
+
+/// The lines of `log` that report errors (Kafka's and log4j's `ERROR` and `FATAL`, the
+/// exceptions and their causes), the first twenty: a server that shuts down after a failure
+/// logs its shutdown last, and the tail alone hides why.
+fn log_errors(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.contains(" ERROR ")
+                || line.contains(" FATAL ")
+                || line.starts_with("Caused by")
+                || line.contains("Exception: ")
+        })
+        .take(20)
+        .collect();
+    errors.join("\n")
 }
 
 fn log_tail(log: &Path) -> String {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 
 use super::{
-    find_binary, kill_process, log_file, log_tail, signal, wait_for_port, ScratchDir, START_TIMEOUT,
+    find_binary, free_ports, kill_process, log_file, log_tail, signal, wait_for_port, ScratchDir,
+    START_TIMEOUT,
 };
 
 /// Masters of the cluster; each has one replica.
@@ -90,7 +91,7 @@ impl PrivateRedisCluster {
         let cli = find_binary("redis-cli", &[], INSTALL_HINT)?;
         let dir = ScratchDir::new("redis-cluster")?;
         let mut nodes = Vec::new();
-        let ports = distinct_free_ports(MASTERS * 4)?;
+        let ports = free_ports(MASTERS * 4)?;
         for i in 0..MASTERS * 2 {
             let node_dir = dir.0.join(format!("node-{i}"));
             std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
@@ -114,7 +115,7 @@ impl PrivateRedisCluster {
                         attempts += 1;
                         tracing::debug!(error = %format!("{err:#}"), "redis cluster node did not start; trying other ports");
                         let _ = kill_process(cluster.nodes[i].child.take());
-                        let fresh = distinct_free_ports(2)?;
+                        let fresh = free_ports(2)?;
                         (cluster.nodes[i].port, cluster.nodes[i].bus_port) = (fresh[0], fresh[1]);
                     }
                     Err(err) => return Err(err),
@@ -553,14 +554,6 @@ impl PrivateRedisCluster {
         }
         Ok(true)
     }
-}
-
-/// `n` ports, all different, that nobody listened on a moment ago (held open together while
-/// they are picked, so none is handed out twice).
-fn distinct_free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// One line of `CLUSTER NODES`: `<id> <ip:port@bus[,host]> <flags> <master> <ping> <pong>
