@@ -30,6 +30,7 @@ pub fn ops_router(metrics: PrometheusHandle, health: Health) -> Router {
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> Response {
+    crate::allocator::record_usage();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
         .into_response()
 }

@@ -5,6 +5,20 @@
 //! The Grafana dashboard and the alert rules in `ops/` refer to these names; a test checks
 //! that every name they use is exported by a running process.
 
+// ---- every process --------------------------------------------------------------------
+
+/// Gauge: bytes held by the process's live allocations (jemalloc's `stats.allocated`), read
+/// when `/metrics` is scraped.
+pub const MEMORY_ALLOCATED: &str = "prism_memory_allocated_bytes";
+/// Gauge: bytes in the allocator's active pages, the live allocations and the free space
+/// between them (jemalloc's `stats.active`): the difference to `prism_memory_allocated_bytes`
+/// is fragmentation.
+pub const MEMORY_ACTIVE: &str = "prism_memory_active_bytes";
+/// Gauge: bytes of physical memory the allocator keeps (jemalloc's `stats.resident`): active
+/// pages, freed pages not yet returned to the system, and its metadata. The process's RSS is
+/// this, plus its code, thread stacks and what librdkafka and other C code allocate.
+pub const MEMORY_RESIDENT: &str = "prism_memory_resident_bytes";
+
 // ---- prism-commands -------------------------------------------------------------------
 
 /// Counter: commands handled. Labels: `command`, `outcome` (accepted, rejected, invalid,
