@@ -351,7 +351,7 @@ impl PrivateKafka {
         )
         .await;
         if let Err(error) = listening {
-            bail!("{error:#}\n{}", failure_excerpt(&server_log, &stdout_log));
+            bail!("{error:#}\n{}", failure_excerpt(&server_log, node.log_offset, &stdout_log));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
@@ -364,14 +364,14 @@ impl PrivateKafka {
                 bail!(
                     "Kafka node {} exited with {status} while starting;\n{}",
                     node.id,
-                    failure_excerpt(&server_log, &stdout_log)
+                    failure_excerpt(&server_log, node.log_offset, &stdout_log)
                 );
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
                     "Kafka node {} did not start within 90s;\n{}",
                     node.id,
-                    failure_excerpt(&server_log, &stdout_log)
+                    failure_excerpt(&server_log, node.log_offset, &stdout_log)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -463,13 +463,13 @@ impl PrivateKafka {
     }
 }
 
-/// Why a node did not start: the errors it logged (to server.log, or the JVM's to
-/// stdout.log), then server.log's last lines.
-fn failure_excerpt(server_log: &Path, stdout_log: &Path) -> String {
+/// Why a node did not start: the errors it logged since it was launched (server.log from
+/// `server_log_from` on; the JVM's own go to stdout.log), then server.log's last lines.
+fn failure_excerpt(server_log: &Path, server_log_from: usize, stdout_log: &Path) -> String {
     format!(
         "errors in server.log:\n{}\nerrors in stdout.log:\n{}\nlast lines of server.log:\n{}",
-        log_errors(server_log),
-        log_errors(stdout_log),
+        log_errors(server_log, server_log_from),
+        log_errors(stdout_log, 0),
         log_tail(server_log)
     )
 }

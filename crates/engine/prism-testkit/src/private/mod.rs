@@ -167,11 +167,12 @@ fn kill_process(child: Option<Child>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The lines of `log` that report errors (Kafka's and log4j's `ERROR` and `FATAL`, the
-/// exceptions and their causes), the first twenty: a server that shuts down after a failure
-/// logs its shutdown last, and the tail alone hides why.
-fn log_errors(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+/// The lines of `log` from byte `from` on that report errors (Kafka's and log4j's `ERROR` and
+/// `FATAL`, the exceptions and their causes), the first twenty: a server that shuts down after
+/// a failure logs its shutdown last, and the tail alone hides why.
+fn log_errors(log: &Path, from: usize) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(from..).unwrap_or_default());
     let errors: Vec<&str> = text
         .lines()
         .filter(|line| {
