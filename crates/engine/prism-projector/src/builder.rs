@@ -11,9 +11,9 @@
 //! topic, registered together by `prismctl rebuild --all --mode blue-green`, have ranges of the
 //! same offsets, and one reader lands each chunk in all of them. prismctl committed the build
 //! group's offsets at the replay's ends, so the group delivers only the events that came after.
-//! Several workers share the build's partitions like any group. prismctl follows the replay and the build group's
-//! offsets, verifies and switches; once the generation is no longer `building` (switched to,
-//! or abandoned), the builders stop.
+//! Several workers share the build's partitions like any group. prismctl follows the replay
+//! and the build group's offsets, verifies and switches; once the generation is no longer
+//! `building` (switched to, or abandoned), the builders stop.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

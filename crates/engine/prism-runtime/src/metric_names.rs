@@ -15,8 +15,9 @@ pub const MEMORY_ALLOCATED: &str = "prism_memory_allocated_bytes";
 /// is fragmentation.
 pub const MEMORY_ACTIVE: &str = "prism_memory_active_bytes";
 /// Gauge: bytes of physical memory the allocator keeps (jemalloc's `stats.resident`): active
-/// pages, freed pages not yet returned to the system, and its metadata. The process's RSS is
-/// this, plus its code, thread stacks and what librdkafka and other C code allocate.
+/// pages, freed pages not yet returned to the system, and its metadata (librdkafka's and other
+/// C code's included: jemalloc is the process's malloc). The process's RSS is this, plus its
+/// code and thread stacks.
 pub const MEMORY_RESIDENT: &str = "prism_memory_resident_bytes";
 
 // ---- prism-commands -------------------------------------------------------------------
