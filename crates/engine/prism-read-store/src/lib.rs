@@ -10,6 +10,7 @@
 //! - [`rebuild`]: clearing an instance, allocating, verifying, switching to and retiring
 //!   generations (in-place and blue/green rebuilds), and the checksum both print.
 //! - [`row_sets`]: a set of any table's rows sent in one statement, one text array per column.
+//! - [`documents`]: a stored row's document printed from its values as PostgreSQL returns them.
 //! - [`requests`]: operator requests that need the application's folds (redrive), left by
 //!   `prismctl` for the application's workers.
 //!
@@ -18,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod documents;
 pub mod projection;
 pub mod read_models;
 pub mod rebuild;

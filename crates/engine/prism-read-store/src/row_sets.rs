@@ -32,7 +32,8 @@ SELECT a.attname::text,
        CASE WHEN coalesce(b.typtype, t.typtype) IN ('c', 'd') OR coalesce(b.typcategory, t.typcategory) = 'A'
                 THEN 'json only'
             WHEN coalesce(b.oid, t.oid) IN ('json'::regtype, 'jsonb'::regtype) THEN 'json'
-            ELSE 'text' END
+            ELSE 'text' END,
+       a.atttypid
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -59,6 +60,8 @@ pub struct TableColumns {
     /// The type each element is cast to (without modifier), as `format_type` names it.
     casts: Vec<String>,
     texts: Vec<ValueText>,
+    /// Each column's type (a domain's own, not its base type's).
+    type_oids: Vec<u32>,
     columnar: bool,
 }
 
@@ -69,10 +72,17 @@ impl TableColumns {
         if rows.is_empty() {
             return None;
         }
-        let mut columns = Self { names: Vec::new(), casts: Vec::new(), texts: Vec::new(), columnar: true };
+        let mut columns = Self {
+            names: Vec::new(),
+            casts: Vec::new(),
+            texts: Vec::new(),
+            type_oids: Vec::new(),
+            columnar: true,
+        };
         for row in rows {
             columns.names.push(row.get(0));
             columns.casts.push(row.get(1));
+            columns.type_oids.push(row.get(3));
             let kind: &str = row.get(2);
             columns.columnar &= kind != "json only";
             columns.texts.push(if kind == "json" { ValueText::Json } else { ValueText::Scalar });
@@ -83,6 +93,11 @@ impl TableColumns {
     /// The column names, in the table's order.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The OID of the type of the column named `name`.
+    pub fn type_oid(&self, name: &str) -> Option<u32> {
+        self.names.iter().position(|n| n == name).map(|at| self.type_oids[at])
     }
 
     /// Whether rows go as one text array per column (else as one JSON array).
@@ -346,6 +361,7 @@ mod tests {
             names: spec.iter().map(|(name, _)| (*name).to_owned()).collect(),
             casts: spec.iter().map(|_| "text".to_owned()).collect(),
             texts: spec.iter().map(|(_, text)| *text).collect(),
+            type_oids: spec.iter().map(|_| tokio_postgres::types::Type::TEXT.oid()).collect(),
             columnar: true,
         }
     }

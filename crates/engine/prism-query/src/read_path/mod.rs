@@ -16,8 +16,9 @@
 //!
 //! Rows are JSON objects of the application's columns ([`StoredRow::document`]); the engine's
 //! bookkeeping columns never reach the application or its clients. A document served from
-//! PostgreSQL is byte for byte the one the projector caches (both are the row's `to_jsonb`
-//! without the engine's columns), so a hit and a miss answer alike.
+//! PostgreSQL (the row's `to_jsonb` without the engine's columns) is the same JSON value as the
+//! one the projector caches (the text `row_to_json` prints of the same columns, see
+//! `prism_read_store::documents`), so a hit and a miss answer alike.
 //!
 //! Why a refill can never make the cache wrong: it goes through the same compare-and-set on
 //! the revision the projector uses. If the projector wrote a newer row between our PostgreSQL

@@ -1,14 +1,15 @@
 //! Any read model's share of a batch: load the rows it needs, run the planner with the read
 //! model's feeds, write the result set-based, and say what the cache should hold.
 //!
-//! Rows travel as JSON text: `row_to_json` of the application's columns out, and in, a JSON
+//! Rows travel as JSON text. Out, the application's columns as `row_to_json` prints them:
+//! printed by the engine from the values PostgreSQL returns in binary ([`crate::documents`]),
+//! or, for a table with a column of a type the engine does not print, by PostgreSQL. In, a JSON
 //! array of objects keyed by column name, which [`crate::row_sets`] splits into one text array
 //! per column (any shape of row; one statement per batch and read model, or several of about a
 //! mebibyte each for a larger batch: [`STATEMENT_TEXT_BYTES`]). Text, not JSON values: a folded
 //! row goes from the stored text to the application's row type and back to text without a
 //! `serde_json::Value` in between (see `prism_projections::fold`), and a returned row's text is
-//! the cache's document as it is. `json`, not `jsonb`, on PostgreSQL's side: `row_to_json`
-//! prints the text straight from the row. The statements are generated once per table from its
+//! the cache's document as it is. The statements are generated once per table from its
 //! columns, as read from PostgreSQL's catalog ([`TableShape`]):
 //!
 //! - a fold feed upserts the folded rows, setting every column but the key and the additive
@@ -34,6 +35,7 @@ use uuid::Uuid;
 
 use super::batch::CacheEntry;
 use super::Target;
+use crate::documents::DocumentPrinter;
 use prism_postgres::{all_or_cause, StoreError};
 
 type Gates = HashMap<AggregateKey, GateState>;
@@ -66,7 +68,7 @@ impl PendingSum {
         // at once, both prepared first so they go out in this order: the rows are read back
         // after every addition.
         if let Some(add) = &self.shape.add {
-            write_in_pieces(tx, &self.shape.columns, add, pieces).await?;
+            write_in_pieces(tx, &self.shape, add, pieces).await?;
         }
         let add = match (&self.shape.add, &last) {
             (Some(add), Some(_)) => Some(tx.prepare_cached(add).await?),
@@ -92,7 +94,7 @@ impl PendingSum {
             }
         };
         let ((), stored) = futures::try_join!(send_add, send_reload)?;
-        stored.iter().map(|row| Ok(StoredRow::from_db(row)?.into_cache_entry())).collect()
+        stored.iter().map(|row| Ok(self.shape.stored_row(row)?.into_cache_entry())).collect()
     }
 }
 
@@ -133,6 +135,17 @@ pub struct TableShape {
     /// The rows whose key columns equal those of `$1` (a JSON array of rows holding at least the
     /// key columns), as [`StoredRow::from_db`] reads them.
     load_by_keys: String,
+    /// What prints the documents of the rows these statements return; `None` where
+    /// PostgreSQL prints them (`row_to_json`), for a table with a column of a type the engine
+    /// does not print.
+    printer: Option<DocumentPrinter>,
+}
+
+impl TableShape {
+    /// A row of one of the statements above, as stored.
+    fn stored_row(&self, row: &tokio_postgres::Row) -> Result<StoredRow, StoreError> {
+        StoredRow::from_db(row, self.printer.as_ref())
+    }
 }
 
 /// Table shapes by (schema, table).
@@ -212,7 +225,9 @@ async fn shape(
         .map(String::as_str)
         .filter(|c| *c != VERSION_COLUMN && *c != REVISION_COLUMN)
         .collect();
-    let stored = stored_columns(key, &application);
+    let oids: Option<Vec<u32>> = application.iter().map(|c| table_columns.type_oid(c)).collect();
+    let printer = oids.and_then(|oids| DocumentPrinter::for_columns(&application, &oids));
+    let stored = stored_columns(key, &application, printer.is_some());
     let plain_insert = table_columns.insert(&table);
     let (upsert, insert) = if model.cache_kind().is_some() {
         // Returned as the statement writes them, not through a CTE of whole rows read again:
@@ -236,8 +251,15 @@ async fn shape(
         adds.push(format!("{REVISION_COLUMN} = t.{REVISION_COLUMN} + 1"));
         format!("{} ON CONFLICT ({conflict}) DO UPDATE SET {}", table_columns.insert(&table), adds.join(", "))
     });
-    let shape =
-        Arc::new(TableShape { columns: table_columns, upsert, insert, add, load_by_ids, load_by_keys });
+    let shape = Arc::new(TableShape {
+        columns: table_columns,
+        upsert,
+        insert,
+        add,
+        load_by_ids,
+        load_by_keys,
+        printer,
+    });
     shapes().lock().unwrap_or_else(|p| p.into_inner()).insert(cache_key, shape.clone());
     Ok(shape)
 }
@@ -256,15 +278,19 @@ struct StoredRow {
 }
 
 impl StoredRow {
-    /// A row of a statement selecting [`stored_columns`].
-    fn from_db(row: &tokio_postgres::Row) -> Result<Self, StoreError> {
+    /// A row of a statement selecting [`stored_columns`]: its document printed by `printer`
+    /// from the columns' values, or, without one, as PostgreSQL printed it.
+    fn from_db(row: &tokio_postgres::Row, printer: Option<&DocumentPrinter>) -> Result<Self, StoreError> {
         let corrupt =
             |e: tokio_postgres::Error| StoreError::Corrupt { what: "read-model row", detail: e.to_string() };
         Ok(Self {
             key: key_text_of(row.try_get(0).map_err(corrupt)?)?,
             version: row.try_get(1).map_err(corrupt)?,
             revision: row.try_get(2).map_err(corrupt)?,
-            document: row.try_get(3).map_err(corrupt)?,
+            document: match printer {
+                Some(printer) => printer.print(row, 3)?,
+                None => row.try_get(3).map_err(corrupt)?,
+            },
         })
     }
 
@@ -279,23 +305,33 @@ impl StoredRow {
 const DOCUMENT_ALIAS: &str = "prism_document";
 
 /// The select list that reads a row of table alias `t` as [`StoredRow::from_db`] takes it: the
-/// key columns as a JSON array, version, revision, the `application` columns as a JSON object.
+/// key columns as a JSON array, version, revision, then the `application` columns: as they are
+/// where the engine prints the document (`printed`, see [`crate::documents`]), else as a JSON
+/// object PostgreSQL prints.
+///
 /// The key comes as JSON, not as text, so that [`key_text`]'s rule names the row (a number as
 /// JSON reads it: `1.50` is `1.5`, as the query service has it).
 ///
-/// `json`, not `jsonb`: `row_to_json` of a subselect of the columns writes the text straight
-/// from the row, where `to_jsonb(t) - 'prism_version' - 'prism_revision'` built a `jsonb`
+/// Printed by PostgreSQL, `json`, not `jsonb`: `row_to_json` of a subselect of the columns
+/// writes the text straight from the row, where `to_jsonb(t) - 'prism_version' - 'prism_revision'` built a `jsonb`
 /// value, copied it twice and printed it: about 14 µs a row of `order_summary` against 6.
 /// The values' text is the same (`json` and `jsonb` print timestamps, numbers and nested
 /// `jsonb` alike); the object keeps the table's column order and no spaces, which no reader
 /// of a document depends on.
-fn stored_columns(key: &[&str], application: &[&str]) -> String {
+fn stored_columns(key: &[&str], application: &[&str], printed: bool) -> String {
     // Quoted, so the object's keys are the columns' names exactly as the catalog has them. A
     // column named like the subselect's alias would be read in its place ([`shape`] refuses
     // such a table).
     let quoted = |c: &&str| format!("t.{}", crate::row_sets::quote_identifier(c));
     let key: Vec<String> = key.iter().map(quoted).collect();
     let columns: Vec<String> = application.iter().map(quoted).collect();
+    if printed {
+        return format!(
+            "json_build_array({})::text, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, {}",
+            key.join(", "),
+            columns.join(", ")
+        );
+    }
     format!(
         "json_build_array({})::text, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, \
          (SELECT row_to_json({DOCUMENT_ALIAS}) FROM (SELECT {}) AS {DOCUMENT_ALIAS})::text",
@@ -525,7 +561,7 @@ impl LoadStatements {
         let (gates, stored) = futures::try_join!(gates, read_rows)?;
         let mut rows: HashMap<Uuid, StoredRow> = HashMap::with_capacity(stored.len());
         for row in &stored {
-            let stored = StoredRow::from_db(row)?;
+            let stored = self.shape.stored_row(row)?;
             if let Ok(id) = stored.key.parse() {
                 rows.insert(id, stored);
             }
@@ -579,9 +615,9 @@ impl PendingFold {
         let shape = self.shape.clone();
         let upserts = std::mem::take(&mut self.documents).finish()?;
         let (count, inserts) = (self.new_documents.count, std::mem::take(&mut self.new_documents).finish()?);
-        let upsert = write_in_pieces(tx, &shape.columns, &shape.upsert, upserts);
+        let upsert = write_in_pieces(tx, &shape, &shape.upsert, upserts);
         let insert = async {
-            match write_in_pieces(tx, &shape.columns, &shape.insert, inserts).await {
+            match write_in_pieces(tx, &shape, &shape.insert, inserts).await {
                 Err(error) if error.is_unique_violation() => Err(StoreError::Contended {
                     what: "read-model row",
                     detail: format!(
@@ -620,15 +656,15 @@ impl PendingFold {
 /// statement holds is one piece's worth.
 async fn write_in_pieces(
     tx: &Transaction<'_>,
-    columns: &crate::row_sets::TableColumns,
+    shape: &TableShape,
     statement: &str,
     pieces: Vec<String>,
 ) -> Result<Vec<StoredRow>, StoreError> {
     let mut stored = Vec::new();
     for piece in pieces {
-        let params = columns.params(piece)?;
+        let params = shape.columns.params(piece)?;
         for row in cached::query(tx, statement, &params.values().as_params()).await? {
-            stored.push(StoredRow::from_db(&row)?);
+            stored.push(shape.stored_row(&row)?);
         }
     }
     Ok(stored)
