@@ -108,8 +108,10 @@ fn kind_of(query: &str) -> String {
     } else if text.starts_with("insert into") {
         format!("rows written: {}", table("insert into"))
     } else if text.starts_with("select json_build_array") {
-        // By id from the table, or by key through a lateral lookup per key of a JSON array.
-        let from = table(") as prism_document)::text from ");
+        // By id from the table, or by key through a lateral lookup per key of a JSON array; the
+        // columns as they are, or (a table whose documents PostgreSQL prints) in a subselect.
+        let printed_by_postgresql = ") as prism_document)::text from ";
+        let from = table(if text.contains(printed_by_postgresql) { printed_by_postgresql } else { " from " });
         // (`pg_stat_statements` shows the `NULL::<table>` of the latter as `$n::<table>`.)
         let from = match from.strip_prefix("jsonb_populate_recordset(") {
             Some(rest) => {
