@@ -19,7 +19,6 @@
 //! ([`DocumentPrinter::for_columns`] says which).
 
 use std::error::Error;
-use std::fmt::Write as _;
 
 use prism_postgres::StoreError;
 use tokio_postgres::types::{FromSql, Type};
@@ -185,9 +184,18 @@ fn utf8(bytes: &[u8]) -> Result<&str, String> {
     std::str::from_utf8(bytes).map_err(|e| format!("text that is not UTF-8: {e}"))
 }
 
-fn write_number(out: &mut String, number: impl std::fmt::Display) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "{number}");
+fn write_number(out: &mut String, number: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(number));
+}
+
+/// Appends `value` in `width` digits at least, zeros in front (`value` is not negative).
+fn write_padded(out: &mut String, value: i64, width: usize) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
 }
 
 /// PostgreSQL's `escape_json`: the string quoted, `"` and `\` escaped, the control characters
@@ -210,7 +218,10 @@ fn escape_json(out: &mut String, text: &str) {
         };
         out.push_str(&text[plain_from..at]);
         if escaped.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[usize::from(byte >> 4)] as char);
+            out.push(HEX[usize::from(byte & 0x0f)] as char);
         } else {
             out.push_str(escaped);
         }
@@ -221,15 +232,8 @@ fn escape_json(out: &mut String, text: &str) {
 }
 
 fn print_uuid(out: &mut String, bytes: [u8; 16]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
-    for (index, byte) in bytes.iter().enumerate() {
-        if matches!(index, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0x0f)] as char);
-    }
+    out.push_str(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
     out.push('"');
 }
 
@@ -286,19 +290,19 @@ fn print_numeric(out: &mut String, bytes: &[u8]) -> Result<(), String> {
             if index == 0 {
                 write_number(out, group);
             } else {
-                let _ = write!(out, "{group:04}");
+                write_padded(out, i64::from(group), 4);
             }
         }
     }
     if scale > 0 {
         out.push('.');
-        let mut fraction = String::with_capacity(scale as usize + 4);
+        let end = out.len() + scale as usize;
         let mut index = weight + 1;
-        while (fraction.len() as i64) < scale {
-            let _ = write!(fraction, "{:04}", digit(index));
+        while out.len() < end {
+            write_padded(out, i64::from(digit(index)), 4);
             index += 1;
         }
-        out.push_str(&fraction[..scale as usize]);
+        out.truncate(end);
     }
     Ok(())
 }
@@ -323,8 +327,11 @@ fn julian_to_date(julian_day: i64) -> (i64, u32, u32) {
 
 /// `YYYY-MM-DD`, the year at least four digits, counted from 1 BC backwards before year 1.
 fn print_date(out: &mut String, year: i64, month: u32, day: u32) {
-    let shown = if year > 0 { year } else { 1 - year };
-    let _ = write!(out, "{shown:04}-{month:02}-{day:02}");
+    write_padded(out, if year > 0 { year } else { 1 - year }, 4);
+    out.push('-');
+    write_padded(out, i64::from(month), 2);
+    out.push('-');
+    write_padded(out, i64::from(day), 2);
 }
 
 fn bc_suffix(out: &mut String, year: i64) {
@@ -359,14 +366,17 @@ fn print_timestamp(out: &mut String, micros: i64, with_zone: bool) -> Result<(),
             time -= minute * 60_000_000;
             let second = time / 1_000_000;
             let fraction = time - second * 1_000_000;
-            let _ = write!(out, "T{hour:02}:{minute:02}:{second:02}");
+            out.push('T');
+            write_padded(out, hour, 2);
+            out.push(':');
+            write_padded(out, minute, 2);
+            out.push(':');
+            write_padded(out, second, 2);
             if fraction != 0 {
-                let mut digits = format!("{fraction:06}");
-                while digits.ends_with('0') {
-                    digits.pop();
-                }
                 out.push('.');
-                out.push_str(&digits);
+                write_padded(out, fraction, 6);
+                let kept = out.trim_end_matches('0').len();
+                out.truncate(kept);
             }
             if with_zone {
                 out.push_str("+00:00");
