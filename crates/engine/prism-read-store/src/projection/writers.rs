@@ -313,11 +313,11 @@ const DOCUMENT_ALIAS: &str = "prism_document";
 /// JSON reads it: `1.50` is `1.5`, as the query service has it).
 ///
 /// Printed by PostgreSQL, `json`, not `jsonb`: `row_to_json` of a subselect of the columns
-/// writes the text straight from the row, where `to_jsonb(t) - 'prism_version' - 'prism_revision'` built a `jsonb`
-/// value, copied it twice and printed it: about 14 µs a row of `order_summary` against 6.
-/// The values' text is the same (`json` and `jsonb` print timestamps, numbers and nested
-/// `jsonb` alike); the object keeps the table's column order and no spaces, which no reader
-/// of a document depends on.
+/// writes the text straight from the row, where `to_jsonb(t) - 'prism_version' -
+/// 'prism_revision'` built a `jsonb` value, copied it twice and printed it: about 14 µs a row
+/// of `order_summary` against 6. The values' text is the same (`json` and `jsonb` print
+/// timestamps, numbers and nested `jsonb` alike); the object keeps the table's column order
+/// and no spaces, which no reader of a document depends on.
 fn stored_columns(key: &[&str], application: &[&str], printed: bool) -> String {
     // Quoted, so the object's keys are the columns' names exactly as the catalog has them. A
     // column named like the subselect's alias would be read in its place ([`shape`] refuses
