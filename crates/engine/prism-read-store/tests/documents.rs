@@ -20,29 +20,31 @@ use uuid::Uuid;
 mod common;
 use common::{documents, stored};
 
-const VARIED_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
-    id uuid PRIMARY KEY,
-    amount numeric(12, 2) NOT NULL,
-    ratio float8 NOT NULL,
-    at timestamptz NOT NULL,
-    tags jsonb NOT NULL,
-    label text NOT NULL,
-    note text,
-    count bigint NOT NULL
-)";
+/// The folded read model's table, with `ratio` of the type given.
+macro_rules! varied_table {
+    ($ratio_type:literal) => {
+        concat!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                id uuid PRIMARY KEY,
+                amount numeric(12, 2) NOT NULL,
+                ratio ",
+            $ratio_type,
+            " NOT NULL,
+                at timestamptz NOT NULL,
+                tags jsonb NOT NULL,
+                label text NOT NULL,
+                note text,
+                count bigint NOT NULL
+            )"
+        )
+    };
+}
 
-/// The same columns with a `numeric` where `ratio` was a float: every column of a type the
-/// engine prints.
-const PRINTED_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
-    id uuid PRIMARY KEY,
-    amount numeric(12, 2) NOT NULL,
-    ratio numeric NOT NULL,
-    at timestamptz NOT NULL,
-    tags jsonb NOT NULL,
-    label text NOT NULL,
-    note text,
-    count bigint NOT NULL
-)";
+/// A float among the columns: PostgreSQL prints the documents.
+const VARIED_TABLE: &str = varied_table!("float8");
+
+/// A `numeric` where `ratio` was a float: every column of a type the engine prints.
+const PRINTED_TABLE: &str = varied_table!("numeric");
 
 const TOTALS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     parity text PRIMARY KEY,
