@@ -29,7 +29,7 @@ const POSTGRES_EPOCH_JDATE: i64 = 2_451_545;
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
 /// Whether the engine prints values of the type with this OID (see the module's header).
-pub fn prints_type(oid: u32) -> bool {
+fn prints_type(oid: u32) -> bool {
     [
         Type::BOOL,
         Type::INT2,
@@ -200,6 +200,8 @@ fn write_padded(out: &mut String, value: i64, width: usize) {
 
 /// PostgreSQL's `escape_json`: the string quoted, `"` and `\` escaped, the control characters
 /// below U+0020 as `\b`, `\f`, `\n`, `\r`, `\t` or `\u00xx`, everything else as it is.
+/// serde_json escapes alike, but only into an `io::Write`: into this `String` that would cost
+/// an allocation per value or a second UTF-8 check of every byte, on every row a batch returns.
 fn escape_json(out: &mut String, text: &str) {
     out.reserve(text.len() + 2);
     out.push('"');

@@ -7,7 +7,9 @@
 //! prints a document, it prints the text `row_to_json` prints, byte for byte.
 
 use prism_events::{Event, EventRegistry};
-use prism_projections::{Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable};
+use prism_projections::{
+    Application, GapPolicy, ProjectionInstance, ReadModel, Unprojectable, REVISION_COLUMN, VERSION_COLUMN,
+};
 use prism_read_store::documents::DocumentPrinter;
 use prism_read_store::projection::{apply_batch, Target};
 use prism_read_store::row_sets::{TableColumns, COLUMNS_SQL};
@@ -220,8 +222,12 @@ async fn a_table_with_a_column_named_like_the_document_alias_is_refused_by_name(
 async fn application_columns(client: &tokio_postgres::Client, table: &str) -> (Vec<String>, Vec<u32>) {
     let rows = client.query(COLUMNS_SQL, &[&table]).await.expect("the catalog read");
     let columns = TableColumns::from_rows(&rows).unwrap_or_else(|| panic!("{table} has no columns"));
-    let names: Vec<String> =
-        columns.names().iter().filter(|name| !name.starts_with("prism_")).cloned().collect();
+    let names: Vec<String> = columns
+        .names()
+        .iter()
+        .filter(|name| ![VERSION_COLUMN, REVISION_COLUMN].contains(&name.as_str()))
+        .cloned()
+        .collect();
     let oids = names.iter().map(|name| columns.type_oid(name).expect("a listed column")).collect();
     (names, oids)
 }
