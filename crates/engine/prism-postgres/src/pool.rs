@@ -176,7 +176,11 @@ pub fn client_config(
     }
     // The schema name is checked as a plain lowercase identifier when configuration loads.
     // UTC sessions: `to_jsonb` renders timestamps with the session's zone, and the projector's
-    // cache writes and the query side's refills must render the same row identically.
+    // cache writes and the query side's refills must render the same row identically. Floats
+    // in their shortest text that reads back exactly (`extra_float_digits` above 0, PostgreSQL's
+    // default, which a database or role may have lowered): with 0, a float prints 15 digits, so
+    // a fold starting from its stored row, a cache document and a query answer would each carry
+    // a rounded value instead of the stored one.
     // Sequential scans priced out: statements are prepared once per connection (see `cached`)
     // and, after a few executions, run a generic plan. One chosen while a table is still small
     // (a new deployment, a new generation) would be a sequential scan, kept as the table grows
@@ -190,7 +194,10 @@ pub fn client_config(
     // join of a batch's keys with a table, which can still read every row through the index
     // (a bitmap scan on a leading column); the per-batch statements that look keys up are
     // written as one lookup per key instead (`prism-read-store`'s gate_lock.sql).
-    pg.options(format!("-c search_path={} -c TimeZone=UTC -c enable_seqscan=off", config.schema));
+    pg.options(format!(
+        "-c search_path={} -c TimeZone=UTC -c extra_float_digits=1 -c enable_seqscan=off",
+        config.schema
+    ));
     pg.application_name(application_name);
     pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
     pg.keepalives_idle(Duration::from_secs(30));

@@ -1,6 +1,6 @@
 //! A stored row's document — the JSON object of the application's columns that the cache holds
 //! and the query service answers — printed by the engine from the values PostgreSQL returns in
-//! binary, instead of by PostgreSQL with `row_to_json`.
+//! binary (a float as its text), instead of by PostgreSQL with `row_to_json`.
 //!
 //! Every row a batch writes to a cached read model comes back to become its cache entry, and
 //! printing it cost PostgreSQL more than writing it: `row_to_json` of an `order_summary` row
@@ -12,11 +12,17 @@
 //! The text is the one `row_to_json` prints in the engine's sessions (`TimeZone` is UTC on
 //! every connection, see `prism_postgres::pool`), byte for byte, so a document reads the same
 //! whichever side printed it: `tests/documents.rs` compares the two for edge values of every
-//! type printed here. Those are the types whose text PostgreSQL defines simply: booleans,
-//! integers, `numeric`, text types, `uuid`, `json`, `jsonb`, `date`, `timestamp` and
-//! `timestamptz`. A table with a column of any other type (floats, whose shortest round-trip
-//! text has its own rules; arrays, enums, domains, composites) keeps `row_to_json`
-//! ([`DocumentPrinter::for_columns`] says which).
+//! type printed here, and for thousands of random floats. Those are booleans, integers, `real`
+//! and `double precision`, `numeric`, text types, `uuid`, `json`, `jsonb`, `date`, `timestamp`
+//! and `timestamptz`. A float comes back as PostgreSQL's own text of it: the statement selects
+//! `column::text`, which calls `float8out` (`float4out`) as `row_to_json` does. Its shortest
+//! round-trip digits are Ryu's with a change of PostgreSQL's own (it never prints a decimal
+//! that lies exactly halfway between two floats), which the `ryu` crate does not make (123 of
+//! 20 000 random floats came out differently), and one float's text costs PostgreSQL little
+//! beside printing the whole row. The engine places that text in the
+//! document: as a number, or quoted where it is not a JSON number (`NaN`, `Infinity`), as
+//! `row_to_json` does. A table with a column of any other type (arrays, enums, domains,
+//! composites, intervals) keeps `row_to_json` ([`DocumentPrinter::for_columns`] says which).
 
 use std::error::Error;
 
@@ -35,6 +41,8 @@ fn prints_type(oid: u32) -> bool {
         Type::INT2,
         Type::INT4,
         Type::INT8,
+        Type::FLOAT4,
+        Type::FLOAT8,
         Type::NUMERIC,
         Type::TEXT,
         Type::VARCHAR,
@@ -56,6 +64,9 @@ fn prints_type(oid: u32) -> bool {
 pub struct DocumentPrinter {
     /// Each column's key as the object prints it: the name as a JSON string, and `:`.
     keys: Vec<String>,
+    /// Which columns are floats, returned as PostgreSQL's text of them
+    /// ([`DocumentPrinter::selected`]).
+    floats: Vec<bool>,
 }
 
 impl DocumentPrinter {
@@ -74,11 +85,22 @@ impl DocumentPrinter {
                 key
             })
             .collect();
-        Some(Self { keys })
+        let floats = oids.iter().map(|oid| [Type::FLOAT4.oid(), Type::FLOAT8.oid()].contains(oid)).collect();
+        Some(Self { keys, floats })
     }
 
-    /// The document of `row`, whose columns from `first` on are the printer's columns, as
-    /// `row_to_json` of them prints it.
+    /// What a statement returns for the printer's column `index`, given the column as an
+    /// expression (`t."ratio"`): the column itself, or a float's text (see the module's header).
+    pub fn selected(&self, index: usize, column: &str) -> String {
+        if self.floats.get(index).copied().unwrap_or(false) {
+            format!("{column}::text")
+        } else {
+            column.to_owned()
+        }
+    }
+
+    /// The document of `row`, whose columns from `first` on are the printer's columns as
+    /// [`DocumentPrinter::selected`] returns them, as `row_to_json` of them prints it.
     pub fn print(&self, row: &tokio_postgres::Row, first: usize) -> Result<String, StoreError> {
         let columns = row.columns();
         if columns.len() != first + self.keys.len() {
@@ -106,15 +128,14 @@ impl DocumentPrinter {
             match raw {
                 None => document.push_str("null"),
                 Some(RawValue(bytes)) => {
-                    print_value(&mut document, columns[at].type_(), bytes).map_err(|detail| {
-                        StoreError::Corrupt {
-                            what: "read-model row",
-                            detail: format!(
-                                "column {} ({}): {detail}",
-                                columns[at].name(),
-                                columns[at].type_()
-                            ),
-                        }
+                    let printed = match (self.floats[index], columns[at].type_()) {
+                        (false, ty) => print_value(&mut document, ty, bytes),
+                        (true, &Type::TEXT) => utf8(bytes).map(|text| print_float_text(&mut document, text)),
+                        (true, ty) => Err(format!("a float returned as {ty}, not as its text")),
+                    };
+                    printed.map_err(|detail| StoreError::Corrupt {
+                        what: "read-model row",
+                        detail: format!("column {} ({}): {detail}", columns[at].name(), columns[at].type_()),
                     })?
                 }
             }
@@ -237,6 +258,52 @@ fn print_uuid(out: &mut String, bytes: [u8; 16]) {
     out.push('"');
     out.push_str(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
     out.push('"');
+}
+
+/// A float's text as `float4out`/`float8out` printed it, as `row_to_json` places it: as it is
+/// where it is a JSON number, quoted otherwise (`NaN`, `Infinity`, `-Infinity`).
+fn print_float_text(out: &mut String, text: &str) {
+    if is_json_number(text) {
+        out.push_str(text);
+    } else {
+        escape_json(out, text);
+    }
+}
+
+/// Whether `text` is a number as JSON writes one: `-` optional, `0` or digits without a leading
+/// zero, then optionally `.` and digits, then optionally `e` or `E`, a sign and digits.
+fn is_json_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut at = usize::from(bytes.first() == Some(&b'-'));
+    let digits = |at: &mut usize| {
+        let start = *at;
+        while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at - start
+    };
+    let whole_start = at;
+    match digits(&mut at) {
+        0 => return false,
+        count if count > 1 && bytes[whole_start] == b'0' => return false,
+        _ => {}
+    }
+    if bytes.get(at) == Some(&b'.') {
+        at += 1;
+        if digits(&mut at) == 0 {
+            return false;
+        }
+    }
+    if matches!(bytes.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(bytes.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if digits(&mut at) == 0 {
+            return false;
+        }
+    }
+    at == bytes.len()
 }
 
 /// `numeric_send`'s form printed as `numeric_out` prints it: base-10 000 digits, the weight of
@@ -419,6 +486,25 @@ mod tests {
         let mut out = String::new();
         print_numeric(&mut out, &bytes).expect("a numeric");
         out
+    }
+
+    #[test]
+    fn float_texts_are_numbers_where_json_has_them_and_quoted_elsewhere() {
+        let placed = |text: &str| {
+            let mut out = String::new();
+            print_float_text(&mut out, text);
+            out
+        };
+        for number in ["0", "-0", "0.1", "-1.5", "100", "1e-05", "1e+15", "1.7976931348623157e+308", "5E-324"]
+        {
+            assert_eq!(placed(number), number);
+        }
+        assert_eq!(placed("NaN"), "\"NaN\"");
+        assert_eq!(placed("Infinity"), "\"Infinity\"");
+        assert_eq!(placed("-Infinity"), "\"-Infinity\"");
+        for not_a_number in ["", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1 "] {
+            assert!(!is_json_number(not_a_number), "{not_a_number:?}");
+        }
     }
 
     #[test]

@@ -22,9 +22,9 @@ use uuid::Uuid;
 mod common;
 use common::{documents, stored};
 
-/// The folded read model's table, with `ratio` of the type given.
+/// The folded read model's table, with `ratio` of the type given and any further columns.
 macro_rules! varied_table {
-    ($ratio_type:literal) => {
+    ($ratio_type:literal, $further_columns:literal) => {
         concat!(
             "CREATE TABLE IF NOT EXISTS {table} (
                 id uuid PRIMARY KEY,
@@ -36,17 +36,20 @@ macro_rules! varied_table {
                 tags jsonb NOT NULL,
                 label text NOT NULL,
                 note text,
-                count bigint NOT NULL
+                count bigint NOT NULL",
+            $further_columns,
+            "
             )"
         )
     };
 }
 
-/// A float among the columns: PostgreSQL prints the documents.
-const VARIED_TABLE: &str = varied_table!("float8");
+/// An `interval` among the columns (one the fold leaves `NULL`): PostgreSQL prints the
+/// documents.
+const VARIED_TABLE: &str = varied_table!("float8", ", waited interval");
 
-/// A `numeric` where `ratio` was a float: every column of a type the engine prints.
-const PRINTED_TABLE: &str = varied_table!("numeric");
+/// Every column of a type the engine prints, a float among them.
+const PRINTED_TABLE: &str = varied_table!("float8", "");
 
 const TOTALS_TABLE: &str = "CREATE TABLE IF NOT EXISTS {table} (
     parity text PRIMARY KEY,
@@ -249,41 +252,46 @@ const PRINTABLE_TABLE: &str = "
     day date,
     local timestamp,
     at timestamptz,
-    \"Mixed \"\"Case\"\" é\" text";
+    \"Mixed \"\"Case\"\" é\" text,
+    single real,
+    double double precision";
 
 #[tokio::test]
 async fn the_engine_prints_what_row_to_json_prints_byte_for_byte() {
     let env = TestEnv::new(&prism_testkit::probe::application()).await.expect("test environment");
     let client = env.pg().await.expect("PostgreSQL");
-    // The engine's sessions are in UTC (prism_postgres::pool); so is this one.
+    // The engine's sessions are in UTC with floats in their shortest text (prism_postgres::pool);
+    // so is this one.
     client
-        .batch_execute(&format!("SET TimeZone = 'UTC'; CREATE TABLE printable ({PRINTABLE_TABLE})"))
+        .batch_execute(&format!(
+            "SET TimeZone = 'UTC'; SET extra_float_digits = 1; CREATE TABLE printable ({PRINTABLE_TABLE})"
+        ))
         .await
         .expect("the table");
     client
         .batch_execute(
             r#"INSERT INTO printable VALUES
-            (1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+            (1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
             (2, true, -32768, -9223372036854775808, 'NaN', 0, '', '', '', '00000000-0000-0000-0000-000000000000',
              '{ "spaced" : [1, 2.50] , "a":1 }', '{"b": {"z": 1, "a": [true, null]}, "a": 1.50}',
-             '-infinity', '-infinity', '-infinity', 'plain'),
+             '-infinity', '-infinity', '-infinity', 'plain', 'NaN', 'NaN'),
             (3, false, 32767, 9223372036854775807, 'Infinity', 123456.78, E'"quoted"\\back\b\f\n\r\t\x01\x1f\x7f é 😀 /',
              'abc', 'ab', 'FFFFFFFF-0000-4000-8000-0123456789AB', '"a string"', '"a string"',
-             'infinity', 'infinity', 'infinity', E'tab\there'),
+             'infinity', 'infinity', 'infinity', E'tab\there', 'Infinity', '-Infinity'),
             (4, NULL, 0, 0, '-Infinity', -0.5, 'x', NULL, 'abcde', NULL, 'null', 'null',
-             '0044-03-15 BC', '0001-01-01 00:00:00 BC', '0001-12-31 23:59:59.999999 BC', NULL),
+             '0044-03-15 BC', '0001-01-01 00:00:00 BC', '0001-12-31 23:59:59.999999 BC', NULL, '-0', '-0'),
             (5, NULL, 1, 1, 0, 1, NULL, NULL, NULL, NULL, '3', '3',
-             '2000-02-29', '2000-01-01 00:00:00', '1999-12-31 23:59:59.5+00', NULL),
+             '2000-02-29', '2000-01-01 00:00:00', '1999-12-31 23:59:59.5+00', NULL, 0, 0),
             (6, NULL, -1, -1, -0.0012, 0.10, NULL, NULL, NULL, NULL, '[]', '{}',
-             '1970-01-01', '1969-12-31 23:59:59.000001', '2026-12-05 23:34:35.968165+02', NULL),
+             '1970-01-01', '1969-12-31 23:59:59.000001', '2026-12-05 23:34:35.968165+02', NULL, 0.1, 0.1),
             (7, NULL, NULL, 1000000000000, 123456789.000100, 9999999999.99, NULL, NULL, NULL, NULL, NULL, '[1e3, -0.0, 1E-7]',
-             '12345-06-07', '294276-12-31 23:59:59.999999', '4713-01-01 00:00:00+00 BC', NULL),
+             '12345-06-07', '294276-12-31 23:59:59.999999', '4713-01-01 00:00:00+00 BC', NULL, 123456, 1e14),
             (8, NULL, NULL, NULL, 0.000000000000000000001, -0.01, NULL, NULL, NULL, NULL, NULL, '"\u00e9\n"',
-             '5874897-12-31', '2026-12-05 10:00:00.1', '2026-12-05 10:00:00.000100', NULL),
+             '5874897-12-31', '2026-12-05 10:00:00.1', '2026-12-05 10:00:00.000100', NULL, 1234567, 1e15),
             (9, NULL, NULL, NULL, 100000000, 10000, NULL, NULL, NULL, NULL, NULL, NULL,
-             '4713-01-01 BC', '2026-01-01 00:00:01', '2038-01-19 03:14:08+00', NULL),
+             '4713-01-01 BC', '2026-01-01 00:00:01', '2038-01-19 03:14:08+00', NULL, 3.4028235e38, 1.7976931348623157e308),
             (10, NULL, NULL, NULL, -12345678901234567890.123456789012345678901, 0, NULL, NULL, NULL, NULL, NULL, NULL,
-             '0001-01-01', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', NULL)"#,
+             '0001-01-01', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', NULL, 1e-45, 5e-324)"#,
         )
         .await
         .expect("the rows");
@@ -291,13 +299,16 @@ async fn the_engine_prints_what_row_to_json_prints_byte_for_byte() {
     let (names, oids) = application_columns(&client, "printable").await;
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let printer = DocumentPrinter::for_columns(&name_refs, &oids).expect("every column's type is printed");
-    let select: Vec<String> =
+    let columns: Vec<String> =
         names.iter().map(|name| format!("t.\"{}\"", name.replace('"', "\"\""))).collect();
+    let returned: Vec<String> =
+        columns.iter().enumerate().map(|(index, column)| printer.selected(index, column)).collect();
     let rows = client
         .query(
             &format!(
-                "SELECT (SELECT row_to_json(d) FROM (SELECT {0}) AS d)::text, {0} FROM printable t ORDER BY id",
-                select.join(", ")
+                "SELECT (SELECT row_to_json(d) FROM (SELECT {}) AS d)::text, {} FROM printable t ORDER BY id",
+                columns.join(", "),
+                returned.join(", ")
             ),
             &[],
         )
@@ -309,6 +320,87 @@ async fn the_engine_prints_what_row_to_json_prints_byte_for_byte() {
         let by_the_engine = printer.print(row, 1).expect("a printed document");
         assert_eq!(by_the_engine, by_postgresql);
     }
+}
+
+/// Floats of every magnitude: random bit patterns (most of them far from 1, printed with an
+/// exponent) and random decimals of up to 17 digits with the point anywhere around them
+/// (printed in plain digits, or with an exponent past the threshold), as `real` and as
+/// `double precision`.
+#[tokio::test]
+async fn the_engine_prints_random_floats_as_row_to_json_prints_them() {
+    use rand::{Rng, SeedableRng};
+    let env = TestEnv::new(&prism_testkit::probe::application()).await.expect("test environment");
+    let client = env.pg().await.expect("PostgreSQL");
+    client
+        .batch_execute(
+            "SET extra_float_digits = 1; CREATE TABLE random_floats (id integer PRIMARY KEY, single real, double double precision)",
+        )
+        .await
+        .expect("the table");
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut doubles: Vec<f64> = Vec::new();
+    let mut singles: Vec<f32> = Vec::new();
+    for index in 0..20_000 {
+        if index % 2 == 0 {
+            doubles.push(f64::from_bits(rng.random()));
+            singles.push(f32::from_bits(rng.random()));
+        } else {
+            let digits: u64 = rng.random_range(0..100_000_000_000_000_000);
+            let scale = 10f64.powi(rng.random_range(-25..25));
+            let sign = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+            doubles.push(sign * digits as f64 / scale);
+            singles.push((sign * rng.random_range(0..100_000_000u32) as f64 / scale) as f32);
+        }
+    }
+    let ids: Vec<i32> = (0..doubles.len() as i32).collect();
+    client
+        .execute(
+            "INSERT INTO random_floats SELECT * FROM unnest($1::integer[], $2::real[], $3::double precision[])",
+            &[&ids, &singles, &doubles],
+        )
+        .await
+        .expect("the floats");
+    let (names, oids) = application_columns(&client, "random_floats").await;
+    assert_eq!(names, ["id", "single", "double"]);
+    let printer =
+        DocumentPrinter::for_columns(&["id", "single", "double"], &oids).expect("floats are printed");
+    let returned: Vec<String> = ["t.id", "t.single", "t.double"]
+        .iter()
+        .enumerate()
+        .map(|(index, column)| printer.selected(index, column))
+        .collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT (SELECT row_to_json(d) FROM (SELECT t.id, t.single, t.double) AS d)::text, {} \
+                 FROM random_floats t ORDER BY id",
+                returned.join(", ")
+            ),
+            &[],
+        )
+        .await
+        .expect("the floats read back");
+    assert_eq!(rows.len(), doubles.len());
+    let mut differing = Vec::new();
+    for (row, (single, double)) in rows.iter().zip(singles.iter().zip(&doubles)) {
+        let by_postgresql: String = row.get(0);
+        let by_the_engine = printer.print(row, 1).expect("a printed document");
+        if by_the_engine != by_postgresql {
+            differing.push(format!(
+                "{single:e} ({:#010x}) and {double:e} ({:#018x}): the engine {by_the_engine}, PostgreSQL {by_postgresql}",
+                single.to_bits(),
+                double.to_bits()
+            ));
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{} of {} documents differ (seed {seed}), the first ones:\n{}",
+        differing.len(),
+        rows.len(),
+        differing.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 #[tokio::test]
@@ -325,8 +417,8 @@ async fn a_type_the_engine_does_not_print_leaves_the_table_to_postgresql() {
     for (column, printed) in [
         ("text", true),
         ("timestamptz", true),
-        ("float8", false),
-        ("real", false),
+        ("float8", true),
+        ("real", true),
         ("text[]", false),
         ("interval", false),
         ("printable_positive", false),

@@ -1,5 +1,7 @@
 //! Every pooled PostgreSQL connection starts with the session Prism's SQL relies on: the
-//! configured schema as search path, UTC, and plans that stay on the indexes. Prepared
+//! configured schema as search path, UTC, floats printed in full (their shortest text that
+//! reads back exactly) whatever a database or role sets, and plans that stay on the indexes.
+//! Prepared
 //! statements (the projector prepares its statements once per connection) settle on a generic
 //! plan after a few executions; one chosen while a table was small (a new deployment, a new
 //! generation) would be a sequential scan, kept as the table grows. With sequential scans
@@ -8,7 +10,7 @@
 use prism_testkit::{probe, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pooled_connections_use_the_schema_utc_and_index_plans() {
+async fn pooled_connections_use_the_schema_utc_shortest_floats_and_index_plans() {
     let env = TestEnv::new(&probe::application()).await.expect("test environment (PostgreSQL, Kafka, Redis)");
     let client = env.db.client().await.expect("pooled connection");
     let setting = |name: &'static str| {
@@ -20,6 +22,16 @@ async fn pooled_connections_use_the_schema_utc_and_index_plans() {
     };
     assert_eq!(setting("TimeZone").await, "UTC");
     assert_eq!(setting("search_path").await, env.config.postgres.schema);
+    // Set by the connection itself (its startup options: source "client"), so a database's or
+    // role's own default cannot change it; 1 is also PostgreSQL's default.
+    let (value, source): (String, String) = {
+        let row = client
+            .query_one("SELECT setting, source FROM pg_settings WHERE name = 'extra_float_digits'", &[])
+            .await
+            .expect("extra_float_digits");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((value.as_str(), source.as_str()), ("1", "client"), "extra_float_digits and where it was set");
 
     // A key lookup prepared while its table holds one analysed row, executed until
     // PostgreSQL settles on a generic plan; then the table grows (no ANALYZE, as between two

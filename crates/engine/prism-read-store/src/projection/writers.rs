@@ -2,7 +2,8 @@
 //! model's feeds, write the result set-based, and say what the cache should hold.
 //!
 //! Rows travel as JSON text. Out, the application's columns as `row_to_json` prints them:
-//! printed by the engine from the values PostgreSQL returns in binary ([`crate::documents`]),
+//! printed by the engine from the values PostgreSQL returns (in binary; a float as its text;
+//! [`crate::documents`]),
 //! or, for a table with a column of a type the engine does not print, by PostgreSQL. In, a JSON
 //! array of objects keyed by column name, which [`crate::row_sets`] splits into one text array
 //! per column (any shape of row; one statement per batch and read model, or several of about a
@@ -227,7 +228,7 @@ async fn shape(
         .collect();
     let oids: Option<Vec<u32>> = application.iter().map(|c| table_columns.type_oid(c)).collect();
     let printer = oids.and_then(|oids| DocumentPrinter::for_columns(&application, &oids));
-    let stored = stored_columns(key, &application, printer.is_some());
+    let stored = stored_columns(key, &application, printer.as_ref());
     let plain_insert = table_columns.insert(&table);
     let (upsert, insert) = if model.cache_kind().is_some() {
         // Returned as the statement writes them, not through a CTE of whole rows read again:
@@ -305,8 +306,8 @@ impl StoredRow {
 const DOCUMENT_ALIAS: &str = "prism_document";
 
 /// The select list that reads a row of table alias `t` as [`StoredRow::from_db`] takes it: the
-/// key columns as a JSON array, version, revision, then the `application` columns: as they are
-/// where the engine prints the document (`printed`, see [`crate::documents`]), else as a JSON
+/// key columns as a JSON array, version, revision, then the `application` columns: as `printer`
+/// takes them where the engine prints the document (see [`crate::documents`]), else as a JSON
 /// object PostgreSQL prints.
 ///
 /// The key comes as JSON, not as text, so that [`key_text`]'s rule names the row (a number as
@@ -318,14 +319,16 @@ const DOCUMENT_ALIAS: &str = "prism_document";
 /// of `order_summary` against 6. The values' text is the same (`json` and `jsonb` print
 /// timestamps, numbers and nested `jsonb` alike); the object keeps the table's column order
 /// and no spaces, which no reader of a document depends on.
-fn stored_columns(key: &[&str], application: &[&str], printed: bool) -> String {
+fn stored_columns(key: &[&str], application: &[&str], printer: Option<&DocumentPrinter>) -> String {
     // Quoted, so the object's keys are the columns' names exactly as the catalog has them. A
     // column named like the subselect's alias would be read in its place ([`shape`] refuses
     // such a table).
     let quoted = |c: &&str| format!("t.{}", crate::row_sets::quote_identifier(c));
     let key: Vec<String> = key.iter().map(quoted).collect();
     let columns: Vec<String> = application.iter().map(quoted).collect();
-    if printed {
+    if let Some(printer) = printer {
+        let columns: Vec<String> =
+            columns.iter().enumerate().map(|(index, column)| printer.selected(index, column)).collect();
         return format!(
             "json_build_array({})::text, t.{VERSION_COLUMN}, t.{REVISION_COLUMN}, {}",
             key.join(", "),
