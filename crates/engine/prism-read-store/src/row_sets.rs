@@ -129,6 +129,49 @@ impl TableColumns {
         )
     }
 
+    /// An update of a row set into `table` (aliased `t`) at rows whose places the caller knows:
+    /// every column but `key` and those in `kept` set from the parameters
+    /// [`TableColumns::params`] makes, then `also_set` (SQL, e.g. a counter's step), the row
+    /// set's rows found by the `ctid`s in one more parameter after those (their text, one per
+    /// row, in order). Each row is also checked to hold the key it is meant for, in a form no
+    /// index answers, so that the `ctid` stays the way the row is found: a row that moved
+    /// since its place was read is skipped, never another row updated. `None` for a table whose
+    /// rows go as JSON ([`TableColumns::columnar`]).
+    pub fn update_located(&self, table: &str, key: &str, kept: &[&str], also_set: &str) -> Option<String> {
+        if !self.columnar {
+            return None;
+        }
+        let value = |i: usize| {
+            if self.casts[i] == "text" {
+                format!("u.c{i}")
+            } else {
+                format!("u.c{i}::{}", self.casts[i])
+            }
+        };
+        let key_at = self.names.iter().position(|name| name == key)?;
+        let mut sets: Vec<String> = self
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| name.as_str() != key && !kept.contains(&name.as_str()))
+            .map(|(i, name)| format!("{} = {}", quote_identifier(name), value(i)))
+            .collect();
+        sets.push(also_set.to_owned());
+        let mut arrays: Vec<String> = (1..=self.names.len()).map(|n| format!("${n}::text[]")).collect();
+        arrays.push(format!("${}::text[]::tid[]", self.names.len() + 1));
+        let mut aliases: Vec<String> = (0..self.names.len()).map(|i| format!("c{i}")).collect();
+        aliases.push("row_id".to_owned());
+        Some(format!(
+            "UPDATE {table} AS t SET {} FROM unnest({}) AS u({}) \
+             WHERE t.ctid = u.row_id AND t.{} IS NOT DISTINCT FROM {}",
+            sets.join(", "),
+            arrays.join(", "),
+            aliases.join(", "),
+            quote_identifier(key),
+            value(key_at)
+        ))
+    }
+
     /// The parameters of [`TableColumns::insert`] for `rows`, a JSON array of objects keyed by
     /// column name: the text itself, or where each column's values lie in it.
     pub fn params(&self, rows: String) -> Result<RowParams, StoreError> {
@@ -185,6 +228,14 @@ enum Form {
 }
 
 impl RowParams {
+    /// How many rows they hold; `None` in the JSON form, which is not split.
+    pub fn rows(&self) -> Option<usize> {
+        match &self.0 {
+            Form::Json(_) => None,
+            Form::Columns { columns, .. } => Some(columns.first().map_or(0, Vec::len)),
+        }
+    }
+
     /// The values, borrowed.
     pub fn values(&self) -> RowValues<'_> {
         match &self.0 {

@@ -170,3 +170,101 @@ async fn tables_with_array_or_composite_columns_keep_the_json_form() {
         assert_eq!(stored(&client, table).await, vec![read], "{table}");
     }
 }
+
+/// The update of rows at places read before (`TableColumns::update_located`): the rows still
+/// there are updated, a row that moved since is skipped (the caller counts it), a place that
+/// now holds another key's row leaves that row alone, and the lookup stays a `ctid` lookup
+/// however large the table is.
+#[tokio::test]
+async fn rows_are_updated_only_where_they_were_read() {
+    let env = TestEnv::new(&prism_testkit::probe::application()).await.expect("test environment");
+    let client = env.pg().await.expect("PostgreSQL");
+    client
+        .batch_execute(
+            "CREATE TABLE located (id uuid PRIMARY KEY, label text NOT NULL, amount numeric(12, 2), \
+                                   prism_version bigint NOT NULL, prism_revision bigint NOT NULL);
+             INSERT INTO located
+                 SELECT ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid, 'row ' || i, i, 1, 1
+                 FROM generate_series(1, 20000) AS i;
+             ANALYZE located;",
+        )
+        .await
+        .expect("the table");
+    let columns = columns_of(&client, "located").await;
+    let update = columns
+        .update_located("located", "id", &["prism_revision"], "prism_revision = t.prism_revision + 1")
+        .expect("a table written as text arrays");
+    let id = |i: u32| format!("00000000-0000-0000-0000-{i:012}");
+    let place = |i: u32| {
+        let client = &client;
+        let key = id(i);
+        async move {
+            let row = client
+                .query_one("SELECT ctid::text FROM located WHERE id = $1::text::uuid", &[&key])
+                .await
+                .expect("the row's place");
+            row.get::<_, String>(0)
+        }
+    };
+    let (one, two, three) = (place(1).await, place(2).await, place(3).await);
+    // Row 2 moves (an update writes a new version elsewhere); row 3's place is given for row 4.
+    client
+        .execute("UPDATE located SET label = 'moved' WHERE id = $1::text::uuid", &[&id(2)])
+        .await
+        .expect("move");
+    let rows = json!([
+        {"id": id(1), "label": "one", "amount": "1.50", "prism_version": 2, "prism_revision": 1},
+        {"id": id(2), "label": "two", "amount": "2.50", "prism_version": 2, "prism_revision": 1},
+        {"id": id(4), "label": "four", "amount": "4.50", "prism_version": 2, "prism_revision": 1},
+    ]);
+    let params = columns.params(rows.to_string()).expect("the row set");
+    assert_eq!(params.rows(), Some(3));
+    let places = vec![one.as_str(), two.as_str(), three.as_str()];
+    let values = params.values();
+    let mut arguments = values.as_params();
+    arguments.push(&places);
+    let updated = client.execute(&update, &arguments).await.expect("the update");
+    assert_eq!(updated, 1, "only the row still where it was read is updated");
+
+    let stored = |i: u32| {
+        let client = &client;
+        let key = id(i);
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT label, amount::text, prism_version, prism_revision FROM located WHERE id = $1::text::uuid",
+                    &[&key],
+                )
+                .await
+                .expect("a row");
+            (row.get::<_, String>(0), row.get::<_, String>(1), row.get::<_, i64>(2), row.get::<_, i64>(3))
+        }
+    };
+    assert_eq!(
+        stored(1).await,
+        ("one".to_owned(), "1.50".to_owned(), 2, 2),
+        "updated, its revision counted up"
+    );
+    assert_eq!(stored(2).await, ("moved".to_owned(), "2.00".to_owned(), 1, 1), "moved: left as it was");
+    assert_eq!(
+        stored(3).await,
+        ("row 3".to_owned(), "3.00".to_owned(), 1, 1),
+        "another key's row: untouched"
+    );
+    assert_eq!(
+        stored(4).await,
+        ("row 4".to_owned(), "4.00".to_owned(), 1, 1),
+        "its row is elsewhere: untouched"
+    );
+
+    // The plan finds rows by their place, not through the key's index.
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN {update}"), &arguments)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Tid Scan") && !plan.contains("Index"), "not a lookup by place:\n{plan}");
+}

@@ -107,6 +107,9 @@ fn kind_of(query: &str) -> String {
         "dead letters and parking".into()
     } else if text.starts_with("insert into") {
         format!("rows written: {}", table("insert into"))
+    } else if text.starts_with("update ") {
+        // Rows a batch read, updated where they were read.
+        format!("rows written: {}", table("update "))
     } else if text.starts_with("select json_build_array") {
         // By id from the table, or by key through a lateral lookup per key of a JSON array; the
         // columns as they are, or (a table whose documents PostgreSQL prints) in a subselect.
