@@ -57,7 +57,7 @@ pub fn builder_config(config: &PrismConfig, instance: ProjectionInstance) -> Pri
 /// The smallest batch a builder uses (see [`builder_config`]).
 pub const BUILD_BATCH_EVENTS: usize = 5_000;
 
-/// The generations being built, as [`watch`] last saw them: the worker's replay task
+/// The generations being built, as [`watch()`] last saw them: the worker's replay task
 /// (`crate::replay::load_pending`) loads their ranges together with its own instances', so
 /// builders run no replay task of their own.
 #[derive(Debug, Default)]

@@ -13,7 +13,7 @@
 //!   `projector.replay_concurrency` at a time — partitions without new events get no batch
 //!   that would load them;
 //! - the batch handler, before it applies a batch of a partition to an instance whose range
-//!   there is still pending ([`ProjectionHandler::replayed_below`]): its events must follow
+//!   there is still pending (`ProjectionHandler::replayed_below`): its events must follow
 //!   the range's, never meet an empty gate.
 //!
 //! Within a process one loader per range runs at a time; across processes the range's row lock
@@ -652,7 +652,7 @@ impl ProjectionHandler {
 /// Loads the pending ranges of the instances `handler` maintains, and of the generations of
 /// its read models being built (`building`, for a worker that builds them), `concurrency` at a
 /// time (ranges of the same offsets of a partition together, as one), retrying after transient
-/// failures, until `stop`; looks again every [`LOOK_EVERY`] for instances it has not seen (the
+/// failures, until `stop`; looks again every `LOOK_EVERY` for instances it has not seen (the
 /// active generation it follows changed), and at once when a generation is registered.
 pub async fn load_pending(
     handler: Arc<ProjectionHandler>,

@@ -64,7 +64,7 @@ pub struct Checksum {
     pub rows: i64,
     /// md5 of the sums of the rows' hashes: each row (without the engine's revision, a change
     /// counter that depends on batching) hashed under two seeds, summed per seed over the table
-    /// (see [`checksum_sql`]).
+    /// (see `checksum_sql`).
     pub md5: String,
 }
 
