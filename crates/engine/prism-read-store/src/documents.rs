@@ -41,8 +41,6 @@ fn prints_type(oid: u32) -> bool {
         Type::INT2,
         Type::INT4,
         Type::INT8,
-        Type::FLOAT4,
-        Type::FLOAT8,
         Type::NUMERIC,
         Type::TEXT,
         Type::VARCHAR,
@@ -56,6 +54,13 @@ fn prints_type(oid: u32) -> bool {
     ]
     .iter()
     .any(|printed| printed.oid() == oid)
+        || is_float(oid)
+}
+
+/// Whether the type with this OID is `real` or `double precision`, whose values come back as
+/// PostgreSQL's text of them (see the module's header).
+fn is_float(oid: u32) -> bool {
+    oid == Type::FLOAT4.oid() || oid == Type::FLOAT8.oid()
 }
 
 /// Prints the documents of one table's rows: the application's columns, in the table's order,
@@ -85,7 +90,7 @@ impl DocumentPrinter {
                 key
             })
             .collect();
-        let floats = oids.iter().map(|oid| [Type::FLOAT4.oid(), Type::FLOAT8.oid()].contains(oid)).collect();
+        let floats = oids.iter().copied().map(is_float).collect();
         Some(Self { keys, floats })
     }
 
@@ -270,40 +275,10 @@ fn print_float_text(out: &mut String, text: &str) {
     }
 }
 
-/// Whether `text` is a number as JSON writes one: `-` optional, `0` or digits without a leading
-/// zero, then optionally `.` and digits, then optionally `e` or `E`, a sign and digits.
+/// Whether `text` is a number as JSON writes one (serde_json reads numbers by JSON's grammar:
+/// no leading `+` or zeros, digits on both sides of a point).
 fn is_json_number(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut at = usize::from(bytes.first() == Some(&b'-'));
-    let digits = |at: &mut usize| {
-        let start = *at;
-        while bytes.get(*at).is_some_and(u8::is_ascii_digit) {
-            *at += 1;
-        }
-        *at - start
-    };
-    let whole_start = at;
-    match digits(&mut at) {
-        0 => return false,
-        count if count > 1 && bytes[whole_start] == b'0' => return false,
-        _ => {}
-    }
-    if bytes.get(at) == Some(&b'.') {
-        at += 1;
-        if digits(&mut at) == 0 {
-            return false;
-        }
-    }
-    if matches!(bytes.get(at), Some(b'e' | b'E')) {
-        at += 1;
-        if matches!(bytes.get(at), Some(b'+' | b'-')) {
-            at += 1;
-        }
-        if digits(&mut at) == 0 {
-            return false;
-        }
-    }
-    at == bytes.len()
+    text.parse::<serde_json::Number>().is_ok()
 }
 
 /// `numeric_send`'s form printed as `numeric_out` prints it: base-10 000 digits, the weight of

@@ -112,14 +112,8 @@ impl TableColumns {
             return format!("INSERT INTO {table} AS t SELECT * FROM json_populate_recordset(NULL::{table}, $1::text::json)");
         }
         let quoted: Vec<String> = self.names.iter().map(|name| quote_identifier(name)).collect();
-        let aliases: Vec<String> = (0..self.names.len()).map(|i| format!("c{i}")).collect();
-        let select: Vec<String> = self
-            .casts
-            .iter()
-            .enumerate()
-            .map(|(i, cast)| if cast == "text" { format!("u.c{i}") } else { format!("u.c{i}::{cast}") })
-            .collect();
-        let arrays: Vec<String> = (1..=self.names.len()).map(|n| format!("${n}::text[]")).collect();
+        let select: Vec<String> = (0..self.names.len()).map(|i| self.element(i)).collect();
+        let (arrays, aliases) = self.unnest_columns();
         format!(
             "INSERT INTO {table} AS t ({}) SELECT {} FROM unnest({}) AS u({})",
             quoted.join(", "),
@@ -127,6 +121,23 @@ impl TableColumns {
             arrays.join(", "),
             aliases.join(", ")
         )
+    }
+
+    /// Column `i`'s value of a row of the `unnest` ([`TableColumns::unnest_columns`]), cast to
+    /// the column's type.
+    fn element(&self, i: usize) -> String {
+        match self.casts[i].as_str() {
+            "text" => format!("u.c{i}"),
+            cast => format!("u.c{i}::{cast}"),
+        }
+    }
+
+    /// The `unnest` of the row set's parameters: one `text[]` per column (`$1`, `$2`, …), and
+    /// the alias of each (`c0`, `c1`, …).
+    fn unnest_columns(&self) -> (Vec<String>, Vec<String>) {
+        let arrays = (1..=self.names.len()).map(|n| format!("${n}::text[]")).collect();
+        let aliases = (0..self.names.len()).map(|i| format!("c{i}")).collect();
+        (arrays, aliases)
     }
 
     /// An update of a row set into `table` (aliased `t`) at rows whose places the caller knows:
@@ -141,25 +152,17 @@ impl TableColumns {
         if !self.columnar {
             return None;
         }
-        let value = |i: usize| {
-            if self.casts[i] == "text" {
-                format!("u.c{i}")
-            } else {
-                format!("u.c{i}::{}", self.casts[i])
-            }
-        };
         let key_at = self.names.iter().position(|name| name == key)?;
         let mut sets: Vec<String> = self
             .names
             .iter()
             .enumerate()
             .filter(|(_, name)| name.as_str() != key && !kept.contains(&name.as_str()))
-            .map(|(i, name)| format!("{} = {}", quote_identifier(name), value(i)))
+            .map(|(i, name)| format!("{} = {}", quote_identifier(name), self.element(i)))
             .collect();
         sets.push(also_set.to_owned());
-        let mut arrays: Vec<String> = (1..=self.names.len()).map(|n| format!("${n}::text[]")).collect();
+        let (mut arrays, mut aliases) = self.unnest_columns();
         arrays.push(format!("${}::text[]::tid[]", self.names.len() + 1));
-        let mut aliases: Vec<String> = (0..self.names.len()).map(|i| format!("c{i}")).collect();
         aliases.push("row_id".to_owned());
         Some(format!(
             "UPDATE {table} AS t SET {} FROM unnest({}) AS u({}) \
@@ -168,7 +171,7 @@ impl TableColumns {
             arrays.join(", "),
             aliases.join(", "),
             quote_identifier(key),
-            value(key_at)
+            self.element(key_at)
         ))
     }
 
