@@ -57,8 +57,9 @@ struct Node {
     child: Option<Child>,
     /// Holds `server.properties`, `data/` and `logs/`.
     dir: PathBuf,
-    /// Length of `logs/server.log` when the node was last launched: a restart appends to it.
-    log_offset: usize,
+    /// Lengths of `logs/server.log` and `logs/stdout.log` when the node was last launched: a
+    /// restart appends to both, and a failure shows only what this launch wrote.
+    logs_at_launch: LogOffsets,
     /// Client port of the SASL_SSL listener, when the broker has one.
     sasl_ssl_port: Option<u16>,
 }
@@ -160,7 +161,7 @@ impl PrivateKafka {
                 controller_port: port()?,
                 child: None,
                 dir: node_dir,
-                log_offset: 0,
+                logs_at_launch: LogOffsets::default(),
                 sasl_ssl_port: if sasl_ssl.is_some() { Some(port()?) } else { None },
             });
         }
@@ -308,7 +309,7 @@ impl PrivateKafka {
     fn launch(&mut self, index: usize) -> anyhow::Result<()> {
         let log4j = repo_root().join("ops/kafka/log4j2.properties");
         let node = &mut self.nodes[index];
-        node.log_offset = std::fs::metadata(node.dir.join("logs/server.log")).map_or(0, |m| m.len() as usize);
+        node.logs_at_launch = LogOffsets::of(&node.dir.join("logs"));
         let node = &self.nodes[index];
         let (stdout, stderr) = log_file(&node.dir.join("logs/stdout.log"))?;
         let child = self
@@ -351,12 +352,13 @@ impl PrivateKafka {
         )
         .await;
         if let Err(error) = listening {
-            bail!("{error:#}\n{}", failure_excerpt(&server_log, node.log_offset, &stdout_log));
+            bail!("{error:#}\n{}", failure_excerpt(&server_log, &stdout_log, node.logs_at_launch));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let text = std::fs::read(&server_log).unwrap_or_default();
-            let since_launch = String::from_utf8_lossy(text.get(node.log_offset..).unwrap_or_default());
+            let since_launch =
+                String::from_utf8_lossy(text.get(node.logs_at_launch.server_log..).unwrap_or_default());
             if since_launch.contains("Kafka Server started") {
                 return Ok(());
             }
@@ -364,14 +366,14 @@ impl PrivateKafka {
                 bail!(
                     "Kafka node {} exited with {status} while starting;\n{}",
                     node.id,
-                    failure_excerpt(&server_log, node.log_offset, &stdout_log)
+                    failure_excerpt(&server_log, &stdout_log, node.logs_at_launch)
                 );
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
                     "Kafka node {} did not start within 90s;\n{}",
                     node.id,
-                    failure_excerpt(&server_log, node.log_offset, &stdout_log)
+                    failure_excerpt(&server_log, &stdout_log, node.logs_at_launch)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -463,13 +465,29 @@ impl PrivateKafka {
     }
 }
 
-/// Why a node did not start: the errors it logged since it was launched (server.log from
-/// `server_log_from` on; the JVM's own go to stdout.log), then server.log's last lines.
-fn failure_excerpt(server_log: &Path, server_log_from: usize, stdout_log: &Path) -> String {
+/// Where a node's two logs ended when it was launched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LogOffsets {
+    server_log: usize,
+    stdout_log: usize,
+}
+
+impl LogOffsets {
+    /// The current lengths of `server.log` and `stdout.log` in `logs` (0 for a missing file).
+    fn of(logs: &Path) -> Self {
+        let length = |name: &str| std::fs::metadata(logs.join(name)).map_or(0, |m| m.len() as usize);
+        Self { server_log: length("server.log"), stdout_log: length("stdout.log") }
+    }
+}
+
+/// Why a node did not start: the errors it logged since it was launched (Kafka's in
+/// server.log, the JVM's own in stdout.log, each from where it ended at the launch), then
+/// server.log's last lines.
+fn failure_excerpt(server_log: &Path, stdout_log: &Path, since: LogOffsets) -> String {
     format!(
         "errors in server.log:\n{}\nerrors in stdout.log:\n{}\nlast lines of server.log:\n{}",
-        log_errors(server_log, server_log_from),
-        log_errors(stdout_log, 0),
+        log_errors(server_log, since.server_log),
+        log_errors(stdout_log, since.stdout_log),
         log_tail(server_log)
     )
 }
@@ -479,5 +497,37 @@ impl Drop for PrivateKafka {
         for node in &mut self.nodes {
             let _ = kill_process(node.child.take());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_shows_only_the_errors_logged_since_the_launch() {
+        let logs = std::env::temp_dir().join(format!("prism-kafka-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&logs).expect("log directory");
+        let (server_log, stdout_log) = (logs.join("server.log"), logs.join("stdout.log"));
+        std::fs::write(&server_log, "[t] ERROR an earlier run's broker error\n").expect("server.log");
+        std::fs::write(&stdout_log, "java.lang.OutOfMemoryError: Exception: an earlier run's JVM\n")
+            .expect("stdout.log");
+        let launched = LogOffsets::of(&logs);
+        assert!(launched.server_log > 0 && launched.stdout_log > 0, "{launched:?}");
+        let append = |path: &Path, line: &str| {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).open(path).expect("open");
+            writeln!(file, "{line}").expect("append");
+        };
+        append(&server_log, "[t] ERROR this launch's broker error");
+        append(&stdout_log, "java.net.BindException: Exception: this launch's JVM");
+
+        let excerpt = failure_excerpt(&server_log, &stdout_log, launched);
+        let _ = std::fs::remove_dir_all(&logs);
+        assert!(excerpt.contains("this launch's broker error"), "{excerpt}");
+        assert!(excerpt.contains("this launch's JVM"), "{excerpt}");
+        let (errors, tail) = excerpt.split_once("last lines of server.log:").expect("sections");
+        assert!(!errors.contains("an earlier run's"), "errors of an earlier launch shown: {excerpt}");
+        assert!(tail.contains("an earlier run's broker error"), "the tail is the file's end: {excerpt}");
     }
 }
