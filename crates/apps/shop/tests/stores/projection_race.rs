@@ -4,7 +4,9 @@
 //! ways a batch meets an aggregate are raced: with its gate row there to lock, and new to the
 //! instance, where the writers' inserts of the gate row decide. And a batch meeting a switch of
 //! generations waits for it before it touches a read-model table, so the two cannot deadlock;
-//! one that follows the active generation then lands in the new generation, never the old.
+//! one that follows the active generation then lands in the new generation, never the old. A
+//! row a batch read that moves before the batch updates it where it read it (a writer that
+//! bypassed the gate) makes the batch retry, never land without that row.
 
 use prism_projections::{GapPolicy, ProjectionInstance};
 use prism_read_store::projection::{
@@ -184,6 +186,88 @@ async fn a_batch_whose_absent_row_another_transaction_writes_meanwhile_is_retrie
     let expected = shop::testing::oracle::fold(&others);
     let got = oracle::stored_rows(&client, instance, model).await.expect("rows");
     assert_eq!(got.len(), expected.rows[ORDER_SUMMARY].len() + 1, "every order has its row");
+    for (key, row) in &expected.rows[ORDER_SUMMARY] {
+        assert_eq!(oracle::normalize(&got[key]), oracle::normalize(row), "{key}");
+    }
+}
+
+/// A batch updates the rows of a fold-only read model that its read found where it found them
+/// (by `ctid`), trusting the gate's row lock to keep every other writer away until it commits.
+/// Should a row move in between all the same (a writer that bypassed the gate), the update finds
+/// nothing at that place: the batch must fail as contended and be applied again — never commit
+/// with that row silently left as it was, which would lose the aggregate's events behind a gate
+/// that says they were applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_read_row_moves_before_its_update_is_retried_not_skipped() {
+    let env = TestEnv::new(&shop_model::application()).await.expect("test environment");
+    let events = Workload::generate(89, 800);
+    let orders = order_messages(&events);
+    let app = shop_model::application();
+    let model = app.read_model(ORDER_SUMMARY).expect("model");
+    let instance = ProjectionInstance::new(ORDER_SUMMARY, 1);
+    let target = [Target { instance, model }];
+    // Every order's placement first, so that the rest of the stream finds each order's row.
+    let (placed, later): (Vec<SourceMessage>, Vec<SourceMessage>) =
+        orders.iter().cloned().partition(|m| match &m.content {
+            MessageContent::Event(e) => e.meta.aggregate_version == 1,
+            MessageContent::Poison(_) => false,
+        });
+    apply_batch(&env.db, &target, GapPolicy::DeadLetter, order_batch(&placed)).await.expect("placements");
+    let victim = later.first().and_then(SourceMessage::aggregate).expect("an order with a later event").1;
+
+    // Another session holds the table in share mode: the batch's reads pass it, its first
+    // write waits on it. Once the batch waits there, the session rewrites the victim's row
+    // unchanged (a new row version, at a new place) and commits.
+    let mut other = env.pg().await.expect("pg");
+    let mover = other.transaction().await.expect("transaction");
+    mover.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", instance.id())).await.expect("share lock");
+    let batch = {
+        let (db, later) = (env.db.clone(), later.clone());
+        tokio::spawn(async move {
+            let app = shop_model::application();
+            let target = Target { instance, model: app.read_model(ORDER_SUMMARY).expect("model") };
+            apply_batch(&db, &[target], GapPolicy::DeadLetter, order_batch(&later)).await.map(drop)
+        })
+    };
+    let watcher = env.pg().await.expect("pg");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE relation = $1::text::regclass AND mode = 'RowExclusiveLock' AND NOT granted",
+                &[&instance.id()],
+            )
+            .await
+            .expect("pg_locks")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!batch.is_finished(), "the batch ended without waiting to write {}", instance.id());
+        assert!(tokio::time::Instant::now() < deadline, "the batch never waited to write {}", instance.id());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let moved = mover
+        .execute(&format!("UPDATE {} SET status = status WHERE order_id = $1", instance.id()), &[&victim])
+        .await
+        .expect("the row moved");
+    assert_eq!(moved, 1, "the other session rewrites {victim}'s row");
+    mover.commit().await.expect("commit");
+
+    match batch.await.expect("the batch's task") {
+        Err(prism_postgres::StoreError::Contended { what, .. }) => assert_eq!(what, "read-model row"),
+        Err(err) => panic!("a row moved meanwhile must make the batch retry, not be refused: {err}"),
+        Ok(()) => panic!("the batch landed without updating the row that moved"),
+    }
+    // Applied again, it finds the row where it is now: every order is the fold of its events.
+    apply_batch(&env.db, &target, GapPolicy::DeadLetter, order_batch(&later))
+        .await
+        .expect("the batch lands when applied again");
+    let order_events: Vec<_> = events.iter().filter(|e| e.meta.aggregate_type == ORDER).cloned().collect();
+    let expected = shop::testing::oracle::fold(&order_events);
+    let client = env.pg().await.expect("pg");
+    let got = oracle::stored_rows(&client, instance, model).await.expect("rows");
+    assert_eq!(got.len(), expected.rows[ORDER_SUMMARY].len(), "row count");
     for (key, row) in &expected.rows[ORDER_SUMMARY] {
         assert_eq!(oracle::normalize(&got[key]), oracle::normalize(row), "{key}");
     }
