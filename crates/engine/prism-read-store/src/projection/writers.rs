@@ -865,10 +865,11 @@ pub(super) fn plan_writes(
     let mut row_ids = Vec::new();
     if let Some(fold) = &fold {
         for (id, (row, version)) in &folded {
-            let found = rows.get(id);
-            let rows_of = match (found, found.and_then(|row| row.row_id.as_ref())) {
-                (None, _) if fold_only => &mut new_documents,
-                (Some(_), Some(row_id)) if fold_only && shape.update_located.is_some() => {
+            let rows_of = match rows.get(id) {
+                None if fold_only => &mut new_documents,
+                Some(StoredRow { row_id: Some(row_id), .. })
+                    if fold_only && shape.update_located.is_some() =>
+                {
                     row_ids.push(row_id.clone());
                     &mut located_documents
                 }
