@@ -123,6 +123,10 @@ fn kind_of(query: &str) -> String {
             None => from,
         };
         format!("rows read: {from}")
+    } else if is_command_side(&text) {
+        // The latency run's command service: its appends (which wake the relay with a
+        // `pg_notify` of their own), the relay's reads and lane locks, idempotency records.
+        "commands: event store, outbox and relay".into()
     } else if text.contains("pg_notify") {
         "notification of applied batches".into()
     } else if matches!(text.trim(), "begin" | "commit" | "rollback") || text.starts_with("start transaction")
@@ -134,6 +138,25 @@ fn kind_of(query: &str) -> String {
     } else {
         "other (start-up, offsets, replay progress)".into()
     }
+}
+
+/// Whether a statement (lowercased) is the command service's rather than the projector's:
+/// `prism-event-store`'s statements name the event store's, outbox's or idempotency tables, or
+/// the relay (its lane check reads `pg_locks`), and the relay holds its lanes with
+/// session-level advisory locks (the engine's own advisory locks are transaction-level:
+/// `pg_advisory_xact_lock`).
+fn is_command_side(text: &str) -> bool {
+    const MARKERS: [&str; 8] = [
+        "outbox",
+        "command_idempotency",
+        " from events",
+        "into events",
+        "relay",
+        "pg_advisory_lock(",
+        "pg_try_advisory_lock(",
+        "pg_advisory_unlock(",
+    ];
+    MARKERS.iter().any(|marker| text.contains(marker))
 }
 
 /// The table of [`read`]'s result, with the time per event of `events`.
