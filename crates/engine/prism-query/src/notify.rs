@@ -4,9 +4,11 @@
 //! batch, so the notification arrives exactly when the batch's rows become visible. This
 //! module keeps one dedicated connection (not a pooled one: a pooled connection would stop
 //! listening when it is returned) listening on that channel and on `generations_channel`,
-//! and turns each notification into a bump of a per-read-model [`tokio::sync::watch`]
-//! counter. A request waiting for a version subscribes to its read model's counter and
-//! re-reads only when it moves: no polling, and one connection however many requests wait.
+//! and fans each notification out to the requests waiting on its read model
+//! ([`tokio::sync::broadcast`]). A notification names the rows whose version the batch may have
+//! moved (or none: any row may have), and a request waiting for a version re-reads only when a
+//! batch names its row: no polling, one connection however many requests wait, and a read per
+//! request that its own batch answers rather than one per batch of its read model.
 //!
 //! Notifications are sent by the primary only (PostgreSQL does not deliver `NOTIFY` on a hot
 //! standby), so this connection stays on the primary even when reads go to replicas.
@@ -15,16 +17,18 @@
 //! every counter and reloads the active generations: waiters re-check once and nothing
 //! waits for a notification that will never come.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prism_config::PostgresConfig;
 use prism_postgres::{Database, StoreError};
 use prism_projections::ProjectionInstance;
-use prism_read_store::read_models::{applied_channel, generations_channel};
+use prism_read_store::read_models::{
+    applied_channel, generations_channel, parse_applied_payload, AppliedRows,
+};
 use prism_runtime::Health;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::generations::ActiveGenerations;
 
@@ -36,47 +40,104 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// Generations are also reloaded this often, in case a switch's notification was lost.
 const GENERATIONS_REFRESH: Duration = Duration::from_secs(30);
 
-/// Per read model, a counter bumped whenever a batch of it may have landed. Cheap to clone.
+/// How many notifications a waiter may fall behind by before it stops telling them apart and
+/// looks again (a waiter reads PostgreSQL between two, so it seldom falls behind by more than
+/// a few).
+const BACKLOG_PER_WAITER: usize = 64;
+
+/// What one notification says landed for a read model.
+#[derive(Debug, Clone)]
+enum Landed {
+    /// Any row may have moved: a batch that named no rows, a reconnect, a switch.
+    Any,
+    /// Only the rows under these keys (see `prism_read_store::read_models::AppliedRows`).
+    Rows(Arc<HashSet<String>>),
+}
+
+/// Per read model, the batches that landed, fanned out to the requests waiting on it. Cheap to
+/// clone.
 #[derive(Debug, Clone)]
 pub struct AppliedSignals {
-    /// One counter per read model of the application; all exist from the start, so
+    /// One sender per read model of the application; all exist from the start, so
     /// subscribing never races with creation.
-    senders: Arc<BTreeMap<&'static str, watch::Sender<u64>>>,
+    senders: Arc<BTreeMap<&'static str, broadcast::Sender<Landed>>>,
 }
 
 impl AppliedSignals {
-    /// A counter at zero per read model.
+    /// A sender per read model, with no one subscribed yet.
     pub fn new(read_models: &[&'static str]) -> Self {
-        Self { senders: Arc::new(read_models.iter().map(|name| (*name, watch::channel(0).0)).collect()) }
-    }
-
-    /// A receiver that sees every bump after this call (the current value counts as seen);
-    /// `None` for a read model the application does not have.
-    pub fn subscribe(&self, read_model: &str) -> Option<watch::Receiver<u64>> {
-        self.senders.get(read_model).map(watch::Sender::subscribe)
-    }
-
-    /// Wakes the waiters of `read_model`.
-    pub fn bump(&self, read_model: &str) {
-        if let Some(sender) = self.senders.get(read_model) {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+        Self {
+            senders: Arc::new(
+                read_models.iter().map(|name| (*name, broadcast::channel(BACKLOG_PER_WAITER).0)).collect(),
+            ),
         }
+    }
+
+    /// A waiter that sees every batch of `read_model` landing after this call; `None` for a
+    /// read model the application does not have.
+    pub fn subscribe(&self, read_model: &str) -> Option<AppliedWaiter> {
+        self.senders.get(read_model).map(|sender| AppliedWaiter { landed: sender.subscribe() })
+    }
+
+    /// Wakes every waiter of `read_model`.
+    pub fn bump(&self, read_model: &str) {
+        self.send(read_model, Landed::Any);
     }
 
     /// Wakes every waiter (after a reconnect: notifications may have been missed).
     pub fn bump_all(&self) {
         for sender in self.senders.values() {
-            sender.send_modify(|n| *n = n.wrapping_add(1));
+            let _ = sender.send(Landed::Any);
         }
     }
 
-    /// Handles an applied-channel payload, `<read model>_g<N>`. An unreadable payload wakes
-    /// everyone: an extra re-check is cheap, a missed one costs a stale answer. A read model of
-    /// another application on the same schema wakes no one.
+    /// Handles an applied-channel payload (`prism_read_store::read_models::applied_payload`):
+    /// wakes the waiters of its read model on the rows it names, or all of them when it names
+    /// none. An unreadable payload wakes everyone: an extra re-check is cheap, a missed one costs
+    /// a stale answer. A read model of another application on the same schema wakes no one.
     pub fn on_applied(&self, payload: &str) {
-        match ProjectionInstance::parse(payload) {
-            Some(instance) => self.bump(instance.projection),
+        let (instance, rows) = parse_applied_payload(payload);
+        match ProjectionInstance::parse(instance) {
+            Some(instance) => self.send(
+                instance.projection,
+                match rows {
+                    AppliedRows::Any => Landed::Any,
+                    AppliedRows::Keys(keys) => Landed::Rows(Arc::new(keys.into_iter().collect())),
+                },
+            ),
             None => self.bump_all(),
+        }
+    }
+
+    fn send(&self, read_model: &str, landed: Landed) {
+        if let Some(sender) = self.senders.get(read_model) {
+            // No one waiting is not an error: the notification concerns no one.
+            let _ = sender.send(landed);
+        }
+    }
+}
+
+/// One request's view of the batches landing for its read model, from its subscription on.
+#[derive(Debug)]
+pub struct AppliedWaiter {
+    landed: broadcast::Receiver<Landed>,
+}
+
+impl AppliedWaiter {
+    /// Waits for a batch that may have moved the row under `key` (its text as batches name rows,
+    /// `prism_projections::key_value_text`), or any batch when `key` is `None`. `false` once the
+    /// signals are gone (shutdown). A waiter that fell behind looks again rather than miss one.
+    pub async fn landed_for(&mut self, key: Option<&str>) -> bool {
+        loop {
+            match self.landed.recv().await {
+                Ok(Landed::Any) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Ok(Landed::Rows(keys)) => {
+                    if key.is_none_or(|key| keys.contains(key)) {
+                        return true;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return false,
+            }
         }
     }
 }
@@ -153,7 +214,7 @@ impl Listener {
             tokio::select! {
                 notification = notifications.recv() => match notification {
                     Some(notification) if notification.channel() == applied => {
-                        tracing::trace!(instance = notification.payload(), "batch applied");
+                        tracing::trace!(payload = notification.payload(), "batch applied");
                         self.signals.on_applied(notification.payload());
                     }
                     Some(_) => self.refresh_generations().await,
@@ -194,22 +255,60 @@ impl Listener {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// Whether `waiter` is woken for `key` by what was sent so far.
+    async fn woken(waiter: &mut AppliedWaiter, key: Option<&str>) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), waiter.landed_for(key)).await == Ok(true)
+    }
 
     #[tokio::test]
     async fn a_batch_wakes_only_its_read_model_and_garbage_wakes_all() {
         let signals = AppliedSignals::new(&["devices", "sites"]);
         let mut devices = signals.subscribe("devices").expect("devices");
-        let sites = signals.subscribe("sites").expect("sites");
+        let mut sites = signals.subscribe("sites").expect("sites");
         assert!(signals.subscribe("other").is_none());
         signals.on_applied("devices_g1");
-        assert!(devices.has_changed().expect("open"));
-        assert!(!sites.has_changed().expect("open"));
-        devices.borrow_and_update();
+        assert!(woken(&mut devices, Some("d1")).await);
+        assert!(!woken(&mut sites, None).await);
         signals.on_applied("someone_elses_g3");
-        assert!(!devices.has_changed().expect("open"), "another application's read model wakes no one");
+        assert!(!woken(&mut devices, None).await, "another application's read model wakes no one");
         signals.on_applied("???");
-        assert!(devices.has_changed().expect("open"));
-        assert!(sites.has_changed().expect("open"));
+        assert!(woken(&mut devices, Some("d1")).await);
+        assert!(woken(&mut sites, Some("s1")).await);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_names_its_rows_wakes_only_the_waiters_on_them() {
+        let signals = AppliedSignals::new(&["devices"]);
+        let mut on_d1 = signals.subscribe("devices").expect("devices");
+        let mut on_d2 = signals.subscribe("devices").expect("devices");
+        let mut on_any = signals.subscribe("devices").expect("devices");
+        signals.on_applied(r#"devices_g1 ["d2","d3"]"#);
+        assert!(!woken(&mut on_d1, Some("d1")).await, "a batch of other rows");
+        assert!(woken(&mut on_d2, Some("d2")).await);
+        assert!(woken(&mut on_any, None).await, "a waiter that knows no key wakes on every batch");
+        // Rows the folds did not write (a batch of sums only): no one with a key.
+        signals.on_applied("devices_g1 []");
+        assert!(!woken(&mut on_d1, Some("d1")).await);
+        // The instance alone, an unreadable list, a switch: every waiter.
+        for wake in ["devices_g1", r#"devices_g1 ["d2""#] {
+            signals.on_applied(wake);
+            assert!(woken(&mut on_d1, Some("d1")).await, "{wake}");
+        }
+        signals.bump("devices");
+        assert!(woken(&mut on_d1, Some("d1")).await, "a switch");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_fell_behind_looks_again() {
+        let signals = AppliedSignals::new(&["devices"]);
+        let mut waiter = signals.subscribe("devices").expect("devices");
+        for _ in 0..=BACKLOG_PER_WAITER {
+            signals.on_applied(r#"devices_g1 ["d2"]"#);
+        }
+        assert!(woken(&mut waiter, Some("d1")).await, "notifications it never saw may have named its row");
     }
 }

@@ -16,11 +16,54 @@ use tokio_postgres::GenericClient;
 
 use crate::registry::RegisteredReadModel;
 
-/// The `NOTIFY` channel that says a projection instance committed a batch (payload: the
-/// instance id, e.g. `order_summary_g1`). Queries waiting for a version (read-your-writes)
-/// listen on it instead of polling. One per schema.
+/// The `NOTIFY` channel that says a projection instance committed a batch (payload:
+/// [`applied_payload`]). Queries waiting for a version (read-your-writes) listen on it instead
+/// of polling. One per schema.
 pub fn applied_channel(schema: &str) -> String {
     format!("prism_applied_{schema}")
+}
+
+/// The most bytes of key text an applied notification lists. A batch whose rows take more names
+/// its instance alone, which wakes every waiter of the read model (PostgreSQL caps a payload at
+/// 8 000 bytes; a batch under a backlog writes thousands of rows, and there the waiters are
+/// better woken once than told them all).
+pub const APPLIED_KEYS_MAX_BYTES: usize = 2_000;
+
+/// What an applied notification says about the rows of its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedRows {
+    /// Any row may have moved to a newer aggregate version.
+    Any,
+    /// Only the rows under these keys (each as `prism_projections::key_value_text` names it):
+    /// the rows the batch's folds wrote, duplicates' included. Sums never move a row's
+    /// aggregate version, so the rows only a sum changed are not listed.
+    Keys(Vec<String>),
+}
+
+/// The payload of an applied notification: the instance id alone (`order_summary_g1`: any row
+/// may have moved), or the id, a space and a JSON array of the keys of the rows whose version
+/// may have moved (`order_summary_g1 ["…","…"]`), so that a query waiting for another row's
+/// version need not look again. Keys past [`APPLIED_KEYS_MAX_BYTES`] make it the id alone.
+pub fn applied_payload<'a>(instance: &str, keys: Option<impl IntoIterator<Item = &'a str>>) -> String {
+    let Some(keys) = keys else { return instance.to_owned() };
+    let listed: Vec<&str> = keys.into_iter().collect();
+    match serde_json::to_string(&listed) {
+        Ok(array) if array.len() <= APPLIED_KEYS_MAX_BYTES => format!("{instance} {array}"),
+        _ => instance.to_owned(),
+    }
+}
+
+/// Reads an [`applied_payload`]: the instance id as written, and which rows it names. A key
+/// list that does not read as one names any row: a look too many is cheap, a missed one costs a
+/// waiter its wait.
+pub fn parse_applied_payload(payload: &str) -> (&str, AppliedRows) {
+    match payload.split_once(' ') {
+        None => (payload, AppliedRows::Any),
+        Some((instance, keys)) => match serde_json::from_str::<Vec<String>>(keys) {
+            Ok(keys) => (instance, AppliedRows::Keys(keys)),
+            Err(_) => (instance, AppliedRows::Any),
+        },
+    }
 }
 
 /// The `NOTIFY` channel that says which generation of a read model is active changed, or that
@@ -178,4 +221,29 @@ pub async fn table_exists(
     instance: ProjectionInstance,
 ) -> Result<bool, StoreError> {
     Ok(client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&instance.id()]).await?.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_applied_payload_names_its_rows_until_they_take_too_much_room() {
+        let keys = ["a", "quote \" and space", "b"];
+        let payload = applied_payload("cart_view_g2", Some(keys));
+        assert_eq!(payload, r#"cart_view_g2 ["a","quote \" and space","b"]"#);
+        assert_eq!(
+            parse_applied_payload(&payload),
+            ("cart_view_g2", AppliedRows::Keys(keys.iter().map(|k| k.to_string()).collect()))
+        );
+        assert_eq!(applied_payload("cart_view_g2", Some([])), "cart_view_g2 []");
+        assert_eq!(parse_applied_payload("cart_view_g2 []"), ("cart_view_g2", AppliedRows::Keys(Vec::new())));
+        // No list, or one too long: the instance alone, any row.
+        assert_eq!(applied_payload("cart_view_g2", None::<[&str; 0]>), "cart_view_g2");
+        let many: Vec<String> = (0..100).map(|i| format!("{i:036}")).collect();
+        assert_eq!(applied_payload("cart_view_g2", Some(many.iter().map(String::as_str))), "cart_view_g2");
+        assert_eq!(parse_applied_payload("cart_view_g2"), ("cart_view_g2", AppliedRows::Any));
+        // A list that does not read: any row.
+        assert_eq!(parse_applied_payload("cart_view_g2 [\"a\""), ("cart_view_g2", AppliedRows::Any));
+    }
 }

@@ -10,6 +10,7 @@ use prism_config::PrismConfig;
 use prism_events::decode::Limits;
 use prism_events::Event;
 use prism_projector::Embedded;
+use prism_read_store::read_models::{parse_applied_payload, AppliedRows};
 use prism_testkit::oracle::CacheCheck;
 use prism_testkit::TestEnv;
 use reqwest::StatusCode;
@@ -292,44 +293,58 @@ pub async fn wait_projected(env: &TestEnv, events: &[Event], timeout: Duration) 
         .expect("read models equal the oracle");
 }
 
-/// Counts the projectors' applied-batch notifications of one read model, as the query service
+/// Records the projectors' applied-batch notifications of one read model, as the query service
 /// receives them (its own `LISTEN` on the environment's applied channel).
 pub struct AppliedBatches {
-    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    landed: std::sync::Arc<std::sync::Mutex<Vec<AppliedRows>>>,
     _client: tokio_postgres::Client,
     task: JoinHandle<()>,
 }
 
 impl AppliedBatches {
-    /// Starts counting notifications whose payload is `instance` (e.g. `order_summary_g1`).
+    /// Starts recording the notifications of `instance` (e.g. `order_summary_g1`).
     pub async fn listen(env: &TestEnv, instance: &str) -> Self {
         use futures::StreamExt;
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let url =
             format!("{}?options=-csearch_path%3D{}", env.services.database_url(), env.config.postgres.schema);
         let (client, mut connection) =
             tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("listener");
-        let count = std::sync::Arc::new(AtomicUsize::new(0));
-        let counted = count.clone();
+        let landed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = landed.clone();
         let instance = instance.to_owned();
         let task = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(Ok(message)) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                    if n.payload() == instance {
-                        counted.fetch_add(1, Ordering::SeqCst);
+                    let (of, rows) = parse_applied_payload(n.payload());
+                    if of == instance {
+                        recorded.lock().expect("notifications").push(rows);
                     }
                 }
             }
         });
         let channel = prism_read_store::read_models::applied_channel(&env.config.postgres.schema);
         client.batch_execute(&format!("LISTEN \"{channel}\"")).await.expect("LISTEN");
-        Self { count, _client: client, task }
+        Self { landed, _client: client, task }
     }
 
-    /// Notifications counted so far.
+    /// Notifications recorded so far.
     pub fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
+        self.landed.lock().expect("notifications").len()
+    }
+
+    /// Notifications recorded so far that may concern the row under `key`: those naming it, and
+    /// those naming no rows (any row).
+    pub fn concerning(&self, key: &str) -> usize {
+        self.landed
+            .lock()
+            .expect("notifications")
+            .iter()
+            .filter(|rows| match rows {
+                AppliedRows::Any => true,
+                AppliedRows::Keys(keys) => keys.iter().any(|k| k == key),
+            })
+            .count()
     }
 }
 

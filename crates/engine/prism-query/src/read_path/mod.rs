@@ -133,6 +133,16 @@ impl Target {
         };
         Self { name, key_columns: model.key_columns().to_vec(), cache_kind: model.cache_kind(), by_key }
     }
+
+    /// `row`'s key as the projectors' applied notifications name the rows a batch wrote
+    /// (`prism_read_store::read_models::AppliedRows`); `None` for a key of several columns, whose
+    /// waiters look at every batch.
+    fn notified_key(&self, row: &StoredRow) -> Option<String> {
+        match self.key_columns.as_slice() {
+            [key] => row.key_text(key),
+            _ => None,
+        }
+    }
 }
 
 /// The read path of one application: every read its routes (and the engine's generic route)
@@ -402,16 +412,24 @@ impl ReadPath {
         }
         let deadline = Instant::now() + Duration::from_millis(self.inner.config.min_version_wait_ms);
         let _parked = metrics::Waiting::start(target.name);
+        // The row's key as the projectors' notifications name rows: taken from the row read, so
+        // it is the form PostgreSQL holds whatever form the request wrote it in. Without a row
+        // yet, every batch of the read model is looked at.
+        let mut notified_key = row.as_ref().and_then(|row| target.notified_key(row));
         if let Some(landed) = &mut landed {
-            // Ends at the deadline (or if the signal closed, which only happens at shutdown).
-            while let Ok(Ok(())) = tokio::time::timeout_at(deadline, landed.changed()).await {
-                drop(landed.borrow_and_update());
+            // Ends at the deadline (or if the signals closed, which only happens at shutdown).
+            while let Ok(true) =
+                tokio::time::timeout_at(deadline, landed.landed_for(notified_key.as_deref())).await
+            {
                 let (row, source) = self.read_postgres(target, key, Freshness::AtLeast(min)).await?;
                 if let Some(current) = row.as_ref().filter(|r| r.version >= min) {
                     if source == Source::Primary {
                         self.refill_target(target, current).await;
                     }
                     return Ok(Served { row, fresh: true });
+                }
+                if notified_key.is_none() {
+                    notified_key = row.as_ref().and_then(|row| target.notified_key(row));
                 }
             }
         }

@@ -201,15 +201,25 @@ pub(crate) async fn apply_in(
         }
         Ok::<_, StoreError>(written)
     };
-    // Delivered at commit, once per instance: wakes queries waiting for a version. Sent with
-    // the sums, as it takes no row lock.
+    // Delivered at commit, once per instance: wakes queries waiting for a version, naming the
+    // rows the folds wrote so that a query waiting for another row does not look again (a
+    // cached read model's folded rows are its cache entries so far; the sums' come after, and
+    // move no row's version). Sent with the sums, as it takes no row lock.
     let channel = crate::read_models::applied_channel(schema);
-    let ids: Vec<String> = targets.iter().map(|t| t.instance.id()).collect();
+    let payloads: Vec<String> = targets
+        .iter()
+        .zip(&outcomes)
+        .map(|(target, (_, outcome))| {
+            let folded =
+                target.model.cache_kind().map(|_| outcome.cache_entries.iter().map(|e| e.id.as_str()));
+            crate::read_models::applied_payload(&target.instance.id(), folded)
+        })
+        .collect();
     let notify = async {
         prism_postgres::cached::execute(
             tx,
-            "SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id",
-            &[&channel, &ids],
+            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+            &[&channel, &payloads],
         )
         .await?;
         Ok::<_, StoreError>(())
