@@ -373,7 +373,7 @@ impl Run {
         let prism = self.contender("prism");
         let mut ratio_target = |what: &str, base: Option<f64>, goal: f64| {
             let (value, pass) = match (prism, base) {
-                (Some(p), Some(b)) => (format!("{:.2}×", p.rate() / b), Some(p.rate() / b >= goal)),
+                (Some(p), Some(b)) => (ratio_against(p.rate() / b, goal), Some(p.rate() / b >= goal)),
                 _ => ("not measured".into(), None),
             };
             out.push((what.to_owned(), value, format!("≥ {goal}×"), pass));
@@ -450,7 +450,7 @@ impl Run {
             let value = live.map(|l| rate / l);
             out.push((
                 format!("rebuild of every read model, {mode}{how} / live rate"),
-                value.map_or("not measured".into(), |v| format!("{v:.2}×")),
+                value.map_or("not measured".into(), |v| ratio_against(v, 3.0)),
                 "≥ 3×".into(),
                 value.map(|v| v >= 3.0),
             ));
@@ -726,4 +726,15 @@ pub fn replace_section(text: &str, name: &str, section: &str) -> anyhow::Result<
     };
     anyhow::ensure!(b < e, "BENCHMARKS.md: {end} comes before {begin}");
     Ok(format!("{}{begin}\n{section}{}", &text[..b], &text[e..]))
+}
+
+/// A ratio as the targets table prints it: two decimals, or as many more as it takes for the
+/// printed value to fall on the same side of its goal as the ratio (0.496 misses 0.5, and must
+/// not print as 0.50).
+fn ratio_against(value: f64, goal: f64) -> String {
+    let passes = value >= goal;
+    (2..=6)
+        .map(|decimals| format!("{value:.decimals$}"))
+        .find(|printed| printed.parse::<f64>().is_ok_and(|shown| (shown >= goal) == passes))
+        .map_or_else(|| format!("{value}×"), |printed| format!("{printed}×"))
 }
