@@ -13,9 +13,9 @@
 //! Notifications are sent by the primary only (PostgreSQL does not deliver `NOTIFY` on a hot
 //! standby), so this connection stays on the primary even when reads go to replicas.
 //!
-//! Notifications sent while the connection is down are lost, so every (re)connect bumps
-//! every counter and reloads the active generations: waiters re-check once and nothing
-//! waits for a notification that will never come.
+//! Notifications sent while the connection is down are lost, so every (re)connect wakes
+//! every waiter (as a batch that names no rows does) and reloads the active generations:
+//! waiters re-check once and nothing waits for a notification that will never come.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
