@@ -17,7 +17,7 @@
 //! every waiter (as a batch that names no rows does) and reloads the active generations:
 //! waiters re-check once and nothing waits for a notification that will never come.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,22 +45,13 @@ const GENERATIONS_REFRESH: Duration = Duration::from_secs(30);
 /// a few).
 const BACKLOG_PER_WAITER: usize = 64;
 
-/// What one notification says landed for a read model.
-#[derive(Debug, Clone)]
-enum Landed {
-    /// Any row may have moved: a batch that named no rows, a reconnect, a switch.
-    Any,
-    /// Only the rows under these keys (see `prism_read_store::read_models::AppliedRows`).
-    Rows(Arc<HashSet<String>>),
-}
-
 /// Per read model, the batches that landed, fanned out to the requests waiting on it. Cheap to
 /// clone.
 #[derive(Debug, Clone)]
 pub struct AppliedSignals {
     /// One sender per read model of the application; all exist from the start, so
     /// subscribing never races with creation.
-    senders: Arc<BTreeMap<&'static str, broadcast::Sender<Landed>>>,
+    senders: Arc<BTreeMap<&'static str, broadcast::Sender<Arc<AppliedRows>>>>,
 }
 
 impl AppliedSignals {
@@ -81,13 +72,13 @@ impl AppliedSignals {
 
     /// Wakes every waiter of `read_model`.
     pub fn bump(&self, read_model: &str) {
-        self.send(read_model, Landed::Any);
+        self.send(read_model, AppliedRows::Any);
     }
 
     /// Wakes every waiter (after a reconnect: notifications may have been missed).
     pub fn bump_all(&self) {
         for sender in self.senders.values() {
-            let _ = sender.send(Landed::Any);
+            let _ = sender.send(Arc::new(AppliedRows::Any));
         }
     }
 
@@ -98,21 +89,15 @@ impl AppliedSignals {
     pub fn on_applied(&self, payload: &str) {
         let (instance, rows) = parse_applied_payload(payload);
         match ProjectionInstance::parse(instance) {
-            Some(instance) => self.send(
-                instance.projection,
-                match rows {
-                    AppliedRows::Any => Landed::Any,
-                    AppliedRows::Keys(keys) => Landed::Rows(Arc::new(keys.into_iter().collect())),
-                },
-            ),
+            Some(instance) => self.send(instance.projection, rows),
             None => self.bump_all(),
         }
     }
 
-    fn send(&self, read_model: &str, landed: Landed) {
+    fn send(&self, read_model: &str, rows: AppliedRows) {
         if let Some(sender) = self.senders.get(read_model) {
             // No one waiting is not an error: the notification concerns no one.
-            let _ = sender.send(landed);
+            let _ = sender.send(Arc::new(rows));
         }
     }
 }
@@ -120,7 +105,7 @@ impl AppliedSignals {
 /// One request's view of the batches landing for its read model, from its subscription on.
 #[derive(Debug)]
 pub struct AppliedWaiter {
-    landed: broadcast::Receiver<Landed>,
+    landed: broadcast::Receiver<Arc<AppliedRows>>,
 }
 
 impl AppliedWaiter {
@@ -130,12 +115,9 @@ impl AppliedWaiter {
     pub async fn landed_for(&mut self, key: Option<&str>) -> bool {
         loop {
             match self.landed.recv().await {
-                Ok(Landed::Any) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
-                Ok(Landed::Rows(keys)) => {
-                    if key.is_none_or(|key| keys.contains(key)) {
-                        return true;
-                    }
-                }
+                Ok(rows) if rows.concern(key) => return true,
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
                 Err(broadcast::error::RecvError::Closed) => return false,
             }
         }

@@ -40,17 +40,40 @@ pub enum AppliedRows {
     Keys(Vec<String>),
 }
 
+impl AppliedRows {
+    /// Whether the row under `key` may have moved (`None`: a waiter that knows no row, which
+    /// any batch concerns).
+    pub fn concern(&self, key: Option<&str>) -> bool {
+        match (self, key) {
+            (Self::Keys(keys), Some(key)) => keys.iter().any(|listed| listed == key),
+            _ => true,
+        }
+    }
+}
+
 /// The payload of an applied notification: the instance id alone (`order_summary_g1`: any row
 /// may have moved), or the id, a space and a JSON array of the keys of the rows whose version
 /// may have moved (`order_summary_g1 ["…","…"]`), so that a query waiting for another row's
 /// version need not look again. Keys past [`APPLIED_KEYS_MAX_BYTES`] make it the id alone.
 pub fn applied_payload<'a>(instance: &str, keys: Option<impl IntoIterator<Item = &'a str>>) -> String {
     let Some(keys) = keys else { return instance.to_owned() };
-    let listed: Vec<&str> = keys.into_iter().collect();
-    match serde_json::to_string(&listed) {
-        Ok(array) if array.len() <= APPLIED_KEYS_MAX_BYTES => format!("{instance} {array}"),
-        _ => instance.to_owned(),
+    // Written key by key, and given up at the bound: a batch under a backlog has thousands.
+    let mut payload = format!("{instance} [");
+    let listed_from = payload.len() - 1;
+    for (n, key) in keys.into_iter().enumerate() {
+        if n > 0 {
+            payload.push(',');
+        }
+        match serde_json::to_string(key) {
+            Ok(quoted) => payload.push_str(&quoted),
+            Err(_) => return instance.to_owned(),
+        }
+        if payload.len() - listed_from >= APPLIED_KEYS_MAX_BYTES {
+            return instance.to_owned();
+        }
     }
+    payload.push(']');
+    payload
 }
 
 /// Reads an [`applied_payload`]: the instance id as written, and which rows it names. A key

@@ -336,15 +336,7 @@ impl AppliedBatches {
     /// Notifications recorded so far that may concern the row under `key`: those naming it, and
     /// those naming no rows (any row).
     pub fn concerning(&self, key: &str) -> usize {
-        self.landed
-            .lock()
-            .expect("notifications")
-            .iter()
-            .filter(|rows| match rows {
-                AppliedRows::Any => true,
-                AppliedRows::Keys(keys) => keys.iter().any(|k| k == key),
-            })
-            .count()
+        self.landed.lock().expect("notifications").iter().filter(|rows| rows.concern(Some(key))).count()
     }
 }
 
